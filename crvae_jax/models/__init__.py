@@ -1,0 +1,1 @@
+"""Flax Linen models: the channel-recurrent latent block and the MNIST family."""

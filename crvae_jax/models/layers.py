@@ -1,0 +1,113 @@
+"""Convolutional building blocks shared by the encoders and decoders.
+
+All layers are NHWC. Padding is given the way the paper's (Torch) release gives it, as
+an explicit number of pixels, so that output sizes match DESIGN.md line by line.
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DECONV_IMPLS = ("auto", "matmul", "xla")
+
+
+def crelu(x: jax.Array) -> jax.Array:
+  """Concatenated ReLU: relu(concat(x, -x)) along channels; doubles the channels."""
+  return nn.relu(jnp.concatenate([x, -x], axis=-1))
+
+
+def leaky_relu(x: jax.Array, slope: float = 0.1) -> jax.Array:
+  return jnp.where(x >= 0, x, slope * x)
+
+
+def resolve_deconv_impl(impl: str) -> str:
+  """'auto' -> 'matmul' on CPU (XLA's CPU conv_transpose backward is ~50x slower than
+  its forward), 'xla' on GPU/TPU where cuDNN/TPU kernels handle it natively."""
+  if impl not in DECONV_IMPLS:
+    raise ValueError(f"deconv_impl must be one of {DECONV_IMPLS}, got {impl!r}")
+  if impl == "auto":
+    return "matmul" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def conv_transpose_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int):
+  """Torch-semantics transposed convolution via XLA's dilated convolution.
+
+  out[s*i + k - p] += x[i] * kernel[k]; output size (H-1)*s + K - 2p.
+  kernel: [K, K, Cin, Cout].
+  """
+  k = kernel.shape[0]
+  pad = k - 1 - padding
+  return jax.lax.conv_general_dilated(
+      x, kernel[::-1, ::-1], window_strides=(1, 1), padding=[(pad, pad), (pad, pad)],
+      lhs_dilation=(stride, stride), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_transpose_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: int):
+  """The same transposed convolution as one matmul followed by an overlap-add.
+
+  Requires K == 2 * stride (true for every deconvolution in the paper: 4x4, stride 2).
+  Writing kernel offset k = stride*q + r (q in {0, 1}, r in [0, stride)), the full
+  output row stride*(i + q) + r receives x[i] * kernel[k], so the overlap-add is a sum
+  of two shifted copies per spatial axis followed by an interleave (pixel shuffle).
+  Its gradient is a matmul plus slices, which XLA's CPU backend runs fast.
+  """
+  k, _, cin, cout = kernel.shape
+  s = stride
+  if k != 2 * s:
+    raise ValueError(f"matmul deconvolution needs kernel == 2*stride, got {k} and {s}")
+  b, h, w, _ = x.shape
+  # [K, K, Cin, Cout] -> [Cin, K*K*Cout]
+  weight = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)
+  cols = (x.reshape(b * h * w, cin) @ weight)
+  cols = cols.reshape(b, h, w, 2, s, 2, s, cout)  # [B, H, W, qy, ry, qx, rx, C]
+  full = 0.0
+  for qy in (0, 1):
+    for qx in (0, 1):
+      part = cols[:, :, :, qy, :, qx, :, :]  # [B, H, W, ry, rx, C]
+      full = full + jnp.pad(part, ((0, 0), (qy, 1 - qy), (qx, 1 - qx),
+                                   (0, 0), (0, 0), (0, 0)))
+  # [B, H+1, W+1, ry, rx, C] -> [B, (H+1)*s, (W+1)*s, C]
+  full = full.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h + 1) * s, (w + 1) * s, cout)
+  p = padding
+  return full[:, p:full.shape[1] - p, p:full.shape[2] - p, :]
+
+
+class ConvTranspose(nn.Module):
+  """Transposed convolution with Torch padding semantics and a selectable kernel.
+
+  Both implementations share the parameter layout ([K, K, Cin, Cout], no bias: every
+  deconvolution in the paper is followed by BatchNorm) and agree to float rounding.
+  """
+  features: int
+  kernel_size: int = 4
+  stride: int = 2
+  padding: int = 1
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    kernel = self.param(
+        "kernel", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+        (self.kernel_size, self.kernel_size, cin, self.features))
+    if resolve_deconv_impl(self.impl) == "matmul":
+      return conv_transpose_matmul(x, kernel, self.stride, self.padding)
+    return conv_transpose_xla(x, kernel, self.stride, self.padding)
+
+
+def batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None):
+  """BatchNorm with Torch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5); statistics
+  are averaged over `axis_name` (the device axis) when training data-parallel."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      axis_name=axis_name if train else None, name=name)
+
+
+def conv(features: int, kernel: int, stride: int = 1, padding: int = 0,
+         use_bias: bool = False, name: Optional[str] = None) -> nn.Conv:
+  """Conv with explicit symmetric padding in pixels (Torch style)."""
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((padding, padding), (padding, padding)), use_bias=use_bias,
+                 name=name)

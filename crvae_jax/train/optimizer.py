@@ -1,0 +1,40 @@
+"""Per-group Adam: LSTM parameters at lr / divisor with element-wise gradient clipping,
+everything else at lr; both learning rates halved every `halve_every_steps`."""
+
+import jax
+import optax
+
+
+def is_lstm_path(path) -> bool:
+  """True for parameters inside a `StackedLSTM` (module names contain 'lstm')."""
+  return any("lstm" in str(getattr(k, "key", k)) for k in path)
+
+
+def param_groups(params):
+  """Pytree of labels, 'lstm' or 'default', with the structure of `params`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "lstm" if is_lstm_path(path) else "default", params)
+
+
+def make_optimizer(*, learning_rate: float, lstm_lr_divisor: float, lstm_grad_clip: float,
+                   halve_every_steps: int, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8) -> optax.GradientTransformation:
+  """Adam(b1, b2, eps) per group (optax.multi_transform).
+
+  Args:
+    learning_rate: base learning rate (non-LSTM parameters).
+    lstm_lr_divisor: LSTM learning rate = learning_rate / lstm_lr_divisor (paper: T).
+    lstm_grad_clip: LSTM gradients are clipped element-wise to [-c, c] (paper: 5).
+    halve_every_steps: staircase decay by 0.5 every this many steps (0 = constant).
+  """
+  def schedule(lr):
+    if halve_every_steps <= 0:
+      return optax.constant_schedule(lr)
+    return optax.exponential_decay(lr, halve_every_steps, 0.5, staircase=True)
+
+  adam = lambda lr: optax.adam(schedule(lr), b1=b1, b2=b2, eps=eps)
+  return optax.multi_transform(
+      {"default": adam(learning_rate),
+       "lstm": optax.chain(optax.clip(lstm_grad_clip),
+                           adam(learning_rate / lstm_lr_divisor))},
+      param_groups)

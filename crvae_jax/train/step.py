@@ -1,0 +1,131 @@
+"""The data-parallel training step: written once per device, mapped over a 1-D mesh.
+
+`jax.shard_map` splits the global batch over the named axis 'batch'; each device
+binarizes its shard, runs the model, and the gradients (and BatchNorm batch statistics,
+through BatchNorm's `axis_name`) are averaged with `lax.pmean`. Parameters and optimizer
+state are replicated. Every random draw is keyed by (rng, step, global example index)
+(see `crvae_jax.randomness`), so 1 device and N devices compute the same update.
+"""
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from crvae_jax import objectives, randomness
+
+BATCH_AXIS = "batch"
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """1-D mesh over the first `num_devices` devices (default: all) with axis 'batch'."""
+  devices = jax.devices()
+  if num_devices is not None:
+    if num_devices > len(devices):
+      raise ValueError(f"asked for {num_devices} devices, only {len(devices)} exist")
+    devices = devices[:num_devices]
+  return Mesh(np.array(devices), (BATCH_AXIS,))
+
+
+def shard_batch(mesh: Mesh, array) -> jax.Array:
+  """Place a host array [B, ...] split along B over the mesh (B % devices == 0)."""
+  if array.shape[0] % mesh.size:
+    raise ValueError(f"batch of {array.shape[0]} does not split over {mesh.size} devices")
+  return jax.device_put(array, NamedSharding(mesh, P(BATCH_AXIS)))
+
+
+def replicate(mesh: Mesh, tree):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def make_objective(objective_config, num_blocks: int) -> Callable:
+  """ModelOutput -> objectives.Objective for config.objective (kind 'elbo' or 'iwae')."""
+  weights = objectives.block_weights(num_blocks, objective_config.beta,
+                                     objective_config.get("beta_first_blocks"))
+  if objective_config.kind == "elbo":
+    return lambda out: objectives.elbo(out, weights, objective_config.beta)
+  if objective_config.kind == "iwae":
+    return lambda out: objectives.iwae_bound(out, weights, objective_config.beta)
+  raise ValueError(f"objective.kind must be 'elbo' or 'iwae', got {objective_config.kind!r}")
+
+
+def global_indices(local_batch: int) -> jax.Array:
+  """Global example indices of this device's shard (inside shard_map)."""
+  return jax.lax.axis_index(BATCH_AXIS) * local_batch + jnp.arange(local_batch)
+
+
+def _train_step_per_device(state: TrainState, images, rng, *, model, tx, objective_fn,
+                           num_samples: int):
+  """One update on this device's shard images [b, 28, 28] uint8 (b = B / devices)."""
+  keys = randomness.example_keys(jax.random.fold_in(rng, state.step),
+                                 global_indices(images.shape[0]))
+  x = randomness.dynamic_binarize(keys, images)  # [b, 28, 28, 1]
+  eps1, eps2 = randomness.latent_noise(keys, jnp.arange(num_samples),
+                                       model.latent_shape, model.top_dim)
+
+  def loss_fn(params):
+    out, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                               x, eps1, eps2, train=True, mutable=["batch_stats"])
+    obj = objective_fn(out)
+    return obj.loss, (obj, updates["batch_stats"])
+
+  grads, (obj, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, BATCH_AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": obj.loss,
+      "bound": obj.bound.mean(),
+      "recon": -obj.recon_ll.mean(),
+      "kl": obj.kl_blocks.sum(-1).mean() + obj.kl_top.mean(),
+      "kl_top": obj.kl_top.mean(),
+      "kl_per_block": obj.kl_blocks.mean(0),  # [T]
+  }
+  metrics = jax.lax.pmean(metrics, BATCH_AXIS)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["param_norm"] = optax.global_norm(params)
+  new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
+  return new_state, metrics
+
+
+def make_train_step(model, tx, objective_fn, mesh: Mesh, *, num_samples: int = 1):
+  """Jitted `step(state, images, rng) -> (state, metrics)`; `state` is donated.
+
+  images: global batch [B, 28, 28] uint8 sharded over 'batch'; rng: the run's key.
+  model must carry bn_axis_name='batch' so BatchNorm statistics are global.
+  """
+  per_device = functools.partial(_train_step_per_device, model=model, tx=tx,
+                                 objective_fn=objective_fn, num_samples=num_samples)
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
+                         out_specs=(P(), P()))
+  return jax.jit(mapped, donate_argnums=(0,))
+
+
+def _eval_per_device(variables, images_binary, rng, *, model):
+  """True ELBO per image [b] with BN in inference mode, one latent sample per image."""
+  keys = randomness.example_keys(rng, global_indices(images_binary.shape[0]))
+  eps1, eps2 = randomness.latent_noise(keys, jnp.arange(1), model.latent_shape,
+                                       model.top_dim)
+  out = model.apply(variables, images_binary[..., None].astype(jnp.float32), eps1, eps2)
+  weights = jnp.ones((model.num_blocks,))
+  return objectives.elbo(out, weights).bound
+
+
+def make_elbo_eval(model, mesh: Mesh):
+  """Jitted `elbo(variables, images_binary [B, 28, 28], rng) -> [B]` (B % devices == 0)."""
+  per_device = functools.partial(_eval_per_device, model=model)
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
+                               out_specs=P(BATCH_AXIS)))
