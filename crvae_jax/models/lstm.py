@@ -32,13 +32,14 @@ class LSTMLayer(nn.Module):
 
   @nn.compact
   def __call__(self, xs):
-    b, _, d = xs.shape
+    d = xs.shape[-1]
     h4 = 4 * self.hidden
     w_x = self.param("input_kernel", nn.initializers.lecun_normal(), (d, h4))
     w_h = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.hidden, h4))
     bias = self.param("bias", _lstm_bias_init, (h4,))
     gates_x = xs @ w_x + bias  # [B, T, 4H]
-    zeros = jnp.zeros((b, self.hidden), xs.dtype)
+    # Zero state built from the data so it carries the batch's sharding (shard_map vma).
+    zeros = jnp.zeros_like(gates_x[:, 0, :self.hidden])  # [B, H]
     step = lambda carry, g: lstm_cell(carry, g, w_h)
     _, hs = jax.lax.scan(step, (zeros, zeros), gates_x.swapaxes(0, 1))  # over T
     return hs.swapaxes(0, 1)  # [T, B, H] -> [B, T, H]

@@ -51,6 +51,29 @@ def replicate(mesh: Mesh, tree):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def map_batches(fn: Callable, data: np.ndarray, mesh: Mesh, batch_size: int,
+                progress=None) -> np.ndarray:
+  """Apply fn(sharded_batch, offset) -> [b, ...] to every row of data [N, ...].
+
+  batch_size is rounded up to a multiple of the device count; the last batch is padded
+  with zeros and the padded rows are dropped, so every row is processed exactly once.
+  `offset` (int32) is the global index of the batch's first row. `progress` (a tqdm bar)
+  is advanced by the number of real rows.
+  """
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+  outputs = []
+  for lo in range(0, len(data), batch_size):
+    batch = data[lo:lo + batch_size]
+    real = batch.shape[0]
+    if real < batch_size:
+      pad = np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)
+      batch = np.concatenate([batch, pad])
+    outputs.append(np.asarray(fn(shard_batch(mesh, batch), jnp.int32(lo)))[:real])
+    if progress is not None:
+      progress.update(real)
+  return np.concatenate(outputs)
+
+
 def make_objective(objective_config, num_blocks: int) -> Callable:
   """ModelOutput -> objectives.Objective for config.objective (kind 'elbo' or 'iwae')."""
   weights = objectives.block_weights(num_blocks, objective_config.beta,
@@ -114,9 +137,9 @@ def make_train_step(model, tx, objective_fn, mesh: Mesh, *, num_samples: int = 1
   return jax.jit(mapped, donate_argnums=(0,))
 
 
-def _eval_per_device(variables, images_binary, rng, *, model):
+def _eval_per_device(variables, images_binary, offset, rng, *, model):
   """True ELBO per image [b] with BN in inference mode, one latent sample per image."""
-  keys = randomness.example_keys(rng, global_indices(images_binary.shape[0]))
+  keys = randomness.example_keys(rng, offset + global_indices(images_binary.shape[0]))
   eps1, eps2 = randomness.latent_noise(keys, jnp.arange(1), model.latent_shape,
                                        model.top_dim)
   out = model.apply(variables, images_binary[..., None].astype(jnp.float32), eps1, eps2)
@@ -125,7 +148,19 @@ def _eval_per_device(variables, images_binary, rng, *, model):
 
 
 def make_elbo_eval(model, mesh: Mesh):
-  """Jitted `elbo(variables, images_binary [B, 28, 28], rng) -> [B]` (B % devices == 0)."""
+  """Jitted `elbo(variables, images_binary [B, 28, 28], offset, rng) -> [B]`."""
   per_device = functools.partial(_eval_per_device, model=model)
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
+  return jax.jit(jax.shard_map(per_device, mesh=mesh,
+                               in_specs=(P(), P(BATCH_AXIS), P(), P()),
                                out_specs=P(BATCH_AXIS)))
+
+
+def evaluate_elbo(elbo_fn, variables, images_binary: np.ndarray, mesh: Mesh, *,
+                  batch_size: int = 500, seed: int = 0) -> np.ndarray:
+  """True ELBO (nats) of every image in images_binary [N, 28, 28], one sample each.
+
+  elbo_fn: from `make_elbo_eval` (built once per run, so it compiles once).
+  """
+  variables, rng = replicate(mesh, variables), jax.random.key(seed)
+  return map_batches(lambda b, off: elbo_fn(variables, b, off, rng), images_binary, mesh,
+                     batch_size)

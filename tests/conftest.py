@@ -1,0 +1,61 @@
+"""Shared test set-up: two fake CPU devices, a tiny config and tiny random MNIST-like data."""
+
+import os
+
+# Must happen before jax is imported anywhere: every test sees 2 CPU devices.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=2").strip()
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+from experiments.configs import mnist as mnist_configs  # pylint: disable=g-import-not-at-top
+from crvae_jax.train import setup  # pylint: disable=g-import-not-at-top
+
+
+def make_tiny_config(row: str = "crvae"):
+  """A paper config shrunk to seconds: width 2, LSTM 16, latent 4x4x8, T=4, batch 8."""
+  c = mnist_configs.get_config(row + ",cpu")
+  c.model.width = 2
+  c.model.lstm_hidden = 16
+  c.model.latent_channels = 8
+  c.model.num_blocks = 4
+  c.model.top_dim = 6
+  c.optim.lstm_lr_divisor = 4.0
+  c.train.batch_size = 8
+  c.train.num_epochs = 1.0
+  c.train.log_every_steps = 2
+  c.train.eval_every_epochs = 1.0
+  c.train.sample_every_epochs = 1.0
+  c.optim.halve_every_epochs = 1.0
+  c.eval.num_samples = 6
+  c.eval.report_k = 3
+  c.eval.chunk_size = 4
+  c.eval.batch_size = 6
+  c.sample.num_images = 4
+  return c
+
+
+def make_tiny_data(num_train: int = 32, num_eval: int = 10, seed: int = 0):
+  """MNIST-shaped random data: smooth blobs so that binarization is not all noise."""
+  rng = np.random.default_rng(seed)
+  def images(n):
+    yy, xx = np.mgrid[:28, :28]
+    cy, cx = rng.uniform(8, 20, (2, n, 1, 1))
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 30.0)
+    return (255 * blob).astype(np.uint8)
+  test = images(num_eval)
+  binary = lambda a: (rng.uniform(size=a.shape) < a / 255.0).astype(np.uint8)
+  return setup.MnistData(images(num_train), binary(images(num_eval)), binary(test), test,
+                         "tiny random blobs (test data)")
+
+
+@pytest.fixture
+def tiny_config():
+  return make_tiny_config()
+
+
+@pytest.fixture
+def tiny_data():
+  return make_tiny_data()
