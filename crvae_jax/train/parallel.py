@@ -105,7 +105,11 @@ def _train_step_per_device(state: TrainState, images, rng, *, model, tx, objecti
     obj = objective_fn(out)
     return obj.loss, (obj, updates["batch_stats"])
 
-  grads, (obj, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  # Differentiate w.r.t. a per-device ("varying") view of the replicated parameters, so
+  # each device gets the gradient of its own shard's loss; then average them. (Without
+  # the cast, shard_map's transpose would psum gradients of replicated inputs itself.)
+  local_params = jax.lax.pcast(state.params, BATCH_AXIS, to="varying")
+  grads, (obj, batch_stats) = jax.grad(loss_fn, has_aux=True)(local_params)
   grads = jax.lax.pmean(grads, BATCH_AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -118,8 +122,8 @@ def _train_step_per_device(state: TrainState, images, rng, *, model, tx, objecti
       "kl_per_block": obj.kl_blocks.mean(0),  # [T]
   }
   metrics = jax.lax.pmean(metrics, BATCH_AXIS)
-  metrics["grad_norm"] = optax.global_norm(grads)
-  metrics["param_norm"] = optax.global_norm(params)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  metrics["param_norm"] = optax.tree.norm(params)
   new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
   return new_state, metrics
 

@@ -1,0 +1,142 @@
+"""NHWC 2-D convolution with a CPU-friendly custom gradient.
+
+On CPU, XLA's own gradient of an NHWC conv w.r.t. the kernel (dW) is very slow
+(it is lowered to a convolution whose "kernel" is the whole HxW cotangent).
+:func:`conv2d` computes exactly ``lax.conv_general_dilated(x, w, (s, s),
+[(p, p), (p, p)], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`` and replaces
+the backward pass (and, for tiny Cout, the forward pass) by:
+
+* dW: ``lax.scan`` over small batch chunks; per chunk, an im2col matrix is
+  built from the K*K shifted (strided) slices of the padded input and
+  multiplied by the cotangent.  The chunk is sized so the im2col matrix stays
+  cache-sized (~2.5 MB), which avoids materialising the K*K-times larger
+  full-batch im2col tensor and keeps the matmuls near peak.
+* dX: a plain XLA convolution of the cotangent with the spatially flipped,
+  in/out-transposed kernel (``lhs_dilation=stride`` for strided convs). This is
+  the standard transposed conv and is fast on CPU.
+* forward: XLA's conv, except for Cout < 8 where the same chunked im2col
+  matmul is much faster.
+
+Measured speed-ups are in ``benchmarks/conv_layers.py``.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+_CHUNK_BYTES = 5 * 2**19  # target size of one im2col chunk (~2.5 MB)
+_SMALL_COUT = 8  # forward uses chunked im2col when Cout < this
+
+
+def _out_size(n, k, stride, padding):
+  return (n + 2 * padding - k) // stride + 1
+
+
+def _chunk_size(batch, rows_per_sample, cols, itemsize):
+  """Largest divisor g of `batch` whose im2col chunk (g*rows x cols) fits."""
+  g = max(1, _CHUNK_BYTES // max(1, rows_per_sample * cols * itemsize))
+  g = min(g, batch)
+  while batch % g:
+    g -= 1
+  return g
+
+
+def _patches(xp, k, stride, ho, wo):
+  """im2col of a padded chunk.
+
+  xp: [g, Hp, Wp, Cin] (already padded) -> [g, ho, wo, k*k*Cin], with the
+  last axis ordered (kh, kw, cin) to match ``kernel.reshape(k*k*Cin, Cout)``.
+  """
+  span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+  return jnp.concatenate(
+      [xp[:, i:i + span_h:stride, j:j + span_w:stride]
+       for i in range(k) for j in range(k)], axis=-1)
+
+
+def _chunked(x, k, stride, padding, ho, wo, extra, fn):
+  """Pads x, splits the batch into chunks and scans `fn` over them.
+
+  x: [B, H, W, Cin]; `extra`: tensors [B, ...] chunked alongside x.
+  fn(carry, (cols [g, ho, wo, k*k*Cin], *extra_chunks)) -> (carry, out).
+  Returns (scan body, scan inputs [B/g, g, ...]) for ``lax.scan``.
+  """
+  b, _, _, cin = x.shape
+  g = _chunk_size(b, ho * wo, k * k * cin, x.dtype.itemsize)
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  xs = xp.reshape(b // g, g, *xp.shape[1:])
+  es = tuple(e.reshape(b // g, g, *e.shape[1:]) for e in extra)
+
+  def body(carry, chunk):
+    return fn(carry, (_patches(chunk[0], k, stride, ho, wo),) + chunk[1:])
+  return body, (xs,) + es
+
+
+def _conv_im2col(x, kernel, stride, padding):
+  """Forward conv via chunked im2col matmuls.  -> [B, Ho, Wo, Cout]."""
+  b, h, w, _ = x.shape
+  k, cout = kernel.shape[0], kernel.shape[-1]
+  ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
+  wmat = kernel.reshape(-1, cout)  # [k*k*Cin, Cout]
+  body, xs = _chunked(x, k, stride, padding, ho, wo, (),
+                      lambda c, a: (c, a[0] @ wmat))
+  _, y = lax.scan(body, None, xs)  # [B/g, g, ho, wo, Cout]
+  return y.reshape(b, ho, wo, cout)
+
+
+def _conv_xla(x, kernel, stride, padding):
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), [(padding, padding)] * 2,
+      dimension_numbers=_DN)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x, kernel, stride=1, padding=0):
+  """NHWC convolution with a fast CPU backward pass.
+
+  Args:
+    x: [B, H, W, Cin] input.
+    kernel: [K, K, Cin, Cout] (HWIO) kernel.
+    stride: int, same along H and W (1 or 2).
+    padding: int, symmetric zero padding in pixels along H and W.
+  Returns:
+    [B, Ho, Wo, Cout] with Ho = (H + 2*padding - K) // stride + 1, equal to
+    ``lax.conv_general_dilated(x, kernel, (stride, stride),
+    [(padding, padding)] * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))``.
+  """
+  if kernel.shape[-1] < _SMALL_COUT:
+    return _conv_im2col(x, kernel, stride, padding)
+  return _conv_xla(x, kernel, stride, padding)
+
+
+def _conv2d_fwd(x, kernel, stride, padding):
+  return conv2d(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv2d_bwd(stride, padding, res, dy):
+  x, kernel = res  # x: [B, H, W, Cin], kernel: [K, K, Cin, Cout]
+  b, h, w, cin = x.shape
+  k, cout = kernel.shape[0], kernel.shape[-1]
+  ho, wo = dy.shape[1], dy.shape[2]  # dy: [B, Ho, Wo, Cout]
+
+  # dW[(i, j, c), d] = sum_{b, y, x} xpad[b, s*y+i, s*x+j, c] * dy[b, y, x, d]
+  def dw_step(acc, chunk):
+    cols, dyc = chunk  # [g, ho, wo, k*k*Cin], [g, ho, wo, Cout]
+    return acc + jnp.einsum('bhwk,bhwd->kd', cols, dyc), None
+  body, xs = _chunked(x, k, stride, padding, ho, wo, (dy,), dw_step)
+  dw, _ = lax.scan(body, jnp.zeros((k * k * cin, cout), x.dtype), xs)
+  dw = dw.reshape(k, k, cin, cout).astype(kernel.dtype)
+
+  # dX = transposed conv: dilate dy by the stride, pad by K-1-p (plus the rows
+  # /cols the strided forward dropped), correlate with the flipped kernel.
+  wt = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))  # [K, K, Cout, Cin]
+  lo = k - 1 - padding
+  pads = [(lo, lo + (n + 2 * padding - k) % stride) for n in (h, w)]
+  dx = lax.conv_general_dilated(dy, wt, (1, 1), pads, lhs_dilation=(stride,) * 2,
+                                dimension_numbers=_DN)
+  return dx.astype(x.dtype), dw
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
