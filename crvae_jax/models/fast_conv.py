@@ -126,7 +126,8 @@ def _conv2d_bwd(stride, padding, res, dy):
     cols, dyc = chunk  # [g, ho, wo, k*k*Cin], [g, ho, wo, Cout]
     return acc + jnp.einsum('bhwk,bhwd->kd', cols, dyc), None
   body, xs = _chunked(x, k, stride, padding, ho, wo, (dy,), dw_step)
-  dw, _ = lax.scan(body, jnp.zeros((k * k * cin, cout), x.dtype), xs)
+  # zeros_like(x, ...) keeps x's device variance, so this also runs inside shard_map.
+  dw, _ = lax.scan(body, jnp.zeros_like(x, shape=(k * k * cin, cout)), xs)
   dw = dw.reshape(k, k, cin, cout).astype(kernel.dtype)
 
   # dX = transposed conv: dilate dy by the stride, pad by K-1-p (plus the rows

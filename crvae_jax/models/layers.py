@@ -10,7 +10,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-DECONV_IMPLS = ("auto", "matmul", "xla")
+from crvae_jax.models import fast_conv
+
+CONV_IMPLS = ("auto", "cpu", "xla")
 
 
 def crelu(x: jax.Array) -> jax.Array:
@@ -22,13 +24,19 @@ def leaky_relu(x: jax.Array, slope: float = 0.1) -> jax.Array:
   return jnp.where(x >= 0, x, slope * x)
 
 
-def resolve_deconv_impl(impl: str) -> str:
-  """'auto' -> 'matmul' on CPU (XLA's CPU conv_transpose backward is ~50x slower than
-  its forward), 'xla' on GPU/TPU where cuDNN/TPU kernels handle it natively."""
-  if impl not in DECONV_IMPLS:
-    raise ValueError(f"deconv_impl must be one of {DECONV_IMPLS}, got {impl!r}")
+def resolve_conv_impl(impl: str) -> str:
+  """Which kernels the (transposed) convolutions use: 'auto' picks 'cpu' on the CPU
+  backend and 'xla' on GPU/TPU.
+
+  'cpu': transposed convs as matmul + overlap-add (XLA's CPU conv_transpose backward is
+  ~50x slower than its forward) and convs with a chunked-im2col weight gradient
+  (`fast_conv.conv2d`); 'xla': the plain XLA ops, which cuDNN/TPU run natively.
+  Both give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py).
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
   if impl == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "xla"
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
   return impl
 
 
@@ -93,7 +101,7 @@ class ConvTranspose(nn.Module):
     kernel = self.param(
         "kernel", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
         (self.kernel_size, self.kernel_size, cin, self.features))
-    if resolve_deconv_impl(self.impl) == "matmul":
+    if resolve_conv_impl(self.impl) == "cpu":
       return conv_transpose_matmul(x, kernel, self.stride, self.padding)
     return conv_transpose_xla(x, kernel, self.stride, self.padding)
 
@@ -105,9 +113,33 @@ def batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None
                       axis_name=axis_name if train else None, name=name)
 
 
+class Conv(nn.Module):
+  """Convolution with symmetric padding in pixels (Torch style) and selectable kernels.
+
+  Parameters are laid out as in `nn.Conv` ('kernel' [K, K, Cin, Cout], 'bias' [Cout]).
+  """
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  use_bias: bool = False
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    k, p, s = self.kernel_size, self.padding, self.stride
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features))
+    if resolve_conv_impl(self.impl) == "cpu":
+      y = fast_conv.conv2d(x, kernel, s, p)
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, (s, s), [(p, p), (p, p)],
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+    return y
+
+
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0,
-         use_bias: bool = False, name: Optional[str] = None) -> nn.Conv:
-  """Conv with explicit symmetric padding in pixels (Torch style)."""
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((padding, padding), (padding, padding)), use_bias=use_bias,
-                 name=name)
+         use_bias: bool = False, name: Optional[str] = None, impl: str = "auto") -> Conv:
+  return Conv(features, kernel, stride, padding, use_bias, impl, name=name)

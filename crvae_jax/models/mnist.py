@@ -14,6 +14,7 @@ LeakyReLU(0.1); LeakyReLU slope 0.1 throughout; the last encoder conv is 3x3 for
 channel-recurrent variants and 5x5 for vae/cvae, as in the release.
 """
 
+import functools
 from typing import NamedTuple, Optional
 
 import flax.linen as nn
@@ -45,25 +46,26 @@ class ModelOutput(NamedTuple):
 class MnistEncoder(nn.Module):
   width: int = 32
   last_kernel: int = 3
+  conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):  # x: [B, 28, 28, 1] in {0, 1}
     bn = lambda: layers.batch_norm(train, self.bn_axis_name)
-    c = self.width
-    x = layers.crelu(bn()(layers.conv(c, 5, 2, 3)(x)))  # [B, 15, 15, 2c]
-    x = layers.leaky_relu(bn()(layers.conv(2 * c, 3, 1, 1)(x)))
-    x = layers.crelu(bn()(layers.conv(2 * c, 3, 2, 1)(x)))  # [B, 8, 8, 4c]
-    x = layers.leaky_relu(bn()(layers.conv(4 * c, 3, 1, 1)(x)))
-    k = self.last_kernel
-    x = layers.crelu(bn()(layers.conv(4 * c, k, 2, k // 2)(x)))  # [B, 4, 4, 8c]
-    return layers.leaky_relu(bn()(layers.conv(8 * c, 3, 1, 1)(x)))  # [B, 4, 4, 8c]
+    conv = functools.partial(layers.conv, impl=self.conv_impl)
+    c, k = self.width, self.last_kernel
+    x = layers.crelu(bn()(conv(c, 5, 2, 3)(x)))  # [B, 15, 15, 2c]
+    x = layers.leaky_relu(bn()(conv(2 * c, 3, 1, 1)(x)))
+    x = layers.crelu(bn()(conv(2 * c, 3, 2, 1)(x)))  # [B, 8, 8, 4c]
+    x = layers.leaky_relu(bn()(conv(4 * c, 3, 1, 1)(x)))
+    x = layers.crelu(bn()(conv(4 * c, k, 2, k // 2)(x)))  # [B, 4, 4, 8c]
+    return layers.leaky_relu(bn()(conv(8 * c, 3, 1, 1)(x)))  # [B, 4, 4, 8c]
 
 
 class MnistDecoder(nn.Module):
   """[B, 4, 4, 8c] pre-BN features -> Bernoulli logits [B, 28, 28, 1]."""
   width: int = 32
-  deconv_impl: str = "auto"
+  conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
 
   @nn.compact
@@ -72,10 +74,10 @@ class MnistDecoder(nn.Module):
     c = self.width
     h = layers.leaky_relu(bn()(h))
     for out, pad in ((8 * c, 1), (4 * c, 1), (2 * c, 2)):  # 8x8, 16x16, 30x30
-      h = layers.ConvTranspose(out, 4, 2, pad, impl=self.deconv_impl)(h)
+      h = layers.ConvTranspose(out, 4, 2, pad, impl=self.conv_impl)(h)
       h = layers.leaky_relu(bn()(h))
-      h = layers.leaky_relu(bn()(layers.conv(out, 3, 1, 1)(h)))
-    return layers.conv(1, 3, 1, 0, use_bias=True)(h)  # [B, 28, 28, 1]
+      h = layers.leaky_relu(bn()(layers.conv(out, 3, 1, 1, impl=self.conv_impl)(h)))
+    return layers.conv(1, 3, 1, 0, use_bias=True, impl=self.conv_impl)(h)  # [B, 28, 28, 1]
 
 
 class TopLayer(nn.Module):
@@ -115,7 +117,7 @@ class MnistVAE(nn.Module):
   lstm_hidden: int = 512
   latent_channels: int = 64
   top_dim: int = 128
-  deconv_impl: str = "auto"
+  conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
 
   @property
@@ -129,8 +131,8 @@ class MnistVAE(nn.Module):
       raise ValueError(f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
     enc_channels = 8 * self.width
     last_kernel = 5 if self.variant in ("vae", "cvae") else 3
-    self.encoder = MnistEncoder(self.width, last_kernel, self.bn_axis_name)
-    self.decoder = MnistDecoder(self.width, self.deconv_impl, self.bn_axis_name)
+    self.encoder = MnistEncoder(self.width, last_kernel, self.conv_impl, self.bn_axis_name)
+    self.decoder = MnistDecoder(self.width, self.conv_impl, self.bn_axis_name)
     if self.variant == "vae":
       self.enc_mean = nn.Dense(16 * self.latent_channels)
       self.enc_logvar = nn.Dense(16 * self.latent_channels)
@@ -139,13 +141,15 @@ class MnistVAE(nn.Module):
       self.posterior_block = ChannelRecurrentPosterior(
           self.num_blocks, self.latent_channels, self.lstm_hidden, mean_head="dense")
     else:
-      self.enc_mean = layers.conv(self.latent_channels, 3, padding=1, use_bias=True)
-      self.enc_logvar = layers.conv(self.latent_channels, 3, padding=1, use_bias=True)
+      self.enc_mean = layers.conv(self.latent_channels, 3, padding=1, use_bias=True,
+                                  impl=self.conv_impl)
+      self.enc_logvar = layers.conv(self.latent_channels, 3, padding=1, use_bias=True,
+                                  impl=self.conv_impl)
     if self.variant in RECURRENT_GENERATION:
       self.generator_block = ChannelRecurrentGenerator(self.num_blocks, self.lstm_hidden)
       self.b_dec = self.param("b_dec", nn.initializers.zeros, (4, 4, self.latent_channels))
     if self.variant != "vae":
-      self.dec_in = layers.conv(enc_channels, 3, padding=1)
+      self.dec_in = layers.conv(enc_channels, 3, padding=1, impl=self.conv_impl)
     if self.variant == "crvae_2layer":
       self.top = TopLayer(16 * self.latent_channels, self.top_dim, self.lstm_hidden)
 

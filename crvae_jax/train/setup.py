@@ -40,7 +40,7 @@ def build_model(config) -> MnistVAE:
   m = config.model
   return MnistVAE(variant=m.variant, num_blocks=m.num_blocks, width=m.width,
                   lstm_hidden=m.lstm_hidden, latent_channels=m.latent_channels,
-                  top_dim=m.top_dim, deconv_impl=m.deconv_impl, bn_axis_name=BATCH_AXIS)
+                  top_dim=m.top_dim, conv_impl=m.conv_impl, bn_axis_name=BATCH_AXIS)
 
 
 def steps_per_epoch(config, num_train: int) -> int:

@@ -55,7 +55,7 @@ def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
   c.model.lstm_hidden = 512  # LSTM hidden size (paper: 512)
   c.model.latent_channels = 64  # latent 4x4x64 = 1024 dims
   c.model.top_dim = 128  # second stochastic layer (crvae_2layer only)
-  c.model.deconv_impl = "auto"  # 'auto': matmul+overlap-add on CPU, XLA elsewhere
+  c.model.conv_impl = "auto"  # 'auto': CPU-tuned kernels on CPU, plain XLA elsewhere
 
   c.objective = ml_collections.ConfigDict()
   c.objective.kind = kind  # 'elbo' or 'iwae' (crIWA: k-sample bound, Burda et al.)
