@@ -9,6 +9,7 @@ import urllib.error
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,7 +17,6 @@ from crvae_jax.data import (
     IdxFormatError,
     MnistDataError,
     TrainOrder,
-    dynamic_binarize,
     extract_npm_tarball,
     load_binarized_amat,
     load_eval_sets,
@@ -27,6 +27,7 @@ from crvae_jax.data import (
     train_batch_indices,
     write_idx,
 )
+from crvae_jax import randomness
 from crvae_jax.data import sources
 
 N_TRAIN, N_TEST, N_VALID = 30, 5, 10
@@ -285,15 +286,19 @@ def test_static_binarize():
     np.testing.assert_array_equal(static_binarize(extremes), extremes // 255)
 
 
-def test_dynamic_binarize():
+def test_dynamic_binarize_is_a_fresh_draw_per_key():
     images = np.random.default_rng(2).integers(0, 256, (64, 28, 28), dtype=np.uint8)
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    x1, x2 = jax.jit(dynamic_binarize)(k1, images), dynamic_binarize(k2, images)
-    assert x1.dtype == np.float32 and x1.shape == images.shape
+    keys1 = randomness.example_keys(jax.random.key(0), jnp.arange(64))
+    keys2 = randomness.example_keys(jax.random.key(1), jnp.arange(64))
+    x1 = jax.jit(randomness.dynamic_binarize)(keys1, images)
+    x2 = randomness.dynamic_binarize(keys2, images)
+    assert x1.dtype == np.float32 and x1.shape == images.shape + (1,)
     assert set(np.unique(np.asarray(x1))) <= {0.0, 1.0}
     assert not np.array_equal(np.asarray(x1), np.asarray(x2))
-    np.testing.assert_array_equal(np.asarray(x1), np.asarray(dynamic_binarize(k1, images)))
+    np.testing.assert_array_equal(x1, randomness.dynamic_binarize(keys1, images))
     assert abs(float(x1.mean()) - images.mean() / 255.0) < 0.01
+    # Each image's draw depends only on its own key: a sub-batch gets the same pixels.
+    np.testing.assert_array_equal(x1[5:9], randomness.dynamic_binarize(keys1[5:9], images[5:9]))
 
 
 def _write_amat(path: Path, images: np.ndarray) -> Path:

@@ -42,24 +42,6 @@ def test_two_devices_compute_the_one_device_gradient(tiny_config, tiny_data):
   np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-5)
 
 
-def test_two_devices_match_one_device_with_adam(tiny_config, tiny_data):
-  one, _ = _run_steps(tiny_config, tiny_data, 1)
-  two, _ = _run_steps(tiny_config, tiny_data, 2)
-  assert int(one.step) == int(two.step) == 2
-  # Adam's early steps are ~lr * sign(g): float rounding can flip a near-zero gradient's
-  # sign, so compare in units of the learning rate (a missing pmean moves most entries
-  # by O(lr)).
-  lr = tiny_config.optim.learning_rate
-  diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(
-      jax.tree.leaves(one.params), jax.tree.leaves(two.params))])
-  assert np.mean(diffs > 0.05 * lr) < 0.01, np.sort(diffs)[-10:]
-  assert np.median(diffs) < 1e-3 * lr
-  # ...and the update is not trivially zero.
-  init = setup.init_variables(setup.build_model(tiny_config), 0)["params"]
-  moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), one.params, init))
-  assert max(moved) > 1e-4
-
-
 def test_iwae_objective_runs_data_parallel(tiny_config, tiny_data):
   tiny_config.objective.kind = "iwae"
   tiny_config.objective.num_samples = 3

@@ -6,7 +6,7 @@ Typical use::
     splits = load_mnist(files)                       # 50k / 10k / 10k, uint8
     valid_bin, test_bin, desc = load_eval_sets(splits, test_set="seeded_static")
     order = TrainOrder(num_examples=len(splits.train.images), batch_size=100, seed=0)
-    x = dynamic_binarize(key, splits.train.images[order.indices(step)])
+    batch = splits.train.images[order.indices(step)]  # binarized in the train step
 """
 
 from .idx import IdxFormatError, MnistDataError, read_idx, write_idx
@@ -16,7 +16,6 @@ from .mnist import (
     MnistSplits,
     Split,
     TrainOrder,
-    dynamic_binarize,
     load_binarized_amat,
     load_eval_sets,
     load_mnist,
@@ -44,7 +43,6 @@ __all__ = [
     "MnistSplits",
     "Split",
     "TrainOrder",
-    "dynamic_binarize",
     "load_binarized_amat",
     "load_eval_sets",
     "load_mnist",

@@ -3,7 +3,8 @@
 Splits follow the usual VAE protocol: train = first 50,000 official training
 images, valid = last 10,000 official training images, test = the 10,000
 official test images. Training uses dynamic binarization (a fresh Bernoulli
-sample per batch, in JAX); evaluation uses a fixed binarization, either our
+sample per batch, drawn inside the train step by
+``crvae_jax.randomness.dynamic_binarize``); evaluation uses a fixed binarization, either our
 seeded one or Larochelle's ``binarized_mnist_*.amat`` files.
 """
 
@@ -13,8 +14,6 @@ import os
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .idx import MnistDataError, read_idx
@@ -25,7 +24,6 @@ __all__ = [
     "load_mnist",
     "STATIC_BINARIZATION_SEED",
     "static_binarize",
-    "dynamic_binarize",
     "load_binarized_amat",
     "TEST_SETS",
     "load_eval_sets",
@@ -126,12 +124,6 @@ def static_binarize(images: np.ndarray, seed: int = STATIC_BINARIZATION_SEED) ->
         block = flat_in[start:start + 4096]
         flat_out[start:start + 4096] = rng.random(block.shape) < block / 255.0
     return out
-
-
-def dynamic_binarize(key: jax.Array, images: jax.Array) -> jax.Array:
-    """Fresh Bernoulli(intensity / 255) sample, float32 {0, 1}; jit-friendly."""
-    probs = jnp.asarray(images, dtype=jnp.float32) / 255.0
-    return jax.random.bernoulli(key, probs).astype(jnp.float32)
 
 
 def load_binarized_amat(path: str | os.PathLike) -> np.ndarray:
