@@ -2,8 +2,10 @@
 
 import json
 import os
+import time
 from typing import Optional
 
+import jax
 import numpy as np
 
 from crvae_jax import likelihood, sampling
@@ -43,7 +45,10 @@ def evaluate(config, workdir: str, *, data: Optional[setup.MnistData] = None,
   summary = {"checkpoint": e.checkpoint, "step": int(step), "test_set": data.test_set,
              "num_images": int(len(data.test_binary)), "num_samples": e.num_samples,
              "seed": e.seed, "scale": config.get("scale", "?"),
-             "variant": config.model.variant, "num_blocks": config.model.num_blocks}
+             "variant": config.model.variant, "num_blocks": config.model.num_blocks,
+             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+             "devices": f"{len(mesh.devices.flat)} x {mesh.devices.flat[0].device_kind}",
+             "jax": jax.__version__}
   for name, values in (("nll", -result.log_px), (f"nll_k{result.report_k}",
                                                   -result.log_px_report),
                        ("neg_elbo", -result.elbo)):

@@ -1,0 +1,100 @@
+r"""Training and evaluation throughput of the MNIST crVAE on this machine.
+
+  python benchmarks/train_throughput.py --scales=cpu,paper --steps=10
+
+Prints, per scale: start-up time (init + compile of the first step), train images/s
+(global batch 128, data-parallel over all local devices, after warm-up), IS-NLL decoder
+samples/s, and this run's fp32 matmul peak (4096^2 jnp.dot) for scale.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from crvae_jax import likelihood  # pylint: disable=g-import-not-at-top
+from crvae_jax.train import parallel, setup
+from experiments.configs import mnist as mnist_configs
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(repeats):
+    f(a).block_until_ready()
+  return 2 * n ** 3 / ((time.perf_counter() - t) / repeats) / 1e9
+
+
+def train_throughput(config, steps: int):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (config.train.batch_size * 4, 28, 28), dtype=np.uint8)
+  t0 = time.perf_counter()
+  mesh = parallel.make_mesh(config.train.num_devices)
+  model = setup.build_model(config)
+  tx = setup.build_optimizer(config, 50_000)
+  state = parallel.replicate(mesh, setup.init_state(model, tx, 0))
+  step_fn = parallel.make_train_step(
+      model, tx, parallel.make_objective(config.objective, config.model.num_blocks), mesh,
+      num_samples=config.objective.num_samples)
+  batches = [parallel.shard_batch(mesh, images[i::4]) for i in range(4)]
+  key = jax.random.key(0)
+  state, m = step_fn(state, batches[0], key)
+  jax.block_until_ready(m)
+  startup = time.perf_counter() - t0
+  state, m = step_fn(state, batches[1], key)  # warm-up
+  jax.block_until_ready(m)
+  t = time.perf_counter()
+  for i in range(steps):
+    state, m = step_fn(state, batches[i % 4], key)
+  jax.block_until_ready(m)
+  per_s = steps * config.train.batch_size / (time.perf_counter() - t)
+  return startup, per_s, model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def eval_throughput(config, model, variables, num_images: int, num_samples: int):
+  mesh = parallel.make_mesh(config.train.num_devices)
+  images = (np.random.default_rng(1).random((num_images, 28, 28)) < 0.15).astype(np.uint8)
+  kw = dict(num_samples=num_samples, chunk_size=config.eval.chunk_size,
+            batch_size=config.eval.batch_size, progress=False)
+  likelihood.estimate_log_likelihood(model, variables, images[:config.eval.batch_size],
+                                     mesh, **kw)  # compile
+  t = time.perf_counter()
+  likelihood.estimate_log_likelihood(model, variables, images, mesh, **kw)
+  return num_images * num_samples / (time.perf_counter() - t)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--scales", default="cpu,paper")
+  p.add_argument("--row", default="crvae")
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--eval_images", type=int, default=100)
+  p.add_argument("--eval_samples", type=int, default=20)
+  args = p.parse_args()
+  print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {platform.processor() or platform.machine()} "
+        f"| {os.cpu_count()} cores | jax {jax.__version__} {jax.default_backend()} "
+        f"x{len(jax.devices())}")
+  print(f"matmul peak (4096^2 fp32): {matmul_gflops():.0f} GFLOP/s")
+  print("| row | scale | params | start-up s | train img/s | eval samples/s |")
+  print("|---|---|---|---|---|---|")
+  for scale in args.scales.split(","):
+    config = mnist_configs.get_config(args.row + ("" if scale == "paper" else "," + scale))
+    startup, train_ips, model, variables = train_throughput(config, args.steps)
+    eval_sps = eval_throughput(config, model, variables, args.eval_images,
+                               args.eval_samples)
+    n = sum(x.size for x in jax.tree.leaves(variables["params"]))
+    print(f"| {args.row} | {scale} | {n / 1e6:.2f} M | {startup:.1f} | {train_ips:.1f} | "
+          f"{eval_sps:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
