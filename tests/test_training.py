@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from crvae_jax import evaluate
-from crvae_jax.train import checkpoints, loop, setup
+from crvae_jax.train import checkpoints, loop
 
 
 def _params_of(workdir, config, data):

@@ -10,7 +10,6 @@ from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from crvae_jax.models import layers
 from crvae_jax.models.lstm import StackedLSTM
