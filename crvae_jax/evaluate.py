@@ -8,13 +8,14 @@ from typing import Optional
 import jax
 import numpy as np
 
-from crvae_jax import likelihood, sampling
+from crvae_jax import config_checks, likelihood, sampling
 from crvae_jax.train import checkpoints, parallel, setup
 from crvae_jax.train.loop import state_variables
 
 
 def restore_variables(config, workdir: str, which: str, num_train: int):
   """(model, {'params', 'batch_stats'}, step) from the workdir's `which` checkpoint."""
+  config_checks.check_mnist_config(config, parallel.make_mesh(config.train.num_devices).size)
   model = setup.build_model(config)
   target = setup.init_state(model, setup.build_optimizer(config, num_train),
                             config.train.seed)

@@ -16,8 +16,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crvae_jax import evaluate  # pylint: disable=g-import-not-at-top
-from crvae_jax.train import loop, setup
+from crvae_jax import config_checks, evaluate  # pylint: disable=g-import-not-at-top
+from crvae_jax.train import loop, parallel, setup
 
 MODES = ("train", "evaluate", "sample")
 FLAGS = flags.FLAGS
@@ -36,6 +36,8 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--mode: unknown {unknown}; choose from {MODES}")
   config = FLAGS.config
+  # Impossible values fail here, before data loading and compilation.
+  config_checks.check_mnist_config(config, parallel.make_mesh(config.train.num_devices).size)
   data = setup.load_data(config)
   for mode in FLAGS.mode:
     if mode == "train":

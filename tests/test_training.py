@@ -70,5 +70,5 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path, tiny_config, tin
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path, tiny_config, tiny_data):
   tiny_config.train.batch_size = 7
-  with pytest.raises(ValueError, match="not divisible"):
+  with pytest.raises(ValueError, match="train.batch_size=7.*multiple of the 2 device"):
     loop.train_and_evaluate(tiny_config, str(tmp_path), data=tiny_data)

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from crvae_jax import config_checks
 from crvae_jax import data as mnist_data
 from crvae_jax import sampling
 from crvae_jax.train import checkpoints, parallel, setup
@@ -35,11 +36,9 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
   """
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
-  data = data or setup.load_data(config, log=log)
   mesh = parallel.make_mesh(config.train.num_devices)
-  if config.train.batch_size % mesh.size:
-    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by "
-                     f"the {mesh.size} devices")
+  config_checks.check_mnist_config(config, mesh.size)
+  data = data or setup.load_data(config, log=log)
   num_train = len(data.train_images)
   per_epoch = setup.steps_per_epoch(config, num_train)
   total_steps = int(round(config.train.num_epochs * per_epoch))
