@@ -72,3 +72,18 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path, tiny_config, 
   tiny_config.train.batch_size = 7
   with pytest.raises(ValueError, match="train.batch_size=7.*multiple of the 2 device"):
     loop.train_and_evaluate(tiny_config, str(tmp_path), data=tiny_data)
+
+
+def test_workdir_of_another_config_refuses_to_resume(tmp_path, tiny_config, tiny_data):
+  from crvae_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  checkpoints.write_config(workdir, tiny_config)
+  other = tiny_config.copy_and_resolve_references()
+  other.model.width = 3
+  other.objective.beta = 1.0
+  with pytest.raises(ConfigError, match=r"model.width: 2 \(workdir\) != 3 \(now\)"):
+    loop.train_and_evaluate(other, workdir, data=tiny_data)
+  more_epochs = tiny_config.copy_and_resolve_references()
+  more_epochs.train.num_epochs = 5.0  # train settings may change: no difference reported
+  assert checkpoints.config_differences(checkpoints.read_config_json(workdir),
+                                        more_epochs) == []

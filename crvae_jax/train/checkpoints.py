@@ -87,3 +87,23 @@ def read_config_json(workdir: str) -> Optional[dict]:
     return None
   with open(path, encoding="utf-8") as f:
     return json.load(f)
+
+
+# Sections that define what a checkpoint *is*; train/eval/sample settings may change
+# between runs on one workdir (e.g. more epochs).
+IDENTITY_SECTIONS = ("dataset", "model", "objective")
+
+
+def config_differences(saved: dict, config) -> list:
+  """['model.width: 8 (workdir) != 16 (now)', ...] for the identity sections."""
+  now = json.loads(config.to_json_best_effort())
+  diffs = []
+  for section in IDENTITY_SECTIONS:
+    a, b = saved.get(section), now.get(section)
+    if isinstance(a, dict) and isinstance(b, dict):
+      for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+          diffs.append(f"{section}.{key}: {a.get(key)!r} (workdir) != {b.get(key)!r} (now)")
+    elif a != b:
+      diffs.append(f"{section}: {a!r} (workdir) != {b!r} (now)")
+  return diffs

@@ -38,6 +38,13 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.train.num_devices)
   config_checks.check_mnist_config(config, mesh.size)
+  saved = checkpoints.read_config_json(workdir)
+  diffs = [] if saved is None else checkpoints.config_differences(saved, config)
+  if diffs and not config.train.resume_other_config:
+    raise config_checks.ConfigError(
+        f"{workdir} holds a run of another config; refusing to resume it:\n  "
+        + "\n  ".join(diffs) + "\nUse a new --workdir, or pass "
+        "--config.train.resume_other_config=True to resume anyway.")
   data = data or setup.load_data(config, log=log)
   num_train = len(data.train_images)
   per_epoch = setup.steps_per_epoch(config, num_train)

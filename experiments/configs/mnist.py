@@ -88,6 +88,7 @@ def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
   c.train.eval_every_epochs = 1.0  # validation ELBO + checkpoints
   c.train.sample_every_epochs = 10.0  # sample grid PNG
   c.train.num_devices = config_dict.placeholder(int)  # None: all devices
+  c.train.resume_other_config = False  # resume a workdir whose model/objective differ
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 10_000  # K importance samples per test image (paper)
