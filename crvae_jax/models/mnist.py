@@ -24,8 +24,7 @@ import jax.numpy as jnp
 from crvae_jax import objectives
 from crvae_jax.models import layers
 from crvae_jax.models.channel_recurrent import (ChannelRecurrentGenerator,
-                                                ChannelRecurrentPosterior, Gaussian,
-                                                split_channel_blocks)
+                                                ChannelRecurrentPosterior, Gaussian)
 
 VARIANTS = ("vae", "cvae", "crvae_inference", "crvae_generation", "crvae",
             "crvae_2layer")
@@ -198,7 +197,7 @@ class MnistVAE(nn.Module):
       kl_top = jnp.zeros((b, n), x.dtype)
       kl_analytic = objectives.kl_per_block(
           objectives.kl_to_standard_normal(*posterior), self.num_blocks)
-    kl_blocks = split_channel_blocks(flat(log_q1 - log_p1), self.num_blocks).sum(-1)
+    kl_blocks = objectives.kl_per_block(flat(log_q1 - log_p1), self.num_blocks)
     logits = self.decode(flat(z1), train)  # [B*n, 28, 28, 1]
     x_rep = jnp.broadcast_to(x[:, None], (b, n) + x.shape[1:]).reshape(logits.shape)
     recon = objectives.bernoulli_log_likelihood(logits, x_rep).reshape(b, n)

@@ -108,8 +108,9 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
       log(f"step {done} (epoch {done / per_epoch:.2f}): valid ELBO {valid['elbo']:.2f} "
           f"nats{' (best)' if valid.get('is_best') else ''}")
     if done % sample_every == 0 or done == total_steps:
-      sampling.write_prior_samples(model, state_variables(state), config,
-                             os.path.join(workdir, "samples", f"prior_{done:07d}.png"))
+      sampling.write_prior_samples(
+          model, state_variables(state), config,
+          os.path.join(workdir, "samples", f"prior_{done:07d}.png"))
     bar.update(1)
   bar.close()
   ckpts.wait()
