@@ -12,6 +12,9 @@ from crvae_jax import config_checks, likelihood, sampling
 from crvae_jax.train import checkpoints, parallel, setup
 from crvae_jax.train.loop import state_variables
 
+# Per-image arrays `evaluate` saves: K=N NLL, K=report_k NLL, -ELBO, the K=1 term.
+PER_IMAGE_NAMES = ("nll", "nll_report", "neg_elbo", "nll_k1")
+
 
 def restore_variables(config, workdir: str, which: str, num_train: int):
   """(model, {'params', 'batch_stats'}, step) from the workdir's `which` checkpoint."""
@@ -31,8 +34,9 @@ def restore_variables(config, workdir: str, which: str, num_train: int):
 
 def evaluate(config, workdir: str, *, data: Optional[setup.MnistData] = None,
              log=print) -> dict:
-  """Importance-sampled test NLL (config.eval); writes eval_test_K<K>.json and
-  per-image values (nats) eval_test_K<K>_per_image.npz into the workdir."""
+  """Importance-sampled test NLL (config.eval); writes eval_test_K<K>.json and the
+  per-image values (nats, [N] float64, test-set order) eval_test_K<K>_<name>.npy into the
+  workdir, name in PER_IMAGE_NAMES, for paired comparisons between models."""
   data = data or setup.load_data(config, log=log)
   e = config.eval
   model, variables, step = restore_variables(config, workdir, e.checkpoint,
@@ -58,8 +62,11 @@ def evaluate(config, workdir: str, *, data: Optional[setup.MnistData] = None,
   stem = os.path.join(workdir, f"eval_test_K{e.num_samples}")
   with open(stem + ".json", "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
-  np.savez(stem + "_per_image.npz", nll=-result.log_px, nll_report=-result.log_px_report,
-           neg_elbo=-result.elbo, nll_k1=-result.log_px_k1)
+  per_image = {"nll": -result.log_px, "nll_report": -result.log_px_report,
+               "neg_elbo": -result.elbo, "nll_k1": -result.log_px_k1}
+  assert set(per_image) == set(PER_IMAGE_NAMES)
+  for name, values in per_image.items():
+    np.save(f"{stem}_{name}.npy", np.asarray(values, np.float64))
   log(f"test NLL (K={e.num_samples}): {summary['nll']:.2f} +- {summary['nll_stderr']:.2f}"
       f" nats | K={result.report_k}: {summary[f'nll_k{result.report_k}']:.2f} | "
       f"-ELBO: {summary['neg_elbo']:.2f} | {data.test_set}")

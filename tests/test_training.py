@@ -51,12 +51,18 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data):
 
   summary = evaluate.evaluate(config, straight, data=tiny_data)
   k = config.eval.num_samples
-  per_image = np.load(os.path.join(straight, f"eval_test_K{k}_per_image.npz"))
+  per_image = {name: np.load(os.path.join(straight, f"eval_test_K{k}_{name}.npy"))
+               for name in evaluate.PER_IMAGE_NAMES}
   assert per_image["nll"].shape == (len(tiny_data.test_binary),)
   assert np.isclose(summary["nll"], per_image["nll"].mean())
   # log-mean-exp of the weights is at least their mean: NLL <= -ELBO, per image.
   assert np.all(per_image["nll"] <= per_image["neg_elbo"] + 1e-4)
   assert summary["nll"] > 0 and summary["test_set"] == tiny_data.test_set
+  # A second evaluation from the same seed reproduces every per-image value exactly.
+  again = evaluate.evaluate(config, straight, data=tiny_data)
+  assert again["nll"] == summary["nll"]
+  np.testing.assert_array_equal(
+      np.load(os.path.join(straight, f"eval_test_K{k}_nll.npy")), per_image["nll"])
 
   paths = evaluate.sample(config, straight, data=tiny_data)
   for path in paths:
