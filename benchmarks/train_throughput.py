@@ -4,34 +4,22 @@ r"""Training and evaluation throughput of the MNIST crVAE on this machine.
 
 Prints, per scale: start-up time (init + compile of the first step), train images/s
 (global batch 128, data-parallel over all local devices, after warm-up), IS-NLL decoder
-samples/s, and this run's fp32 matmul peak (4096^2 jnp.dot) for scale.
+samples/s (benchmarks/nll_eval.py has more), and this run's fp32 matmul peak.
 """
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crvae_jax import likelihood  # pylint: disable=g-import-not-at-top
+from benchmarks.nll_eval import eval_samples_per_s, machine_line, matmul_gflops  # pylint: disable=g-import-not-at-top
 from crvae_jax.train import parallel, setup
 from experiments.configs import mnist as mnist_configs
-
-
-def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  t = time.perf_counter()
-  for _ in range(repeats):
-    f(a).block_until_ready()
-  return 2 * n ** 3 / ((time.perf_counter() - t) / repeats) / 1e9
 
 
 def train_throughput(config, steps: int):
@@ -60,21 +48,6 @@ def train_throughput(config, steps: int):
   return startup, per_s, model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def eval_throughput(config, model, variables, num_images: int, num_samples: int):
-  """Decoder samples/s of the IS-NLL estimator (compiled once, then timed)."""
-  mesh = parallel.make_mesh(config.train.num_devices)
-  images = (np.random.default_rng(1).random((num_images, 28, 28)) < 0.15).astype(np.uint8)
-  estimator = likelihood.make_estimator(model, mesh, num_samples=num_samples,
-                                        chunk_size=config.eval.chunk_size)
-  variables, key = parallel.replicate(mesh, variables), jax.random.key(0)
-  run = lambda data: parallel.map_batches(lambda b, off: estimator(variables, b, off, key),
-                                          data, mesh, config.eval.batch_size)
-  run(images[:config.eval.batch_size])  # compile
-  t = time.perf_counter()
-  run(images)
-  return num_images * num_samples / (time.perf_counter() - t)
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--scales", default="cpu,paper")
@@ -83,16 +56,14 @@ def main():
   p.add_argument("--eval_images", type=int, default=200)
   p.add_argument("--eval_samples", type=int, default=20)
   args = p.parse_args()
-  print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {platform.processor() or platform.machine()} "
-        f"| {os.cpu_count()} cores | jax {jax.__version__} {jax.default_backend()} "
-        f"x{len(jax.devices())}")
+  print(f"# {machine_line()}")
   print(f"matmul peak (4096^2 fp32): {matmul_gflops():.0f} GFLOP/s")
   print("| row | scale | params | start-up s | train img/s | eval samples/s |")
   print("|---|---|---|---|---|---|")
   for scale in args.scales.split(","):
     config = mnist_configs.get_config(args.row + ("" if scale == "paper" else "," + scale))
     startup, train_ips, model, variables = train_throughput(config, args.steps)
-    eval_sps = eval_throughput(config, model, variables, args.eval_images,
+    eval_sps = eval_samples_per_s(config, model, variables, args.eval_images,
                                args.eval_samples)
     n = sum(x.size for x in jax.tree.leaves(variables["params"]))
     print(f"| {args.row} | {scale} | {n / 1e6:.2f} M | {startup:.1f} | {train_ips:.1f} | "

@@ -1,0 +1,157 @@
+r"""Speed and memory of the importance-sampled NLL estimator (crvae_jax.likelihood).
+
+  python benchmarks/nll_eval.py --scales=cpu,paper
+
+Prints, per scale of the MNIST crVAE: decoder samples/s of the estimator (compiled once,
+then timed on --images images x --samples samples at the config's chunk and batch size),
+the model's FLOPs per decoder sample (benchmarks/flops.py: counted from the traced plain
+formulation, LSTM scans times T, encoder amortised over K), the FLOP rate as a fraction
+of this run's fp32 matmul peak, and the compiled scratch memory of the estimator at
+K=100 and K=10,000 (same chunk, min(chunk, 100)). --rss also runs the estimator in fresh
+processes at K=100 and K=10,000 (2 images, chunk 100, CPU scale) and prints their peak
+RSS.
+"""
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.flops import count_flops  # pylint: disable=g-import-not-at-top
+from crvae_jax import likelihood, randomness
+from crvae_jax.train import parallel, setup
+from experiments.configs import mnist as mnist_configs
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
+  """This machine's fp32 matmul rate (4096^2 jnp.dot, best of `repeats`), GFLOP/s."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e9
+
+
+def machine_line() -> str:
+  return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | "
+          f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
+          f"jax {jax.__version__} {jax.default_backend()} x{len(jax.devices())}")
+
+
+def random_variables(config):
+  model = setup.build_model(config)
+  return model, setup.init_variables(model, config.train.seed)
+
+
+def eval_samples_per_s(config, model, variables, num_images: int, num_samples: int):
+  """Decoder samples/s of the estimator (compiled once, then timed)."""
+  mesh = parallel.make_mesh(config.train.num_devices)
+  images = (np.random.default_rng(1).random((num_images, 28, 28)) < 0.15).astype(np.uint8)
+  estimator = likelihood.make_estimator(model, mesh, num_samples=num_samples,
+                                        chunk_size=config.eval.chunk_size)
+  variables, key = parallel.replicate(mesh, variables), jax.random.key(0)
+  run = lambda data: parallel.map_batches(lambda b, off: estimator(variables, b, off, key),
+                                          data, mesh, config.eval.batch_size)
+  run(images[:config.eval.batch_size])  # compile
+  t = time.perf_counter()
+  run(images)
+  return num_images * num_samples / (time.perf_counter() - t)
+
+
+def flops_per_sample(config, num_samples: int) -> float:
+  """Model FLOPs per decoder sample: sample_terms per sample + encoder / K."""
+  config = config.copy_and_resolve_references()
+  config.model.conv_impl = "xla"  # count the plain formulation, not our CPU kernels
+  model, variables = random_variables(config)
+  chunk = 16
+  x = jnp.zeros((1, 28, 28, 1))
+  posterior = model.apply(variables, x, method=model.encode)
+  keys = randomness.example_keys(jax.random.key(0), jnp.arange(1))
+  eps1, eps2 = randomness.latent_noise(keys, jnp.arange(chunk), model.latent_shape,
+                                       model.top_dim)
+  per_chunk = count_flops(lambda *a: model.apply(variables, *a, method=model.sample_terms),
+                          x, posterior, eps1, eps2)
+  encoder = count_flops(lambda x: model.apply(variables, x, method=model.encode), x)
+  return per_chunk / chunk + encoder / num_samples
+
+
+def scratch_bytes(config, model, variables, num_samples: int, chunk_size: int) -> int:
+  """Compiled temporary memory of the estimator for one batch at this K and chunk."""
+  mesh = parallel.make_mesh(config.train.num_devices)
+  images = np.zeros((config.eval.batch_size, 28, 28), np.uint8)
+  estimator = likelihood.make_estimator(model, mesh, num_samples=num_samples,
+                                        chunk_size=chunk_size)
+  compiled = estimator.lower(parallel.replicate(mesh, variables),
+                             parallel.shard_batch(mesh, images), 0,
+                             jax.random.key(0)).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def child_peak_rss(num_samples: int) -> None:
+  """(Run in a fresh process.) Score 2 images at K, print the process's peak RSS."""
+  config = mnist_configs.get_config("crvae,cpu")
+  config.eval.chunk_size, config.eval.batch_size = 100, 2
+  model, variables = random_variables(config)
+  eval_samples_per_s(config, model, variables, 2, num_samples)
+  print(f"PEAK_RSS_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+
+
+def peak_rss_mb(num_samples: int) -> float:
+  out = subprocess.run([sys.executable, os.path.abspath(__file__),
+                        f"--child_rss={num_samples}"], check=True, capture_output=True,
+                       text=True).stdout
+  return float(out.split("PEAK_RSS_MB")[-1].split()[0])
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--scales", default="cpu,paper")
+  p.add_argument("--row", default="crvae")
+  p.add_argument("--images", type=int, default=200)
+  p.add_argument("--samples", type=int, default=100)
+  p.add_argument("--rss", action="store_true", help="also measure peak RSS (2 processes)")
+  p.add_argument("--child_rss", type=int, default=0, help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.child_rss:
+    child_peak_rss(args.child_rss)
+    return
+  print(f"# {machine_line()}")
+  peak = matmul_gflops()
+  print(f"matmul peak (4096^2 fp32 jnp.dot, best of 5): {peak:.0f} GFLOP/s")
+  print("| row | scale | chunk x batch | decoder samples/s | MFLOP/sample | GFLOP/s | "
+        "of peak | scratch K=100 | scratch K=10,000 |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for scale in args.scales.split(","):
+    config = mnist_configs.get_config(args.row + ("" if scale == "paper" else "," + scale))
+    model, variables = random_variables(config)
+    sps = eval_samples_per_s(config, model, variables, args.images, args.samples)
+    flops = flops_per_sample(config, args.samples)
+    chunk = min(config.eval.chunk_size, 100)  # the same chunk at both K
+    scratch = [scratch_bytes(config, model, variables, k, chunk) / 2 ** 20
+               for k in (100, 10_000)]
+    print(f"| {args.row} | {scale} | {config.eval.chunk_size} x {config.eval.batch_size} | "
+          f"{sps:.0f} | {flops / 1e6:.1f} | {sps * flops / 1e9:.1f} | "
+          f"{sps * flops / 1e9 / peak:.0%} | {scratch[0]:.0f} MiB | {scratch[1]:.0f} MiB |",
+          flush=True)
+  if args.rss:
+    rss = {k: peak_rss_mb(k) for k in (100, 10_000)}
+    print(f"peak RSS, CPU-scale crVAE, 2 images, chunk 100, fresh process: K=100 "
+          f"{rss[100]:.0f} MB, K=10,000 {rss[10_000]:.0f} MB "
+          f"({rss[10_000] / rss[100] - 1:+.1%})")
+
+
+if __name__ == "__main__":
+  main()
