@@ -63,6 +63,7 @@ def row_config(row: str):
 
 
 def git_commit() -> str:
+  """Short hash of this checkout's HEAD, '+uncommitted' when tracked files differ."""
   try:
     here = os.path.dirname(os.path.abspath(__file__))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, check=True,
@@ -74,7 +75,7 @@ def git_commit() -> str:
     return "unknown"
 
 
-def run_row(row: str, root: str, data) -> dict:
+def run_row(row: str, root: str, data, commit: str) -> dict:
   """Train (or resume) and score one row; returns and writes its table_row.json."""
   config = row_config(row)
   workdir = os.path.join(root, row)
@@ -95,7 +96,7 @@ def run_row(row: str, root: str, data) -> dict:
       "epochs": config.train.num_epochs, "batch_size": config.train.batch_size,
       "learning_rate": config.optim.learning_rate,
       "valid_elbo": valid.get("elbo"), "train_seconds_this_run": t1 - t0,
-      "eval_seconds": t2 - t1, "commit": git_commit(),
+      "eval_seconds": t2 - t1, "commit": commit,
       "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                  f"{summary['devices']}, jax {jax.__version__}",
       "eval": summary,
@@ -204,10 +205,11 @@ def main(argv):
     mesh_size = parallel.make_mesh(configs[0].train.num_devices).size
     for config in configs:  # every row's config is checked before anything trains
       config_checks.check_mnist_config(config, mesh_size)
-    print(f"rows to run: {todo}; finished rows are kept", flush=True)
+    commit = git_commit()  # the code this process runs (read once, at start)
+    print(f"rows to run: {todo}; finished rows are kept; code {commit}", flush=True)
     data = setup.load_data(configs[0])
     for row in todo:
-      run_row(row, root, data)
+      run_row(row, root, data, commit)
       write_table(root, load_finished(root), output)
   write_table(root, load_finished(root), output)
 
