@@ -49,6 +49,8 @@ def check_mnist_config(config, num_devices: int) -> None:
   _require(t.batch_size >= 1 and t.batch_size % num_devices == 0, "train.batch_size",
            t.batch_size, f"must be a positive multiple of the {num_devices} device(s)")
   _require(t.num_epochs > 0, "train.num_epochs", t.num_epochs, "must be > 0")
+  _require(t.get("max_nonfinite_steps", 10) >= 1, "train.max_nonfinite_steps",
+           t.get("max_nonfinite_steps"), "must be >= 1")
   for key in ("num_samples", "chunk_size", "batch_size", "report_k"):
     _require(e[key] >= 1, f"eval.{key}", e[key], "must be >= 1")
   _require(e.checkpoint in CHECKPOINTS, "eval.checkpoint", e.checkpoint,

@@ -68,6 +68,26 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data):
   for path in paths:
     assert os.path.getsize(path) > 100
 
+  # Another architecture: the error names the parameter paths and both shapes.
+  wider = config.copy_and_resolve_references()
+  wider.model.width = 3
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r"does not fit this model[^\n]*\n  params/dec_in/kernel: "
+                     r"checkpoint \(3, 3, 8, 16\) != model \(3, 3, 8, 24\)"):
+    evaluate.restore_variables(wider, straight, "latest", len(tiny_data.train_images))
+
+  # A damaged newest checkpoint (a save killed half-way never gets its final name, but
+  # disks fail) is skipped with a warning; the previous one is restored.
+  ckpt_dir = os.path.join(straight, "checkpoints")
+  for root, _, files in os.walk(os.path.join(ckpt_dir, "8")):
+    for name in files:
+      open(os.path.join(root, name), "wb").close()  # truncate every file
+  os.makedirs(os.path.join(ckpt_dir, "12.orbax-checkpoint-tmp-0"))  # an unfinished save
+  with pytest.warns(RuntimeWarning, match=r"checkpoints/8 cannot be restored"):
+    _, _, step = evaluate.restore_variables(config, straight, "latest",
+                                         len(tiny_data.train_images))
+  assert step == 4
+
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path, tiny_config, tiny_data):
   with pytest.raises(FileNotFoundError, match="no 'best' checkpoint"):
@@ -93,3 +113,46 @@ def test_workdir_of_another_config_refuses_to_resume(tmp_path, tiny_config, tiny
   more_epochs.train.num_epochs = 5.0  # train settings may change: no difference reported
   assert checkpoints.config_differences(checkpoints.read_config_json(workdir),
                                         more_epochs) == []
+
+
+def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(tmp_path, tiny_config,
+                                                                tiny_data, monkeypatch):
+  # Fault injection: at the listed steps the objective's loss is NaN (so are the grads).
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from crvae_jax.train import parallel  # pylint: disable=g-import-not-at-top
+  bad_steps, seen = {1, 5, 6}, {}
+  real = parallel.make_train_step
+
+  def make_step(model, tx, objective_fn, mesh, **kw):
+    good = real(model, tx, objective_fn, mesh, **kw)
+    bad = real(model, tx, lambda out: objective_fn(out)._replace(
+        loss=objective_fn(out).loss * jnp.nan), mesh, **kw)
+
+    def step(state, batch, rng):
+      if int(jax.device_get(state.step)) not in bad_steps:
+        return good(state, batch, rng)
+      before = jax.device_get(state)  # a host copy: the step donates `state`
+      state, metrics = bad(state, batch, rng)
+      seen[int(before.step)] = (before, jax.device_get(state))
+      return state, metrics
+    return step
+
+  monkeypatch.setattr(parallel, "make_train_step", make_step)
+  config = tiny_config
+  config.train.num_epochs = 2.0  # 8 steps; checkpoint after step 4
+  config.train.max_nonfinite_steps = 2
+  logs = []
+  with pytest.raises(loop.NonFiniteError, match=r"stopped at step 7: 2 consecutive steps "
+                     r"had non-finite values \(grad_norm, loss\).*Last good checkpoint: "
+                     r"step 4"):
+    loop.train_and_evaluate(config, str(tmp_path), data=tiny_data, log=logs.append)
+  assert any(l.startswith("step 2: non-finite grad_norm, loss; update skipped (1 in a row")
+             for l in logs), logs
+  for before, after in seen.values():
+    # Parameters, BN statistics and Adam's moments and count are bit-identical.
+    jax.tree.map(np.testing.assert_array_equal,
+                 (before.params, before.batch_stats, before.opt_state),
+                 (after.params, after.batch_stats, after.opt_state))
+    assert after.step == before.step + 1
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert any(r.get("skipped", 0) > 0 for r in rows)  # the skipped fraction is logged

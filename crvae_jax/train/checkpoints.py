@@ -9,12 +9,50 @@
 
 import json
 import os
+import warnings
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
 BEST_METRIC = "valid_elbo"
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint's arrays do not match the model's (paths and shapes are named)."""
+
+
+def _path_name(path) -> str:
+  """'params/decoder/Conv_0/kernel' for a pytree path (dict keys, attributes, indices)."""
+  names = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        names.append(str(getattr(k, attr)))
+        break
+  return "/".join(names)
+
+
+def shape_differences(step_dir: str, target: Any) -> list:
+  """['params/decoder/...: checkpoint (64,) != model (32,)', ...]; [] if they fit or
+  the checkpoint's metadata cannot be read (then it is damaged, not another model)."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "default"))
+    saved_tree = getattr(metadata, "item_metadata", metadata)
+  except Exception:  # pylint: disable=broad-except
+    return []
+  flat = lambda tree: {_path_name(p): tuple(getattr(v, "shape", ()))
+                       for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  saved, wanted = flat(saved_tree), flat(target)
+  if not saved:  # unreadable metadata: a damaged checkpoint, not another model
+    return []
+  diffs = [f"{k}: in the checkpoint, not in the model"
+           for k in sorted(set(saved) - set(wanted))]
+  diffs += [f"{k}: in the model, not in the checkpoint"
+            for k in sorted(set(wanted) - set(saved))]
+  diffs += [f"{k}: checkpoint {saved[k]} != model {wanted[k]}"
+            for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
+  return sorted(diffs, key=lambda d: not d.startswith("params/"))  # parameters first
 
 
 class Checkpoints:
@@ -52,17 +90,36 @@ class Checkpoints:
     """Restore into the structure of `target` (arrays or ShapeDtypeStructs).
 
     which: 'latest' (newest training state) or 'best' (best validation ELBO).
-    Returns (state, step) or (None, None) when there is no checkpoint.
+    Returns (state, step) or (None, None) when there is no checkpoint. A checkpoint that
+    cannot be read (e.g. damaged on disk) is skipped with a warning and the previous one
+    is used; one whose arrays do not fit `target` raises CheckpointMismatchError naming
+    the parameter paths and shapes. (A save killed half-way never becomes a step:
+    Orbax writes to a temporary directory and renames it when complete.)
     """
     manager = {"latest": self.latest, "best": self.best}.get(which)
     if manager is None:
       raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
-    if step is None:
-      step = manager.best_step() if which == "best" else manager.latest_step()
-    if step is None:
-      return None, None
+    if step is not None:
+      candidates = [step]
+    elif which == "best":
+      candidates = [] if manager.best_step() is None else [manager.best_step()]
+    else:
+      candidates = sorted(manager.all_steps(), reverse=True)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
+    for s in candidates:
+      step_dir = os.path.join(str(manager.directory), str(s))
+      try:
+        return manager.restore(s, args=ocp.args.StandardRestore(abstract)), s
+      except Exception as e:  # pylint: disable=broad-except
+        diffs = shape_differences(step_dir, target)
+        if diffs:
+          raise CheckpointMismatchError(
+              f"checkpoint {step_dir} does not fit this model ({len(diffs)} "
+              "difference(s)); was it written with another config?\n  "
+              + "\n  ".join(diffs[:20])) from e
+        warnings.warn(f"checkpoint {step_dir} cannot be restored ({type(e).__name__}: "
+                      f"{str(e)[:200]}); skipping it", RuntimeWarning)
+    return None, None
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -106,4 +163,4 @@ def config_differences(saved: dict, config) -> list:
           diffs.append(f"{section}.{key}: {a.get(key)!r} (workdir) != {b.get(key)!r} (now)")
     elif a != b:
       diffs.append(f"{section}: {a!r} (workdir) != {b!r} (now)")
-  return diffs
+  return sorted(diffs, key=lambda d: not d.startswith("params/"))  # parameters first

@@ -7,6 +7,8 @@ continues exactly where the previous run stopped.
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Optional
 
@@ -19,6 +21,71 @@ from crvae_jax import data as mnist_data
 from crvae_jax import sampling
 from crvae_jax.train import checkpoints, parallel, setup
 from crvae_jax.train.metrics import MetricWriter
+
+
+class NonFiniteError(RuntimeError):
+  """Training stopped: too many consecutive steps had a non-finite loss or gradient."""
+
+
+class _StopSignals:
+  """While active, SIGTERM/SIGINT only set `.received` (the loop saves, then exits)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received, self._old = None, {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+
+
+class _NonFiniteWatch:
+  """Counts skipped (non-finite) steps from each step's metrics, one step behind the
+  dispatch so the host does not wait for the device; raises after `limit` in a row."""
+
+  def __init__(self, limit: int, workdir: str, log):
+    self.limit, self.workdir, self.log = limit, workdir, log
+    self.pending, self.in_a_row, self.total, self.last_saved = None, 0, 0, None
+
+  def push(self, step: int, metrics) -> None:
+    """Check the previous step's metrics, then remember this one."""
+    self.flush()
+    self.pending = (step, metrics)
+
+  def flush(self) -> None:
+    if self.pending is None:
+      return
+    step, metrics = self.pending
+    self.pending = None
+    if float(jax.device_get(metrics["skipped"])) == 0.0:
+      self.in_a_row = 0
+      return
+    self.in_a_row += 1
+    self.total += 1
+    values = jax.device_get(metrics)
+    bad = [k for k, v in values.items() if k != "skipped" and not np.all(np.isfinite(v))]
+    self.log(f"step {step + 1}: non-finite {', '.join(bad)}; update skipped "
+             f"({self.in_a_row} in a row, {self.total} in this run)")
+    if self.in_a_row >= self.limit:
+      saved = ("none yet" if self.last_saved is None else
+               f"step {self.last_saved} in {os.path.join(self.workdir, 'checkpoints')}")
+      raise NonFiniteError(
+          f"training stopped at step {step + 1}: {self.in_a_row} consecutive steps had "
+          f"non-finite values ({', '.join(bad)}) and were skipped (limit "
+          f"train.max_nonfinite_steps={self.limit}). Parameters were never updated with "
+          f"them. Last good checkpoint: {saved}. Lower optim.learning_rate or inspect "
+          "metrics.jsonl, then rerun to resume from that checkpoint.")
 
 
 def _mean_metrics(history):
@@ -80,42 +147,61 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
   start = int(jax.device_get(state.step))
   history, valid = [], {}
   t_interval, n_interval = time.time(), 0
+  watch = _NonFiniteWatch(int(config.train.get("max_nonfinite_steps", 10)), workdir, log)
+  watch.last_saved = restored_step
   bar = tqdm(total=total_steps, initial=start, unit="step", desc="train")
-  for step in range(start, total_steps):
-    batch = parallel.shard_batch(mesh, data.train_images[order.indices(step)])
-    state, metrics = step_fn(state, batch, rng)
-    history.append(metrics)
-    n_interval += config.train.batch_size
-    done = step + 1
-    if step == start:
-      jax.block_until_ready(metrics)
-      log(f"first step done {time.time() - t_start:.1f}s after start (incl. compile)")
-      t_interval, n_interval, history = time.time(), 0, []
-    if history and (done % config.train.log_every_steps == 0 or done == total_steps):
-      summary = _mean_metrics(history)
-      summary["examples_per_s"] = n_interval / (time.time() - t_interval)
-      summary["epoch"] = done / per_epoch
-      flat = writer.write(done, summary)
-      bar.set_postfix(loss=f"{flat['loss']:.2f}", elbo=f"{flat['bound']:.2f}",
-                      ex_s=f"{flat['examples_per_s']:.0f}")
-      t_interval, n_interval, history = time.time(), 0, []
-    if done % eval_every == 0 or done == total_steps:
-      valid = validate(elbo_fn, state, data, mesh, config)
-      writer.write(done, valid, prefix="valid")
-      ckpts.save_latest(done, state)
-      if ckpts.save_best_if_better(done, state, valid["elbo"]):
-        valid["is_best"] = 1.0
-      log(f"step {done} (epoch {done / per_epoch:.2f}): valid ELBO {valid['elbo']:.2f} "
-          f"nats{' (best)' if valid.get('is_best') else ''}")
-    if done % sample_every == 0 or done == total_steps:
-      sampling.write_prior_samples(
-          model, state_variables(state), config,
-          os.path.join(workdir, "samples", f"prior_{done:07d}.png"))
-    bar.update(1)
-  bar.close()
-  ckpts.wait()
-  ckpts.close()
-  writer.close()
+  try:
+    with _StopSignals() as stop:
+      for step in range(start, total_steps):
+        batch = parallel.shard_batch(mesh, data.train_images[order.indices(step)])
+        state, metrics = step_fn(state, batch, rng)
+        watch.push(step, metrics)
+        history.append(metrics)
+        n_interval += config.train.batch_size
+        done = step + 1
+        if step == start:
+          jax.block_until_ready(metrics)
+          log(f"first step done {time.time() - t_start:.1f}s after start (incl. compile)")
+          t_interval, n_interval, history = time.time(), 0, []
+        if history and (done % config.train.log_every_steps == 0 or done == total_steps):
+          summary = _mean_metrics(history)  # "skipped": fraction of skipped steps
+          summary["examples_per_s"] = n_interval / (time.time() - t_interval)
+          summary["epoch"] = done / per_epoch
+          flat = writer.write(done, summary)
+          bar.set_postfix(loss=f"{flat['loss']:.2f}", elbo=f"{flat['bound']:.2f}",
+                          ex_s=f"{flat['examples_per_s']:.0f}")
+          t_interval, n_interval, history = time.time(), 0, []
+        if done % eval_every == 0 or done == total_steps:
+          watch.flush()
+          valid = validate(elbo_fn, state, data, mesh, config)
+          writer.write(done, valid, prefix="valid")
+          ckpts.save_latest(done, state)
+          watch.last_saved = done
+          if ckpts.save_best_if_better(done, state, valid["elbo"]):
+            valid["is_best"] = 1.0
+          log(f"step {done} (epoch {done / per_epoch:.2f}): valid ELBO "
+              f"{valid['elbo']:.2f} nats{' (best)' if valid.get('is_best') else ''}")
+        if done % sample_every == 0 or done == total_steps:
+          sampling.write_prior_samples(
+              model, state_variables(state), config,
+              os.path.join(workdir, "samples", f"prior_{done:07d}.png"))
+        bar.update(1)
+        if stop.received is not None and done < total_steps:
+          ckpts.save_latest(done, state)
+          ckpts.wait()
+          name = signal.Signals(stop.received).name
+          log(f"{name}: saved a checkpoint at step {done}; rerun the same command to "
+              "resume")
+          if stop.received == signal.SIGINT:
+            raise KeyboardInterrupt
+          raise SystemExit(128 + stop.received)
+      watch.flush()
+  finally:
+    bar.close()
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+  valid["skipped_steps"] = watch.total
   valid["train_seconds"] = time.time() - t_start
   with open(os.path.join(workdir, "train_summary.json"), "w", encoding="utf-8") as f:
     json.dump({k: float(v) for k, v in valid.items()}, f, indent=2)

@@ -89,6 +89,9 @@ def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
   c.train.sample_every_epochs = 10.0  # sample grid PNG
   c.train.num_devices = config_dict.placeholder(int)  # None: all devices
   c.train.resume_other_config = False  # resume a workdir whose model/objective differ
+  # A step whose loss or gradient is non-finite is skipped (state untouched); this many
+  # in a row stop the run with a message naming the terms and the last checkpoint.
+  c.train.max_nonfinite_steps = 10
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 10_000  # K importance samples per test image (paper)
