@@ -187,7 +187,8 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
               os.path.join(workdir, "samples", f"prior_{done:07d}.png"))
         bar.update(1)
         if stop.received is not None and done < total_steps:
-          ckpts.save_latest(done, state)
+          if watch.last_saved != done:  # (a validation step has just saved it)
+            ckpts.save_latest(done, state)
           ckpts.wait()
           name = signal.Signals(stop.received).name
           log(f"{name}: saved a checkpoint at step {done}; rerun the same command to "
