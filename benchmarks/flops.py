@@ -3,10 +3,10 @@
 XLA's `cost_analysis()` counts a loop body once, so a model that scans LSTMs over T steps
 would be under-counted. Here every `dot_general` and `conv_general_dilated` in the jaxpr
 (and in nested jaxprs: jit, scan x length, custom_vjp/jvp, remat, cond = its dearest
-branch) counts 2 FLOPs per multiply-add. A transposed convolution (lhs dilation) counts
-only the products with real input pixels (2 * input elements * kernel taps * Cout /
-groups), not the inserted zeros; element-wise work is not counted (the usual convention;
-it is a few % here). A `while` loop has no static trip count and is an error.
+branch) counts 2 FLOPs per multiply-add. A convolution with lhs dilation d (transposed
+convolutions, and the gradients of strided ones) counts only the products with real
+input pixels, 1/prod(d) of the window (exact in the interior, borders approximate), not
+those with the inserted zeros. Element-wise work is not counted (the usual convention). A `while` loop has no static trip count and is an error.
 """
 
 import math
@@ -20,16 +20,14 @@ def count_flops(fn, *args, **kwargs) -> float:
 
 
 def _conv_flops(eqn) -> float:
-  lhs, rhs = (v.aval for v in eqn.invars[:2])
   out = eqn.outvars[0].aval
-  dn = eqn.params["dimension_numbers"]
-  rhs_out_dim, rhs_in_dim, *rhs_spatial = dn.rhs_spec
+  rhs = eqn.invars[1].aval
+  _, rhs_in_dim, *rhs_spatial = eqn.params["dimension_numbers"].rhs_spec
   taps = math.prod(rhs.shape[d] for d in rhs_spatial)
-  groups = eqn.params["feature_group_count"] * eqn.params["batch_group_count"]
-  if any(d > 1 for d in eqn.params["lhs_dilation"]):
-    cout_per_group = rhs.shape[rhs_out_dim] // groups
-    return 2.0 * math.prod(lhs.shape) * taps * cout_per_group
-  return 2.0 * math.prod(out.shape) * taps * rhs.shape[rhs_in_dim]
+  # With lhs dilation d (transposed convs and their gradients), only ~1/prod(d) of each
+  # window's taps meet a real input pixel; the rest multiply inserted zeros.
+  real = 1.0 / math.prod(eqn.params["lhs_dilation"])
+  return 2.0 * math.prod(out.shape) * taps * rhs.shape[rhs_in_dim] * real
 
 
 def _jaxpr_flops(jaxpr) -> float:

@@ -75,16 +75,19 @@ def flops_per_sample(config, num_samples: int) -> float:
   """Model FLOPs per decoder sample: sample_terms per sample + encoder / K."""
   config = config.copy_and_resolve_references()
   config.model.conv_impl = "xla"  # count the plain formulation, not our CPU kernels
-  model, variables = random_variables(config)
+  model = setup.build_model(config)
+  # Shapes only (nothing is compiled or run): FLOPs are counted from the traced jaxpr.
+  variables = jax.eval_shape(lambda: setup.init_variables(model, 0))
   chunk = 16
-  x = jnp.zeros((1, 28, 28, 1))
-  posterior = model.apply(variables, x, method=model.encode)
+  x = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+  posterior = jax.eval_shape(lambda v, x: model.apply(v, x, method=model.encode),
+                             variables, x)
   keys = randomness.example_keys(jax.random.key(0), jnp.arange(1))
   eps1, eps2 = randomness.latent_noise(keys, jnp.arange(chunk), model.latent_shape,
                                        model.top_dim)
-  per_chunk = count_flops(lambda *a: model.apply(variables, *a, method=model.sample_terms),
-                          x, posterior, eps1, eps2)
-  encoder = count_flops(lambda x: model.apply(variables, x, method=model.encode), x)
+  per_chunk = count_flops(lambda v, *a: model.apply(v, *a, method=model.sample_terms),
+                          variables, x, posterior, eps1, eps2)
+  encoder = count_flops(lambda v, x: model.apply(v, x, method=model.encode), variables, x)
   return per_chunk / chunk + encoder / num_samples
 
 

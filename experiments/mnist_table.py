@@ -51,6 +51,8 @@ flags.DEFINE_string("output", None, "Markdown table; default results/mnist_table
 flags.DEFINE_float("num_epochs", None, "Epochs per row (default: the config's).")
 flags.DEFINE_integer("num_samples", None, "Importance samples K (default: the config's).")
 flags.DEFINE_bool("report_only", False, "Only rewrite the table from finished rows.")
+flags.DEFINE_string("note", "", "A line added to the table's protocol (e.g. how the rows "
+                    "shared the machine).")
 
 
 def row_config(row: str):
@@ -148,6 +150,8 @@ def write_table(root: str, finished: dict, output: str) -> None:
       f"{any_rec['width']}, LSTM hidden {any_rec['lstm_hidden']}; learning rates as the "
       "release (VAE/cVAE 3e-4, crVAE family 3e-3, LSTMs at lr/T).",
   ]
+  if FLAGS.note:
+    lines.append(f"- Note: {FLAGS.note}")
   if FLAGS.scale == "cpu":
     lines.append("- **CPU scale**: small models trained for minutes; not comparable with "
                  "the paper's numbers (200 epochs, width 32, LSTM 512, K=10,000, "

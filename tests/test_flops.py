@@ -26,3 +26,12 @@ def test_conv_and_transposed_conv_counts():
   tconv = lambda x, k: lax.conv_transpose(x, k, (2, 2), "SAME",
                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
   assert count_flops(tconv, x, kt) == 2 * (2 * 8 * 8 * 3) * (4 * 4) * 5
+
+
+def test_gradient_of_a_transposed_conv_counts_real_products_only():
+  # Forward 2*N*H*W*Cin*k*k*Cout; each of the two gradients costs the same again.
+  x, kt = jnp.ones((2, 8, 8, 3)), jnp.ones((4, 4, 3, 5))
+  tconv = lambda x, k: lax.conv_transpose(x, k, (2, 2), "SAME",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+  forward = 2 * (2 * 8 * 8 * 3) * (4 * 4) * 5
+  assert count_flops(jax.grad(tconv, argnums=(0, 1)), x, kt) == 3 * forward
