@@ -39,12 +39,20 @@ ROW_LABELS = {"vae": "VAE", "cvae": "cVAE", "crvae_inference": "crVAE@inference"
               "crvae_generation": "crVAE@generation", "crvae_t4": "crVAE (T=4)",
               "crvae": "crVAE (T=8)", "crvae_t16": "crVAE (T=16)",
               "criwa": "crIWA (T=8, k=5)", "crvae_2layer": "crVAE, 2 stochastic layers"}
+# Controls (not rows of the paper): a row's config with one change, to separate what the
+# model does from what its recipe does. The release trains VAE/cVAE at lr 3e-4 and the
+# crVAE family at 3e-3; these swap the learning rates of the two key rows.
+CONTROLS = {
+    "vae_lr3e-3": ("vae", "VAE at lr 3e-3 (control)", {"learning_rate": 3e-3}),
+    "crvae_lr3e-4": ("crvae", "crVAE (T=8) at lr 3e-4 (control)", {"learning_rate": 3e-4}),
+}
 # Default run order: the comparison that matters first, the slowest row (k=5) last.
 RUN_ORDER = ("vae", "crvae", "cvae", "crvae_inference", "crvae_generation", "crvae_t4",
              "crvae_t16", "crvae_2layer", "criwa")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("rows", list(RUN_ORDER), f"Rows to train and score, from {TABLE_ORDER}.")
+flags.DEFINE_list("rows", list(RUN_ORDER), "Rows to train and score, from "
+                  f"{TABLE_ORDER} and the controls {tuple(CONTROLS)}.")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Config scale of every row.")
 flags.DEFINE_string("root", None, "Workdir root; default runs/mnist_table_<scale>.")
 flags.DEFINE_string("output", None, "Markdown table; default results/mnist_table[_paper].md.")
@@ -56,12 +64,20 @@ flags.DEFINE_string("note", "", "A line added to the table's protocol (e.g. how 
 
 
 def row_config(row: str):
-  config = mnist_configs.get_config(row + ("," + FLAGS.scale if FLAGS.scale != "paper" else ""))
+  """The row's config (a control: its base row's config with the control's changes)."""
+  base, _, optim_changes = CONTROLS.get(row, (row, None, {}))
+  config = mnist_configs.get_config(base + ("," + FLAGS.scale if FLAGS.scale != "paper" else ""))
+  for key, value in optim_changes.items():
+    config.optim[key] = value
   if FLAGS.num_epochs is not None:
     config.train.num_epochs = FLAGS.num_epochs
   if FLAGS.num_samples is not None:
     config.eval.num_samples = FLAGS.num_samples
   return config
+
+
+def row_label(row: str) -> str:
+  return CONTROLS[row][1] if row in CONTROLS else ROW_LABELS[row]
 
 
 def git_commit() -> str:
@@ -81,7 +97,7 @@ def run_row(row: str, root: str, data, commit: str) -> dict:
   """Train (or resume) and score one row; returns and writes its table_row.json."""
   config = row_config(row)
   workdir = os.path.join(root, row)
-  print(f"\n=== {ROW_LABELS[row]} -> {workdir}", flush=True)
+  print(f"\n=== {row_label(row)} -> {workdir}", flush=True)
   t0 = time.time()
   valid = loop.train_and_evaluate(config, workdir, data=data)
   t1 = time.time()
@@ -90,7 +106,8 @@ def run_row(row: str, root: str, data, commit: str) -> dict:
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(
       setup.init_variables(setup.build_model(config), config.train.seed)["params"]))
   record = {
-      "row": row, "label": ROW_LABELS[row], "paper_nll": config.paper_nll,
+      "row": row, "label": row_label(row),
+      "paper_nll": None if row in CONTROLS else config.paper_nll,
       "variant": config.model.variant, "num_blocks": config.model.num_blocks,
       "objective": config.objective.kind, "objective_samples": config.objective.num_samples,
       "beta": config.objective.beta, "width": config.model.width,
@@ -110,7 +127,7 @@ def run_row(row: str, root: str, data, commit: str) -> dict:
 
 def load_finished(root: str) -> dict:
   out = {}
-  for row in TABLE_ORDER:
+  for row in TABLE_ORDER + tuple(CONTROLS):
     path = os.path.join(root, row, "table_row.json")
     if os.path.exists(path):
       with open(path, encoding="utf-8") as f:
@@ -123,12 +140,18 @@ def per_image_nll(root: str, record: dict) -> np.ndarray:
   return np.load(os.path.join(root, record["row"], f"eval_test_K{k}_nll.npy"))
 
 
+def paired_difference(root: str, record: dict, reference: dict) -> str:
+  """Mean +- se over test images of NLL(record) - NLL(reference)."""
+  diff = per_image_nll(root, record) - per_image_nll(root, reference)
+  mean, se = likelihood.mean_and_stderr(diff)
+  return f"{mean:+.2f} +- {se:.2f}"
+
+
 def write_table(root: str, finished: dict, output: str) -> None:
   """results markdown: one line per finished row, in the paper's order."""
   if not finished:
     return
   base = finished.get("vae")
-  base_nll = per_image_nll(root, base) if base else None
   any_rec = next(iter(finished.values()))
   ev = any_rec["eval"]
   lines = [
@@ -162,22 +185,31 @@ def write_table(root: str, finished: dict, output: str) -> None:
       "| train s | eval s | date | commit |",
       "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for row in TABLE_ORDER:
+  for row in TABLE_ORDER + tuple(CONTROLS):
     if row not in finished:
-      lines.append(f"| {ROW_LABELS[row]} | {mnist_configs.PAPER_NLL[row]:.2f} | not run "
-                   "| | | | | | | | |")
+      if row in TABLE_ORDER:
+        lines.append(f"| {ROW_LABELS[row]} | {mnist_configs.PAPER_NLL[row]:.2f} | not run "
+                     "| | | | | | | | |")
       continue
     r, e = finished[row], finished[row]["eval"]
-    if base_nll is not None and row != "vae":
-      mean, se = likelihood.mean_and_stderr(per_image_nll(root, r) - base_nll)
-      paired = f"{mean:+.2f} +- {se:.2f}"
+    if base is not None and row != "vae":
+      paired = paired_difference(root, r, base)
     else:
       paired = "reference" if row == "vae" else "(no VAE row)"
+    paper = "-" if r["paper_nll"] is None else f"{r['paper_nll']:.2f}"
     lines.append(
-        f"| {r['label']} | {r['paper_nll']:.2f} | {e['nll']:.2f} +- {e['nll_stderr']:.2f} "
+        f"| {r['label']} | {paper} | {e['nll']:.2f} +- {e['nll_stderr']:.2f} "
         f"| {e['neg_elbo']:.2f} | {paired} | {r['valid_elbo']:.2f} | "
         f"{r['params'] / 1e6:.2f} M | {r['train_seconds_this_run']:.0f} | "
         f"{r['eval_seconds']:.0f} | {e['date']} | {r['commit']} |")
+  same_lr = [(a, b, finished[a]["learning_rate"]) for a, b in
+             (("crvae_lr3e-4", "vae"), ("crvae", "vae_lr3e-3"))
+             if a in finished and b in finished]
+  if same_lr:
+    lines += ["", "Learning-rate controls: crVAE (T=8) against the VAE trained at the same "
+              "learning rate (paired, per image; negative: crVAE is better):", ""]
+    lines += [f"- lr {lr:g}: {paired_difference(root, finished[a], finished[b])} nats"
+              for a, b, lr in same_lr]
   lines += [
       "",
       "\"vs VAE (paired)\": mean over test images of NLL(row) - NLL(VAE) on the same "
@@ -196,9 +228,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  unknown = [r for r in FLAGS.rows if r not in TABLE_ORDER]
+  unknown = [r for r in FLAGS.rows if r not in TABLE_ORDER and r not in CONTROLS]
   if unknown:
-    raise app.UsageError(f"--rows: unknown {unknown}; choose from {TABLE_ORDER}")
+    raise app.UsageError(f"--rows: unknown {unknown}; choose from {TABLE_ORDER} or the "
+                         f"controls {tuple(CONTROLS)}")
   root = FLAGS.root or f"runs/mnist_table_{FLAGS.scale}"
   output = FLAGS.output or ("results/mnist_table.md" if FLAGS.scale == "cpu"
                             else "results/mnist_table_paper.md")

@@ -159,3 +159,59 @@ def test_lstm_scan_matches_step_by_step_loop():
                                p["recurrent_kernel"])
     outs.append(h)
   np.testing.assert_allclose(layer.apply(v, xs), jnp.stack(outs, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_bounded_logvar_is_the_identity_inside_and_bounded_outside():
+  bounded = channel_recurrent.bounded_logvar
+  (lo, hi), (lo_limit, hi_limit) = (channel_recurrent.LOGVAR_LINEAR,
+                                    channel_recurrent.LOGVAR_LIMIT)
+  inside = jnp.linspace(lo, hi, 1001)
+  np.testing.assert_array_equal(bounded(inside), inside)  # the paper's linear head
+  raw = jnp.array([-jnp.inf, -1e30, -1e4, lo - 5, lo - 1, hi + 1, hi + 5, 1e4, 1e30,
+                   jnp.inf])
+  out = np.asarray(bounded(raw))
+  assert np.all((out >= lo_limit) & (out <= hi_limit)), out
+  assert np.all(np.diff(out) >= 0)  # monotone
+  assert np.all(np.isfinite(np.exp(out))) and np.all(np.isfinite(np.exp(-out)))
+  # C1 at the joints (slope 1 on both sides) and still rising beyond them.
+  slope = jax.vmap(jax.grad(bounded))(
+      jnp.array([lo - 1e-4, lo + 1e-4, hi - 1e-4, hi + 1e-4, lo - 3, hi + 1]))
+  np.testing.assert_allclose(slope[:4], 1.0, atol=1e-3)
+  assert np.all(slope[4:] > 0.05), slope
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_extreme_logvar_heads_keep_loss_and_gradients_finite(variant, tiny_config):
+  # A raw log-variance of +-1e4 (e.g. after a bad step) would give exp(logvar) = inf or
+  # exp(-logvar) = inf without the bound; with it, loss and gradients stay finite.
+  from crvae_jax import objectives  # pylint: disable=g-import-not-at-top
+  m = tiny_config.model
+  model = MnistVAE(variant=variant, num_blocks=m.num_blocks, width=m.width,
+                   lstm_hidden=m.lstm_hidden, latent_channels=m.latent_channels,
+                   top_dim=m.top_dim)
+  x = (jax.random.uniform(jax.random.key(1), (3, 28, 28, 1)) > 0.5).astype(jnp.float32)
+  eps1 = jax.random.normal(jax.random.key(2), (3, 2) + model.latent_shape)
+  eps2 = jax.random.normal(jax.random.key(3), (3, 2, m.top_dim))
+  variables = model.init(jax.random.key(0), x, eps1, eps2)
+  weights = jnp.ones((m.num_blocks,))
+
+  @jax.jit
+  def loss_and_grads(bias):
+    def push_logvar_bias(path, leaf):
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      return jnp.full_like(leaf, bias) if "logvar" in name and name.endswith("bias") else leaf
+
+    def loss(p):
+      out = model.apply({**variables, "params": p}, x, eps1, eps2)
+      return objectives.elbo(out, weights).loss
+
+    params = jax.tree_util.tree_map_with_path(push_logvar_bias, variables["params"])
+    return jax.value_and_grad(loss)(params)
+
+  names = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in
+           jax.tree_util.tree_leaves_with_path(variables["params"])]
+  assert any("logvar" in n and n.endswith("bias") for n in names), names
+  for bias in (1e4, -1e4):
+    value, grads = loss_and_grads(bias)
+    assert np.isfinite(value), (bias, value)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), bias

@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from crvae_jax.models import layers
 from crvae_jax.models.lstm import StackedLSTM
@@ -19,6 +20,29 @@ class Gaussian(NamedTuple):
   """Diagonal Gaussian; both fields have the latent's shape ([B, 4, 4, 64] or [B, D])."""
   mean: jax.Array
   logvar: jax.Array
+
+
+# Every log-variance a model emits goes through `bounded_logvar` (our choice; the paper's
+# heads are plain linear maps). Inside LOGVAR_LINEAR it is the identity, so the model is
+# the paper's; beyond, it bends smoothly (C1, tanh) towards LOGVAR_LIMIT, which it never
+# crosses. So exp(+-logvar) stays finite in float32 (e^10 ~ 2.2e4, e^20 ~ 4.9e8) for any
+# weights, and the objective is the exact bound of the Gaussian actually used: nothing
+# is clipped after the fact.
+LOGVAR_LINEAR = (-16.0, 8.0)  # std from 3.4e-4 to 55: wider than any trained posterior
+LOGVAR_LIMIT = (-20.0, 10.0)
+
+
+def bounded_logvar(raw: jax.Array) -> jax.Array:
+  """Log-variance within LOGVAR_LIMIT from a raw linear output; identity in LOGVAR_LINEAR."""
+  (lo, hi), (lo_limit, hi_limit) = LOGVAR_LINEAR, LOGVAR_LIMIT
+  above = hi + (hi_limit - hi) * jnp.tanh((raw - hi) / (hi_limit - hi))
+  below = lo - (lo - lo_limit) * jnp.tanh((lo - raw) / (lo - lo_limit))
+  return jnp.where(raw > hi, above, jnp.where(raw < lo, below, raw))
+
+
+def gaussian(mean: jax.Array, raw_logvar: jax.Array) -> Gaussian:
+  """A model's Gaussian from its mean and raw log-variance heads (see `bounded_logvar`)."""
+  return Gaussian(mean, bounded_logvar(raw_logvar))
 
 
 def split_channel_blocks(a: jax.Array, num_blocks: int) -> jax.Array:
@@ -80,7 +104,7 @@ class ChannelRecurrentPosterior(nn.Module):
           hs.reshape(b * self.num_blocks, self.hidden)).reshape(hs.shape)
     logvar_seq = nn.Dense(h * w * lat // self.num_blocks, name="logvar")(hs)
     logvar = merge_channel_blocks(logvar_seq, h, w)  # [B, H, W, L]
-    return Gaussian(mean, logvar)
+    return gaussian(mean, logvar)
 
 
 class ChannelRecurrentGenerator(nn.Module):

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from crvae_jax import objectives
 from crvae_jax.models import layers
 from crvae_jax.models.channel_recurrent import (ChannelRecurrentGenerator,
-                                                ChannelRecurrentPosterior, Gaussian)
+                                                ChannelRecurrentPosterior, Gaussian,
+                                                gaussian)
 
 VARIANTS = ("vae", "cvae", "crvae_inference", "crvae_generation", "crvae",
             "crvae_2layer")
@@ -99,7 +100,7 @@ class TopLayer(nn.Module):
   def _mlp(dense, x):
     for layer in dense[:-1]:
       x = layers.leaky_relu(layer(x))
-    return Gaussian(*jnp.split(dense[-1](x), 2, axis=-1))
+    return gaussian(*jnp.split(dense[-1](x), 2, axis=-1))
 
   def posterior(self, z1_flat):  # [N, z1_dim] -> Gaussian over [N, top_dim]
     return self._mlp(self.up, z1_flat)
@@ -157,10 +158,10 @@ class MnistVAE(nn.Module):
     f = self.encoder(x, train)  # [B, 4, 4, 8c]
     if self.variant == "vae":
       f = f.reshape(f.shape[0], -1)  # [B, 4*4*8c]
-      return Gaussian(self.enc_mean(f), self.enc_logvar(f))
+      return gaussian(self.enc_mean(f), self.enc_logvar(f))
     if self.variant in RECURRENT_INFERENCE:
       return self.posterior_block(f)
-    return Gaussian(self.enc_mean(f), self.enc_logvar(f))
+    return gaussian(self.enc_mean(f), self.enc_logvar(f))
 
   def decode(self, z1, train: bool = False):
     """Layer-1 latent [N, *latent_shape] -> Bernoulli logits [N, 28, 28, 1]."""

@@ -113,25 +113,24 @@ def _train_step_per_device(state: TrainState, images, rng, *, model, tx, objecti
   grads = jax.lax.pmean(grads, BATCH_AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  # A non-finite loss or gradient (on any device: both are averaged) never reaches the
-  # state: parameters, BN statistics and optimizer state (Adam moments and count) keep
-  # their old values; only the step advances, so the next step sees the next batch.
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(jax.lax.pmean(obj.loss, BATCH_AXIS)) & jnp.isfinite(grad_norm)
-  keep_if_bad = lambda new, old: jax.tree.map(
-      lambda n, o: jnp.where(finite, n, o), new, old)
-  params = keep_if_bad(params, state.params)
-  opt_state = keep_if_bad(opt_state, state.opt_state)
-  batch_stats = keep_if_bad(batch_stats, state.batch_stats)
-  metrics = {
+  metrics = jax.lax.pmean({
       "loss": obj.loss,
       "bound": obj.bound.mean(),
       "recon": -obj.recon_ll.mean(),
       "kl": obj.kl_blocks.sum(-1).mean() + obj.kl_top.mean(),
       "kl_top": obj.kl_top.mean(),
       "kl_per_block": obj.kl_blocks.mean(0),  # [T]
-  }
-  metrics = jax.lax.pmean(metrics, BATCH_AXIS)
+  }, BATCH_AXIS)
+  # A non-finite loss or gradient (on any device: both are averaged) never reaches the
+  # state: parameters, BN statistics and optimizer state (Adam moments and count) keep
+  # their old values; only the step advances, so the next step sees the next batch.
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  keep_if_bad = lambda new, old: jax.tree.map(
+      lambda n, o: jnp.where(finite, n, o), new, old)
+  params = keep_if_bad(params, state.params)
+  opt_state = keep_if_bad(opt_state, state.opt_state)
+  batch_stats = keep_if_bad(batch_stats, state.batch_stats)
   metrics["grad_norm"] = grad_norm
   metrics["param_norm"] = optax.tree.norm(params)
   metrics["skipped"] = 1.0 - finite.astype(jnp.float32)  # 1: update not applied
