@@ -32,6 +32,13 @@ def restore_variables(config, workdir: str, which: str, num_train: int):
   return model, state_variables(state), step
 
 
+def per_image_path(workdir: str, num_samples: int, name: str = "nll") -> str:
+  """Where `evaluate` saves one per-image array (name in PER_IMAGE_NAMES)."""
+  if name not in PER_IMAGE_NAMES:
+    raise ValueError(f"per-image name must be one of {PER_IMAGE_NAMES}, got {name!r}")
+  return os.path.join(workdir, f"eval_test_K{num_samples}_{name}.npy")
+
+
 def evaluate(config, workdir: str, *, data: Optional[setup.MnistData] = None,
              log=print) -> dict:
   """Importance-sampled test NLL (config.eval); writes eval_test_K<K>.json and the
@@ -66,7 +73,7 @@ def evaluate(config, workdir: str, *, data: Optional[setup.MnistData] = None,
                "neg_elbo": -result.elbo, "nll_k1": -result.log_px_k1}
   assert set(per_image) == set(PER_IMAGE_NAMES)
   for name, values in per_image.items():
-    np.save(f"{stem}_{name}.npy", np.asarray(values, np.float64))
+    np.save(per_image_path(workdir, e.num_samples, name), np.asarray(values, np.float64))
   log(f"test NLL (K={e.num_samples}): {summary['nll']:.2f} +- {summary['nll_stderr']:.2f}"
       f" nats | K={result.report_k}: {summary[f'nll_k{result.report_k}']:.2f} | "
       f"-ELBO: {summary['neg_elbo']:.2f} | {data.test_set}")

@@ -45,7 +45,12 @@ ROW_LABELS = {"vae": "VAE", "cvae": "cVAE", "crvae_inference": "crVAE@inference"
 CONTROLS = {
     "vae_lr3e-3": ("vae", "VAE at lr 3e-3 (control)", {"learning_rate": 3e-3}),
     "crvae_lr3e-4": ("crvae", "crVAE (T=8) at lr 3e-4 (control)", {"learning_rate": 3e-4}),
+    "crvae_lstm_full_lr": ("crvae", "crVAE (T=8), LSTMs at lr 3e-3, not lr/T (control)",
+                           {"lstm_lr_divisor": 1.0}),
 }
+# Paired comparisons at equal learning rate: (row, reference row).
+SAME_LR_PAIRS = (("crvae_lr3e-4", "vae"), ("crvae", "vae_lr3e-3"),
+                 ("crvae_lstm_full_lr", "vae_lr3e-3"))
 # Default run order: the comparison that matters first, the slowest row (k=5) last.
 RUN_ORDER = ("vae", "crvae", "cvae", "crvae_inference", "crvae_generation", "crvae_t4",
              "crvae_t16", "crvae_2layer", "criwa")
@@ -137,7 +142,7 @@ def load_finished(root: str) -> dict:
 
 def per_image_nll(root: str, record: dict) -> np.ndarray:
   k = record["eval"]["num_samples"]
-  return np.load(os.path.join(root, record["row"], f"eval_test_K{k}_nll.npy"))
+  return np.load(evaluate.per_image_path(os.path.join(root, record["row"]), k))
 
 
 def paired_difference(root: str, record: dict, reference: dict) -> str:
@@ -202,14 +207,14 @@ def write_table(root: str, finished: dict, output: str) -> None:
         f"| {e['neg_elbo']:.2f} | {paired} | {r['valid_elbo']:.2f} | "
         f"{r['params'] / 1e6:.2f} M | {r['train_seconds_this_run']:.0f} | "
         f"{r['eval_seconds']:.0f} | {e['date']} | {r['commit']} |")
-  same_lr = [(a, b, finished[a]["learning_rate"]) for a, b in
-             (("crvae_lr3e-4", "vae"), ("crvae", "vae_lr3e-3"))
-             if a in finished and b in finished]
-  if same_lr:
-    lines += ["", "Learning-rate controls: crVAE (T=8) against the VAE trained at the same "
-              "learning rate (paired, per image; negative: crVAE is better):", ""]
-    lines += [f"- lr {lr:g}: {paired_difference(root, finished[a], finished[b])} nats"
-              for a, b, lr in same_lr]
+  pairs = [(a, b) for a, b in SAME_LR_PAIRS if a in finished and b in finished]
+  if pairs:
+    lines += ["", "Controls at equal learning rate (paired, per image; negative: the first "
+              "model is better):", ""]
+    lines += [f"- {finished[a]['label']} - {finished[b]['label']} (both lr "
+              f"{finished[a]['learning_rate']:g}): "
+              f"{paired_difference(root, finished[a], finished[b])} nats"
+              for a, b in pairs]
   lines += [
       "",
       "\"vs VAE (paired)\": mean over test images of NLL(row) - NLL(VAE) on the same "

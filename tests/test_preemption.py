@@ -1,5 +1,6 @@
-"""Preemption: a real training process stopped by SIGTERM, then killed by SIGKILL, and
-restarted each time with the same command, ends bit-identical to an uninterrupted run."""
+"""Preemption: a real training process stopped by SIGTERM, killed by SIGKILL, then killed
+while writing a checkpoint, and restarted each time with the same command, ends
+bit-identical to an uninterrupted run."""
 
 import os
 import signal
@@ -17,12 +18,23 @@ from crvae_jax.train import loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The child is the same training call a user's script would make; the test's fake
 # devices (XLA_FLAGS) and compilation cache are inherited through the environment.
+# With KILL_IN_SAVE_AT=N in its environment the child SIGKILLs itself right after
+# starting the (asynchronous) save of the latest checkpoint at step >= N: a kill while
+# Orbax is still writing it.
 CHILD = f"""
-import sys
+import os, signal, sys
 sys.path[:0] = [{REPO!r}, {os.path.join(REPO, "tests")!r}]
 from test_preemption import preemption_config
 from conftest import make_tiny_data
-from crvae_jax.train import loop
+from crvae_jax.train import checkpoints, loop
+kill_at = int(os.environ.get("KILL_IN_SAVE_AT", "0"))
+if kill_at:
+  save = checkpoints.Checkpoints.save_latest
+  def save_then_die(self, step, state):
+    save(self, step, state)
+    if step >= kill_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+  checkpoints.Checkpoints.save_latest = save_then_die
 loop.train_and_evaluate(preemption_config(), sys.argv[1], data=make_tiny_data())
 """
 TIMEOUT_S = 240
@@ -36,8 +48,9 @@ def preemption_config():
   return config
 
 
-def _start(workdir):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+def _start(workdir, **extra_env):
+  env = dict(os.environ, **extra_env,
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return subprocess.Popen([sys.executable, "-c", CHILD, workdir], env=env, text=True,
@@ -47,6 +60,11 @@ def _start(workdir):
 def _saved_steps(workdir):
   path = os.path.join(workdir, "checkpoints")
   return [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+
+
+def _unfinished_saves(workdir):
+  path = os.path.join(workdir, "checkpoints")
+  return [d for d in os.listdir(path) if "tmp" in d]
 
 
 def _signal_after(proc, workdir, sig, min_step):
@@ -70,7 +88,7 @@ def _finish(workdir):
   return out
 
 
-def test_sigterm_and_sigkill_then_rerun_end_bit_identical(tmp_path):
+def test_sigterm_sigkill_and_kill_during_save_then_rerun_end_bit_identical(tmp_path):
   config, data = preemption_config(), make_tiny_data()
   straight = str(tmp_path / "straight")
   loop.train_and_evaluate(config, straight, data=data, log=lambda *_: None)
@@ -82,6 +100,11 @@ def test_sigterm_and_sigkill_then_rerun_end_bit_identical(tmp_path):
   rc, out = _signal_after(_start(work), work, signal.SIGKILL, min_step=6)
   assert rc == -signal.SIGKILL, out
   assert max(_saved_steps(work)) < 12  # it really died mid-run
+  proc = _start(work, KILL_IN_SAVE_AT="8")
+  out, _ = proc.communicate(timeout=TIMEOUT_S)
+  assert proc.returncode == -signal.SIGKILL, out
+  assert _unfinished_saves(work), os.listdir(os.path.join(work, "checkpoints"))
+  assert max(_saved_steps(work)) < 8  # the step-8 save never became a checkpoint
   out = _finish(work)
   assert "Resuming from step" in out, out
 

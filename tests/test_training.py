@@ -51,7 +51,7 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data):
 
   summary = evaluate.evaluate(config, straight, data=tiny_data)
   k = config.eval.num_samples
-  per_image = {name: np.load(os.path.join(straight, f"eval_test_K{k}_{name}.npy"))
+  per_image = {name: np.load(evaluate.per_image_path(straight, k, name))
                for name in evaluate.PER_IMAGE_NAMES}
   assert per_image["nll"].shape == (len(tiny_data.test_binary),)
   assert np.isclose(summary["nll"], per_image["nll"].mean())
@@ -62,7 +62,7 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data):
   again = evaluate.evaluate(config, straight, data=tiny_data)
   assert again["nll"] == summary["nll"]
   np.testing.assert_array_equal(
-      np.load(os.path.join(straight, f"eval_test_K{k}_nll.npy")), per_image["nll"])
+      np.load(evaluate.per_image_path(straight, k)), per_image["nll"])
 
   paths = evaluate.sample(config, straight, data=tiny_data)
   for path in paths:

@@ -1,0 +1,91 @@
+r"""Range of every log-variance a trained MNIST model emits on the test images.
+
+  python experiments/logvar_range.py --root=runs/mnist_table_cpu
+
+For each row workdir under --root (those with a config.json and a checkpoint) it prints
+the min and max over all test images and latent dimensions of the log-variance of
+q(z1|x) and, for the 2-layer model, of q(z2|z1) and p(z1|z2) (at z1 = the posterior
+mean, z2 = its posterior mean). A range inside `channel_recurrent.LOGVAR_LINEAR` means
+`bounded_logvar` was the identity for that model on the test set.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+import jax
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from crvae_jax import evaluate  # pylint: disable=g-import-not-at-top
+from crvae_jax.models import channel_recurrent
+from crvae_jax.train import setup
+from experiments.configs import mnist as mnist_configs
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", "runs/mnist_table_cpu", "Folder of row workdirs.")
+flags.DEFINE_string("checkpoint", "best", "'best' or 'latest'.")
+flags.DEFINE_integer("batch_size", 500, "Test images per encoder call.")
+flags.DEFINE_bool("finished_only", True, "Only workdirs with a table_row.json (finished "
+                  "Table 1 rows); False: every workdir with a config.json.")
+
+
+def logvar_ranges(config, workdir: str, data) -> dict:
+  """{name: (min, max)} of the model's log-variances over the test images."""
+  model, variables, _ = evaluate.restore_variables(config, workdir, FLAGS.checkpoint,
+                                                   len(data.train_images))
+
+  @jax.jit
+  def logvars(x):  # x [b, 28, 28, 1] -> {name: [b, ...]}
+    q1 = model.apply(variables, x, method=model.encode)
+    out = {"q(z1|x)": q1.logvar}
+    if config.model.variant == "crvae_2layer":
+      top = lambda fn, a: model.apply(variables, a, method=lambda m, v: fn(m.top, v))
+      q2 = top(lambda t, v: t.posterior(v), q1.mean.reshape(x.shape[0], -1))
+      out["q(z2|z1)"] = q2.logvar
+      out["p(z1|z2)"] = top(lambda t, v: t.prior_of_z1(v), q2.mean).logvar
+    return out
+
+  ranges = {}
+  for lo in range(0, len(data.test_binary), FLAGS.batch_size):
+    x = data.test_binary[lo:lo + FLAGS.batch_size, ..., None].astype(np.float32)
+    for name, a in logvars(x).items():
+      a = np.asarray(a)
+      old = ranges.get(name, (np.inf, -np.inf))
+      ranges[name] = (min(old[0], float(a.min())), max(old[1], float(a.max())))
+  return ranges
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  lo, hi = channel_recurrent.LOGVAR_LINEAR
+  print(f"bounded_logvar is the identity on [{lo:g}, {hi:g}]")
+  data = None
+  for row in sorted(os.listdir(FLAGS.root)):
+    workdir = os.path.join(FLAGS.root, row)
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(os.path.join(workdir, "table_row.json" if FLAGS.finished_only
+                                       else "config.json")):
+      continue
+    with open(config_path, encoding="utf-8") as f:
+      saved = json.load(f)
+    # Today's config of that row, with the run's model, data and train sections (a run
+    # saved by older code may lack keys added since).
+    config = mnist_configs.get_config(saved["row"] + ("" if saved["scale"] == "paper"
+                                                      else "," + saved["scale"]))
+    for section in ("model", "data"):
+      config[section] = ml_collections.ConfigDict(saved[section])
+    config.train.seed = saved["train"]["seed"]
+    config.train.num_devices = saved["train"].get("num_devices")
+    data = data or setup.load_data(config, log=lambda *_: None)
+    for name, (a, b) in logvar_ranges(config, workdir, data).items():
+      inside = "inside" if lo <= a and b <= hi else "OUTSIDE"
+      print(f"{row:22s} {name:9s} min {a:8.3f} max {b:8.3f}  {inside}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
