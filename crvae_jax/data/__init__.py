@@ -1,4 +1,5 @@
-"""MNIST data for crvae_jax: verified raw files, splits, binarization, batch order.
+"""Data for crvae_jax: MNIST (verified raw files, splits, binarization, batch order) and
+folders of RGB images (`ImageFolder`).
 
 Typical use::
 
@@ -9,7 +10,8 @@ Typical use::
     batch = splits.train.images[order.indices(step)]  # binarized in the train step
 """
 
-from .idx import IdxFormatError, MnistDataError, read_idx, write_idx
+from .idx import DataError, IdxFormatError, MnistDataError, read_idx, write_idx
+from .image_folder import IMAGE_EXTENSIONS, ImageFolder, ImageFolderError
 from .mnist import (
     STATIC_BINARIZATION_SEED,
     TEST_SETS,
@@ -34,6 +36,10 @@ from .sources import (
 )
 
 __all__ = [
+    "DataError",
+    "IMAGE_EXTENSIONS",
+    "ImageFolder",
+    "ImageFolderError",
     "IdxFormatError",
     "MnistDataError",
     "read_idx",

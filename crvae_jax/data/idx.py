@@ -36,11 +36,15 @@ _IDX_DTYPES = {
 _DTYPE_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
 
 
-class MnistDataError(ValueError):
+class DataError(ValueError):
     """Base class for every data error raised by ``crvae_jax.data``.
 
     Messages always name the offending file and say what to do about it.
     """
+
+
+class MnistDataError(DataError):
+    """MNIST files or splits are missing, corrupt or inconsistent."""
 
 
 class IdxFormatError(MnistDataError):

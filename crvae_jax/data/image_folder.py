@@ -1,0 +1,206 @@
+"""Any folder of JPEG/PNG images as square RGB training data in [-1, 1].
+
+The common case is a user's unpacked CelebA ``img_align_celeba/``::
+
+    folder = ImageFolder("~/data/img_align_celeba", image_size=64)  # scans headers
+    batch = folder.load(np.arange(128))   # [128, 64, 64, 3] float32 in [-1, 1]
+    for batch in folder.prefetch(index_batches):  # decoded on worker threads
+        ...
+
+Images are centre-cropped to a square and resized (bicubic) to ``image_size``.
+The folder is walked recursively in sorted order, so index i is the same file on
+every machine. Bad input raises ``ImageFolderError`` naming the file:
+
+- the folder is missing, or holds no JPEG/PNG;
+- a file that is not a JPEG/PNG (say ``list_attr.txt``) -- unless
+  ``allow_other_files``: then it is skipped and the skipped files are counted in
+  the log;
+- a file that cannot be decoded (corrupt or truncated);
+- an image that is not 3-channel RGB (grayscale, RGBA, palette, CMYK) -- unless
+  ``convert_to_rgb``;
+- an image smaller than ``image_size`` on a side (it would be upscaled) -- unless
+  ``allow_upscaling``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .idx import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_ALLOWED_FORMATS = {"JPEG", "PNG", "MPO"}  # MPO: multi-picture JPEG from some cameras
+_SHOWN = 5  # offending files named in one message
+
+
+class ImageFolderError(DataError):
+    """A folder of images is missing, empty, or holds a file that cannot be used."""
+
+
+def _names(paths: list) -> str:
+    shown = ", ".join(str(p) for p in paths[:_SHOWN])
+    return shown + (f" and {len(paths) - _SHOWN} more" if len(paths) > _SHOWN else "")
+
+
+class ImageFolder:
+    """The images under ``directory``; see the module docstring for what is checked."""
+
+    def __init__(self, directory: str | os.PathLike, *, image_size: int = 64,
+                 allow_other_files: bool = False, convert_to_rgb: bool = False,
+                 allow_upscaling: bool = False, num_workers: int = 8,
+                 log: Callable[[str], None] = print):
+        self.directory = Path(directory).expanduser()
+        self.image_size = image_size
+        self.convert_to_rgb = convert_to_rgb
+        self.num_workers = num_workers
+        if not self.directory.is_dir():
+            raise ImageFolderError(
+                f"{self.directory}: image folder not found (or not a directory); point the "
+                "config's data.image_dir at a folder of JPEG/PNG files.")
+        files = sorted(p for p in self.directory.rglob("*") if p.is_file())
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        others = [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        if others and not allow_other_files:
+            raise ImageFolderError(
+                f"{self.directory}: {len(others)} file(s) that are not JPEG/PNG images: "
+                f"{_names(others)}. Move them out, or set allow_other_files (data."
+                "allow_other_files=True) to skip them.")
+        if not images:
+            raise ImageFolderError(
+                f"{self.directory}: no JPEG/PNG images ({', '.join(IMAGE_EXTENSIONS)}) found.")
+        if others:
+            log(f"{self.directory}: skipping {len(others)} non-image file(s): {_names(others)}")
+        with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+            headers = list(pool.map(self._header, images))
+        self._check_headers(images, headers, allow_upscaling)
+        self.paths = images
+        log(f"{self.directory}: {len(images)} images -> {image_size}x{image_size} RGB")
+
+    @staticmethod
+    def _header(path: Path):
+        """(format, mode, size) from the file's header, or the exception it raised."""
+        try:
+            with Image.open(path) as im:
+                return im.format, im.mode, im.size
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            return e
+
+    def _check_headers(self, paths, headers, allow_upscaling: bool) -> None:
+        unreadable = [(p, h) for p, h in zip(paths, headers) if isinstance(h, Exception)]
+        if unreadable:
+            p, e = unreadable[0]
+            raise ImageFolderError(
+                f"{p}: not a readable image ({type(e).__name__}: {e}); "
+                f"{len(unreadable)} such file(s): {_names([q for q, _ in unreadable])}. "
+                "Delete or replace them.")
+        wrong_format = [(p, h[0]) for p, h in zip(paths, headers) if h[0] not in _ALLOWED_FORMATS]
+        if wrong_format:
+            p, fmt = wrong_format[0]
+            raise ImageFolderError(
+                f"{p}: is a {fmt} file despite its name; only JPEG and PNG are read "
+                f"({len(wrong_format)} such file(s): {_names([q for q, _ in wrong_format])}).")
+        if not self.convert_to_rgb:
+            not_rgb = [(p, h[1]) for p, h in zip(paths, headers) if h[1] != "RGB"]
+            if not_rgb:
+                p, mode = not_rgb[0]
+                raise ImageFolderError(
+                    f"{p}: image mode {mode} ({_bands(mode)} channel(s)), expected 3-channel "
+                    f"RGB; {len(not_rgb)} such file(s): "
+                    f"{_names([q for q, _ in not_rgb])}. Set data.convert_to_rgb=True to "
+                    "convert them (grayscale is replicated, alpha dropped).")
+        if not allow_upscaling:
+            small = [(p, h[2]) for p, h in zip(paths, headers)
+                     if min(h[2]) < self.image_size]
+            if small:
+                p, (w, h) = small[0]
+                raise ImageFolderError(
+                    f"{p}: {w}x{h} pixels is smaller than the model's {self.image_size}x"
+                    f"{self.image_size} input and would be upscaled; {len(small)} such "
+                    f"file(s): {_names([q for q, _ in small])}. Set data.allow_upscaling=True"
+                    " to upscale them.")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def decode(self, index: int) -> np.ndarray:
+        """Image `index` as [S, S, 3] float32 in [-1, 1] (S = image_size)."""
+        path = self.paths[index]
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode != "RGB":
+                    if not self.convert_to_rgb:
+                        raise ImageFolderError(f"{path}: image mode {im.mode}, expected RGB "
+                                               "(the file changed since the folder was scanned).")
+                    im = im.convert("RGB")
+                im = ImageOps.fit(im, (self.image_size, self.image_size),
+                                  Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+                pixels = np.asarray(im, np.float32)  # [S, S, 3] in 0..255
+        except ImageFolderError:
+            raise
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageFolderError(
+                f"{path}: cannot decode image ({type(e).__name__}: {e}). Delete or replace it."
+            ) from e
+        return pixels / 127.5 - 1.0
+
+    def load(self, indices: Iterable[int],
+             pool: concurrent.futures.Executor | None = None) -> np.ndarray:
+        """Images [n, S, S, 3] float32 in [-1, 1], decoded on `pool` when given."""
+        indices = [int(i) for i in indices]
+        images = pool.map(self.decode, indices) if pool else map(self.decode, indices)
+        return np.stack(list(images))
+
+    def prefetch(self, index_batches: Iterable, depth: int = 2) -> Iterator[np.ndarray]:
+        """Yield `load(b)` for each b in index_batches, in order, decoding up to `depth`
+        batches ahead on `num_workers` threads so the training step is not kept waiting.
+        A decoding error is raised here, in the consumer, naming the file."""
+        ready: queue.Queue = queue.Queue(maxsize=depth)
+        stop = threading.Event()
+        done = object()
+
+        def produce():
+            with concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
+                try:
+                    for batch in index_batches:
+                        item = self.load(batch, pool)
+                        while not stop.is_set():
+                            try:
+                                ready.put(item, timeout=0.1)
+                                break
+                            except queue.Full:
+                                pass
+                        if stop.is_set():
+                            return
+                    ready.put(done)
+                except Exception as e:  # pylint: disable=broad-except
+                    ready.put(e)  # re-raised in the consumer
+
+        thread = threading.Thread(target=produce, daemon=True, name="image-prefetch")
+        thread.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is done:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+
+def _bands(mode: str) -> str:
+    """Channels of a PIL mode as text ('L' -> '1', 'RGBA' -> '4')."""
+    try:
+        return str(Image.getmodebands(mode))
+    except ValueError:
+        return "unknown number of"
