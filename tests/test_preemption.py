@@ -1,6 +1,6 @@
-"""Preemption: a real training process stopped by SIGTERM, killed by SIGKILL, then killed
-while writing a checkpoint, and restarted each time with the same command, ends
-bit-identical to an uninterrupted run."""
+"""Preemption: a real training process stopped by SIGTERM, then by SIGINT (Ctrl-C),
+killed by SIGKILL, then killed while writing a checkpoint, and restarted each time with
+the same command, ends bit-identical to an uninterrupted run."""
 
 import os
 import signal
@@ -88,7 +88,7 @@ def _finish(workdir):
   return out
 
 
-def test_sigterm_sigkill_and_kill_during_save_then_rerun_end_bit_identical(tmp_path):
+def test_sigterm_sigint_sigkill_and_kill_in_save_then_rerun_end_bit_identical(tmp_path):
   config, data = preemption_config(), make_tiny_data()
   straight = str(tmp_path / "straight")
   loop.train_and_evaluate(config, straight, data=data, log=lambda *_: None)
@@ -97,6 +97,9 @@ def test_sigterm_sigkill_and_kill_during_save_then_rerun_end_bit_identical(tmp_p
   rc, out = _signal_after(_start(work), work, signal.SIGTERM, min_step=2)
   assert rc == 128 + signal.SIGTERM, out
   assert "SIGTERM: saved a checkpoint at step" in out, out
+  rc, out = _signal_after(_start(work), work, signal.SIGINT, min_step=4)  # Ctrl-C
+  assert rc != 0 and "SIGINT: saved a checkpoint at step" in out, (rc, out)
+  assert "KeyboardInterrupt" in out, out
   rc, out = _signal_after(_start(work), work, signal.SIGKILL, min_step=6)
   assert rc == -signal.SIGKILL, out
   assert max(_saved_steps(work)) < 12  # it really died mid-run

@@ -85,7 +85,9 @@ class ChannelRecurrentPosterior(nn.Module):
   bn_axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, features):
+  def __call__(self, features, train: Optional[bool] = None):
+    """train (BN mode) overrides the attribute when given."""
+    train = self.train if train is None else train
     b, h, w, _ = features.shape
     lat = self.latent_channels
     if self.mean_head == "dense":
@@ -100,7 +102,7 @@ class ChannelRecurrentPosterior(nn.Module):
     seq = split_channel_blocks(features, self.num_blocks)  # [B, T, H*W*C/T]
     hs = StackedLSTM(self.hidden, name="lstm")(seq)  # [B, T, hidden]
     if self.batch_norm:
-      hs = layers.batch_norm(self.train, self.bn_axis_name, name="lstm_bn")(
+      hs = layers.batch_norm(train, self.bn_axis_name, name="lstm_bn")(
           hs.reshape(b * self.num_blocks, self.hidden)).reshape(hs.shape)
     logvar_seq = nn.Dense(h * w * lat // self.num_blocks, name="logvar")(hs)
     logvar = merge_channel_blocks(logvar_seq, h, w)  # [B, H, W, L]
