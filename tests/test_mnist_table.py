@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from absl.testing import flagsaver
 import numpy as np
 import pytest
 
@@ -16,10 +17,13 @@ from experiments import mnist_table
 
 @pytest.fixture(name="flags")
 def _flags():
+  # Other test modules define required flags of their own (experiments/main.py), so set
+  # values directly instead of parsing a command line; flagsaver restores them.
   flags = mnist_table.FLAGS
-  flags(["mnist_table", "--note=synthetic rows"])
-  yield flags
-  flags.unparse_flags()
+  if not flags.is_parsed():
+    flags.mark_as_parsed()
+  with flagsaver.flagsaver(note="synthetic rows", scale="cpu"):
+    yield flags
 
 
 def _write_row(root, row, nll, lr, commit="abc1234"):

@@ -135,8 +135,8 @@ def test_gate_leaves_discriminator_params_and_adam_state_bit_identical():
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
 
   @jax.jit
-  def step(params, state, accuracy):
-    updates, state = tx.update(grads, state, params, d_accuracy=accuracy)
+  def step(params, state, accuracy):  # the GAN step's gate: accuracy <= 0.9
+    updates, state = tx.update(grads, state, params, apply_update=accuracy <= 0.9)
     return optax.apply_updates(params, updates), state
 
   state = tx.init(params)

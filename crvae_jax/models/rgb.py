@@ -117,13 +117,35 @@ class RgbVAE(nn.Module):
     b_dec; the MI head's target. For vaegan, z itself."""
     return self.generator_block(z) if self.variant == "crvaegan" else z
 
+  def decode_code(self, code, train: bool = False):
+    """`generation_code(z)` -> image [N, 64, 64, 3] in [-1, 1]."""
+    if self.variant == "vaegan":
+      h = self.dec_in(code).reshape(code.shape[0], 4, 4, 8 * self.width)  # [N, 4, 4, 8c]
+    else:
+      h = self.dec_in(code + self.b_dec)
+    return self.decoder(h, train)
+
   def decode(self, z, train: bool = False):
     """Latent [N, *latent_shape] -> image [N, 64, 64, 3] in [-1, 1]."""
-    if self.variant == "vaegan":
-      h = self.dec_in(z).reshape(z.shape[0], 4, 4, 8 * self.width)  # [N, 4, 4, 8c]
-    else:
-      h = self.dec_in(self.generation_code(z) + self.b_dec)
-    return self.decoder(h, train)
+    return self.decode_code(self.generation_code(z), train)
+
+  def __call__(self, x, eps_q, eps_p, train: bool = False) -> "Stage1Output":
+    """Reconstructions (z ~ q(z|x) = mean + std * eps_q) and prior samples (z = eps_p) of
+    images x [B, 64, 64, 3]; eps_q, eps_p [B, *latent_shape]. The two decoder passes
+    are separate, so BN normalises each with its own batch statistics."""
+    q = self.encode(x, train)
+    z_rec = q.mean + jnp.exp(0.5 * q.logvar) * eps_q
+    u_rec, u_prior = self.generation_code(z_rec), self.generation_code(eps_p)
+    return Stage1Output(q, self.decode_code(u_rec, train), self.decode_code(u_prior, train),
+                        u_rec, u_prior)
+
+
+class Stage1Output(NamedTuple):
+  posterior: Gaussian  # q(z|x), [B, *latent_shape] each
+  reconstruction: jax.Array  # [B, 64, 64, 3]
+  prior_sample: jax.Array  # [B, 64, 64, 3]
+  code_rec: jax.Array  # u of the reconstruction's z (the MI target), [B, *latent_shape]
+  code_prior: jax.Array  # u of the prior sample's z
 
 
 class MinibatchDiscrimination(nn.Module):

@@ -40,18 +40,15 @@ def make_optimizer(*, learning_rate: float, lstm_lr_divisor: float, lstm_grad_cl
       param_groups)
 
 
-def gate_on_accuracy(inner: optax.GradientTransformation,
-                     max_accuracy: float = 0.9) -> optax.GradientTransformationExtraArgs:
-  """The discriminator's gate: `inner` updates only when the batch accuracy is at most
-  `max_accuracy`; above it the update is zero and inner's state (Adam moments and count)
-  passes through unchanged (optax.conditionally_mask, not zeroed gradients fed to Adam).
-
-  Call `tx.update(grads, state, params, d_accuracy=acc)` with acc a [] array. The
-  wrapper's own counter (`state.step`) counts every call, inner Adam's `count` only the
-  applied ones, so skipped fraction = 1 - count / step.
+def gated(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """The discriminator's gate: `tx.update(grads, state, params, apply_update=flag)` with
+  flag a [] bool. False: a zero update, and inner's state (Adam moments and count) passes
+  through unchanged (optax.conditionally_mask; not zeroed gradients fed to Adam). The
+  caller decides (the GAN step: flag = batch accuracy <= 0.9). The wrapper's own counter
+  (`state.step`) counts every call, inner Adam's `count` only the applied ones.
   """
   return optax.conditionally_mask(
-      inner, lambda step, d_accuracy: d_accuracy <= max_accuracy, forward_extra_args=True)
+      inner, lambda step, apply_update: apply_update, forward_extra_args=True)
 
 
 def trunk_or_heads(params):
@@ -62,12 +59,11 @@ def trunk_or_heads(params):
 
 
 def make_discriminator_optimizer(*, learning_rate: float, trunk_lr_factor: float = 1.0,
-                                 max_accuracy: float = 0.9, b1: float = 0.9,
-                                 b2: float = 0.999, eps: float = 1e-8):
+                                 b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
   """Gated Adam for the discriminator: trunk at learning_rate * trunk_lr_factor (the
-  release: 0.5, optional), heads at learning_rate; see `gate_on_accuracy`."""
+  release: 0.5, optional), heads at learning_rate; see `gated`."""
   adam = lambda lr: optax.adam(lr, b1=b1, b2=b2, eps=eps)
   inner = optax.multi_transform(
       {"trunk": adam(learning_rate * trunk_lr_factor), "heads": adam(learning_rate)},
       trunk_or_heads)
-  return gate_on_accuracy(inner, max_accuracy)
+  return gated(inner)
