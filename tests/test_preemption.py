@@ -42,7 +42,7 @@ TIMEOUT_S = 240
 
 def preemption_config():
   config = make_tiny_config()
-  config.train.num_epochs = 3.0  # 12 steps
+  config.train.num_epochs = 4.0  # 16 steps
   config.train.eval_every_epochs = 0.5  # a checkpoint every 2 steps
   config.train.sample_every_epochs = 3.0
   return config
@@ -94,25 +94,27 @@ def test_sigterm_sigint_sigkill_and_kill_in_save_then_rerun_end_bit_identical(tm
   loop.train_and_evaluate(config, straight, data=data, log=lambda *_: None)
 
   work = str(tmp_path / "preempted")
+  newer = lambda: max(_saved_steps(work), default=0) + 1  # a checkpoint this run wrote
   rc, out = _signal_after(_start(work), work, signal.SIGTERM, min_step=2)
   assert rc == 128 + signal.SIGTERM, out
   assert "SIGTERM: saved a checkpoint at step" in out, out
-  rc, out = _signal_after(_start(work), work, signal.SIGINT, min_step=4)  # Ctrl-C
+  rc, out = _signal_after(_start(work), work, signal.SIGINT, min_step=newer())  # Ctrl-C
   assert rc != 0 and "SIGINT: saved a checkpoint at step" in out, (rc, out)
   assert "KeyboardInterrupt" in out, out
-  rc, out = _signal_after(_start(work), work, signal.SIGKILL, min_step=6)
+  rc, out = _signal_after(_start(work), work, signal.SIGKILL, min_step=newer())
   assert rc == -signal.SIGKILL, out
-  assert max(_saved_steps(work)) < 12  # it really died mid-run
-  proc = _start(work, KILL_IN_SAVE_AT="8")
+  kill_at = newer() + 1  # the next checkpoint save after resuming
+  assert kill_at < 16, _saved_steps(work)  # it really died mid-run
+  proc = _start(work, KILL_IN_SAVE_AT=str(kill_at))
   out, _ = proc.communicate(timeout=TIMEOUT_S)
   assert proc.returncode == -signal.SIGKILL, out
   assert _unfinished_saves(work), os.listdir(os.path.join(work, "checkpoints"))
-  assert max(_saved_steps(work)) < 8  # the step-8 save never became a checkpoint
+  assert max(_saved_steps(work)) < kill_at  # that save never became a checkpoint
   out = _finish(work)
   assert "Resuming from step" in out, out
 
   restore = lambda d: evaluate.restore_variables(config, d, "latest",
                                                  len(data.train_images))
   (_, a, step_a), (_, b, step_b) = restore(straight), restore(work)
-  assert step_a == step_b == 12
+  assert step_a == step_b == 16
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))

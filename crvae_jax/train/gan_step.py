@@ -164,10 +164,10 @@ def init_gan_state(model, disc, mi_head, g_tx, d_tx, rng, *, batch: int = 2,
   k_gen, k_disc, k_mi = jax.random.split(rng, 3)
   x = jnp.zeros((batch, 64, 64, 3))
   eps = jnp.zeros((batch,) + model.latent_shape)
-  gen = model.init(k_gen, x, eps, eps)
-  disc_vars = disc.init(k_disc, x)
-  features = disc.apply(disc_vars, x, method=disc.features)
-  mi = mi_head.init(k_mi, features) if use_mi else {}
+  gen = jax.jit(model.init)(k_gen, x, eps, eps)  # compiled: eager init is slow
+  disc_vars = jax.jit(disc.init)(k_disc, x)
+  features = jnp.zeros((batch, 4, 4, 8 * disc.width))  # the trunk's output
+  mi = jax.jit(mi_head.init)(k_mi, features) if use_mi else {}
   gm = {"gen": gen["params"], "mi": mi.get("params", {})}
   return GanState(step=jnp.zeros((), jnp.int32), gen=dict(gen), mi=dict(mi),
                   disc={"params": disc_vars["params"]}, g_opt=g_tx.init(gm),
