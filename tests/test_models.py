@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from crvae_jax import objectives
 from crvae_jax.models import channel_recurrent, layers, lstm
 from crvae_jax.models.mnist import MnistVAE, VARIANTS
 
@@ -39,6 +40,13 @@ def expected_paper_params(variant: str, t: int = 8) -> int:
   return enc + dec + heads
 
 
+def tiny_model(variant, m):
+  """MnistVAE of `variant` with the sizes of config.model `m`."""
+  return MnistVAE(variant=variant, num_blocks=m.num_blocks, width=m.width,
+                  lstm_hidden=m.lstm_hidden, latent_channels=m.latent_channels,
+                  top_dim=m.top_dim)
+
+
 def init_shapes(model):
   x = jnp.zeros((2, 28, 28, 1))
   eps1 = jnp.zeros((2, 3) + model.latent_shape)
@@ -62,9 +70,7 @@ def test_crvae_has_15_5m_parameters():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_output_shapes(variant, tiny_config):
   m = tiny_config.model
-  model = MnistVAE(variant=variant, num_blocks=m.num_blocks, width=m.width,
-                   lstm_hidden=m.lstm_hidden, latent_channels=m.latent_channels,
-                   top_dim=m.top_dim)
+  model = tiny_model(variant, m)
   b, n = 3, 2
   x = jnp.ones((b, 28, 28, 1))
   eps1 = jnp.ones((b, n) + model.latent_shape)
@@ -184,11 +190,8 @@ def test_bounded_logvar_is_the_identity_inside_and_bounded_outside():
 def test_extreme_logvar_heads_keep_loss_and_gradients_finite(variant, tiny_config):
   # A raw log-variance of +-1e4 (e.g. after a bad step) would give exp(logvar) = inf or
   # exp(-logvar) = inf without the bound; with it, loss and gradients stay finite.
-  from crvae_jax import objectives  # pylint: disable=g-import-not-at-top
   m = tiny_config.model
-  model = MnistVAE(variant=variant, num_blocks=m.num_blocks, width=m.width,
-                   lstm_hidden=m.lstm_hidden, latent_channels=m.latent_channels,
-                   top_dim=m.top_dim)
+  model = tiny_model(variant, m)
   x = (jax.random.uniform(jax.random.key(1), (3, 28, 28, 1)) > 0.5).astype(jnp.float32)
   eps1 = jax.random.normal(jax.random.key(2), (3, 2) + model.latent_shape)
   eps2 = jax.random.normal(jax.random.key(3), (3, 2, m.top_dim))
