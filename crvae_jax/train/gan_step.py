@@ -19,7 +19,7 @@ Per device:
     L_D   = binary cross-entropy over the discriminator batch;
   gradients of L_G w.r.t. the generator and MI head, of L_D w.r.t. the discriminator,
   each averaged over devices;
-- the discriminator's update goes through `optimizer.gate_on_accuracy`: when its accuracy
+- the discriminator's update goes through `optimizer.gated`: when its accuracy
   on the (global) batch exceeds 0.9 its parameters and Adam state stay bit-identical;
 - a non-finite loss or gradient skips the whole step (every state field kept).
 
@@ -37,7 +37,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from crvae_jax import objectives, randomness
-from crvae_jax.train.parallel import BATCH_AXIS, global_indices
+from crvae_jax.train.parallel import BATCH_AXIS, global_indices, keep_if
 
 
 @flax.struct.dataclass
@@ -139,15 +139,14 @@ def _per_device(state: GanState, images, rng, *, model, disc, mi_head, g_tx, d_t
   grad_norms = (optax.tree.norm(grads_g), optax.tree.norm(grads_d))
   finite = (jnp.isfinite(metrics["loss_g"]) & jnp.isfinite(metrics["loss_d"])
             & jnp.isfinite(grad_norms[0]) & jnp.isfinite(grad_norms[1]))
-  keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = GanState(
       step=state.step + 1,
-      gen=keep_if_bad({"params": new_gm["gen"], **aux["gen_stats"]}, state.gen),
-      mi=keep_if_bad({"params": new_gm["mi"], **aux["mi_stats"]} if weights.kappa
-                     else state.mi, state.mi),
-      disc=keep_if_bad({"params": d_params}, state.disc),
-      g_opt=keep_if_bad(g_opt, state.g_opt),
-      d_opt=keep_if_bad(d_opt, state.d_opt))
+      gen=keep_if(finite, {"params": new_gm["gen"], **aux["gen_stats"]}, state.gen),
+      mi=keep_if(finite, {"params": new_gm["mi"], **aux["mi_stats"]} if weights.kappa
+                 else state.mi, state.mi),
+      disc=keep_if(finite, {"params": d_params}, state.disc),
+      g_opt=keep_if(finite, g_opt, state.g_opt),
+      d_opt=keep_if(finite, d_opt, state.d_opt))
   metrics.update(grad_norm_g=grad_norms[0], grad_norm_d=grad_norms[1],
                  d_update_skipped=1.0 - apply_d.astype(jnp.float32),
                  skipped=1.0 - finite.astype(jnp.float32))

@@ -85,6 +85,11 @@ def make_objective(objective_config, num_blocks: int) -> Callable:
   raise ValueError(f"objective.kind must be 'elbo' or 'iwae', got {objective_config.kind!r}")
 
 
+def keep_if(ok: jax.Array, new, old):
+  """`new` where the [] bool `ok` holds, else `old`, leaf by leaf (the non-finite skip)."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
 def global_indices(local_batch: int) -> jax.Array:
   """Global example indices of this device's shard (inside shard_map)."""
   return jax.lax.axis_index(BATCH_AXIS) * local_batch + jnp.arange(local_batch)
@@ -126,11 +131,9 @@ def _train_step_per_device(state: TrainState, images, rng, *, model, tx, objecti
   # state: parameters, BN statistics and optimizer state (Adam moments and count) keep
   # their old values; only the step advances, so the next step sees the next batch.
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-  keep_if_bad = lambda new, old: jax.tree.map(
-      lambda n, o: jnp.where(finite, n, o), new, old)
-  params = keep_if_bad(params, state.params)
-  opt_state = keep_if_bad(opt_state, state.opt_state)
-  batch_stats = keep_if_bad(batch_stats, state.batch_stats)
+  params = keep_if(finite, params, state.params)
+  opt_state = keep_if(finite, opt_state, state.opt_state)
+  batch_stats = keep_if(finite, batch_stats, state.batch_stats)
   metrics["grad_norm"] = grad_norm
   metrics["param_norm"] = optax.tree.norm(params)
   metrics["skipped"] = 1.0 - finite.astype(jnp.float32)  # 1: update not applied
