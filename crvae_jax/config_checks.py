@@ -60,3 +60,46 @@ def check_mnist_config(config, num_devices: int) -> None:
   _require(config.data.test_set != "larochelle" or bool(config.data.larochelle_dir),
            "data.larochelle_dir", config.data.larochelle_dir,
            "test_set='larochelle' needs the folder holding binarized_mnist_*.amat")
+
+
+def check_rgb_config(config, num_devices: int) -> None:
+  """Raise ConfigError for the first impossible value in a 64x64 RGB (GAN) config."""
+  from crvae_jax.data.rgb import IMAGE_SIZE, RGB_SOURCES  # pylint: disable=g-import-not-at-top
+  from crvae_jax.models.rgb import RGB_VARIANTS  # pylint: disable=g-import-not-at-top
+  m, o, t, d = config.model, config.objective, config.train, config.data
+  _require(m.variant in RGB_VARIANTS, "model.variant", m.variant, f"one of {RGB_VARIANTS}")
+  _require(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl,
+           f"one of {CONV_IMPLS}")
+  for key in ("width", "lstm_hidden", "latent_channels", "num_blocks", "disc_hidden",
+              "minibatch_kernels", "minibatch_kernel_dim"):
+    _require(m[key] >= 1, f"model.{key}", m[key], "must be >= 1")
+  _require(m.latent_channels % m.num_blocks == 0, "model.num_blocks", m.num_blocks,
+           f"T must divide model.latent_channels={m.latent_channels}")
+  for key in ("alpha1", "alpha2", "beta", "kappa"):
+    _require(o[key] >= 0, f"objective.{key}", o[key], "weights must be >= 0")
+  _require(m.variant == "crvaegan" or o.kappa == 0, "objective.kappa", o.kappa,
+           "the MI term predicts the generation LSTM's output: crVAE-GAN only (use 0)")
+  _require(o.max_d_accuracy <= 1, "objective.max_d_accuracy", o.max_d_accuracy,
+           "an accuracy <= 1 (1: never gate; below 0: the discriminator never updates)")
+  for key in ("learning_rate", "lstm_lr_divisor", "disc_trunk_lr_factor"):
+    _require(config.optim[key] > 0, f"optim.{key}", config.optim[key], "must be > 0")
+  _require(t.batch_size >= 2 and t.batch_size % (2 * num_devices) == 0, "train.batch_size",
+           t.batch_size, f"must be a multiple of 2 x {num_devices} device(s): each device's "
+           "discriminator batch is half real, a quarter prior samples, a quarter "
+           "reconstructions")
+  for key in ("num_steps", "log_every_steps", "checkpoint_every_steps",
+              "sample_every_steps", "max_nonfinite_steps"):
+    _require(t[key] >= 1, f"train.{key}", t[key], "must be >= 1")
+  _require(d.source in RGB_SOURCES, "data.source", d.source, f"one of {RGB_SOURCES}")
+  _require(d.source != "folder" or bool(d.image_dir), "data.image_dir", d.image_dir,
+           "data.source='folder' needs the folder of JPEG/PNG images")
+  _require(d.source != "tfds" or bool(d.tfds_name), "data.tfds_name", d.tfds_name,
+           "data.source='tfds' needs a dataset name, e.g. 'celeb_a'")
+  if d.random_crop:
+    _require(d.load_size >= IMAGE_SIZE, "data.load_size", d.load_size,
+             f"random crops of {IMAGE_SIZE} need load_size >= {IMAGE_SIZE}")
+  else:
+    _require(d.load_size == IMAGE_SIZE, "data.load_size", d.load_size,
+             f"without data.random_crop the images are loaded at {IMAGE_SIZE}")
+  _require(config.sample.num_images >= 1, "sample.num_images", config.sample.num_images,
+           "must be >= 1")

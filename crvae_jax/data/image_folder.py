@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import queue
-import threading
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .idx import DataError
+from .image_source import RandomAccessImages, fit_square
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _ALLOWED_FORMATS = {"JPEG", "PNG", "MPO"}  # MPO: multi-picture JPEG from some cameras
@@ -50,7 +49,7 @@ def _names(paths: list) -> str:
     return shown + (f" and {len(paths) - _SHOWN} more" if len(paths) > _SHOWN else "")
 
 
-class ImageFolder:
+class ImageFolder(RandomAccessImages):
     """The images under ``directory``; see the module docstring for what is checked."""
 
     def __init__(self, directory: str | os.PathLike, *, image_size: int = 64,
@@ -141,61 +140,13 @@ class ImageFolder:
                         raise ImageFolderError(f"{path}: image mode {im.mode}, expected RGB "
                                                "(the file changed since the folder was scanned).")
                     im = im.convert("RGB")
-                im = ImageOps.fit(im, (self.image_size, self.image_size),
-                                  Image.Resampling.BICUBIC, centering=(0.5, 0.5))
-                pixels = np.asarray(im, np.float32)  # [S, S, 3] in 0..255
+                return fit_square(im, self.image_size)
         except ImageFolderError:
             raise
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageFolderError(
                 f"{path}: cannot decode image ({type(e).__name__}: {e}). Delete or replace it."
             ) from e
-        return pixels / 127.5 - 1.0
-
-    def load(self, indices: Iterable[int],
-             pool: concurrent.futures.Executor | None = None) -> np.ndarray:
-        """Images [n, S, S, 3] float32 in [-1, 1], decoded on `pool` when given."""
-        indices = [int(i) for i in indices]
-        images = pool.map(self.decode, indices) if pool else map(self.decode, indices)
-        return np.stack(list(images))
-
-    def prefetch(self, index_batches: Iterable, depth: int = 2) -> Iterator[np.ndarray]:
-        """Yield `load(b)` for each b in index_batches, in order, decoding up to `depth`
-        batches ahead on `num_workers` threads so the training step is not kept waiting.
-        A decoding error is raised here, in the consumer, naming the file."""
-        ready: queue.Queue = queue.Queue(maxsize=depth)
-        stop = threading.Event()
-        done = object()
-
-        def produce():
-            with concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
-                try:
-                    for batch in index_batches:
-                        item = self.load(batch, pool)
-                        while not stop.is_set():
-                            try:
-                                ready.put(item, timeout=0.1)
-                                break
-                            except queue.Full:
-                                pass
-                        if stop.is_set():
-                            return
-                    ready.put(done)
-                except Exception as e:  # pylint: disable=broad-except
-                    ready.put(e)  # re-raised in the consumer
-
-        thread = threading.Thread(target=produce, daemon=True, name="image-prefetch")
-        thread.start()
-        try:
-            while True:
-                item = ready.get()
-                if item is done:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            stop.set()
 
 
 def _bands(mode: str) -> str:

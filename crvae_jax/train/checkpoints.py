@@ -56,14 +56,15 @@ def shape_differences(step_dir: str, target: Any) -> list:
 
 
 class Checkpoints:
-  """The run's two Orbax `CheckpointManager`s (latest and best)."""
+  """The run's two Orbax `CheckpointManager`s (latest and best; `best=False`: latest
+  only, for runs without a validation metric such as the GANs)."""
 
-  def __init__(self, workdir: str, keep: int = 2):
+  def __init__(self, workdir: str, keep: int = 2, best: bool = True):
     workdir = os.path.abspath(workdir)
     self.latest = ocp.CheckpointManager(
         os.path.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-    self.best = ocp.CheckpointManager(
+    self.best = None if not best else ocp.CheckpointManager(
         os.path.join(workdir, "best"),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC],
@@ -97,6 +98,8 @@ class Checkpoints:
     Orbax writes to a temporary directory and renames it when complete.)
     """
     manager = {"latest": self.latest, "best": self.best}.get(which)
+    if which == "best" and manager is None:
+      raise ValueError("this run keeps no best checkpoint (no validation metric)")
     if manager is None:
       raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
     if step is not None:
@@ -121,13 +124,16 @@ class Checkpoints:
                       f"{str(e)[:200]}); skipping it", RuntimeWarning)
     return None, None
 
+  def _managers(self):
+    return [m for m in (self.latest, self.best) if m is not None]
+
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    for m in self._managers():
+      m.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for m in self._managers():
+      m.close()
 
 
 def write_config(workdir: str, config) -> str:
@@ -164,3 +170,16 @@ def config_differences(saved: dict, config) -> list:
     elif a != b:
       diffs.append(f"{section}: {a!r} (workdir) != {b!r} (now)")
   return sorted(diffs, key=lambda d: not d.startswith("params/"))  # parameters first
+
+
+def refuse_other_config(workdir: str, config) -> None:
+  """Raise ConfigError if `workdir` holds a run whose dataset/model/objective differ
+  (unless config.train.resume_other_config)."""
+  from crvae_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
+  saved = read_config_json(workdir)
+  diffs = [] if saved is None else config_differences(saved, config)
+  if diffs and not config.train.resume_other_config:
+    raise ConfigError(
+        f"{workdir} holds a run of another config; refusing to resume it:\n  "
+        + "\n  ".join(diffs) + "\nUse a new --workdir, or pass "
+        "--config.train.resume_other_config=True to resume anyway.")

@@ -8,7 +8,6 @@ continues exactly where the previous run stopped.
 import json
 import os
 import signal
-import threading
 import time
 from typing import Optional
 
@@ -19,73 +18,9 @@ from tqdm import tqdm
 from crvae_jax import config_checks
 from crvae_jax import data as mnist_data
 from crvae_jax import sampling
-from crvae_jax.train import checkpoints, parallel, setup
+from crvae_jax.train import checkpoints, guards, parallel, setup
+from crvae_jax.train.guards import NonFiniteError  # noqa: F401 (re-exported)
 from crvae_jax.train.metrics import MetricWriter
-
-
-class NonFiniteError(RuntimeError):
-  """Training stopped: too many consecutive steps had a non-finite loss or gradient."""
-
-
-class _StopSignals:
-  """While active, SIGTERM/SIGINT only set `.received` (the loop saves, then exits)."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.received, self._old = None, {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signum
-
-  def __exit__(self, *exc):
-    for sig, handler in self._old.items():
-      signal.signal(sig, handler)
-
-
-class _NonFiniteWatch:
-  """Counts skipped (non-finite) steps from each step's metrics, one step behind the
-  dispatch so the host does not wait for the device; raises after `limit` in a row."""
-
-  def __init__(self, limit: int, workdir: str, log):
-    self.limit, self.workdir, self.log = limit, workdir, log
-    self.pending, self.in_a_row, self.total, self.last_saved = None, 0, 0, None
-
-  def push(self, step: int, metrics) -> None:
-    """Check the previous step's metrics, then remember this one."""
-    self.flush()
-    self.pending = (step, metrics)
-
-  def flush(self) -> None:
-    if self.pending is None:
-      return
-    step, metrics = self.pending
-    self.pending = None
-    if float(jax.device_get(metrics["skipped"])) == 0.0:
-      self.in_a_row = 0
-      return
-    self.in_a_row += 1
-    self.total += 1
-    values = jax.device_get(metrics)
-    bad = [k for k, v in values.items() if k != "skipped" and not np.all(np.isfinite(v))]
-    self.log(f"step {step + 1}: non-finite {', '.join(bad)}; update skipped "
-             f"({self.in_a_row} in a row, {self.total} in this run)")
-    if self.in_a_row >= self.limit:
-      saved = ("none yet" if self.last_saved is None else
-               f"step {self.last_saved} in {os.path.join(self.workdir, 'checkpoints')}")
-      raise NonFiniteError(
-          f"training stopped at step {step + 1}: {self.in_a_row} consecutive steps had "
-          f"non-finite values ({', '.join(bad)}) and were skipped (limit "
-          f"train.max_nonfinite_steps={self.limit}). Parameters were never updated with "
-          f"them. Last good checkpoint: {saved}. Lower optim.learning_rate or inspect "
-          "metrics.jsonl, then rerun to resume from that checkpoint.")
 
 
 def _mean_metrics(history):
@@ -105,13 +40,7 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.train.num_devices)
   config_checks.check_mnist_config(config, mesh.size)
-  saved = checkpoints.read_config_json(workdir)
-  diffs = [] if saved is None else checkpoints.config_differences(saved, config)
-  if diffs and not config.train.resume_other_config:
-    raise config_checks.ConfigError(
-        f"{workdir} holds a run of another config; refusing to resume it:\n  "
-        + "\n  ".join(diffs) + "\nUse a new --workdir, or pass "
-        "--config.train.resume_other_config=True to resume anyway.")
+  checkpoints.refuse_other_config(workdir, config)
   data = data or setup.load_data(config, log=log)
   num_train = len(data.train_images)
   per_epoch = setup.steps_per_epoch(config, num_train)
@@ -147,11 +76,11 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
   start = int(jax.device_get(state.step))
   history, valid = [], {}
   t_interval, n_interval = time.time(), 0
-  watch = _NonFiniteWatch(int(config.train.get("max_nonfinite_steps", 10)), workdir, log)
+  watch = guards.NonFiniteWatch(int(config.train.get("max_nonfinite_steps", 10)), workdir, log)
   watch.last_saved = restored_step
   bar = tqdm(total=total_steps, initial=start, unit="step", desc="train")
   try:
-    with _StopSignals() as stop:
+    with guards.StopSignals() as stop:
       for step in range(start, total_steps):
         batch = parallel.shard_batch(mesh, data.train_images[order.indices(step)])
         state, metrics = step_fn(state, batch, rng)

@@ -2,6 +2,7 @@
 everything else at lr; both learning rates halved every `halve_every_steps`."""
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -58,11 +59,21 @@ def trunk_or_heads(params):
       else "heads", params)
 
 
+def warmup_factor(count):
+  """The release's discriminator warm-up: 1/50 for the first 10 applied updates, 1/5
+  until 30, then 1."""
+  return jnp.where(count < 10, 1 / 50, jnp.where(count < 30, 1 / 5, 1.0))
+
+
 def make_discriminator_optimizer(*, learning_rate: float, trunk_lr_factor: float = 1.0,
-                                 b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+                                 warmup: bool = False, b1: float = 0.9, b2: float = 0.999,
+                                 eps: float = 1e-8):
   """Gated Adam for the discriminator: trunk at learning_rate * trunk_lr_factor (the
-  release: 0.5, optional), heads at learning_rate; see `gated`."""
-  adam = lambda lr: optax.adam(lr, b1=b1, b2=b2, eps=eps)
+  release: 0.5, optional), heads at learning_rate; see `gated`. warmup: scale both by
+  `warmup_factor` of Adam's count, which counts only applied (ungated) updates."""
+  def adam(lr):
+    schedule = (lambda count: lr * warmup_factor(count)) if warmup else lr
+    return optax.adam(schedule, b1=b1, b2=b2, eps=eps)
   inner = optax.multi_transform(
       {"trunk": adam(learning_rate * trunk_lr_factor), "heads": adam(learning_rate)},
       trunk_or_heads)

@@ -1,0 +1,135 @@
+"""RGB training images for the 64x64 Stage1 models: sources, augmentation, batches.
+
+Sources (``data.source`` in the config):
+
+- ``tfds``: a tensorflow-datasets dataset the user has prepared (``caltech_birds2011``,
+  ``celeb_a``, ``lsun/bedroom``), read with random access (``tfds.data_source``), so it
+  must be prepared in the ``array_record`` format; nothing is downloaded.
+- ``folder``: any folder of JPEG/PNG images (``ImageFolder``), e.g. CelebA's
+  ``img_align_celeba/``.
+- ``emoji``: the Noto emoji set from the npm registry (``emoji.load_emoji``), the
+  offline default of the CPU demo and the tests.
+
+Every source gives square RGB images in [-1, 1] at ``data.load_size`` (centre crop and
+bicubic resize). ``augment`` then takes a random ``IMAGE_SIZE`` crop (when
+``data.random_crop``) and random horizontal flips (``data.flip``). Augmentation draws from
+``np.random.default_rng([seed, step])``: like the batch order it is a function of the
+step, so a resumed run sees the same images as an uninterrupted one. Decoding and
+augmentation run on worker threads (``RandomAccessImages.prefetch``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .emoji import load_emoji
+from .idx import DataError
+from .image_folder import ImageFolder
+from .image_source import ArrayImages, RandomAccessImages, fit_square
+from .mnist import TrainOrder
+
+IMAGE_SIZE = 64
+RGB_SOURCES = ("tfds", "folder", "emoji")
+
+
+class RgbDataError(DataError):
+    """An RGB dataset cannot be opened (missing, not prepared, wrong images)."""
+
+
+class TfdsImages(RandomAccessImages):
+    """The ``image`` feature of a prepared tensorflow-datasets split."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None, image_size: int,
+                 num_workers: int = 8):
+        try:
+            import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+        except ImportError as e:
+            raise RgbDataError("data.source='tfds' needs tensorflow-datasets "
+                               "(pip install tensorflow-datasets)") from e
+        where = data_dir or "tfds's default data_dir (~/tensorflow_datasets)"
+        try:
+            self.dataset = tfds.data_source(name, split=split, data_dir=data_dir or None,
+                                            download=False)
+        except Exception as e:  # pylint: disable=broad-except
+            raise RgbDataError(
+                f"tensorflow-datasets dataset {name!r} (split {split!r}) cannot be opened in "
+                f"{where}: {type(e).__name__}: {str(e)[:300]}\nPrepare it once (with "
+                f"internet) as array_record: `tfds build {name} --file_format=array_record`"
+                " (set --config.data.tfds_data_dir if it lives elsewhere), or use "
+                "--config.data.source=folder --config.data.image_dir=/path/to/images."
+            ) from e
+        self.name, self.image_size, self.num_workers = name, image_size, num_workers
+        self._lock = threading.Lock()  # one reader; decoding below runs in parallel
+        if len(self.dataset) == 0:
+            raise RgbDataError(f"tfds dataset {name!r} split {split!r} is empty")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def decode(self, index: int) -> np.ndarray:
+        with self._lock:
+            example = self.dataset[int(index)]
+        if "image" not in example:
+            raise RgbDataError(f"tfds dataset {self.name!r} has no 'image' feature "
+                               f"(features: {sorted(example)})")
+        pixels = np.asarray(example["image"])
+        if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3) or pixels.dtype != np.uint8:
+            raise RgbDataError(f"tfds dataset {self.name!r} example {index}: image "
+                               f"{pixels.shape} {pixels.dtype}, expected uint8 [H, W, 3]")
+        return fit_square(Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1
+                                          else pixels).convert("RGB"), self.image_size)
+
+
+def open_source(data_config, log: Callable[[str], None] = print) -> RandomAccessImages:
+    """The source named by ``data_config.source`` at ``data_config.load_size``."""
+    d = data_config
+    if d.source == "tfds":
+        return TfdsImages(d.tfds_name, d.tfds_split, d.tfds_data_dir or None, d.load_size,
+                          d.num_workers)
+    if d.source == "folder":
+        if not d.image_dir:
+            raise RgbDataError("data.source='folder' needs data.image_dir "
+                               "(--config.data.image_dir=/path/to/images)")
+        return ImageFolder(d.image_dir, image_size=d.load_size,
+                           allow_other_files=d.allow_other_files,
+                           convert_to_rgb=d.convert_to_rgb,
+                           allow_upscaling=d.allow_upscaling, num_workers=d.num_workers,
+                           log=log)
+    if d.source == "emoji":
+        images = load_emoji(tarball=d.emoji_tarball or None, cache_dir=d.cache_dir or None,
+                            allow_download=d.allow_download, log=log)
+        if d.load_size != images.shape[1]:
+            raise RgbDataError(f"data.load_size={d.load_size}: the emoji images are "
+                               f"{images.shape[1]}x{images.shape[1]}")
+        return ArrayImages(images, "Noto emoji (npm emoji-datasource-google)")
+    raise RgbDataError(f"data.source={d.source!r}; choose one of {RGB_SOURCES}")
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, *, flip: bool,
+            crop_size: int = IMAGE_SIZE) -> np.ndarray:
+    """images [n, L, L, 3] -> [n, crop_size, crop_size, 3]: a random crop per image when
+    L > crop_size, then (flip) each image mirrored left-right with probability 1/2."""
+    n, size = images.shape[:2]
+    if size < crop_size:
+        raise ValueError(f"images of {size}x{size} cannot be cropped to {crop_size}")
+    if size > crop_size:
+        offsets = rng.integers(0, size - crop_size + 1, (n, 2))  # [n, (y, x)]
+        images = np.stack([im[y:y + crop_size, x:x + crop_size]
+                           for im, (y, x) in zip(images, offsets)])
+    if flip:
+        mirrored = rng.random(n) < 0.5
+        images = np.where(mirrored[:, None, None, None], images[:, :, ::-1], images)
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def training_batches(source: RandomAccessImages, order: TrainOrder, start: int, stop: int,
+                     *, flip: bool, seed: int, depth: int = 2) -> Iterator[np.ndarray]:
+    """Augmented batches [B, 64, 64, 3] for steps start .. stop - 1, decoded ahead."""
+    def transform(n, batch):
+        return augment(batch, np.random.default_rng([seed, start + n]), flip=flip)
+    return source.prefetch((order.indices(s) for s in range(start, stop)), depth=depth,
+                           transform=transform)

@@ -1,0 +1,233 @@
+"""Training and sampling of the 64x64 VAE-GAN / crVAE-GAN (Stage1) from a config.
+
+`train` runs (or resumes) the data-parallel step of `gan_step` over batches decoded and
+augmented on worker threads, and writes metrics.jsonl / TensorBoard, checkpoints every
+`train.checkpoint_every_steps` and grids of prior samples and reconstructions every
+`train.sample_every_steps`. `sample` restores a checkpoint and writes the grids. Like the
+MNIST loop, a run is a function of (config, step): batch order, augmentation and every
+random draw follow the step, so a resumed run continues exactly.
+"""
+
+import json
+import os
+import signal
+import time
+from typing import NamedTuple, Optional
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from crvae_jax import config_checks, images
+from crvae_jax.data import rgb as rgb_data
+from crvae_jax.data.image_source import RandomAccessImages
+from crvae_jax.data.mnist import TrainOrder
+from crvae_jax.models.rgb import Discriminator, MIHead, RgbVAE
+from crvae_jax.train import checkpoints, gan_step, guards, optimizer, parallel
+from crvae_jax.train.metrics import MetricWriter
+
+
+class GanParts(NamedTuple):
+  model: RgbVAE
+  disc: Discriminator
+  mi_head: MIHead
+  g_tx: object  # generator + MI head optimizer
+  d_tx: object  # gated discriminator optimizer
+  weights: gan_step.GanWeights
+
+
+def build(config, axis_name: Optional[str] = parallel.BATCH_AXIS) -> GanParts:
+  """Modules, optimizers and loss weights of `config` (axis_name None: outside a mesh,
+  e.g. for initialisation and sampling)."""
+  m, o, opt = config.model, config.objective, config.optim
+  model = RgbVAE(variant=m.variant, num_blocks=m.num_blocks, width=m.width,
+                 lstm_hidden=m.lstm_hidden, latent_channels=m.latent_channels,
+                 conv_impl=m.conv_impl, bn_axis_name=axis_name)
+  disc = Discriminator(width=m.width, hidden=m.disc_hidden, num_kernels=m.minibatch_kernels,
+                       kernel_dim=m.minibatch_kernel_dim, conv_impl=m.conv_impl,
+                       axis_name=axis_name)
+  mi_head = MIHead(latent_channels=m.latent_channels, conv_impl=m.conv_impl,
+                   bn_axis_name=axis_name)
+  g_tx = optimizer.make_optimizer(
+      learning_rate=opt.learning_rate, lstm_lr_divisor=opt.lstm_lr_divisor,
+      lstm_grad_clip=opt.lstm_grad_clip, halve_every_steps=opt.halve_every_steps,
+      b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  d_tx = optimizer.make_discriminator_optimizer(
+      learning_rate=opt.learning_rate, trunk_lr_factor=opt.disc_trunk_lr_factor,
+      warmup=opt.disc_warmup, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  weights = gan_step.GanWeights(alpha1=o.alpha1, alpha2=o.alpha2, beta=o.beta,
+                                kappa=o.kappa)
+  return GanParts(model, disc, mi_head, g_tx, d_tx, weights)
+
+
+def init_state(config) -> gan_step.GanState:
+  local = build(config, axis_name=None)
+  return gan_step.init_gan_state(local.model, local.disc, local.mi_head, local.g_tx,
+                                 local.d_tx, jax.random.key(config.train.seed),
+                                 use_mi=config.objective.kappa > 0)
+
+
+def generator_variables(state: gan_step.GanState) -> dict:
+  """The generator's {'params', 'batch_stats'} (what sampling needs)."""
+  return {"params": state.gen["params"], "batch_stats": state.gen["batch_stats"]}
+
+
+def fixed_images(source: RandomAccessImages, num: int, seed: int) -> np.ndarray:
+  """`num` images [n, 64, 64, 3] in [-1, 1] chosen by `seed` (sorted indices), centre
+  crops without flips: the same images in every reconstruction grid of a run."""
+  num = min(num, len(source))
+  idx = np.sort(np.random.default_rng(seed).choice(len(source), num, replace=False))
+  batch = source.load(idx)
+  offset = (batch.shape[1] - rgb_data.IMAGE_SIZE) // 2
+  return batch[:, offset:offset + rgb_data.IMAGE_SIZE, offset:offset + rgb_data.IMAGE_SIZE]
+
+
+def _grid_fns(model: RgbVAE):
+  """Jitted (variables, eps) -> prior samples and (variables, x) -> reconstructions
+  (z = posterior mean), BN with its running averages."""
+  prior = jax.jit(lambda v, eps: model.apply(v, eps, method=model.decode))
+  recon = jax.jit(lambda v, x: model.apply(
+      v, model.apply(v, x, method=model.encode).mean, method=model.decode))
+  return prior, recon
+
+
+def write_grids(model: RgbVAE, variables, fixed: np.ndarray, config, directory: str,
+                tag: str, fns=None) -> tuple:
+  """prior_<tag>.png (sample.num_images prior samples, seed sample.seed) and
+  reconstructions_<tag>.png (each fixed image next to its reconstruction)."""
+  prior_fn, recon_fn = fns or _grid_fns(model)
+  eps = jax.random.normal(jax.random.key(config.sample.seed),
+                          (config.sample.num_images,) + model.latent_shape)
+  to_unit = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0  # [-1, 1] -> [0, 1]
+  prior_path = images.save_grid(os.path.join(directory, f"prior_{tag}.png"),
+                                to_unit(prior_fn(variables, eps)), scale=1)
+  pairs = images.interleave_pairs(to_unit(fixed), to_unit(recon_fn(variables, fixed)))
+  cols = 2 * int(np.ceil(np.sqrt(len(fixed))))
+  recon_path = images.save_grid(os.path.join(directory, f"reconstructions_{tag}.png"),
+                                pairs, num_cols=cols, scale=1)
+  return prior_path, recon_path
+
+
+def _mean_metrics(history):
+  stacked = jax.device_get(history)
+  return {k: np.mean([m[k] for m in stacked], axis=0) for k in stacked[0]}
+
+
+def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
+          log=print) -> dict:
+  """Train (or resume) the Stage1 GAN of `config` in `workdir`; returns a summary
+  (also written to train_summary.json): the last logged metrics, the fraction of gated
+  discriminator updates, skipped steps and throughput."""
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh(config.train.num_devices)
+  config_checks.check_rgb_config(config, mesh.size)
+  checkpoints.refuse_other_config(workdir, config)
+  source = source or rgb_data.open_source(config.data, log=log)
+  t = config.train
+  order = TrainOrder(num_examples=len(source), batch_size=t.batch_size, seed=t.seed)
+  parts = build(config)
+  state = init_state(config)
+  ckpts = checkpoints.Checkpoints(workdir, best=False)
+  restored, restored_step = ckpts.restore(state)
+  if restored is not None:
+    state = restored
+    log(f"Resuming from step {restored_step} in {workdir}")
+  else:
+    checkpoints.write_config(workdir, config)
+  state = parallel.replicate(mesh, state)
+  count = lambda tree: sum(p.size for p in jax.tree.leaves(tree))
+  log(f"{config.model.variant} on {len(source):,} images: generator "
+      f"{count(state.gen['params']):,}, discriminator {count(state.disc['params']):,}, "
+      f"MI head {count(state.mi.get('params', {})):,} parameters; {mesh.size} device(s); "
+      f"batch {t.batch_size}; {t.num_steps} steps")
+  step_fn = gan_step.make_gan_step(parts.model, parts.disc, parts.mi_head, parts.g_tx,
+                                   parts.d_tx, parts.weights, mesh,
+                                   max_d_accuracy=config.objective.max_d_accuracy)
+  local_model = parts.model.clone(bn_axis_name=None)
+  grid_fns = _grid_fns(local_model)
+  fixed = fixed_images(source, config.sample.num_images, config.sample.seed)
+  samples_dir = os.path.join(workdir, "samples")
+  rng = jax.random.key(t.seed)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  start = int(jax.device_get(state.step))
+  batches = rgb_data.training_batches(source, order, start, t.num_steps,
+                                      flip=config.data.flip, seed=t.seed)
+  history, summary, n_interval = [], {}, 0
+  t_interval = time.time()
+  gated_total, steps_total = 0.0, 0
+  watch = guards.NonFiniteWatch(t.max_nonfinite_steps, workdir, log)
+  watch.last_saved = restored_step
+  bar = tqdm(total=t.num_steps, initial=start, unit="step", desc="train")
+  try:
+    with guards.StopSignals() as stop:
+      for step, batch in zip(range(start, t.num_steps), batches):
+        state, metrics = step_fn(state, parallel.shard_batch(mesh, batch), rng)
+        watch.push(step, metrics)
+        history.append(metrics)
+        n_interval += t.batch_size
+        done = step + 1
+        if step == start:
+          jax.block_until_ready(metrics)
+          log(f"first step done {time.time() - t_start:.1f}s after start (incl. compile)")
+          t_interval, n_interval = time.time(), 0
+        if done % t.log_every_steps == 0 or done == t.num_steps:
+          summary = _mean_metrics(history)  # d_update_skipped: fraction gated
+          gated_total += float(summary["d_update_skipped"]) * len(history)
+          steps_total += len(history)
+          summary["examples_per_s"] = n_interval / max(time.time() - t_interval, 1e-9)
+          flat = writer.write(done, summary)
+          bar.set_postfix(g=f"{flat['loss_g']:.3f}", d=f"{flat['loss_d']:.3f}",
+                          d_acc=f"{flat['d_accuracy']:.2f}",
+                          gated=f"{flat['d_update_skipped']:.2f}",
+                          img_s=f"{flat['examples_per_s']:.0f}")
+          t_interval, n_interval, history = time.time(), 0, []
+        if done % t.checkpoint_every_steps == 0 or done == t.num_steps:
+          watch.flush()
+          ckpts.save_latest(done, state)
+          watch.last_saved = done
+        if done % t.sample_every_steps == 0 or done == t.num_steps:
+          write_grids(local_model, generator_variables(state), fixed, config, samples_dir,
+                      f"{done:07d}", grid_fns)
+        bar.update(1)
+        if stop.received is not None and done < t.num_steps:
+          if watch.last_saved != done:
+            ckpts.save_latest(done, state)
+          ckpts.wait()
+          log(f"{signal.Signals(stop.received).name}: saved a checkpoint at step {done}; "
+              "rerun the same command to resume")
+          if stop.received == signal.SIGINT:
+            raise KeyboardInterrupt
+          raise SystemExit(128 + stop.received)
+      watch.flush()
+  finally:
+    bar.close()
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+  out = {k: float(np.mean(v)) for k, v in summary.items()}
+  out.update(d_update_skipped_fraction=gated_total / max(steps_total, 1),
+             skipped_steps=watch.total, train_seconds=time.time() - t_start)
+  with open(os.path.join(workdir, "train_summary.json"), "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2)
+  return out
+
+
+def sample(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
+           log=print) -> tuple:
+  """Restore the latest (or `sample.checkpoint_step`) checkpoint and write its grids to
+  <workdir>/samples/prior_sampled_<step>.png and reconstructions_sampled_<step>.png."""
+  config_checks.check_rgb_config(config, parallel.make_mesh(config.train.num_devices).size)
+  ckpts = checkpoints.Checkpoints(workdir, best=False)
+  state, step = ckpts.restore(init_state(config), step=config.sample.checkpoint_step)
+  ckpts.close()
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {os.path.abspath(workdir)}: train first "
+                            "(--mode=train) or point --workdir at a trained run")
+  source = source or rgb_data.open_source(config.data, log=log)
+  model = build(config, axis_name=None).model
+  fixed = fixed_images(source, config.sample.num_images, config.sample.seed)
+  paths = write_grids(model, generator_variables(state), fixed, config,
+                      os.path.join(workdir, "samples"), f"sampled_{step:07d}")
+  log(f"step {step}: wrote {paths[0]} and {paths[1]}")
+  return paths
