@@ -60,11 +60,15 @@ def build(config, axis_name: Optional[str] = parallel.BATCH_AXIS) -> GanParts:
   return GanParts(model, disc, mi_head, g_tx, d_tx, weights)
 
 
-def init_state(config) -> gan_step.GanState:
+def init_state(config, abstract: bool = False) -> gan_step.GanState:
+  """Fresh parameters and optimizer states from train.seed; abstract=True: only their
+  shapes and dtypes (jax.eval_shape; nothing is compiled), e.g. as a restore target."""
   local = build(config, axis_name=None)
-  return gan_step.init_gan_state(local.model, local.disc, local.mi_head, local.g_tx,
-                                 local.d_tx, jax.random.key(config.train.seed),
-                                 use_mi=config.objective.kappa > 0)
+  init = lambda: gan_step.init_gan_state(local.model, local.disc, local.mi_head,
+                                         local.g_tx, local.d_tx,
+                                         jax.random.key(config.train.seed),
+                                         use_mi=config.objective.kappa > 0)
+  return jax.eval_shape(init) if abstract else init()
 
 
 def generator_variables(state: gan_step.GanState) -> dict:
@@ -127,13 +131,12 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   t = config.train
   order = TrainOrder(num_examples=len(source), batch_size=t.batch_size, seed=t.seed)
   parts = build(config)
-  state = init_state(config)
   ckpts = checkpoints.Checkpoints(workdir, best=False)
-  restored, restored_step = ckpts.restore(state)
-  if restored is not None:
-    state = restored
+  state, restored_step = ckpts.restore(init_state(config, abstract=True))
+  if state is not None:
     log(f"Resuming from step {restored_step} in {workdir}")
   else:
+    state = init_state(config)
     checkpoints.write_config(workdir, config)
   state = parallel.replicate(mesh, state)
   count = lambda tree: sum(p.size for p in jax.tree.leaves(tree))
@@ -148,9 +151,16 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   grid_fns = _grid_fns(local_model)
   fixed = fixed_images(source, config.sample.num_images, config.sample.seed)
   samples_dir = os.path.join(workdir, "samples")
+  start = int(jax.device_get(state.step))
+  summary_path = os.path.join(workdir, "train_summary.json")
+  if start >= t.num_steps and os.path.exists(summary_path):
+    log(f"{workdir} is trained to step {start} (train.num_steps={t.num_steps}); "
+        "nothing to do (raise train.num_steps to train on)")
+    ckpts.close()
+    with open(summary_path, encoding="utf-8") as f:
+      return json.load(f)
   rng = jax.random.key(t.seed)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  start = int(jax.device_get(state.step))
   batches = rgb_data.training_batches(source, order, start, t.num_steps,
                                       flip=config.data.flip, seed=t.seed)
   history, summary, n_interval = [], {}, 0
@@ -208,7 +218,7 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   out = {k: float(np.mean(v)) for k, v in summary.items()}
   out.update(d_update_skipped_fraction=gated_total / max(steps_total, 1),
              skipped_steps=watch.total, train_seconds=time.time() - t_start)
-  with open(os.path.join(workdir, "train_summary.json"), "w", encoding="utf-8") as f:
+  with open(summary_path, "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
   return out
 
@@ -219,7 +229,8 @@ def sample(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   <workdir>/samples/prior_sampled_<step>.png and reconstructions_sampled_<step>.png."""
   config_checks.check_rgb_config(config, parallel.make_mesh(config.train.num_devices).size)
   ckpts = checkpoints.Checkpoints(workdir, best=False)
-  state, step = ckpts.restore(init_state(config), step=config.sample.checkpoint_step)
+  state, step = ckpts.restore(init_state(config, abstract=True),
+                              step=config.sample.checkpoint_step)
   ckpts.close()
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.abspath(workdir)}: train first "
