@@ -19,7 +19,6 @@ Every row gets the same budget: the same epochs, batch, learning-rate schedule a
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -32,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from crvae_jax import config_checks, evaluate, likelihood  # pylint: disable=g-import-not-at-top
 from crvae_jax.train import loop, parallel, setup
 from experiments.configs import mnist as mnist_configs
+from experiments.provenance import git_commit
 
 TABLE_ORDER = ("vae", "cvae", "crvae_inference", "crvae_generation", "crvae_t4", "crvae",
                "crvae_t16", "criwa", "crvae_2layer")
@@ -83,22 +83,6 @@ def row_config(row: str):
 
 def row_label(row: str) -> str:
   return CONTROLS[row][1] if row in CONTROLS else ROW_LABELS[row]
-
-
-def git_commit() -> str:
-  """Short hash of this checkout's HEAD, '+uncommitted' when tracked files (outside
-  results/) differ."""
-  try:
-    here = os.path.dirname(os.path.abspath(__file__))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, check=True,
-                            capture_output=True, text=True).stdout.strip()
-    # Changes to results/ (this script's own output) do not make the code uncommitted.
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                            ".", ":(exclude)results"], cwd=os.path.dirname(here),
-                           check=True, capture_output=True, text=True).stdout
-    return commit + ("+uncommitted" if dirty.strip() else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
 
 
 def run_row(row: str, root: str, data, commit: str) -> dict:

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crvae_jax.train import gan_loop  # pylint: disable=g-import-not-at-top
 from experiments.configs import rgb as rgb_configs  # pylint: disable=g-import-not-at-top
-from experiments.mnist_table import git_commit  # pylint: disable=g-import-not-at-top
+from experiments.provenance import git_commit  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["emoji_vaegan", "emoji_crvaegan"], "RGB config rows to train.")
