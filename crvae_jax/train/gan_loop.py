@@ -215,7 +215,7 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
     ckpts.wait()
     ckpts.close()
     writer.close()
-  out = {k: float(np.mean(v)) for k, v in summary.items()}
+  out = {k: float(v) for k, v in summary.items() if np.ndim(v) == 0}  # last interval
   out.update(d_update_skipped_fraction=gated_total / max(steps_total, 1),
              skipped_steps=watch.total, train_seconds=time.time() - t_start)
   with open(summary_path, "w", encoding="utf-8") as f:
