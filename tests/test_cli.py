@@ -3,11 +3,7 @@
 import os
 
 import pytest
-from absl import flags
 
-from conftest import make_tiny_config, make_tiny_data
-from crvae_jax.train import setup
-from experiments import main as cli
 from experiments.configs import mnist as mnist_configs
 
 
@@ -27,14 +23,10 @@ def test_every_table_row_has_a_paper_and_a_cpu_config():
     assert paper.optim.lstm_lr_divisor == paper.model.num_blocks
 
 
-def test_main_runs_train_evaluate_sample(tmp_path, monkeypatch):
-  config = make_tiny_config()
-  monkeypatch.setattr(setup, "load_data", lambda cfg, log=print: make_tiny_data())
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["main", "--config=experiments/configs/mnist.py:crvae,cpu",
-               f"--workdir={tmp_path}", "--mode=train,evaluate,sample"])
-  monkeypatch.setattr(flags.FLAGS, "config", config)
-  cli.main(["main"])
-  assert os.path.exists(tmp_path / "samples" / "reconstructions.png")
-  assert os.path.exists(tmp_path / f"eval_test_K{config.eval.num_samples}.json")
-  flags.FLAGS.unparse_flags()
+def test_main_runs_train_evaluate_sample(cli_workdir):
+  # The session fixture `cli_workdir` (conftest.py) runs experiments/main.py's `main`
+  # with --mode=train,evaluate,sample on the tiny config and data (other tests read its
+  # workdir too).
+  workdir, config = cli_workdir
+  assert os.path.exists(workdir / "samples" / "reconstructions.png")
+  assert os.path.exists(workdir / f"eval_test_K{config.eval.num_samples}.json")

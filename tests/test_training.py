@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -17,19 +18,48 @@ def _params_of(workdir, config, data):
   return jax.device_get(variables), step
 
 
-def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data):
+def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_workdir):
   config = tiny_config
   config.train.num_epochs = 2.0  # 4 steps / epoch
   straight = str(tmp_path / "straight")
   result = loop.train_and_evaluate(config, straight, data=tiny_data)
   assert np.isfinite(result["elbo"]) and result["elbo"] < 0
 
-  # Stop after one epoch, then run the 2-epoch config on the same workdir: it resumes
-  # at step 4 and must end where the uninterrupted run ended.
+  # The one-epoch run of this config: the session fixture `cli_workdir` (conftest.py)
+  # trained it through experiments/main.py --mode=train,evaluate,sample, which also
+  # scored its best checkpoint and drew its pictures. Tests only read it: work on a copy.
+  cli_dir, first = cli_workdir
+  assert first.train.num_epochs == 1.0
+  assert checkpoints.config_differences(checkpoints.read_config_json(cli_dir), config) == []
   resumed = str(tmp_path / "resumed")
-  first = config.copy_and_resolve_references()
-  first.train.num_epochs = 1.0
-  loop.train_and_evaluate(first, resumed, data=tiny_data)
+  shutil.copytree(cli_dir, resumed)
+
+  # Evaluation: the CLI's `evaluate` wrote the summary and the per-image values.
+  k = config.eval.num_samples
+  with open(os.path.join(cli_dir, f"eval_test_K{k}.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  per_image = {name: np.load(evaluate.per_image_path(str(cli_dir), k, name))
+               for name in evaluate.PER_IMAGE_NAMES}
+  assert per_image["nll"].shape == (len(tiny_data.test_binary),)
+  assert np.isclose(summary["nll"], per_image["nll"].mean())
+  # log-mean-exp of the weights is at least their mean: NLL <= -ELBO, per image.
+  assert np.all(per_image["nll"] <= per_image["neg_elbo"] + 1e-4)
+  assert summary["nll"] > 0 and summary["test_set"] == tiny_data.test_set
+  # A second evaluation (of the copy, same checkpoint) from the same seed reproduces
+  # every per-image value exactly.
+  again = evaluate.evaluate(config, resumed, data=tiny_data)
+  assert again["nll"] == summary["nll"]
+  assert np.isclose(again["nll"], per_image["nll"].mean())
+  assert again["test_set"] == tiny_data.test_set
+  np.testing.assert_array_equal(
+      np.load(evaluate.per_image_path(resumed, k)), per_image["nll"])
+
+  # `sample` (run by the CLI) wrote both pictures.
+  for name in ("prior_final.png", "reconstructions.png"):
+    assert os.path.getsize(os.path.join(cli_dir, "samples", name)) > 100
+
+  # Run the 2-epoch config on the one-epoch workdir: it resumes at step 4 and must end
+  # where the uninterrupted run ended.
   assert _params_of(resumed, config, tiny_data)[1] == 4
   logs = []
   loop.train_and_evaluate(config, resumed, data=tiny_data, log=logs.append)
@@ -48,25 +78,6 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data):
   assert any(r["split"] == "valid" for r in rows)
   assert os.listdir(os.path.join(straight, "tb"))
   assert os.listdir(os.path.join(straight, "best"))
-
-  summary = evaluate.evaluate(config, straight, data=tiny_data)
-  k = config.eval.num_samples
-  per_image = {name: np.load(evaluate.per_image_path(straight, k, name))
-               for name in evaluate.PER_IMAGE_NAMES}
-  assert per_image["nll"].shape == (len(tiny_data.test_binary),)
-  assert np.isclose(summary["nll"], per_image["nll"].mean())
-  # log-mean-exp of the weights is at least their mean: NLL <= -ELBO, per image.
-  assert np.all(per_image["nll"] <= per_image["neg_elbo"] + 1e-4)
-  assert summary["nll"] > 0 and summary["test_set"] == tiny_data.test_set
-  # A second evaluation from the same seed reproduces every per-image value exactly.
-  again = evaluate.evaluate(config, straight, data=tiny_data)
-  assert again["nll"] == summary["nll"]
-  np.testing.assert_array_equal(
-      np.load(evaluate.per_image_path(straight, k)), per_image["nll"])
-
-  paths = evaluate.sample(config, straight, data=tiny_data)
-  for path in paths:
-    assert os.path.getsize(path) > 100
 
   # Another architecture: the error names the parameter paths and both shapes.
   wider = config.copy_and_resolve_references()
