@@ -8,7 +8,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from crvae_jax import config_checks, likelihood, sampling
+from crvae_jax import config_checks, distributed, likelihood, sampling
 from crvae_jax.train import checkpoints, parallel, setup
 from crvae_jax.train.loop import state_variables
 
@@ -18,10 +18,11 @@ PER_IMAGE_NAMES = ("nll", "nll_report", "neg_elbo", "nll_k1")
 
 def restore_variables(config, workdir: str, which: str, num_train: int):
   """(model, {'params', 'batch_stats'}, step) from the workdir's `which` checkpoint."""
-  config_checks.check_mnist_config(config, parallel.make_mesh(config.train.num_devices).size)
+  mesh = parallel.make_mesh(config.train.num_devices)
+  config_checks.check_mnist_config(config, mesh.size)
   model = setup.build_model(config)
-  target = setup.init_state(model, setup.build_optimizer(config, num_train),
-                            config.train.seed)
+  target = parallel.replicate(mesh, setup.init_state(
+      model, setup.build_optimizer(config, num_train), config.train.seed))
   ckpts = checkpoints.Checkpoints(workdir)
   state, step = ckpts.restore(target, which)
   ckpts.close()
@@ -43,7 +44,13 @@ def evaluate(config, workdir: str, *, data: Optional[setup.MnistData] = None,
              log=print) -> dict:
   """Importance-sampled test NLL (config.eval); writes eval_test_K<K>.json and the
   per-image values (nats, [N] float64, test-set order) eval_test_K<K>_<name>.npy into the
-  workdir, name in PER_IMAGE_NAMES, for paired comparisons between models."""
+  workdir, name in PER_IMAGE_NAMES, for paired comparisons between models.
+
+  In a multi-process run the test images are split over every process's devices, every
+  process returns the same summary, and process 0 writes the files.
+  """
+  main_process = distributed.is_main()
+  log = distributed.main_only(log)
   data = data or setup.load_data(config, log=log)
   e = config.eval
   model, variables, step = restore_variables(config, workdir, e.checkpoint,
@@ -53,30 +60,34 @@ def evaluate(config, workdir: str, *, data: Optional[setup.MnistData] = None,
       f"samples ({e.checkpoint} checkpoint, step {step}); test set: {data.test_set}")
   result = likelihood.estimate_log_likelihood(
       model, variables, data.test_binary, mesh, num_samples=e.num_samples,
-      chunk_size=e.chunk_size, batch_size=e.batch_size, report_k=e.report_k, seed=e.seed)
+      chunk_size=e.chunk_size, batch_size=e.batch_size, report_k=e.report_k, seed=e.seed,
+      progress=main_process)
   summary = {"checkpoint": e.checkpoint, "step": int(step), "test_set": data.test_set,
              "num_images": int(len(data.test_binary)), "num_samples": e.num_samples,
              "seed": e.seed, "scale": config.get("scale", "?"),
              "variant": config.model.variant, "num_blocks": config.model.num_blocks,
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "devices": f"{len(mesh.devices.flat)} x {mesh.devices.flat[0].device_kind}",
+             "processes": jax.process_count(),
              "jax": jax.__version__}
   for name, values in (("nll", -result.log_px), (f"nll_k{result.report_k}",
                                                   -result.log_px_report),
                        ("neg_elbo", -result.elbo)):
     mean, stderr = likelihood.mean_and_stderr(values)
     summary[name], summary[name + "_stderr"] = mean, stderr
-  stem = os.path.join(workdir, f"eval_test_K{e.num_samples}")
-  with open(stem + ".json", "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
   per_image = {"nll": -result.log_px, "nll_report": -result.log_px_report,
                "neg_elbo": -result.elbo, "nll_k1": -result.log_px_k1}
   assert set(per_image) == set(PER_IMAGE_NAMES)
-  for name, values in per_image.items():
-    np.save(per_image_path(workdir, e.num_samples, name), np.asarray(values, np.float64))
   log(f"test NLL (K={e.num_samples}): {summary['nll']:.2f} +- {summary['nll_stderr']:.2f}"
       f" nats | K={result.report_k}: {summary[f'nll_k{result.report_k}']:.2f} | "
       f"-ELBO: {summary['neg_elbo']:.2f} | {data.test_set}")
+  if not main_process:
+    return summary
+  stem = os.path.join(workdir, f"eval_test_K{e.num_samples}")
+  with open(stem + ".json", "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+  for name, values in per_image.items():
+    np.save(per_image_path(workdir, e.num_samples, name), np.asarray(values, np.float64))
   return summary
 
 

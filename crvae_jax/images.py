@@ -6,6 +6,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from crvae_jax import distributed
+
 
 def make_grid(images: np.ndarray, num_cols: int | None = None, pad: int = 2,
               pad_value: float = 0.5) -> np.ndarray:
@@ -29,7 +31,12 @@ def make_grid(images: np.ndarray, num_cols: int | None = None, pad: int = 2,
 
 def save_grid(path: str, images: np.ndarray, num_cols: int | None = None,
               scale: int = 2) -> str:
-  """Write a grid PNG (nearest-neighbour upscaled by `scale` for visibility)."""
+  """Write a grid PNG (nearest-neighbour upscaled by `scale` for visibility).
+
+  In a multi-process run only process 0 writes; every process gets the path back.
+  """
+  if not distributed.is_main():
+    return path
   grid = make_grid(images, num_cols)
   if scale > 1:
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crvae_jax import images
+from crvae_jax import distributed, images
+from crvae_jax.train.parallel import local_copy
 
 
 def prior_sample_means(model, variables, num_images: int, seed: int = 0) -> np.ndarray:
@@ -27,13 +28,19 @@ def reconstruction_means(model, variables, images_binary: np.ndarray) -> np.ndar
 
 
 def write_prior_samples(model, variables, config, path: str) -> str:
-  means = prior_sample_means(model, variables, config.sample.num_images, config.sample.seed)
+  """Grid of prior sample means (process 0 only in a multi-process run)."""
+  if not distributed.is_main():
+    return path
+  means = prior_sample_means(model, local_copy(variables), config.sample.num_images,
+                             config.sample.seed)
   return images.save_grid(path, means)
 
 
 def write_reconstructions(model, variables, images_binary: np.ndarray, path: str) -> str:
-  """Grid of (test image, reconstruction) pairs, side by side."""
-  means = reconstruction_means(model, variables, images_binary)
+  """Grid of (test image, reconstruction) pairs, side by side (process 0 only)."""
+  if not distributed.is_main():
+    return path
+  means = reconstruction_means(model, local_copy(variables), images_binary)
   pairs = images.interleave_pairs(images_binary.astype(np.float32), means)
   cols = 2 * int(np.ceil(np.sqrt(len(images_binary))))
   return images.save_grid(path, pairs, num_cols=cols)

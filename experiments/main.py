@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crvae_jax import config_checks, evaluate  # pylint: disable=g-import-not-at-top
+from crvae_jax import config_checks, distributed, evaluate  # pylint: disable=g-import-not-at-top
 from crvae_jax.data import rgb as rgb_data
 from crvae_jax.train import gan_loop, loop, parallel, setup
 
@@ -29,6 +29,12 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. "
                                 "experiments/configs/mnist.py:crvae,cpu", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
 flags.DEFINE_list("mode", ["train"], f"One or more of {MODES}, run in order.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: 'host:port' of "
+                    "process 0, the same in every process (see README, Multi-host).")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process, 0..N-1.")
+flags.DEFINE_bool("distributed_auto", False, "Multi-process runs on a TPU pod slice, Slurm "
+                  "or Open MPI: let JAX detect the three settings above.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -39,6 +45,11 @@ def main(argv):
   unknown = [m for m in FLAGS.mode if m not in MODES]
   if unknown:
     raise app.UsageError(f"--mode: unknown {unknown}; choose from {MODES}")
+  try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id, auto=FLAGS.distributed_auto)
+  except distributed.DistributedError as e:
+    raise app.UsageError(str(e)) from e
   config = FLAGS.config
   if config.dataset != "mnist":
     return run_rgb(config)

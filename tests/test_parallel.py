@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
+from jax.sharding import PartitionSpec as P
 
 from crvae_jax.train import optimizer, parallel, setup
 
@@ -88,3 +90,16 @@ def test_map_batches_pads_and_keeps_every_row():
   fn = jax.jit(lambda b, off: b.sum(-1) + 0 * off)
   out = parallel.map_batches(fn, data, mesh, batch_size=3)  # rounded up to 4
   np.testing.assert_array_equal(out, data.sum(-1))
+
+
+def test_batches_are_assembled_from_the_rows_each_process_holds():
+  mesh = parallel.make_mesh(2)
+  assert parallel.process_rows(mesh, 8) == slice(0, 8)  # one process holds every row
+  x = np.arange(24).reshape(8, 3)
+  batch = parallel.shard_batch(mesh, x, np.arange(8)[::-1])
+  assert batch.sharding.spec == P(parallel.BATCH_AXIS)
+  np.testing.assert_array_equal(parallel.to_host(batch), x[::-1])
+  with pytest.raises(ValueError, match="holds 4 rows of a batch of 8"):
+    parallel.from_process_rows(mesh, x[:4], 8)
+  with pytest.raises(ValueError, match="does not split over 2 devices"):
+    parallel.process_rows(mesh, 7)

@@ -49,6 +49,11 @@ def test_batches_are_a_function_of_the_step_so_a_resumed_run_sees_the_same_image
                          flip=True)
   np.testing.assert_array_equal(full[7], expected)
   assert not np.array_equal(full[0], full[5])  # epoch 1 reshuffles and redraws flips
+  # A process of a multi-process run decodes only its rows, cropped and flipped as here.
+  rows = slice(4, 8)
+  part = list(rgb.training_batches(source, order, 6, 10, flip=True, seed=3, rows=rows))
+  for a, b in zip(full[6:], part):
+    np.testing.assert_array_equal(a[rows], b)
 
 
 def _png(image: Image.Image) -> bytes:

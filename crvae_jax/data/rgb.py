@@ -21,7 +21,7 @@ augmentation run on worker threads (``RandomAccessImages.prefetch``).
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -110,26 +110,44 @@ def open_source(data_config, log: Callable[[str], None] = print) -> RandomAccess
 
 
 def augment(images: np.ndarray, rng: np.random.Generator, *, flip: bool,
-            crop_size: int = IMAGE_SIZE) -> np.ndarray:
+            crop_size: int = IMAGE_SIZE, rows: Optional[slice] = None,
+            batch_size: Optional[int] = None) -> np.ndarray:
     """images [n, L, L, 3] -> [n, crop_size, crop_size, 3]: a random crop per image when
-    L > crop_size, then (flip) each image mirrored left-right with probability 1/2."""
+    L > crop_size, then (flip) each image mirrored left-right with probability 1/2.
+
+    rows, batch_size: `images` are rows `rows` of a global batch of `batch_size` (one
+    process's part in a multi-process run). The draws are made for the whole global batch
+    and sliced, so every row gets the crop and flip it gets in a single-process run.
+    """
     n, size = images.shape[:2]
+    rows = rows or slice(0, n)
+    total = batch_size or n
+    if len(range(total)[rows]) != n:
+        raise ValueError(f"{n} images are not rows {rows} of a batch of {total}")
     if size < crop_size:
         raise ValueError(f"images of {size}x{size} cannot be cropped to {crop_size}")
     if size > crop_size:
-        offsets = rng.integers(0, size - crop_size + 1, (n, 2))  # [n, (y, x)]
+        offsets = rng.integers(0, size - crop_size + 1, (total, 2))[rows]  # [n, (y, x)]
         images = np.stack([im[y:y + crop_size, x:x + crop_size]
                            for im, (y, x) in zip(images, offsets)])
     if flip:
-        mirrored = rng.random(n) < 0.5
+        mirrored = rng.random(total)[rows] < 0.5  # [n]
         images = np.where(mirrored[:, None, None, None], images[:, :, ::-1], images)
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
 def training_batches(source: RandomAccessImages, order: TrainOrder, start: int, stop: int,
-                     *, flip: bool, seed: int, depth: int = 2) -> Iterator[np.ndarray]:
-    """Augmented batches [B, 64, 64, 3] for steps start .. stop - 1, decoded ahead."""
+                     *, flip: bool, seed: int, depth: int = 2,
+                     rows: Optional[slice] = None) -> Iterator[np.ndarray]:
+    """Augmented batches [B, 64, 64, 3] for steps start .. stop - 1, decoded ahead.
+
+    rows: only these rows of every batch are decoded and yielded (this process's part,
+    `parallel.process_rows`, in a multi-process run); default all.
+    """
+    rows = rows or slice(0, order.batch_size)
+
     def transform(n, batch):
-        return augment(batch, np.random.default_rng([seed, start + n]), flip=flip)
-    return source.prefetch((order.indices(s) for s in range(start, stop)), depth=depth,
-                           transform=transform)
+        return augment(batch, np.random.default_rng([seed, start + n]), flip=flip,
+                       rows=rows, batch_size=order.batch_size)
+    return source.prefetch((order.indices(s)[rows] for s in range(start, stop)),
+                           depth=depth, transform=transform)

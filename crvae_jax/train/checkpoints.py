@@ -70,8 +70,23 @@ class Checkpoints:
             max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC],
             best_mode="max", keep_checkpoints_without_metrics=False))
 
+  def _before_save(self) -> None:
+    # In a multi-process run each manager finalizes a save with barriers named the same
+    # in both managers; two saves in flight at once collide ("Barrier ... is already
+    # ongoing"). One save at a time there; on one process saves overlap with training.
+    if jax.process_count() > 1:
+      self.wait()
+
   def save_latest(self, step: int, state) -> None:
+    self._before_save()
     self.latest.save(int(step), args=ocp.args.StandardSave(state), force=True)
+
+  def save_now(self, step: int, state, last_saved: Optional[int]) -> None:
+    """Save `state` as step `step` unless `last_saved` is that step, and wait until it is
+    on disk (before the process exits)."""
+    if last_saved != step:
+      self.save_latest(step, state)
+    self.wait()
 
   def best_value(self) -> Optional[float]:
     """The validation ELBO of the kept best checkpoint, or None."""
@@ -83,6 +98,7 @@ class Checkpoints:
     best = self.best_value()
     if best is not None and valid_elbo <= best:
       return False
+    self._before_save()
     self.best.save(int(step), args=ocp.args.StandardSave(state),
                    metrics={BEST_METRIC: float(valid_elbo)}, force=True)
     return True

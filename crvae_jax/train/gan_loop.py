@@ -10,7 +10,6 @@ random draw follow the step, so a resumed run continues exactly.
 
 import json
 import os
-import signal
 import time
 from typing import NamedTuple, Optional
 
@@ -18,7 +17,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from crvae_jax import config_checks, images
+from crvae_jax import config_checks, distributed, images
 from crvae_jax.data import rgb as rgb_data
 from crvae_jax.data.image_source import RandomAccessImages
 from crvae_jax.data.mnist import TrainOrder
@@ -98,17 +97,21 @@ def _grid_fns(model: RgbVAE):
 def write_grids(model: RgbVAE, variables, fixed: np.ndarray, config, directory: str,
                 tag: str, fns=None) -> tuple:
   """prior_<tag>.png (sample.num_images prior samples, seed sample.seed) and
-  reconstructions_<tag>.png (each fixed image next to its reconstruction)."""
+  reconstructions_<tag>.png (each fixed image next to its reconstruction). Process 0
+  draws them alone in a multi-process run."""
+  paths = (os.path.join(directory, f"prior_{tag}.png"),
+           os.path.join(directory, f"reconstructions_{tag}.png"))
+  if not distributed.is_main():
+    return paths
+  variables = parallel.local_copy(variables)
   prior_fn, recon_fn = fns or _grid_fns(model)
   eps = jax.random.normal(jax.random.key(config.sample.seed),
                           (config.sample.num_images,) + model.latent_shape)
   to_unit = lambda x: (np.asarray(x, np.float32) + 1.0) / 2.0  # [-1, 1] -> [0, 1]
-  prior_path = images.save_grid(os.path.join(directory, f"prior_{tag}.png"),
-                                to_unit(prior_fn(variables, eps)), scale=1)
+  prior_path = images.save_grid(paths[0], to_unit(prior_fn(variables, eps)), scale=1)
   pairs = images.interleave_pairs(to_unit(fixed), to_unit(recon_fn(variables, fixed)))
   cols = 2 * int(np.ceil(np.sqrt(len(fixed))))
-  recon_path = images.save_grid(os.path.join(directory, f"reconstructions_{tag}.png"),
-                                pairs, num_cols=cols, scale=1)
+  recon_path = images.save_grid(paths[1], pairs, num_cols=cols, scale=1)
   return prior_path, recon_path
 
 
@@ -123,6 +126,8 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   (also written to train_summary.json): the last logged metrics, the fraction of gated
   discriminator updates, skipped steps and throughput."""
   t_start = time.time()
+  main_process = distributed.is_main()
+  log = distributed.main_only(log)
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.train.num_devices)
   config_checks.check_rgb_config(config, mesh.size)
@@ -137,12 +142,14 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
     log(f"Resuming from step {restored_step} in {workdir}")
   else:
     state = init_state(config)
-    checkpoints.write_config(workdir, config)
+    if main_process:
+      checkpoints.write_config(workdir, config)
   state = parallel.replicate(mesh, state)
   count = lambda tree: sum(p.size for p in jax.tree.leaves(tree))
   log(f"{config.model.variant} on {len(source):,} images: generator "
       f"{count(state.gen['params']):,}, discriminator {count(state.disc['params']):,}, "
-      f"MI head {count(state.mi.get('params', {})):,} parameters; {mesh.size} device(s); "
+      f"MI head {count(state.mi.get('params', {})):,} parameters; {mesh.size} device(s) "
+      f"({distributed.describe()}); "
       f"batch {t.batch_size}; {t.num_steps} steps")
   step_fn = gan_step.make_gan_step(parts.model, parts.disc, parts.mi_head, parts.g_tx,
                                    parts.d_tx, parts.weights, mesh,
@@ -160,19 +167,22 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
     with open(summary_path, encoding="utf-8") as f:
       return json.load(f)
   rng = jax.random.key(t.seed)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer = MetricWriter(workdir, enabled=main_process)
   batches = rgb_data.training_batches(source, order, start, t.num_steps,
-                                      flip=config.data.flip, seed=t.seed)
+                                      flip=config.data.flip, seed=t.seed,
+                                      rows=parallel.process_rows(mesh, t.batch_size))
   history, summary, n_interval = [], {}, 0
   t_interval = time.time()
   gated_total, steps_total = 0.0, 0
   watch = guards.NonFiniteWatch(t.max_nonfinite_steps, workdir, log)
   watch.last_saved = restored_step
-  bar = tqdm(total=t.num_steps, initial=start, unit="step", desc="train")
+  bar = tqdm(total=t.num_steps, initial=start, unit="step", desc="train",
+             disable=not main_process)
   try:
     with guards.StopSignals() as stop:
       for step, batch in zip(range(start, t.num_steps), batches):
-        state, metrics = step_fn(state, parallel.shard_batch(mesh, batch), rng)
+        state, metrics = step_fn(state, parallel.from_process_rows(mesh, batch, t.batch_size),
+                                 rng)
         watch.push(step, metrics)
         history.append(metrics)
         n_interval += t.batch_size
@@ -200,15 +210,8 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
           write_grids(local_model, generator_variables(state), fixed, config, samples_dir,
                       f"{done:07d}", grid_fns)
         bar.update(1)
-        if stop.received is not None and done < t.num_steps:
-          if watch.last_saved != done:
-            ckpts.save_latest(done, state)
-          ckpts.wait()
-          log(f"{signal.Signals(stop.received).name}: saved a checkpoint at step {done}; "
-              "rerun the same command to resume")
-          if stop.received == signal.SIGINT:
-            raise KeyboardInterrupt
-          raise SystemExit(128 + stop.received)
+        stop.exit_if_asked(done, t.num_steps,
+                           lambda: ckpts.save_now(done, state, watch.last_saved), log)
       watch.flush()
   finally:
     bar.close()
@@ -218,8 +221,9 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   out = {k: float(v) for k, v in summary.items() if np.ndim(v) == 0}  # last interval
   out.update(d_update_skipped_fraction=gated_total / max(steps_total, 1),
              skipped_steps=watch.total, train_seconds=time.time() - t_start)
-  with open(summary_path, "w", encoding="utf-8") as f:
-    json.dump(out, f, indent=2)
+  if main_process:
+    with open(summary_path, "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=2)
   return out
 
 

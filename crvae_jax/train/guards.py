@@ -7,6 +7,7 @@ import threading
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 
 class NonFiniteError(RuntimeError):
@@ -14,18 +15,46 @@ class NonFiniteError(RuntimeError):
 
 
 class StopSignals:
-  """While active, SIGTERM/SIGINT only set `.received` (the loop saves, then exits)."""
+  """While active, SIGTERM/SIGINT only set `.received`; the loop asks `at_step(step)`
+  after every step and, given a signal, saves and exits.
+
+  In a multi-process run the processes must stop after the same step (a save is a
+  collective operation), so SIGTERM is left to JAX's preemption service: a notice to any
+  process is shared, all agree on a step, and `at_step` returns SIGTERM there. SIGINT
+  (Ctrl-C) keeps its default there: it interrupts at once, without a save.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.received, self._old = None, {}
+    self.multi_process = jax.process_count() > 1
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and not self.multi_process:
       for sig in self.SIGNALS:
         self._old[sig] = signal.signal(sig, self._handle)
     return self
+
+  def at_step(self, step: int):
+    """The signal to stop on after `step` (call it after every step), or None."""
+    if self.multi_process:
+      reached = multihost_utils.reached_preemption_sync_point(step)
+      return signal.SIGTERM if reached else None
+    return self.received
+
+  def exit_if_asked(self, step: int, total_steps: int, save, log) -> None:
+    """After `step` of `total_steps`: if a stop signal is due, `save()` a checkpoint of
+    this step and leave (KeyboardInterrupt for SIGINT, else SystemExit(128 + signal))."""
+    sig = self.at_step(step)
+    if sig is None or step >= total_steps:
+      return
+    save()
+    log(f"{signal.Signals(sig).name}: saved a checkpoint at step {step}; rerun the same "
+        "command to resume")
+    if sig == signal.SIGINT:
+      raise KeyboardInterrupt
+    raise SystemExit(128 + sig)
 
   def _handle(self, signum, frame):
     del frame

@@ -7,7 +7,6 @@ continues exactly where the previous run stopped.
 
 import json
 import os
-import signal
 import time
 from typing import Optional
 
@@ -15,7 +14,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from crvae_jax import config_checks
+from crvae_jax import config_checks, distributed
 from crvae_jax import data as mnist_data
 from crvae_jax import sampling
 from crvae_jax.train import checkpoints, guards, parallel, setup
@@ -37,6 +36,8 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
   checkpoints/ (latest), best/ (best validation ELBO), config.json and sample PNGs.
   """
   t_start = time.time()
+  main_process = distributed.is_main()
+  log = distributed.main_only(log)
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.train.num_devices)
   config_checks.check_mnist_config(config, mesh.size)
@@ -51,19 +52,19 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
 
   model = setup.build_model(config)
   tx = setup.build_optimizer(config, num_train)
-  state = setup.init_state(model, tx, config.train.seed)
+  # Restored arrays land where the target's are: replicated over the (global) mesh.
+  state = parallel.replicate(mesh, setup.init_state(model, tx, config.train.seed))
   ckpts = checkpoints.Checkpoints(workdir)
   restored, restored_step = ckpts.restore(state)
   if restored is not None:
     state = restored
     log(f"Resuming from step {restored_step} in {workdir}")
-  else:
+  elif main_process:
     checkpoints.write_config(workdir, config)
-  state = parallel.replicate(mesh, state)
   num_params = sum(p.size for p in jax.tree.leaves(state.params))
   log(f"{config.model.variant} (T={config.model.num_blocks}, width={config.model.width}, "
       f"lstm={config.model.lstm_hidden}): {num_params:,} parameters; {mesh.size} "
-      f"device(s); {per_epoch} steps/epoch, {total_steps} steps")
+      f"device(s) ({distributed.describe()}); {per_epoch} steps/epoch, {total_steps} steps")
 
   step_fn = parallel.make_train_step(
       model, tx, parallel.make_objective(config.objective, config.model.num_blocks),
@@ -72,17 +73,18 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
   order = mnist_data.TrainOrder(num_examples=num_train,
                                 batch_size=config.train.batch_size, seed=config.train.seed)
   rng = jax.random.key(config.train.seed)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer = MetricWriter(workdir, enabled=main_process)
   start = int(jax.device_get(state.step))
   history, valid = [], {}
   t_interval, n_interval = time.time(), 0
   watch = guards.NonFiniteWatch(int(config.train.get("max_nonfinite_steps", 10)), workdir, log)
   watch.last_saved = restored_step
-  bar = tqdm(total=total_steps, initial=start, unit="step", desc="train")
+  bar = tqdm(total=total_steps, initial=start, unit="step", desc="train",
+             disable=not main_process)
   try:
     with guards.StopSignals() as stop:
       for step in range(start, total_steps):
-        batch = parallel.shard_batch(mesh, data.train_images[order.indices(step)])
+        batch = parallel.shard_batch(mesh, data.train_images, order.indices(step))
         state, metrics = step_fn(state, batch, rng)
         watch.push(step, metrics)
         history.append(metrics)
@@ -115,16 +117,8 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
               model, state_variables(state), config,
               os.path.join(workdir, "samples", f"prior_{done:07d}.png"))
         bar.update(1)
-        if stop.received is not None and done < total_steps:
-          if watch.last_saved != done:  # (a validation step has just saved it)
-            ckpts.save_latest(done, state)
-          ckpts.wait()
-          name = signal.Signals(stop.received).name
-          log(f"{name}: saved a checkpoint at step {done}; rerun the same command to "
-              "resume")
-          if stop.received == signal.SIGINT:
-            raise KeyboardInterrupt
-          raise SystemExit(128 + stop.received)
+        stop.exit_if_asked(done, total_steps,
+                           lambda: ckpts.save_now(done, state, watch.last_saved), log)
       watch.flush()
   finally:
     bar.close()
@@ -133,8 +127,9 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
     writer.close()
   valid["skipped_steps"] = watch.total
   valid["train_seconds"] = time.time() - t_start
-  with open(os.path.join(workdir, "train_summary.json"), "w", encoding="utf-8") as f:
-    json.dump({k: float(v) for k, v in valid.items()}, f, indent=2)
+  if main_process:
+    with open(os.path.join(workdir, "train_summary.json"), "w", encoding="utf-8") as f:
+      json.dump({k: float(v) for k, v in valid.items()}, f, indent=2)
   return valid
 
 
