@@ -45,10 +45,12 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
   return 2 * n ** 3 / best / 1e9
 
 
-def machine_line() -> str:
+def machine_line(runtime: str | None = None) -> str:
+  """'date | cpu | cores | runtime' for a benchmark's output header; runtime defaults
+  to this process's jax version, backend and device count."""
+  runtime = runtime or f"jax {jax.__version__} {jax.default_backend()} x{len(jax.devices())}"
   return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | "
-          f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
-          f"jax {jax.__version__} {jax.default_backend()} x{len(jax.devices())}")
+          f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | {runtime}")
 
 
 def random_variables(config):
@@ -138,7 +140,7 @@ def main():
         "of peak | scratch K=100 | scratch K=10,000 |")
   print("|---|---|---|---|---|---|---|---|---|")
   for scale in args.scales.split(","):
-    config = mnist_configs.get_config(args.row + ("" if scale == "paper" else "," + scale))
+    config = mnist_configs.config_at_scale(args.row, scale)
     model, variables = random_variables(config)
     sps = eval_samples_per_s(config, model, variables, args.images, args.samples)
     flops = flops_per_sample(config, args.samples)

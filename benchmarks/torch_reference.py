@@ -34,7 +34,6 @@ dense mean head's input/output, b_enc, b_dec) are kept in that order here too.
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top
+from benchmarks.nll_eval import machine_line
 from crvae_jax.models.channel_recurrent import LOGVAR_LIMIT, LOGVAR_LINEAR
 from experiments.configs import mnist as mnist_configs
 
@@ -521,13 +521,6 @@ def equivalence_check(batch: int = 3, verbose: bool = True) -> None:
 
 # --------------------------------------------------------------------------- CLI
 
-def machine_line() -> str:
-  return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | "
-          f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
-          f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads, "
-          "channels_last")
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--scales", default="cpu,paper")
@@ -544,12 +537,13 @@ def main():
   torch.manual_seed(0)
   if args.check:
     equivalence_check()
-  print(f"# {machine_line()}")
+  runtime = f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads, channels_last"
+  print(f"# {machine_line(runtime)}")
   print("| row | scale | params torch | params flax | first step s | train img/s | "
         "eval K, chunk x batch | eval samples/s |")
   print("|---|---|---|---|---|---|---|---|")
   for scale in args.scales.split(","):
-    config = mnist_configs.get_config(args.row + ("" if scale == "paper" else "," + scale))
+    config = mnist_configs.config_at_scale(args.row, scale)
     model = model_from_config(config)
     n_torch, n_flax = num_params(model), flax_num_params(config)
     assert n_torch == n_flax, f"{scale}: torch {n_torch} params, flax {n_flax}"

@@ -61,7 +61,7 @@ def main():
   print("| row | scale | params | start-up s | train img/s | eval samples/s |")
   print("|---|---|---|---|---|---|")
   for scale in args.scales.split(","):
-    config = mnist_configs.get_config(args.row + ("" if scale == "paper" else "," + scale))
+    config = mnist_configs.config_at_scale(args.row, scale)
     startup, train_ips, model, variables = train_throughput(config, args.steps)
     eval_sps = eval_samples_per_s(config, model, variables, args.eval_images,
                                args.eval_samples)

@@ -71,7 +71,7 @@ flags.DEFINE_string("note", "", "A line added to the table's protocol (e.g. how 
 def row_config(row: str):
   """The row's config (a control: its base row's config with the control's changes)."""
   base, _, optim_changes = CONTROLS.get(row, (row, None, {}))
-  config = mnist_configs.get_config(base + ("," + FLAGS.scale if FLAGS.scale != "paper" else ""))
+  config = mnist_configs.config_at_scale(base, FLAGS.scale)
   for key, value in optim_changes.items():
     config.optim[key] = value
   if FLAGS.num_epochs is not None:

@@ -21,6 +21,10 @@ def test_every_table_row_has_a_paper_and_a_cpu_config():
     assert paper.train.num_epochs == 200 and paper.eval.num_samples == 10_000
     assert cpu.model.width < paper.model.width and cpu.scale == "cpu"
     assert paper.optim.lstm_lr_divisor == paper.model.num_blocks
+    assert mnist_configs.config_at_scale(row, "cpu") == cpu
+    assert mnist_configs.config_at_scale(row, "paper") == paper
+  with pytest.raises(ValueError, match="unknown scale 'gpu'"):
+    mnist_configs.config_at_scale("crvae", "gpu")
 
 
 def test_main_runs_train_evaluate_sample(cli_workdir):

@@ -32,6 +32,16 @@ PAPER_NLL = {"vae": 82.04, "cvae": 83.12, "crvae_inference": 81.86,
              "crvae_t16": 81.35, "criwa": 80.02, "crvae_2layer": 79.65}
 
 
+SCALES = ("paper", "cpu")
+
+
+def config_at_scale(row: str, scale: str) -> ml_collections.ConfigDict:
+  """`row`'s config at `scale`: 'paper' (the paper's settings) or 'cpu' (`row,cpu`)."""
+  if scale not in SCALES:
+    raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
+  return get_config(row if scale == "paper" else f"{row},{scale}")
+
+
 def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
   parts = [p for p in (arg or "crvae").split(",") if p]
   row, modifiers = parts[0], set(parts[1:])
