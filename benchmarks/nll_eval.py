@@ -58,19 +58,33 @@ def random_variables(config):
   return model, setup.init_variables(model, config.train.seed)
 
 
-def eval_samples_per_s(config, model, variables, num_images: int, num_samples: int):
-  """Decoder samples/s of the estimator (compiled once, then timed)."""
+def eval_runner(config, model, variables, num_images: int, num_samples: int,
+                chunk_size: int | None = None):
+  """Compiles the estimator on num_images random binary images x K = num_samples at
+  the config's batch size and chunk (or `chunk_size`; capped at K as in
+  crvae_jax.likelihood); returns `timed() -> decoder samples/s` of one pass."""
   mesh = parallel.make_mesh(config.train.num_devices)
   images = (np.random.default_rng(1).random((num_images, 28, 28)) < 0.15).astype(np.uint8)
   estimator = likelihood.make_estimator(model, mesh, num_samples=num_samples,
-                                        chunk_size=config.eval.chunk_size)
+                                        chunk_size=chunk_size or config.eval.chunk_size)
   variables, key = parallel.replicate(mesh, variables), jax.random.key(0)
   run = lambda data: parallel.map_batches(lambda b, off: estimator(variables, b, off, key),
                                           data, mesh, config.eval.batch_size)
   run(images[:config.eval.batch_size])  # compile
-  t = time.perf_counter()
-  run(images)
-  return num_images * num_samples / (time.perf_counter() - t)
+
+  def timed() -> float:
+    t = time.perf_counter()
+    out = run(images)
+    per_s = num_images * num_samples / (time.perf_counter() - t)
+    if not np.all(np.isfinite(out)):
+      raise FloatingPointError("non-finite log p(x) estimate")
+    return per_s
+  return timed
+
+
+def eval_samples_per_s(config, model, variables, num_images: int, num_samples: int):
+  """Decoder samples/s of the estimator (compiled once, then timed)."""
+  return eval_runner(config, model, variables, num_images, num_samples)()
 
 
 def flops_per_sample(config, num_samples: int) -> float:

@@ -1,6 +1,6 @@
 r"""PyTorch port of the MNIST crVAE (variant `crvae`), as an optional speed reference.
 
-  pip install -r benchmarks/requirements-bench.txt --index-url https://download.pytorch.org/whl/cpu
+  pip install -r requirements-torch.txt
   python benchmarks/torch_reference.py --scales=cpu,paper --steps=10
 
 torch is not a dependency of crvae_jax; only this script needs it. It builds the same
