@@ -103,3 +103,64 @@ def check_rgb_config(config, num_devices: int) -> None:
              f"without data.random_crop the images are loaded at {IMAGE_SIZE}")
   _require(config.sample.num_images >= 1, "sample.num_images", config.sample.num_images,
            "must be >= 1")
+
+
+def check_stage2_config(config, num_devices: int, training: bool = True) -> None:
+  """Raise ConfigError for the first impossible value in a Stage2 config, including (when
+  training) a perceptual term (gamma > 0) without its weights file."""
+  import os  # pylint: disable=g-import-not-at-top
+  from crvae_jax.data.rgb import RGB_SOURCES  # pylint: disable=g-import-not-at-top
+  from crvae_jax.models import stage2  # pylint: disable=g-import-not-at-top
+  from crvae_jax.train.stage2_step import ADVERSARIAL  # pylint: disable=g-import-not-at-top
+  m, o, p, t, d = config.model, config.objective, config.perceptual, config.train, config.data
+  _require(bool(config.stage1.workdir), "stage1.workdir", config.stage1.workdir,
+           "the workdir of the trained Stage1 run")
+  _require(bool(config.stage1.config), "stage1.config", config.stage1.config,
+           "the Stage1 config string, e.g. 'experiments/configs/rgb.py:celeba_crvaegan'")
+  _require(m.encode_to in stage2.ENCODE_TO, "model.encode_to", m.encode_to,
+           f"one of {stage2.ENCODE_TO}")
+  try:
+    stage2.generator_plan(m.image_size, m.encode_to)
+    stage2.discriminator_plan(m.image_size)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from e
+  _require(m.upsample in stage2.UPSAMPLE, "model.upsample", m.upsample,
+           f"one of {stage2.UPSAMPLE}")
+  _require(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl, f"one of {CONV_IMPLS}")
+  for key in ("width", "disc_width"):
+    _require(m[key] >= 1, f"model.{key}", m[key], "must be >= 1")
+  _require(m.num_res_blocks >= 0, "model.num_res_blocks", m.num_res_blocks, "must be >= 0")
+  _require(o.gamma >= 0, "objective.gamma", o.gamma, "must be >= 0 (0: no perceptual term)")
+  _require(o.adversarial in ADVERSARIAL, "objective.adversarial", o.adversarial,
+           f"one of {ADVERSARIAL}")
+  _require(p.network in ("vgg11", "resnet50"), "perceptual.network", p.network,
+           "one of ('vgg11', 'resnet50')")
+  if o.gamma > 0 and training:
+    how = (f"objective.gamma={o.gamma} needs the pretrained {p.network} weights: convert "
+           f"torchvision's checkpoint once with `python experiments/"
+           f"convert_torchvision_weights.py --arch={p.network} --input=<{p.network} .pth> "
+           f"--output=weights/{p.network}.npz` and pass --config.perceptual.weights="
+           f"weights/{p.network}.npz (or --config.objective.gamma=0 to train without "
+           "the perceptual loss)")
+    _require(bool(p.weights), "perceptual.weights", p.weights, how)
+    _require(os.path.exists(p.weights), "perceptual.weights", p.weights,
+             "no such file; " + how)
+  _require(config.optim.learning_rate > 0, "optim.learning_rate",
+           config.optim.learning_rate, "must be > 0")
+  _require(t.batch_size >= 1 and t.batch_size % num_devices == 0, "train.batch_size",
+           t.batch_size, f"must be a positive multiple of the {num_devices} device(s)")
+  for key in ("num_steps", "log_every_steps", "checkpoint_every_steps",
+              "sample_every_steps", "max_nonfinite_steps"):
+    _require(t[key] >= 1, f"train.{key}", t[key], "must be >= 1")
+  _require(d.source in RGB_SOURCES, "data.source", d.source, f"one of {RGB_SOURCES}")
+  _require(d.source != "folder" or bool(d.image_dir), "data.image_dir", d.image_dir,
+           "data.source='folder' needs the folder of JPEG/PNG images")
+  if d.random_crop:
+    _require(d.load_size >= m.image_size, "data.load_size", d.load_size,
+             f"random crops of model.image_size={m.image_size} need load_size >= it")
+  else:
+    _require(d.load_size == m.image_size, "data.load_size", d.load_size,
+             f"without data.random_crop the images are loaded at model.image_size="
+             f"{m.image_size}")
+  _require(config.sample.num_images >= 1, "sample.num_images", config.sample.num_images,
+           "must be >= 1")

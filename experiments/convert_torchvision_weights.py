@@ -4,6 +4,10 @@ r"""torchvision ImageNet checkpoint (.pth) -> .npz for crvae_jax.models.perceptu
       --input=vgg11-8a719046.pth --output=vgg11.npz
   python experiments/convert_torchvision_weights.py --arch=resnet50 \
       --input=resnet50-11ad3fa6.pth --output=resnet50.npz
+  # No checkpoint at hand: random (NOT ImageNet) weights in the same format, e.g. for
+  # the offline CPU demo; features of a random network, not a pretrained one.
+  python experiments/convert_torchvision_weights.py --arch=vgg11 --random_init=0 \
+      --output=weights/vgg11_random.npz
 
 Nothing downloads at run time. Get the standard torchvision files on a machine with
 internet access and copy them here:
@@ -73,13 +77,26 @@ def _as_state_dict(obj) -> Mapping:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--arch", required=True, choices=sorted(perceptual.NETWORKS))
-  parser.add_argument("--input", required=True, help="torchvision .pth checkpoint")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--input", help="torchvision .pth checkpoint")
+  source.add_argument("--random_init", type=int, metavar="SEED",
+                      help="write torchvision-initialised random weights (not "
+                      "pretrained) instead; no torch needed")
   parser.add_argument("--output", required=True, help=".npz to write")
   parser.add_argument("--allow_pickle", action="store_true",
                       help="load a pickled full model (torch.load weights_only=False, "
                       "which runs code from the file: only for files you trust; needs "
                       "torchvision installed)")
   args = parser.parse_args(argv)
+  if os.path.dirname(args.output):
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+  if args.random_init is not None:
+    _, variables = perceptual.init_random(args.arch, jax.random.key(args.random_init))
+    count = state_dict_to_npz(perceptual.to_state_dict(variables), args.output)
+    perceptual.load_perceptual(args.arch, args.output)  # checks it fits
+    print(f"wrote {count} arrays of RANDOM (not pretrained) {args.arch} weights, seed "
+          f"{args.random_init}, to {args.output}")
+    return
 
   import torch  # pylint: disable=g-import-not-at-top
   obj = torch.load(args.input, map_location="cpu", weights_only=not args.allow_pickle)

@@ -111,3 +111,14 @@ def cli_workdir(tmp_path_factory):
                     "train,evaluate,sample", config):
       cli.main(["main"])
   return workdir, config
+
+
+# Test files that share a session fixture run on the same pytest-xdist worker.
+_SHARED_GROUPS = {"test_training": "test_cli"}  # both use `cli_workdir`
+
+
+def pytest_collection_modifyitems(items):
+  """One xdist group per test file (`--dist loadgroup`, pyproject.toml)."""
+  for item in items:
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))

@@ -210,3 +210,15 @@ def test_gradients_reach_images_not_weights():
   assert d.shape == (2,) and bool(jnp.all(d > 0))
   assert bool(jnp.all(jnp.isfinite(g_images))) and float(jnp.abs(g_images).max()) > 0
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(g_weights))
+
+
+def test_random_init_file_round_trips_to_the_same_variables(tmp_path, capsys):
+  npz = tmp_path / "w" / "vgg11_random.npz"
+  convert.main(["--arch=vgg11", "--random_init=3", f"--output={npz}"])
+  assert "RANDOM" in capsys.readouterr().out
+  _, loaded = perceptual.load_perceptual("vgg11", str(npz))
+  _, direct = perceptual.init_random("vgg11", jax.random.key(3))
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(direct)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with np.load(npz) as f:  # PyTorch layout on disk: OIHW
+    assert f["features.0.weight"].shape == (64, 3, 3, 3)

@@ -102,9 +102,16 @@ def open_source(data_config, log: Callable[[str], None] = print) -> RandomAccess
     if d.source == "emoji":
         images = load_emoji(tarball=d.emoji_tarball or None, cache_dir=d.cache_dir or None,
                             allow_download=d.allow_download, log=log)
-        if d.load_size != images.shape[1]:
+        size = images.shape[1]
+        if d.load_size > size and d.get("allow_upscaling", False):
+            # Stage2 demo: bicubic upscaling, so the high-res targets hold no detail the
+            # 64x64 images lack (a pipeline check, not super-resolution of real detail).
+            images = np.stack([np.asarray(Image.fromarray(im).resize(
+                (d.load_size, d.load_size), Image.Resampling.BICUBIC)) for im in images])
+            return ArrayImages(images, f"Noto emoji upscaled {size} -> {d.load_size}")
+        if d.load_size != size:
             raise RgbDataError(f"data.load_size={d.load_size}: the emoji images are "
-                               f"{images.shape[1]}x{images.shape[1]}")
+                               f"{size}x{size} (larger needs data.allow_upscaling=True)")
         return ArrayImages(images, "Noto emoji (npm emoji-datasource-google)")
     raise RgbDataError(f"data.source={d.source!r}; choose one of {RGB_SOURCES}")
 
@@ -138,8 +145,10 @@ def augment(images: np.ndarray, rng: np.random.Generator, *, flip: bool,
 
 def training_batches(source: RandomAccessImages, order: TrainOrder, start: int, stop: int,
                      *, flip: bool, seed: int, depth: int = 2,
-                     rows: Optional[slice] = None) -> Iterator[np.ndarray]:
-    """Augmented batches [B, 64, 64, 3] for steps start .. stop - 1, decoded ahead.
+                     rows: Optional[slice] = None,
+                     crop_size: int = IMAGE_SIZE) -> Iterator[np.ndarray]:
+    """Augmented batches [B, crop_size, crop_size, 3] (Stage1: 64) for steps
+    start .. stop - 1, decoded ahead.
 
     rows: only these rows of every batch are decoded and yielded (this process's part,
     `parallel.process_rows`, in a multi-process run); default all.
@@ -148,6 +157,6 @@ def training_batches(source: RandomAccessImages, order: TrainOrder, start: int, 
 
     def transform(n, batch):
         return augment(batch, np.random.default_rng([seed, start + n]), flip=flip,
-                       rows=rows, batch_size=order.batch_size)
+                       crop_size=crop_size, rows=rows, batch_size=order.batch_size)
     return source.prefetch((order.indices(s)[rows] for s in range(start, stop)),
                            depth=depth, transform=transform)

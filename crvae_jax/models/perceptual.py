@@ -192,6 +192,18 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(flax_shape)
 
 
+def to_state_dict(variables: dict) -> dict[str, np.ndarray]:
+  """Flax variables -> torchvision-keyed arrays in PyTorch layout (the inverse of
+  `load_perceptual`'s mapping): how a randomly initialised network is written out."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
+  out = {}
+  for path, value in leaves:
+    value = np.asarray(value, np.float32)
+    out[torch_key(tuple(p.key for p in path))] = (
+        value.transpose(3, 2, 0, 1) if value.ndim == 4 else value)  # HWIO -> OIHW
+  return out
+
+
 def load_perceptual(name: str, path: str,
                     layer: Optional[str] = None) -> tuple[nn.Module, dict]:
   """(module, variables) of network `name` with the torchvision weights in `path`.

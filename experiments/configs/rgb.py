@@ -38,6 +38,8 @@ WEIGHTS = {
     ("emoji", "vaegan"): (2e-4, 2e-4, 0.0125, 0.0, 1e-3),
     ("emoji", "crvaegan"): (3e-4, 2e-4, 0.0125, 0.02, 1e-3),
 }
+# Held-out tfds split for --mode=complete (emoji has one set: the training images).
+HELD_OUT_SPLITS = {"birds": "test", "celeba": "test", "lsun": "validation", "emoji": ""}
 MODELS = ("vaegan", "crvaegan")
 ROWS = tuple(f"{d}_{m}" for d in DATASETS for m in MODELS)
 
@@ -124,6 +126,20 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
   c.sample.seed = 0
   c.sample.checkpoint_step = config_dict.placeholder(int)  # None: the latest
 
+  # --mode=complete (DESIGN.md section 7; crvae_jax/completion.py). Adam on z from the
+  # posterior mean of the masked image; lr and steps are ours (not in the paper).
+  c.completion = ml_collections.ConfigDict()
+  c.completion.masks = "center,left,right,top,bottom,random_blocks"  # the hidden part
+  c.completion.num_images = 16  # images chosen by completion.seed
+  c.completion.seed = 0  # which images; where the random blocks fall
+  c.completion.steps = 1000
+  c.completion.learning_rate = 0.03
+  c.completion.gamma = 1e-5  # prior penalty gamma ||z||^2 / 2
+  c.completion.tau = 0.003  # tau log(1 - D(x^))
+  c.completion.batch_size = 64  # images optimised at once
+  # tfds sources: complete images of this held-out split ("" = data.tfds_split).
+  c.completion.tfds_split = HELD_OUT_SPLITS[dataset]
+
   if c.scale == "cpu":
     c.model.width = 8
     c.model.lstm_hidden = 64
@@ -135,4 +151,6 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
     c.train.log_every_steps = 25
     c.train.checkpoint_every_steps = 200
     c.train.sample_every_steps = 200
+    c.completion.num_images = 8
+    c.completion.steps = 200
   return c

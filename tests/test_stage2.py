@@ -1,0 +1,227 @@
+"""Stage2 (64 -> 128 / 224): network shapes, the perceptual-weights guard, the step on 1 and
+2 devices with a frozen Stage1, the non-finite skip, the perceptual term's effect on the
+generator, and a tiny end-to-end run (Stage1 checkpoint -> Stage2 train, resume, sample)
+through main.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import main_flags
+from crvae_jax import config_checks
+from crvae_jax.data.image_source import ArrayImages
+from crvae_jax.models import perceptual
+from crvae_jax.models.stage2 import Stage2Discriminator, Stage2Generator
+from crvae_jax.train import checkpoints, gan_loop, parallel, stage2_loop, stage2_step
+from experiments import main as cli
+from experiments.configs import stage2 as stage2_configs
+from test_rgb_training import tiny_rgb_config, tiny_source
+
+
+def tiny_stage2_config(stage1_workdir="", num_devices=2, steps=3):
+  """The emoji CPU config at width 2, one residual block, batch 4, 128x128; XLA's own
+  convolutions (at width 2 they compile faster than the CPU-tuned kernels)."""
+  c = stage2_configs.get_config("emoji_crvaegan,cpu")
+  c.model.conv_impl = "xla"
+  c.stage1.workdir = stage1_workdir
+  c.model.width = 2
+  c.model.disc_width = 2
+  c.model.num_res_blocks = 1
+  c.train.num_devices = num_devices
+  c.train.batch_size = 4
+  c.train.num_steps = steps
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 2
+  c.train.sample_every_steps = 100  # grids only at the end
+  c.sample.num_images = 4
+  return c
+
+
+def tiny_high_res_source(n=12, size=128):
+  """tiny_source's blobs upscaled to size x size, uint8."""
+  small = tiny_source(n).images
+  return ArrayImages(np.stack([np.asarray(Image.fromarray(im).resize((size, size)))
+                               for im in small]), "tiny blobs, upscaled")
+
+
+@pytest.mark.parametrize("size,encode_to,upsample", [
+    (128, 16, "nearest"), (128, 32, "deconv"), (224, 16, "nearest"), (224, 32, "deconv")])
+def test_generator_and_discriminator_shapes(size, encode_to, upsample):
+  gen = Stage2Generator(size, width=2, encode_to=encode_to, num_res_blocks=1,
+                        upsample=upsample)
+  x = jnp.zeros((3, 64, 64, 3))
+  out = jax.eval_shape(lambda: gen.apply(gen.init(jax.random.key(0), x), x))
+  assert out.shape == (3, size, size, 3)
+  disc = Stage2Discriminator(size, width=2)
+  s = jnp.zeros((3, size, size, 3))
+  logits = jax.eval_shape(lambda: disc.apply(disc.init(jax.random.key(0), s), s))
+  assert logits.shape == (3,)
+
+
+def test_perceptual_term_without_weights_fails_early_naming_the_key(tmp_path):
+  c = stage2_configs.get_config("celeba_crvaegan,cpu")
+  assert c.objective.gamma == 1.0 and c.perceptual.weights == ""
+  with pytest.raises(config_checks.ConfigError,
+                     match=r"perceptual.weights=''.*convert_torchvision_weights.py"):
+    config_checks.check_stage2_config(c, 1)
+  c.perceptual.weights = str(tmp_path / "vgg11.npz")
+  with pytest.raises(config_checks.ConfigError, match="perceptual.weights=.*no such file"):
+    stage2_loop.train(c, str(tmp_path / "run"))  # before any data, Stage1 or compile
+  config_checks.check_stage2_config(c, 1, training=False)  # sampling needs no weights
+  c.objective.gamma = 0.0
+  config_checks.check_stage2_config(c, 1)
+  c.model.image_size = 100
+  with pytest.raises(config_checks.ConfigError, match="model.image_size=100"):
+    config_checks.check_stage2_config(c, 1)
+
+
+def _frozen_stage1():
+  """A tiny random Stage1 crVAE-GAN generator: (model, variables)."""
+  model = gan_loop.build(tiny_rgb_config("crvaegan"), axis_name=None).model
+  eps = jnp.zeros((1,) + model.latent_shape)
+  return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), eps, eps)
+
+
+def _run_steps(num_devices, gamma=0.0, features=None, features_vars=None, steps=2):
+  """(metrics of each step, final state, Stage1 variables before, after, (step_fn,
+  frozen, device state, images) to go on) of `steps` Stage2 steps on 4 images."""
+  config = tiny_stage2_config(num_devices=num_devices)
+  stage1, s1_vars = _frozen_stage1()
+  before = jax.device_get(s1_vars)
+  mesh = parallel.make_mesh(num_devices)
+  parts = stage2_loop.build(config)
+  step_fn = stage2_step.make_stage2_step(
+      stage1=stage1, gen=parts.gen, disc=parts.disc, g_tx=parts.g_tx, d_tx=parts.d_tx,
+      mesh=mesh, gamma=gamma, features=features)
+  state = parallel.replicate(mesh, stage2_loop.init_state(config))
+  frozen = parallel.replicate(mesh, {"stage1": s1_vars, "perceptual": features_vars or {}})
+  images = tiny_high_res_source(4).load(range(4))
+  history = []
+  for _ in range(steps):
+    state, metrics = step_fn(state, frozen, parallel.shard_batch(mesh, images),
+                             jax.random.key(0))
+    history.append(jax.device_get(metrics))
+  return history, jax.device_get(state), before, jax.device_get(frozen["stage1"]), (
+      step_fn, frozen, state, parallel.shard_batch(mesh, images))
+
+
+def _changed(a, b):
+  return any(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(x != y)), a, b)))
+
+
+@pytest.fixture(scope="module")
+def one_device_run():
+  return _run_steps(1)
+
+
+def test_step_on_one_and_two_devices_agrees_and_leaves_stage1_frozen(one_device_run):
+  one, _, before, after, _ = one_device_run
+  two, state2, _, after2, _ = _run_steps(2)
+  for key in ("loss_g", "loss_d", "d_accuracy", "l1_post"):
+    np.testing.assert_allclose(one[0][key], two[0][key], rtol=1e-5, err_msg=key)
+  # (At init Stage1's outputs are nearly constant, so BN makes the gradients sensitive to
+  # rounding: the devices' different reduction order moves them by ~1e-5.)
+  for key in ("grad_norm_g", "grad_norm_d"):
+    np.testing.assert_allclose(one[0][key], two[0][key], rtol=1e-3, err_msg=key)
+  assert all(m["skipped"] == 0 and np.isfinite(m["loss_g"]) for m in one + two)
+  assert int(state2.step) == 2
+  init = jax.device_get(stage2_loop.init_state(tiny_stage2_config()))
+  assert _changed(init.gen["params"], state2.gen["params"])
+  assert _changed(init.disc["params"], state2.disc["params"])
+  assert _changed(init.gen["batch_stats"], state2.gen["batch_stats"])
+  for frozen_after in (after, after2):  # Stage1 bit-identical after the Stage2 steps
+    jax.tree.map(np.testing.assert_array_equal, before, frozen_after)
+
+
+def test_a_non_finite_step_is_skipped(one_device_run):
+  """NaN images: the step is counted, nothing else in the state moves."""
+  step_fn, frozen, state, images = one_device_run[4]
+  before = jax.device_get(state)
+  state, metrics = step_fn(state, frozen, images * np.nan, jax.random.key(0))
+  after = jax.device_get(state)
+  assert float(metrics["skipped"]) == 1.0 and int(after.step) == int(before.step) + 1
+  for field in ("gen", "disc", "g_opt", "d_opt"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(before, field), getattr(after, field))
+
+
+def test_perceptual_term_changes_the_generator_gradient(one_device_run):
+  """gamma = 100 on a random VGG11 (cut at relu2_1 to keep it cheap): the generator's
+  gradient changes, the discriminator's does not."""
+  features, variables = perceptual.init_random("vgg11", jax.random.key(3), image_size=128,
+                                               layer="relu2_1")
+  without, state0, _, _, _ = one_device_run
+  with_term, state1, _, _, _ = _run_steps(1, gamma=100.0, features=features,
+                                          features_vars=variables)
+  first, base = with_term[0], without[0]
+  assert base["perceptual"] == 0 and first["perceptual"] > 0
+  assert first["loss_g"] == pytest.approx(first["adv"] + 100 * first["perceptual"], rel=1e-5)
+  assert first["adv"] == pytest.approx(base["adv"], rel=1e-5)
+  assert abs(first["grad_norm_g"] / base["grad_norm_g"] - 1) > 0.01
+  assert first["grad_norm_d"] == pytest.approx(base["grad_norm_d"], rel=1e-5)
+  assert _changed(state0.gen["params"], state1.gen["params"])
+
+
+def test_stage2_trains_resumes_and_samples_from_a_stage1_checkpoint(tmp_path):
+  # A Stage1 run directory as gan_loop.train leaves it (config.json, an Orbax checkpoint
+  # of the whole GanState at step 2), written with the same functions; the Stage1 loop
+  # itself is tested in test_rgb_training.py (compiling its step here would take ~40 s).
+  stage1_dir = tmp_path / "stage1"
+  s1_config = tiny_rgb_config("crvaegan", num_devices=1, steps=2)
+  s1_before = jax.device_get(gan_loop.init_state(s1_config))
+  checkpoints.write_config(str(stage1_dir), s1_config)
+  s1_ckpts = checkpoints.Checkpoints(str(stage1_dir), best=False)
+  s1_ckpts.save_latest(2, s1_before)
+  s1_ckpts.wait()
+  s1_ckpts.close()
+
+  folder = tmp_path / "images"  # main.py reads a folder of 128x128 PNGs
+  folder.mkdir()
+  for i, image in enumerate(tiny_high_res_source().images):
+    Image.fromarray(image).save(folder / f"{i:02d}.png")
+  config = tiny_stage2_config(str(stage1_dir), num_devices=2, steps=2)
+  config.data.source, config.data.image_dir = "folder", str(folder)
+  workdir = tmp_path / "stage2"
+  arg = "experiments/configs/stage2.py:emoji_crvaegan,cpu"
+  with main_flags(arg, workdir, "train", config):
+    cli.main(["main"])  # steps 0-1, checkpoint at 2
+  log = []
+  config.train.num_steps = 3
+  summary = stage2_loop.train(config, str(workdir), log=log.append,
+                              source=tiny_high_res_source())
+  assert any("Resuming from step 2" in line for line in log)
+  assert summary["stage1_step"] == 2 and summary["skipped_steps"] == 0
+  assert np.isfinite(summary["loss_g"]) and np.isfinite(summary["loss_d"])
+  with main_flags(arg, workdir, "sample", config):
+    cli.main(["main"])
+
+  samples = workdir / "samples"
+  assert Image.open(samples / "stage2_prior_0000003.png").size == (4 * 130 + 2, 2 * 130 + 2)
+  prior = Image.open(samples / "stage2_prior_sampled_0000003.png")
+  recon = Image.open(samples / "stage2_reconstructions_sampled_0000003.png")
+  assert prior.size == (4 * 130 + 2, 2 * 130 + 2)  # 2 (Stage1 | Stage2) pairs per row
+  assert recon.size == (6 * 130 + 2, 2 * 130 + 2)  # (real | Stage1 | Stage2) triples
+  # Stage1's checkpoint is untouched and pinned.
+  s1_ckpts = checkpoints.Checkpoints(str(stage1_dir), best=False)
+  s1_after, step = s1_ckpts.restore(gan_loop.init_state(s1_config, abstract=True))
+  s1_ckpts.close()
+  assert step == 2 and (workdir / "stage1.json").exists()
+  jax.tree.map(np.testing.assert_array_equal, s1_before.gen, jax.device_get(s1_after.gen))
+
+
+def test_stage2_configs():
+  for row in stage2_configs.ROWS:
+    paper, cpu = stage2_configs.get_config(row), stage2_configs.get_config(row + ",cpu")
+    assert paper.stage == 2 and cpu.model.width < paper.model.width
+    assert paper.model.image_size == (224 if row.startswith("lsun") else 128)
+    assert paper.optim.learning_rate == 2e-4
+    assert paper.objective.adversarial == ("non_saturating" if row.startswith("emoji")
+                                           else "saturating")
+  c = stage2_configs.get_config("lsun_crvaegan")
+  assert (c.perceptual.network, c.objective.gamma, c.data.load_size) == ("resnet50", 10.0, 252)
+  c = stage2_configs.get_config("celeba_vaegan")
+  assert (c.model.encode_to, c.model.upsample, c.perceptual.network) == (32, "deconv", "vgg11")
+  c = stage2_configs.get_config("emoji_crvaegan,cpu")
+  assert c.objective.gamma == 0 and c.stage1.workdir == "runs/emoji_crvaegan_cpu"
+  assert c.stage1.config == "experiments/configs/rgb.py:emoji_crvaegan,cpu"
