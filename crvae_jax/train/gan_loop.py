@@ -15,14 +15,13 @@ from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from crvae_jax import config_checks, distributed, images
 from crvae_jax.data import rgb as rgb_data
 from crvae_jax.data.image_source import RandomAccessImages
 from crvae_jax.data.mnist import TrainOrder
 from crvae_jax.models.rgb import Discriminator, MIHead, RgbVAE
-from crvae_jax.train import checkpoints, gan_step, guards, optimizer, parallel
+from crvae_jax.train import checkpoints, gan_step, gan_steps, optimizer, parallel
 from crvae_jax.train.metrics import MetricWriter
 
 
@@ -115,11 +114,6 @@ def write_grids(model: RgbVAE, variables, fixed: np.ndarray, config, directory: 
   return prior_path, recon_path
 
 
-def _mean_metrics(history):
-  stacked = jax.device_get(history)
-  return {k: np.mean([m[k] for m in stacked], axis=0) for k in stacked[0]}
-
-
 def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
           log=print) -> dict:
   """Train (or resume) the Stage1 GAN of `config` in `workdir`; returns a summary
@@ -137,13 +131,9 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   order = TrainOrder(num_examples=len(source), batch_size=t.batch_size, seed=t.seed)
   parts = build(config)
   ckpts = checkpoints.Checkpoints(workdir, best=False)
-  state, restored_step = ckpts.restore(init_state(config, abstract=True))
-  if state is not None:
-    log(f"Resuming from step {restored_step} in {workdir}")
-  else:
-    state = init_state(config)
-    if main_process:
-      checkpoints.write_config(workdir, config)
+  state, restored_step = gan_steps.resume_or_init(
+      ckpts, lambda abstract=False: init_state(config, abstract), config, workdir,
+      main_process=main_process, log=log)
   state = parallel.replicate(mesh, state)
   count = lambda tree: sum(p.size for p in jax.tree.leaves(tree))
   log(f"{config.model.variant} on {len(source):,} images: generator "
@@ -171,56 +161,26 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   batches = rgb_data.training_batches(source, order, start, t.num_steps,
                                       flip=config.data.flip, seed=t.seed,
                                       rows=parallel.process_rows(mesh, t.batch_size))
-  history, summary, n_interval = [], {}, 0
-  t_interval = time.time()
-  gated_total, steps_total = 0.0, 0
-  watch = guards.NonFiniteWatch(t.max_nonfinite_steps, workdir, log)
-  watch.last_saved = restored_step
-  bar = tqdm(total=t.num_steps, initial=start, unit="step", desc="train",
-             disable=not main_process)
-  try:
-    with guards.StopSignals() as stop:
-      for step, batch in zip(range(start, t.num_steps), batches):
-        state, metrics = step_fn(state, parallel.from_process_rows(mesh, batch, t.batch_size),
-                                 rng)
-        watch.push(step, metrics)
-        history.append(metrics)
-        n_interval += t.batch_size
-        done = step + 1
-        if step == start:
-          jax.block_until_ready(metrics)
-          log(f"first step done {time.time() - t_start:.1f}s after start (incl. compile)")
-          t_interval, n_interval = time.time(), 0
-        if done % t.log_every_steps == 0 or done == t.num_steps:
-          summary = _mean_metrics(history)  # d_update_skipped: fraction gated
-          gated_total += float(summary["d_update_skipped"]) * len(history)
-          steps_total += len(history)
-          summary["examples_per_s"] = n_interval / max(time.time() - t_interval, 1e-9)
-          flat = writer.write(done, summary)
-          bar.set_postfix(g=f"{flat['loss_g']:.3f}", d=f"{flat['loss_d']:.3f}",
-                          d_acc=f"{flat['d_accuracy']:.2f}",
-                          gated=f"{flat['d_update_skipped']:.2f}",
-                          img_s=f"{flat['examples_per_s']:.0f}")
-          t_interval, n_interval, history = time.time(), 0, []
-        if done % t.checkpoint_every_steps == 0 or done == t.num_steps:
-          watch.flush()
-          ckpts.save_latest(done, state)
-          watch.last_saved = done
-        if done % t.sample_every_steps == 0 or done == t.num_steps:
-          write_grids(local_model, generator_variables(state), fixed, config, samples_dir,
-                      f"{done:07d}", grid_fns)
-        bar.update(1)
-        stop.exit_if_asked(done, t.num_steps,
-                           lambda: ckpts.save_now(done, state, watch.last_saved), log)
-      watch.flush()
-  finally:
-    bar.close()
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
+  gated = [0.0, 0]  # gated D updates, steps (summed over the logged intervals)
+
+  def on_log(summary, num_steps):
+    gated[0] += float(summary["d_update_skipped"]) * num_steps  # a fraction per interval
+    gated[1] += num_steps
+    return dict(g=f"{summary['loss_g']:.3f}", d=f"{summary['loss_d']:.3f}",
+                d_acc=f"{summary['d_accuracy']:.2f}",
+                gated=f"{summary['d_update_skipped']:.2f}",
+                img_s=f"{summary['examples_per_s']:.0f}")
+
+  state, summary, skipped = gan_steps.run_steps(
+      lambda s, b: step_fn(s, b, rng), state, batches, mesh=mesh, train_config=t,
+      workdir=workdir, ckpts=ckpts, writer=writer, restored_step=restored_step,
+      start=start, t_start=t_start, log=log, main_process=main_process, desc="train",
+      on_log=on_log,
+      draw=lambda s, tag: write_grids(local_model, generator_variables(s), fixed, config,
+                                      samples_dir, tag, grid_fns))
   out = {k: float(v) for k, v in summary.items() if np.ndim(v) == 0}  # last interval
-  out.update(d_update_skipped_fraction=gated_total / max(steps_total, 1),
-             skipped_steps=watch.total, train_seconds=time.time() - t_start)
+  out.update(d_update_skipped_fraction=gated[0] / max(gated[1], 1),
+             skipped_steps=skipped, train_seconds=time.time() - t_start)
   if main_process:
     with open(summary_path, "w", encoding="utf-8") as f:
       json.dump(out, f, indent=2)

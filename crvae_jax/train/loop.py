@@ -11,7 +11,6 @@ import time
 from typing import Optional
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
 from crvae_jax import config_checks, distributed
@@ -19,13 +18,7 @@ from crvae_jax import data as mnist_data
 from crvae_jax import sampling
 from crvae_jax.train import checkpoints, guards, parallel, setup
 from crvae_jax.train.guards import NonFiniteError  # noqa: F401 (re-exported)
-from crvae_jax.train.metrics import MetricWriter
-
-
-def _mean_metrics(history):
-  """Average a list of metric dicts of device arrays (one host transfer)."""
-  stacked = jax.device_get(history)
-  return {k: np.mean([m[k] for m in stacked], axis=0) for k in stacked[0]}
+from crvae_jax.train.metrics import MetricWriter, mean_metrics
 
 
 def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] = None,
@@ -95,7 +88,7 @@ def train_and_evaluate(config, workdir: str, *, data: Optional[setup.MnistData] 
           log(f"first step done {time.time() - t_start:.1f}s after start (incl. compile)")
           t_interval, n_interval, history = time.time(), 0, []
         if history and (done % config.train.log_every_steps == 0 or done == total_steps):
-          summary = _mean_metrics(history)  # "skipped": fraction of skipped steps
+          summary = mean_metrics(history)  # "skipped": fraction of skipped steps
           summary["examples_per_s"] = n_interval / (time.time() - t_interval)
           summary["epoch"] = done / per_epoch
           flat = writer.write(done, summary)

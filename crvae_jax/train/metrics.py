@@ -3,8 +3,15 @@
 import json
 import os
 
+import jax
 import numpy as np
 from tensorboardX import SummaryWriter
+
+
+def mean_metrics(history: list) -> dict:
+  """Average a list of metric dicts of device arrays (one host transfer)."""
+  stacked = jax.device_get(history)
+  return {k: np.mean([m[k] for m in stacked], axis=0) for k in stacked[0]}
 
 
 class MetricWriter:

@@ -22,7 +22,6 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from crvae_jax import config_checks, distributed, images
 from crvae_jax.data import rgb as rgb_data
@@ -30,7 +29,7 @@ from crvae_jax.data.image_source import RandomAccessImages
 from crvae_jax.data.mnist import TrainOrder
 from crvae_jax.models import perceptual
 from crvae_jax.models.stage2 import Stage2Discriminator, Stage2Generator
-from crvae_jax.train import checkpoints, gan_loop, guards, parallel, stage2_step
+from crvae_jax.train import checkpoints, gan_loop, gan_steps, parallel, stage2_step
 from crvae_jax.train.metrics import MetricWriter
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -181,11 +180,6 @@ def write_grids(fns, stage1_vars, gen_vars, latent_shape, fixed: np.ndarray, con
   return paths
 
 
-def _mean_metrics(history):
-  stacked = jax.device_get(history)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
-
-
 def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
           log=print) -> dict:
   """Train (or resume) the Stage2 GAN of `config` in `workdir`; returns a summary (also
@@ -201,13 +195,9 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   t, size = config.train, config.model.image_size
   parts = build(config)
   ckpts = checkpoints.Checkpoints(workdir, best=False)
-  state, restored_step = ckpts.restore(init_state(config, abstract=True))
-  if state is not None:
-    log(f"Resuming from step {restored_step} in {workdir}")
-  else:
-    state = init_state(config)
-    if main_process:
-      checkpoints.write_config(workdir, config)
+  state, restored_step = gan_steps.resume_or_init(
+      ckpts, lambda abstract=False: init_state(config, abstract), config, workdir,
+      main_process=main_process, log=log)
   state = parallel.replicate(mesh, state)
   frozen = parallel.replicate(mesh, {"stage1": stage1_vars, "perceptual": features_vars})
   count = lambda tree: sum(p.size for p in jax.tree.leaves(tree))
@@ -236,50 +226,22 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   batches = rgb_data.training_batches(source, order, start, t.num_steps,
                                       flip=config.data.flip, seed=t.seed, crop_size=size,
                                       rows=parallel.process_rows(mesh, t.batch_size))
-  history, summary = [], {}
-  watch = guards.NonFiniteWatch(t.max_nonfinite_steps, workdir, log)
-  watch.last_saved = restored_step
-  bar = tqdm(total=t.num_steps, initial=start, unit="step", desc="stage2",
-             disable=not main_process)
-  t_interval, n_interval = time.time(), 0
-  try:
-    with guards.StopSignals() as stop:
-      for step, batch in zip(range(start, t.num_steps), batches):
-        state, metrics = step_fn(state, frozen,
-                                 parallel.from_process_rows(mesh, batch, t.batch_size), rng)
-        watch.push(step, metrics)
-        history.append(metrics)
-        n_interval += t.batch_size
-        done = step + 1
-        if step == start:
-          jax.block_until_ready(metrics)
-          log(f"first step done {time.time() - t_start:.1f}s after start (incl. compile)")
-          t_interval, n_interval = time.time(), 0
-        if done % t.log_every_steps == 0 or done == t.num_steps:
-          summary = _mean_metrics(history)
-          summary["examples_per_s"] = n_interval / max(time.time() - t_interval, 1e-9)
-          writer.write(done, summary)
-          bar.set_postfix(g=f"{summary['loss_g']:.3f}", d=f"{summary['loss_d']:.3f}",
-                          d_acc=f"{summary['d_accuracy']:.2f}",
-                          img_s=f"{summary['examples_per_s']:.0f}")
-          t_interval, n_interval, history = time.time(), 0, []
-        if done % t.checkpoint_every_steps == 0 or done == t.num_steps:
-          watch.flush()
-          ckpts.save_latest(done, state)
-          watch.last_saved = done
-        if done % t.sample_every_steps == 0 or done == t.num_steps:
-          write_grids(grid_fns, stage1_vars, state.gen, stage1.latent_shape, fixed,
-                      config, samples_dir, f"{done:07d}")
-        bar.update(1)
-        stop.exit_if_asked(done, t.num_steps,
-                           lambda: ckpts.save_now(done, state, watch.last_saved), log)
-      watch.flush()
-  finally:
-    bar.close()
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
-  out = dict(summary, skipped_steps=watch.total, stage1_step=stage1_step,
+
+  def on_log(summary, num_steps):
+    del num_steps
+    return dict(g=f"{summary['loss_g']:.3f}", d=f"{summary['loss_d']:.3f}",
+                d_acc=f"{summary['d_accuracy']:.2f}",
+                img_s=f"{summary['examples_per_s']:.0f}")
+
+  state, summary, skipped = gan_steps.run_steps(
+      lambda s, b: step_fn(s, frozen, b, rng), state, batches, mesh=mesh,
+      train_config=t, workdir=workdir, ckpts=ckpts, writer=writer,
+      restored_step=restored_step, start=start, t_start=t_start, log=log,
+      main_process=main_process, desc="stage2", on_log=on_log,
+      draw=lambda s, tag: write_grids(grid_fns, stage1_vars, s.gen, stage1.latent_shape,
+                                      fixed, config, samples_dir, tag))
+  out = dict({k: float(v) for k, v in summary.items()}, skipped_steps=skipped,
+             stage1_step=stage1_step,
              train_seconds=time.time() - t_start)
   if main_process:
     with open(summary_path, "w", encoding="utf-8") as f:
