@@ -62,9 +62,22 @@ def check_mnist_config(config, num_devices: int) -> None:
            "test_set='larochelle' needs the folder holding binarized_mnist_*.amat")
 
 
+def _check_gan_steps_and_source(t, d) -> None:
+  """The train.* step intervals and the data source of the GAN configs (Stage1, Stage2)."""
+  from crvae_jax.data.rgb import RGB_SOURCES  # pylint: disable=g-import-not-at-top
+  for key in ("num_steps", "log_every_steps", "checkpoint_every_steps",
+              "sample_every_steps", "max_nonfinite_steps"):
+    _require(t[key] >= 1, f"train.{key}", t[key], "must be >= 1")
+  _require(d.source in RGB_SOURCES, "data.source", d.source, f"one of {RGB_SOURCES}")
+  _require(d.source != "folder" or bool(d.image_dir), "data.image_dir", d.image_dir,
+           "data.source='folder' needs the folder of JPEG/PNG images")
+  _require(d.source != "tfds" or bool(d.tfds_name), "data.tfds_name", d.tfds_name,
+           "data.source='tfds' needs a dataset name, e.g. 'celeb_a'")
+
+
 def check_rgb_config(config, num_devices: int) -> None:
   """Raise ConfigError for the first impossible value in a 64x64 RGB (GAN) config."""
-  from crvae_jax.data.rgb import IMAGE_SIZE, RGB_SOURCES  # pylint: disable=g-import-not-at-top
+  from crvae_jax.data.rgb import IMAGE_SIZE  # pylint: disable=g-import-not-at-top
   from crvae_jax.models.rgb import RGB_VARIANTS  # pylint: disable=g-import-not-at-top
   m, o, t, d = config.model, config.objective, config.train, config.data
   _require(m.variant in RGB_VARIANTS, "model.variant", m.variant, f"one of {RGB_VARIANTS}")
@@ -87,14 +100,7 @@ def check_rgb_config(config, num_devices: int) -> None:
            t.batch_size, f"must be a multiple of 2 x {num_devices} device(s): each device's "
            "discriminator batch is half real, a quarter prior samples, a quarter "
            "reconstructions")
-  for key in ("num_steps", "log_every_steps", "checkpoint_every_steps",
-              "sample_every_steps", "max_nonfinite_steps"):
-    _require(t[key] >= 1, f"train.{key}", t[key], "must be >= 1")
-  _require(d.source in RGB_SOURCES, "data.source", d.source, f"one of {RGB_SOURCES}")
-  _require(d.source != "folder" or bool(d.image_dir), "data.image_dir", d.image_dir,
-           "data.source='folder' needs the folder of JPEG/PNG images")
-  _require(d.source != "tfds" or bool(d.tfds_name), "data.tfds_name", d.tfds_name,
-           "data.source='tfds' needs a dataset name, e.g. 'celeb_a'")
+  _check_gan_steps_and_source(t, d)
   if d.random_crop:
     _require(d.load_size >= IMAGE_SIZE, "data.load_size", d.load_size,
              f"random crops of {IMAGE_SIZE} need load_size >= {IMAGE_SIZE}")
@@ -109,7 +115,6 @@ def check_stage2_config(config, num_devices: int, training: bool = True) -> None
   """Raise ConfigError for the first impossible value in a Stage2 config, including (when
   training) a perceptual term (gamma > 0) without its weights file."""
   import os  # pylint: disable=g-import-not-at-top
-  from crvae_jax.data.rgb import RGB_SOURCES  # pylint: disable=g-import-not-at-top
   from crvae_jax.models import stage2  # pylint: disable=g-import-not-at-top
   from crvae_jax.train.stage2_step import ADVERSARIAL  # pylint: disable=g-import-not-at-top
   m, o, p, t, d = config.model, config.objective, config.perceptual, config.train, config.data
@@ -149,12 +154,7 @@ def check_stage2_config(config, num_devices: int, training: bool = True) -> None
            config.optim.learning_rate, "must be > 0")
   _require(t.batch_size >= 1 and t.batch_size % num_devices == 0, "train.batch_size",
            t.batch_size, f"must be a positive multiple of the {num_devices} device(s)")
-  for key in ("num_steps", "log_every_steps", "checkpoint_every_steps",
-              "sample_every_steps", "max_nonfinite_steps"):
-    _require(t[key] >= 1, f"train.{key}", t[key], "must be >= 1")
-  _require(d.source in RGB_SOURCES, "data.source", d.source, f"one of {RGB_SOURCES}")
-  _require(d.source != "folder" or bool(d.image_dir), "data.image_dir", d.image_dir,
-           "data.source='folder' needs the folder of JPEG/PNG images")
+  _check_gan_steps_and_source(t, d)
   if d.random_crop:
     _require(d.load_size >= m.image_size, "data.load_size", d.load_size,
              f"random crops of model.image_size={m.image_size} need load_size >= it")

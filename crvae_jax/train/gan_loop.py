@@ -8,7 +8,6 @@ MNIST loop, a run is a function of (config, step): batch order, augmentation and
 random draw follow the step, so a resumed run continues exactly.
 """
 
-import json
 import os
 import time
 from typing import NamedTuple, Optional
@@ -74,14 +73,15 @@ def generator_variables(state: gan_step.GanState) -> dict:
   return {"params": state.gen["params"], "batch_stats": state.gen["batch_stats"]}
 
 
-def fixed_images(source: RandomAccessImages, num: int, seed: int) -> np.ndarray:
-  """`num` images [n, 64, 64, 3] in [-1, 1] chosen by `seed` (sorted indices), centre
+def fixed_images(source: RandomAccessImages, num: int, seed: int,
+                 size: int = rgb_data.IMAGE_SIZE) -> np.ndarray:
+  """`num` images [n, size, size, 3] in [-1, 1] chosen by `seed` (sorted indices), centre
   crops without flips: the same images in every reconstruction grid of a run."""
   num = min(num, len(source))
   idx = np.sort(np.random.default_rng(seed).choice(len(source), num, replace=False))
   batch = source.load(idx)
-  offset = (batch.shape[1] - rgb_data.IMAGE_SIZE) // 2
-  return batch[:, offset:offset + rgb_data.IMAGE_SIZE, offset:offset + rgb_data.IMAGE_SIZE]
+  offset = (batch.shape[1] - size) // 2
+  return batch[:, offset:offset + size, offset:offset + size]
 
 
 def _grid_fns(model: RgbVAE):
@@ -149,13 +149,9 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   fixed = fixed_images(source, config.sample.num_images, config.sample.seed)
   samples_dir = os.path.join(workdir, "samples")
   start = int(jax.device_get(state.step))
-  summary_path = os.path.join(workdir, "train_summary.json")
-  if start >= t.num_steps and os.path.exists(summary_path):
-    log(f"{workdir} is trained to step {start} (train.num_steps={t.num_steps}); "
-        "nothing to do (raise train.num_steps to train on)")
-    ckpts.close()
-    with open(summary_path, encoding="utf-8") as f:
-      return json.load(f)
+  finished = gan_steps.finished_summary(workdir, start, t.num_steps, ckpts, log)
+  if finished is not None:
+    return finished
   rng = jax.random.key(t.seed)
   writer = MetricWriter(workdir, enabled=main_process)
   batches = rgb_data.training_batches(source, order, start, t.num_steps,
@@ -182,8 +178,7 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   out.update(d_update_skipped_fraction=gated[0] / max(gated[1], 1),
              skipped_steps=skipped, train_seconds=time.time() - t_start)
   if main_process:
-    with open(summary_path, "w", encoding="utf-8") as f:
-      json.dump(out, f, indent=2)
+    gan_steps.write_summary(workdir, out)
   return out
 
 

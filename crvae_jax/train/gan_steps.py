@@ -9,8 +9,10 @@ a checkpoint every `train.checkpoint_every_steps`, grids every
 logs, saves and draws.
 """
 
+import json
+import os
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 from tqdm import tqdm
@@ -30,6 +32,29 @@ def resume_or_init(ckpts: checkpoints.Checkpoints, init_state: Callable, config,
   if main_process:
     checkpoints.write_config(workdir, config)
   return init_state(), restored_step
+
+
+SUMMARY_FILE = "train_summary.json"
+
+
+def finished_summary(workdir: str, start: int, num_steps: int,
+                     ckpts: checkpoints.Checkpoints, log) -> Optional[dict]:
+  """The saved summary (and `ckpts` closed) when the run already reached num_steps and
+  wrote it; None when there is training to do."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if start < num_steps or not os.path.exists(path):
+    return None
+  log(f"{workdir} is trained to step {start} (train.num_steps={num_steps}); nothing to "
+      "do (raise train.num_steps to train on)")
+  ckpts.close()
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+  """<workdir>/train_summary.json (process 0 only)."""
+  with open(os.path.join(workdir, SUMMARY_FILE), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
 
 
 def run_steps(step: Callable, state, batches, *, mesh, train_config, workdir: str,

@@ -125,15 +125,6 @@ def load_features(config):
   return perceptual.load_perceptual(p.network, p.weights, p.layer or None)
 
 
-def fixed_images(source: RandomAccessImages, num: int, seed: int, size: int) -> np.ndarray:
-  """`num` centre-cropped images [n, size, size, 3] chosen by `seed` (as gan_loop)."""
-  num = min(num, len(source))
-  idx = np.sort(np.random.default_rng(seed).choice(len(source), num, replace=False))
-  batch = source.load(idx)
-  o = (batch.shape[1] - size) // 2
-  return batch[:, o:o + size, o:o + size]
-
-
 def nearest_resize(x: np.ndarray, size: int) -> np.ndarray:
   """[n, s, s, C] -> [n, size, size, C], nearest neighbour (for side-by-side grids)."""
   idx = np.arange(size) * x.shape[1] // size
@@ -211,15 +202,13 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
       mesh=mesh, gamma=config.objective.gamma, features=features,
       adversarial=config.objective.adversarial)
   grid_fns = _grid_fns(stage1, parts.gen.clone(bn_axis_name=None))
-  fixed = fixed_images(source, config.sample.num_images, config.sample.seed, size)
+  fixed = gan_loop.fixed_images(source, config.sample.num_images, config.sample.seed,
+                                 size)
   samples_dir = os.path.join(workdir, "samples")
   start = int(jax.device_get(state.step))
-  summary_path = os.path.join(workdir, "train_summary.json")
-  if start >= t.num_steps and os.path.exists(summary_path):
-    log(f"{workdir} is trained to step {start} (train.num_steps={t.num_steps}); nothing to do")
-    ckpts.close()
-    with open(summary_path, encoding="utf-8") as f:
-      return json.load(f)
+  finished = gan_steps.finished_summary(workdir, start, t.num_steps, ckpts, log)
+  if finished is not None:
+    return finished
   rng = jax.random.key(t.seed)
   writer = MetricWriter(workdir, enabled=main_process)
   order = TrainOrder(num_examples=len(source), batch_size=t.batch_size, seed=t.seed)
@@ -244,8 +233,7 @@ def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
              stage1_step=stage1_step,
              train_seconds=time.time() - t_start)
   if main_process:
-    with open(summary_path, "w", encoding="utf-8") as f:
-      json.dump(out, f, indent=2)
+    gan_steps.write_summary(workdir, out)
   return out
 
 
@@ -265,7 +253,8 @@ def sample(config, workdir: str, *, source: Optional[RandomAccessImages] = None,
   stage1, stage1_vars, stage1_step = restore_stage1(config, workdir)
   source = source or rgb_data.open_source(config.data, log=log)
   size = config.model.image_size
-  fixed = fixed_images(source, config.sample.num_images, config.sample.seed, size)
+  fixed = gan_loop.fixed_images(source, config.sample.num_images, config.sample.seed,
+                                 size)
   fns = _grid_fns(stage1, build(config, axis_name=None).gen)
   paths = write_grids(fns, stage1_vars, state.gen, stage1.latent_shape, fixed, config,
                       os.path.join(workdir, "samples"), f"sampled_{step:07d}")
