@@ -60,7 +60,7 @@ def jax_times(impl, kind, x, w, s, p, dy, repeats):
         lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), [(p, p)] * 2,
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")))
   else:
-    f = ((lambda x, w: layers.conv_transpose_matmul(x, w, s, p)) if impl == "cpu"
+    f = ((lambda x, w: fast_conv.conv_transpose2d(x, w, s, p)) if impl == "cpu"
          else (lambda x, w: layers.conv_transpose_xla(x, w, s, p)))
   fwd = jax.jit(f)
   both = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crvae_jax import objectives
-from crvae_jax.models import channel_recurrent, layers, lstm
+from crvae_jax.models import channel_recurrent, fast_conv, layers, lstm
 from crvae_jax.models.mnist import MnistVAE, VARIANTS
 
 
@@ -128,18 +128,23 @@ def naive_conv_transpose(x, kernel, stride, padding):
   return full[:, padding:full.shape[1] - padding, padding:full.shape[2] - padding]
 
 
-@pytest.mark.parametrize("padding,size", [(1, 4), (1, 8), (2, 16), (0, 3)])
-def test_conv_transpose_implementations_agree(padding, size):
+@pytest.mark.parametrize("padding,size,cin", [(1, 4, 3), (1, 8, 9), (2, 16, 3), (0, 3, 9)])
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_conv_transpose_implementations_agree(padding, size, cin, chunk_bytes,
+                                               monkeypatch):
+  if chunk_bytes is not None:  # one image per chunk: a scan over the whole batch
+    monkeypatch.setattr(fast_conv, "_CHUNK_BYTES", chunk_bytes)
   kx, kw = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(kx, (2, size, size, 3))
-  kernel = jax.random.normal(kw, (4, 4, 3, 5))
+  x = jax.random.normal(kx, (4, size, size, cin))
+  kernel = jax.random.normal(kw, (4, 4, cin, 5))
   ref = naive_conv_transpose(np.asarray(x, np.float64), np.asarray(kernel, np.float64),
                              2, padding)
-  for fn in (layers.conv_transpose_matmul, layers.conv_transpose_xla):
+  for fn in (fast_conv.conv_transpose2d, layers.conv_transpose_xla):
     np.testing.assert_allclose(fn(x, kernel, 2, padding), ref, rtol=1e-4, atol=1e-4)
-  # Gradients agree too (the matmul form exists for its fast backward pass).
+  # Gradients agree too (the CPU form exists for its fast backward pass); Cin < 8
+  # takes the im2col route for dx, Cin >= 8 XLA's strided conv.
   loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k, 2, padding)))
-  g1 = jax.grad(loss(layers.conv_transpose_matmul), argnums=(0, 1))(x, kernel)
+  g1 = jax.grad(loss(fast_conv.conv_transpose2d), argnums=(0, 1))(x, kernel)
   g2 = jax.grad(loss(layers.conv_transpose_xla), argnums=(0, 1))(x, kernel)
   for a, b in zip(g1, g2):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -28,9 +28,9 @@ def resolve_conv_impl(impl: str) -> str:
   """Which kernels the (transposed) convolutions use: 'auto' picks 'cpu' on the CPU
   backend and 'xla' on GPU/TPU.
 
-  'cpu': transposed convs as matmul + overlap-add (XLA's CPU conv_transpose backward is
-  ~50x slower than its forward) and convs with a chunked-im2col weight gradient
-  (`fast_conv.conv2d`); 'xla': the plain XLA ops, which cuDNN/TPU run natively.
+  'cpu': transposed convs as chunked matmuls + overlap-add (`fast_conv.conv_transpose2d`;
+  XLA's CPU conv_transpose backward is ~50x slower than its forward) and convs with a
+  chunked-im2col weight gradient (`fast_conv.conv2d`); 'xla': the plain XLA ops, which cuDNN/TPU run natively.
   Both give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py).
   """
   if impl not in CONV_IMPLS:
@@ -53,36 +53,6 @@ def conv_transpose_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: in
       lhs_dilation=(stride, stride), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def conv_transpose_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: int):
-  """The same transposed convolution as one matmul followed by an overlap-add.
-
-  Requires K == 2 * stride (true for every deconvolution in the paper: 4x4, stride 2).
-  Writing kernel offset k = stride*q + r (q in {0, 1}, r in [0, stride)), the full
-  output row stride*(i + q) + r receives x[i] * kernel[k], so the overlap-add is a sum
-  of two shifted copies per spatial axis followed by an interleave (pixel shuffle).
-  Its gradient is a matmul plus slices, which XLA's CPU backend runs fast.
-  """
-  k, _, cin, cout = kernel.shape
-  s = stride
-  if k != 2 * s:
-    raise ValueError(f"matmul deconvolution needs kernel == 2*stride, got {k} and {s}")
-  b, h, w, _ = x.shape
-  # [K, K, Cin, Cout] -> [Cin, K*K*Cout]
-  weight = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)
-  cols = (x.reshape(b * h * w, cin) @ weight)
-  cols = cols.reshape(b, h, w, 2, s, 2, s, cout)  # [B, H, W, qy, ry, qx, rx, C]
-  full = 0.0
-  for qy in (0, 1):
-    for qx in (0, 1):
-      part = cols[:, :, :, qy, :, qx, :, :]  # [B, H, W, ry, rx, C]
-      full = full + jnp.pad(part, ((0, 0), (qy, 1 - qy), (qx, 1 - qx),
-                                   (0, 0), (0, 0), (0, 0)))
-  # [B, H+1, W+1, ry, rx, C] -> [B, (H+1)*s, (W+1)*s, C]
-  full = full.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h + 1) * s, (w + 1) * s, cout)
-  p = padding
-  return full[:, p:full.shape[1] - p, p:full.shape[2] - p, :]
-
-
 class ConvTranspose(nn.Module):
   """Transposed convolution with Torch padding semantics and a selectable kernel.
 
@@ -102,7 +72,7 @@ class ConvTranspose(nn.Module):
         "kernel", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
         (self.kernel_size, self.kernel_size, cin, self.features))
     if resolve_conv_impl(self.impl) == "cpu":
-      return conv_transpose_matmul(x, kernel, self.stride, self.padding)
+      return fast_conv.conv_transpose2d(x, kernel, self.stride, self.padding)
     return conv_transpose_xla(x, kernel, self.stride, self.padding)
 
 
