@@ -180,8 +180,8 @@ def conv_transpose2d(x, kernel, stride=2, padding=1):
   paper's 16x16 128->64 layer the unchunked form spent most of its time writing and
   re-reading it.
   Backward: the transposed conv is the adjoint of ``conv2d(., kernel^T, s, p)``, so
-  dX is that (plain, fast) strided conv of the cotangent, and dW is its chunked im2col
-  kernel gradient.
+  dX is that strided conv of the cotangent and dW its kernel gradient; both are
+  matmuls of the same chunked im2col of the cotangent, built once per chunk.
 
   Args:
     x: [B, H, W, Cin]; kernel: [K, K, Cin, Cout]; stride, padding: ints.
@@ -209,14 +209,22 @@ def _conv_transpose2d_fwd(x, kernel, stride, padding):
 
 def _conv_transpose2d_bwd(stride, padding, res, dy):
   x, kernel = res  # x: [B, H, W, Cin], kernel: [K, K, Cin, Cout]; dy: [B, Ho, Wo, Cout]
-  kernel_t = kernel.transpose(0, 1, 3, 2)  # [K, K, Cout, Cin]
-  # dx[i] = sum_k dy[s*i + k - p] kernel[k]^T: a strided conv of dy.
-  dx = (_conv_im2col if x.shape[-1] < _SMALL_COUT else _conv_xla)(
-      dy, kernel_t, stride, padding)
-  # dW[k, cin, cout] = sum_i x[i, cin] dy[s*i + k - p, cout]: that conv's kernel
-  # gradient for the cotangent x.
-  dw = _kernel_grad(dy, x, kernel.shape[0], stride, padding)  # [K, K, Cout, Cin]
-  return dx.astype(x.dtype), dw.transpose(0, 1, 3, 2).astype(kernel.dtype)
+  b, h, w, cin = x.shape
+  k, cout = kernel.shape[0], kernel.shape[-1]
+  # The transposed conv is the adjoint of conv2d(., kernel^T, stride, padding), so
+  # with cols = im2col(dy) [g, H, W, (kh, kw, Cout)] (that conv's patches):
+  #   dx[i]                = cols[i] @ kernel^T      (that conv's forward)
+  #   dW[(kh, kw, cout), cin] = sum_i cols[i]^T x[i]  (its kernel gradient, cotangent x)
+  # One scan over batch chunks builds each chunk's cols once for both.
+  kmat = kernel.transpose(0, 1, 3, 2).reshape(k * k * cout, cin)  # [(kh, kw, Cout), Cin]
+
+  def step(acc, chunk):
+    cols, xc = chunk  # [g, H, W, K*K*Cout], [g, H, W, Cin]
+    return acc + jnp.einsum('bhwk,bhwc->kc', cols, xc), cols @ kmat
+  body, xs = _chunked(dy, k, stride, padding, h, w, (x,), step)
+  dw, dx = lax.scan(body, jnp.zeros_like(x, shape=(k * k * cout, cin)), xs)
+  dw = dw.reshape(k, k, cout, cin).transpose(0, 1, 3, 2)  # [K, K, Cin, Cout]
+  return dx.reshape(b, h, w, cin).astype(x.dtype), dw.astype(kernel.dtype)
 
 
 conv_transpose2d.defvjp(_conv_transpose2d_fwd, _conv_transpose2d_bwd)
