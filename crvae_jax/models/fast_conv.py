@@ -1,23 +1,25 @@
-"""NHWC 2-D convolution with a CPU-friendly custom gradient.
+"""CPU-friendly NHWC convolutions and transposed convolutions (conv_impl='cpu').
 
-On CPU, XLA's own gradient of an NHWC conv w.r.t. the kernel (dW) is very slow
-(it is lowered to a convolution whose "kernel" is the whole HxW cotangent).
-:func:`conv2d` computes exactly ``lax.conv_general_dilated(x, w, (s, s),
-[(p, p), (p, p)], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`` and replaces
-the backward pass (and, for tiny Cout, the forward pass) by:
+On CPU, XLA's own gradients of these ops are slow: an NHWC conv's kernel gradient (dW)
+is lowered to a convolution whose "kernel" is the whole HxW cotangent, and
+conv_transpose's backward pass is 30-50x slower than its forward. Each function here
+computes exactly the plain op (``lax.conv_general_dilated``; a Torch-semantics
+transposed conv) to float rounding, with:
 
-* dW: ``lax.scan`` over small batch chunks; per chunk, an im2col matrix is
-  built from the K*K shifted (strided) slices of the padded input and
-  multiplied by the cotangent.  The chunk is sized so the im2col matrix stays
-  cache-sized (~2.5 MB), which avoids materialising the K*K-times larger
-  full-batch im2col tensor and keeps the matmuls near peak.
+:func:`conv2d`
+* dW: ``lax.scan`` over small batch chunks; per chunk, an im2col matrix is built from
+  the K*K shifted (strided) slices of the padded input and multiplied by the
+  cotangent. The chunk is sized so the im2col matrix stays cache-sized (~2.5 MB), which
+  avoids materialising the K*K-times larger full-batch im2col tensor.
 * dX: a plain XLA convolution of the cotangent with the spatially flipped,
-  in/out-transposed kernel (``lhs_dilation=stride`` for strided convs). This is
-  the standard transposed conv and is fast on CPU.
-* forward: XLA's conv, except for Cout < 8 where the same chunked im2col
-  matmul is much faster.
+  in/out-transposed kernel (``lhs_dilation=stride`` for strided convs).
+* forward: XLA's conv, except for Cout < 8 (the decoders' last conv), where one matmul
+  to the K*K taps and a sum of shifted slices is several times faster both ways.
 
-Measured speed-ups are in ``benchmarks/conv_layers.py``.
+:func:`conv_transpose2d`: a chunked matmul + overlap-add forward; the backward pass
+shares one chunked im2col of the cotangent between dX and dW.
+
+Measured speed-ups: ``benchmarks/layers_vs_torch.py`` and ``conv_layers.py``.
 """
 
 from functools import partial
@@ -28,7 +30,7 @@ from jax import lax
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
 _CHUNK_BYTES = 5 * 2**19  # target size of one im2col chunk (~2.5 MB)
-_SMALL_COUT = 8  # forward uses chunked im2col when Cout < this
+_SMALL_COUT = 8  # convs with Cout < this use the matmul + shift-add form
 
 
 def _out_size(n, k, stride, padding):
@@ -74,32 +76,39 @@ def _chunked(x, k, stride, padding, ho, wo, extra, fn):
   return body, (xs,) + es
 
 
-def _conv_im2col(x, kernel, stride, padding):
-  """Forward conv via chunked im2col matmuls.  -> [B, Ho, Wo, Cout]."""
-  b, h, w, _ = x.shape
-  k, cout = kernel.shape[0], kernel.shape[-1]
-  ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
-  wmat = kernel.reshape(-1, cout)  # [k*k*Cin, Cout]
-  body, xs = _chunked(x, k, stride, padding, ho, wo, (),
-                      lambda c, a: (c, a[0] @ wmat))
-  _, y = lax.scan(body, None, xs)  # [B/g, g, ho, wo, Cout]
-  return y.reshape(b, ho, wo, cout)
-
-
 def _conv_xla(x, kernel, stride, padding):
   return lax.conv_general_dilated(
       x, kernel, (stride, stride), [(padding, padding)] * 2,
       dimension_numbers=_DN)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_shift_add(x, kernel, stride, padding):
+  """Conv for tiny Cout: one matmul to all K*K taps, then a sum of shifted slices.
+
+  taps[b, y, x, i, j] = x[b, y, x] @ kernel[i, j] is only K*K*Cout channels wide, so
+  the slices are cheap; plain autodiff of this form is also fast (its backward is the
+  same pads and slices on the small tensor plus two matmuls).  -> [B, Ho, Wo, Cout]
+  """
+  b, h, w, cin = x.shape
+  k, cout = kernel.shape[0], kernel.shape[-1]
+  ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
+  wmat = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)  # [Cin, (i, j, Cout)]
+  taps = (x.reshape(b * h * w, cin) @ wmat).reshape(b, h, w, k, k, cout)
+  p = padding
+  taps = jnp.pad(taps, ((0, 0), (p, p), (p, p), (0, 0), (0, 0), (0, 0)))
+  span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+  # y[b, y, x] = sum_{i, j} taps_padded[b, s*y + i, s*x + j, i, j]
+  return sum(taps[:, i:i + span_h:stride, j:j + span_w:stride, i, j]
+             for i in range(k) for j in range(k))
+
+
 def conv2d(x, kernel, stride=1, padding=0):
-  """NHWC convolution with a fast CPU backward pass.
+  """NHWC convolution with fast CPU forward and backward passes.
 
   Args:
     x: [B, H, W, Cin] input.
     kernel: [K, K, Cin, Cout] (HWIO) kernel.
-    stride: int, same along H and W (1 or 2).
+    stride: int, same along H and W.
     padding: int, symmetric zero padding in pixels along H and W.
   Returns:
     [B, Ho, Wo, Cout] with Ho = (H + 2*padding - K) // stride + 1, equal to
@@ -107,12 +116,18 @@ def conv2d(x, kernel, stride=1, padding=0):
     [(padding, padding)] * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))``.
   """
   if kernel.shape[-1] < _SMALL_COUT:
-    return _conv_im2col(x, kernel, stride, padding)
+    return _conv_shift_add(x, kernel, stride, padding)
+  return _conv2d_custom(x, kernel, stride, padding)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d_custom(x, kernel, stride, padding):
+  """XLA's conv forward; the custom backward below."""
   return _conv_xla(x, kernel, stride, padding)
 
 
 def _conv2d_fwd(x, kernel, stride, padding):
-  return conv2d(x, kernel, stride, padding), (x, kernel)
+  return _conv2d_custom(x, kernel, stride, padding), (x, kernel)
 
 
 def _kernel_grad(x, dy, k, stride, padding):
@@ -147,7 +162,7 @@ def _conv2d_bwd(stride, padding, res, dy):
   return dx.astype(x.dtype), dw
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+_conv2d_custom.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def _overlap_add(cols, stride, padding):
