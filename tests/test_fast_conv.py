@@ -1,4 +1,7 @@
-"""conv2d (custom VJP) must match lax.conv_general_dilated and its gradients."""
+"""fast_conv.conv2d must match lax.conv_general_dilated and its gradients, also when
+compiled with the CPU compiler options the train steps use."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +9,8 @@ import numpy as np
 import pytest
 from jax import lax
 
+from crvae_jax.models import layers
 from crvae_jax.models.fast_conv import conv2d
-
-
 
 
 def _ref(x, w, stride, padding):
@@ -41,7 +43,7 @@ def test_forward_and_grads_match_reference(b, h, w, cin, cout, k, stride,
   y_ref, vjp_ref = jax.vjp(lambda a, b_: _ref(a, b_, stride, padding), x, kern)
   dy = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=layers.compiler_options('cpu'))
   def fast(a, b_, dy):
     y, vjp = jax.vjp(lambda a, b_: conv2d(a, b_, stride, padding), a, b_)
     return (y,) + vjp(dy)
@@ -60,3 +62,14 @@ def test_jitted_grad_of_loss_matches_reference():
   for g, g_ref in zip(jax.jit(jax.grad(loss, (0, 1)))(x, kern),
                       jax.grad(ref, (0, 1))(x, kern)):
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_compiler_options_are_a_platform_switch():
+  # 'cpu' kernels get XLA's own CPU convs (a DebugOptions field this jax must accept:
+  # the jit in test_forward_and_grads_match_reference compiles with it); 'xla' (the
+  # GPU/TPU path) keeps XLA's defaults.
+  assert layers.compiler_options('xla') is None
+  opts = layers.compiler_options('cpu')
+  assert 'INDIVIDUAL_CONVOLUTION' not in opts['xla_cpu_experimental_ynn_fusion_type']
+  assert layers.compiler_options('auto') == (opts if jax.default_backend() == 'cpu'
+                                             else None)

@@ -1,25 +1,20 @@
 """CPU-friendly NHWC convolutions and transposed convolutions (conv_impl='cpu').
 
-On CPU, XLA's own gradients of these ops are slow: an NHWC conv's kernel gradient (dW)
-is lowered to a convolution whose "kernel" is the whole HxW cotangent, and
-conv_transpose's backward pass is 30-50x slower than its forward. Each function here
-computes exactly the plain op (``lax.conv_general_dilated``; a Torch-semantics
-transposed conv) to float rounding, with:
+Each function computes exactly the plain op (``lax.conv_general_dilated``; a
+Torch-semantics transposed conv) to float rounding. They are fast when compiled with
+`layers.compiler_options` (XLA's own CPU conv kernels instead of YNNPACK's), as every
+train step and evaluator of this package is:
 
-:func:`conv2d`
-* dW: ``lax.scan`` over small batch chunks; per chunk, an im2col matrix is built from
-  the K*K shifted (strided) slices of the padded input and multiplied by the
-  cotangent. The chunk is sized so the im2col matrix stays cache-sized (~2.5 MB), which
-  avoids materialising the K*K-times larger full-batch im2col tensor.
-* dX: a plain XLA convolution of the cotangent with the spatially flipped,
-  in/out-transposed kernel (``lhs_dilation=stride`` for strided convs).
-* forward: XLA's conv, except for Cout < 8 (the decoders' last conv), where one matmul
-  to the K*K taps and a sum of shifted slices is several times faster both ways.
+:func:`conv2d`: XLA's conv and its autodiff gradients, except for Cout < 8 (the decoders'
+  last conv), where one matmul to the K*K taps and a sum of shifted slices is several
+  times faster both ways.
+:func:`conv_transpose2d`: XLA's conv_transpose backward pass is 30-50x slower than its
+  forward on CPU and its forward writes a dilated input. Here the forward is a matmul +
+  overlap-add in a scan over cache-sized batch chunks, and the backward pass uses that
+  the transposed conv is the adjoint of a strided conv: dX is that conv of the
+  cotangent and dW its kernel gradient, both XLA's own fast kernels.
 
-:func:`conv_transpose2d`: a chunked matmul + overlap-add forward; the backward pass
-shares one chunked im2col of the cotangent between dX and dW.
-
-Measured speed-ups: ``benchmarks/layers_vs_torch.py`` and ``conv_layers.py``.
+Measured: ``benchmarks/layers_vs_torch.py`` (per layer), ``compare_torch.py`` (model).
 """
 
 from functools import partial
@@ -29,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
-_CHUNK_BYTES = 5 * 2**19  # target size of one im2col chunk (~2.5 MB)
+_CHUNK_BYTES = 5 * 2**19  # target size of one chunk's matmul output (~2.5 MB)
 _SMALL_COUT = 8  # convs with Cout < this use the matmul + shift-add form
 
 
@@ -38,42 +33,12 @@ def _out_size(n, k, stride, padding):
 
 
 def _chunk_size(batch, rows_per_sample, cols, itemsize):
-  """Largest divisor g of `batch` whose im2col chunk (g*rows x cols) fits."""
+  """Largest divisor g of `batch` whose chunk (g*rows x cols) fits _CHUNK_BYTES."""
   g = max(1, _CHUNK_BYTES // max(1, rows_per_sample * cols * itemsize))
   g = min(g, batch)
   while batch % g:
     g -= 1
   return g
-
-
-def _patches(xp, k, stride, ho, wo):
-  """im2col of a padded chunk.
-
-  xp: [g, Hp, Wp, Cin] (already padded) -> [g, ho, wo, k*k*Cin], with the
-  last axis ordered (kh, kw, cin) to match ``kernel.reshape(k*k*Cin, Cout)``.
-  """
-  span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-  return jnp.concatenate(
-      [xp[:, i:i + span_h:stride, j:j + span_w:stride]
-       for i in range(k) for j in range(k)], axis=-1)
-
-
-def _chunked(x, k, stride, padding, ho, wo, extra, fn):
-  """Pads x, splits the batch into chunks and scans `fn` over them.
-
-  x: [B, H, W, Cin]; `extra`: tensors [B, ...] chunked alongside x.
-  fn(carry, (cols [g, ho, wo, k*k*Cin], *extra_chunks)) -> (carry, out).
-  Returns (scan body, scan inputs [B/g, g, ...]) for ``lax.scan``.
-  """
-  b, _, _, cin = x.shape
-  g = _chunk_size(b, ho * wo, k * k * cin, x.dtype.itemsize)
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  xs = xp.reshape(b // g, g, *xp.shape[1:])
-  es = tuple(e.reshape(b // g, g, *e.shape[1:]) for e in extra)
-
-  def body(carry, chunk):
-    return fn(carry, (_patches(chunk[0], k, stride, ho, wo),) + chunk[1:])
-  return body, (xs,) + es
 
 
 def _conv_xla(x, kernel, stride, padding):
@@ -117,52 +82,7 @@ def conv2d(x, kernel, stride=1, padding=0):
   """
   if kernel.shape[-1] < _SMALL_COUT:
     return _conv_shift_add(x, kernel, stride, padding)
-  return _conv2d_custom(x, kernel, stride, padding)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d_custom(x, kernel, stride, padding):
-  """XLA's conv forward; the custom backward below."""
   return _conv_xla(x, kernel, stride, padding)
-
-
-def _conv2d_fwd(x, kernel, stride, padding):
-  return _conv2d_custom(x, kernel, stride, padding), (x, kernel)
-
-
-def _kernel_grad(x, dy, k, stride, padding):
-  """dW [K, K, Cin, Cout] of conv(x [B, H, W, Cin], stride, padding) for cotangent
-  dy [B, Ho, Wo, Cout], as a scan of chunked im2col matmuls."""
-  cin, cout = x.shape[-1], dy.shape[-1]
-  ho, wo = dy.shape[1], dy.shape[2]
-
-  # dW[(i, j, c), d] = sum_{b, y, x} xpad[b, s*y+i, s*x+j, c] * dy[b, y, x, d]
-  def dw_step(acc, chunk):
-    cols, dyc = chunk  # [g, ho, wo, k*k*Cin], [g, ho, wo, Cout]
-    return acc + jnp.einsum('bhwk,bhwd->kd', cols, dyc), None
-  body, xs = _chunked(x, k, stride, padding, ho, wo, (dy,), dw_step)
-  # zeros_like(x, ...) keeps x's device variance, so this also runs inside shard_map.
-  dw, _ = lax.scan(body, jnp.zeros_like(x, shape=(k * k * cin, cout)), xs)
-  return dw.reshape(k, k, cin, cout)
-
-
-def _conv2d_bwd(stride, padding, res, dy):
-  x, kernel = res  # x: [B, H, W, Cin], kernel: [K, K, Cin, Cout]
-  h, w = x.shape[1], x.shape[2]
-  k = kernel.shape[0]
-  dw = _kernel_grad(x, dy, k, stride, padding).astype(kernel.dtype)
-
-  # dX = transposed conv: dilate dy by the stride, pad by K-1-p (plus the rows
-  # /cols the strided forward dropped), correlate with the flipped kernel.
-  wt = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))  # [K, K, Cout, Cin]
-  lo = k - 1 - padding
-  pads = [(lo, lo + (n + 2 * padding - k) % stride) for n in (h, w)]
-  dx = lax.conv_general_dilated(dy, wt, (1, 1), pads, lhs_dilation=(stride,) * 2,
-                                dimension_numbers=_DN)
-  return dx.astype(x.dtype), dw
-
-
-_conv2d_custom.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def _overlap_add(cols, stride, padding):
@@ -194,9 +114,8 @@ def conv_transpose2d(x, kernel, stride=2, padding=1):
   pixel shuffle. Chunking keeps the K*K-times larger matmul output in cache: on the
   paper's 16x16 128->64 layer the unchunked form spent most of its time writing and
   re-reading it.
-  Backward: the transposed conv is the adjoint of ``conv2d(., kernel^T, s, p)``, so
-  dX is that strided conv of the cotangent and dW its kernel gradient; both are
-  matmuls of the same chunked im2col of the cotangent, built once per chunk.
+  Backward: the transposed conv is the adjoint of ``conv(., kernel^T, s, p)``, so dX is
+  that strided conv of the cotangent and dW its kernel gradient (XLA's kernels).
 
   Args:
     x: [B, H, W, Cin]; kernel: [K, K, Cin, Cout]; stride, padding: ints.
@@ -224,22 +143,12 @@ def _conv_transpose2d_fwd(x, kernel, stride, padding):
 
 def _conv_transpose2d_bwd(stride, padding, res, dy):
   x, kernel = res  # x: [B, H, W, Cin], kernel: [K, K, Cin, Cout]; dy: [B, Ho, Wo, Cout]
-  b, h, w, cin = x.shape
-  k, cout = kernel.shape[0], kernel.shape[-1]
-  # The transposed conv is the adjoint of conv2d(., kernel^T, stride, padding), so
-  # with cols = im2col(dy) [g, H, W, (kh, kw, Cout)] (that conv's patches):
-  #   dx[i]                = cols[i] @ kernel^T      (that conv's forward)
-  #   dW[(kh, kw, cout), cin] = sum_i cols[i]^T x[i]  (its kernel gradient, cotangent x)
-  # One scan over batch chunks builds each chunk's cols once for both.
-  kmat = kernel.transpose(0, 1, 3, 2).reshape(k * k * cout, cin)  # [(kh, kw, Cout), Cin]
-
-  def step(acc, chunk):
-    cols, xc = chunk  # [g, H, W, K*K*Cout], [g, H, W, Cin]
-    return acc + jnp.einsum('bhwk,bhwc->kc', cols, xc), cols @ kmat
-  body, xs = _chunked(dy, k, stride, padding, h, w, (x,), step)
-  dw, dx = lax.scan(body, jnp.zeros_like(x, shape=(k * k * cout, cin)), xs)
-  dw = dw.reshape(k, k, cout, cin).transpose(0, 1, 3, 2)  # [K, K, Cin, Cout]
-  return dx.reshape(b, h, w, cin).astype(x.dtype), dw.astype(kernel.dtype)
+  # The transposed conv is the adjoint of conv(., kernel^T, stride, padding):
+  #   dx = conv(dy, kernel^T)  and  dW^T = that conv's kernel gradient for cotangent x.
+  kernel_t = kernel.transpose(0, 1, 3, 2)  # [K, K, Cout, Cin]
+  dx, kernel_vjp = jax.vjp(lambda kt: _conv_xla(dy, kt, stride, padding), kernel_t)
+  dw_t, = kernel_vjp(x)  # [K, K, Cout, Cin]
+  return dx.astype(x.dtype), dw_t.transpose(0, 1, 3, 2).astype(kernel.dtype)
 
 
 conv_transpose2d.defvjp(_conv_transpose2d_fwd, _conv_transpose2d_bwd)

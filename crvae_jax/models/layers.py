@@ -28,9 +28,10 @@ def resolve_conv_impl(impl: str) -> str:
   """Which kernels the (transposed) convolutions use: 'auto' picks 'cpu' on the CPU
   backend and 'xla' on GPU/TPU.
 
-  'cpu': transposed convs as chunked matmuls + overlap-add (`fast_conv.conv_transpose2d`;
-  XLA's CPU conv_transpose backward is ~50x slower than its forward) and convs with a
-  chunked-im2col weight gradient (`fast_conv.conv2d`); 'xla': the plain XLA ops, which cuDNN/TPU run natively.
+  'cpu': `fast_conv`'s transposed convs (chunked matmul + overlap-add forward; XLA's
+  CPU conv_transpose backward is ~50x slower than its forward), its matmul + shift-add
+  form for convs with Cout < 8, and `compiler_options` (XLA's own CPU conv kernels
+  rather than YNNPACK's); 'xla': the plain XLA ops, which cuDNN/TPU run natively.
   Both give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py).
   """
   if impl not in CONV_IMPLS:
@@ -38,6 +39,21 @@ def resolve_conv_impl(impl: str) -> str:
   if impl == "auto":
     return "cpu" if jax.default_backend() == "cpu" else "xla"
   return impl
+
+
+# XLA's CPU backend hands dots, reductions and convolutions to YNNPACK by default.
+# Its convolutions are slow for the decoders' narrow layers (64->64 3x3 at 30x30, batch
+# 128: ~55 ms against ~27 ms for XLA's own kernel; whole paper-scale train step +8%), so
+# programs compiled for conv_impl='cpu' keep YNNPACK for dots and reductions only.
+_CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def compiler_options(conv_impl: str = "auto") -> Optional[dict]:
+  """`jax.jit(..., compiler_options=...)` for programs that run these layers: the CPU
+  backend's kernel choices above for conv_impl 'cpu', None (XLA's defaults) otherwise."""
+  return dict(_CPU_COMPILER_OPTIONS) if resolve_conv_impl(conv_impl) == "cpu" else None
 
 
 def conv_transpose_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int):

@@ -37,6 +37,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from crvae_jax import objectives, randomness
+from crvae_jax.models import layers
 from crvae_jax.train.parallel import BATCH_AXIS, global_indices, keep_if
 
 
@@ -184,4 +185,5 @@ def make_gan_step(model, disc, mi_head, g_tx, d_tx, weights: GanWeights, mesh: M
                                  num_blocks=model.num_blocks, max_d_accuracy=max_d_accuracy)
   mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
                          out_specs=(P(), P()))
-  return jax.jit(mapped, donate_argnums=(0,))
+  return jax.jit(mapped, donate_argnums=(0,),
+                 compiler_options=layers.compiler_options(model.conv_impl))

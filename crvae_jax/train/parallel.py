@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from crvae_jax import objectives, randomness
+from crvae_jax.models import layers
 
 BATCH_AXIS = "batch"
 
@@ -216,7 +217,8 @@ def make_train_step(model, tx, objective_fn, mesh: Mesh, *, num_samples: int = 1
                                  objective_fn=objective_fn, num_samples=num_samples)
   mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
                          out_specs=(P(), P()))
-  return jax.jit(mapped, donate_argnums=(0,))
+  return jax.jit(mapped, donate_argnums=(0,),
+                 compiler_options=layers.compiler_options(model.conv_impl))
 
 
 def _eval_per_device(variables, images_binary, offset, rng, *, model):
@@ -234,7 +236,8 @@ def make_elbo_eval(model, mesh: Mesh):
   per_device = functools.partial(_eval_per_device, model=model)
   return jax.jit(jax.shard_map(per_device, mesh=mesh,
                                in_specs=(P(), P(BATCH_AXIS), P(), P()),
-                               out_specs=P(BATCH_AXIS)))
+                               out_specs=P(BATCH_AXIS)),
+                 compiler_options=layers.compiler_options(model.conv_impl))
 
 
 def evaluate_elbo(elbo_fn, variables, images_binary: np.ndarray, mesh: Mesh, *,
