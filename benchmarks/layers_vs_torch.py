@@ -1,5 +1,6 @@
 r"""Per-layer forward and backward time of the paper-scale MNIST crVAE's convolutions:
-crvae_jax's kernels (conv_impl 'cpu' and 'xla') vs PyTorch channels_last (issue 7).
+crvae_jax's kernels (conv_impl 'cpu' and 'xla', each compiled with its
+`layers.compiler_options`, as in the model) vs PyTorch channels_last (issue 7).
 
   pip install -r requirements-torch.txt
   python benchmarks/layers_vs_torch.py --batch=128 --repeats=5
@@ -62,8 +63,9 @@ def jax_times(impl, kind, x, w, s, p, dy, repeats):
   else:
     f = ((lambda x, w: fast_conv.conv_transpose2d(x, w, s, p)) if impl == "cpu"
          else (lambda x, w: layers.conv_transpose_xla(x, w, s, p)))
-  fwd = jax.jit(f)
-  both = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy))
+  opts = layers.compiler_options(impl)  # as the model's programs compile them
+  fwd = jax.jit(f, compiler_options=opts)
+  both = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy), compiler_options=opts)
   x, w, dy = map(jnp.asarray, (x, w, dy))
   a = best_ms(lambda: fwd(x, w).block_until_ready(), repeats)
   b = best_ms(lambda: jax.block_until_ready(both(x, w, dy)), repeats)
