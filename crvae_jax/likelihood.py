@@ -84,7 +84,7 @@ def make_estimator(model, mesh, *, num_samples: int, chunk_size: int, report_k: 
                                  report_k=report_k)
   mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P(), P()),
                          out_specs=P(BATCH_AXIS))
-  return jax.jit(mapped, compiler_options=layers.compiler_options(model.conv_impl))
+  return jax.jit(mapped, compiler_options=layers.model_compiler_options(model))
 
 
 def estimate_log_likelihood(model, variables, images_binary: np.ndarray, mesh, *,

@@ -56,6 +56,12 @@ def compiler_options(conv_impl: str = "auto") -> Optional[dict]:
   return dict(_CPU_COMPILER_OPTIONS) if resolve_conv_impl(conv_impl) == "cpu" else None
 
 
+
+def model_compiler_options(model) -> Optional[dict]:
+  """`compiler_options` for a program that runs `model`: by its conv_impl, or 'auto' for
+  models without one (the estimator also takes toy models)."""
+  return compiler_options(getattr(model, "conv_impl", "auto"))
+
 def conv_transpose_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int):
   """Torch-semantics transposed convolution via XLA's dilated convolution.
 

@@ -186,4 +186,4 @@ def make_gan_step(model, disc, mi_head, g_tx, d_tx, weights: GanWeights, mesh: M
   mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
                          out_specs=(P(), P()))
   return jax.jit(mapped, donate_argnums=(0,),
-                 compiler_options=layers.compiler_options(model.conv_impl))
+                 compiler_options=layers.model_compiler_options(model))

@@ -218,7 +218,7 @@ def make_train_step(model, tx, objective_fn, mesh: Mesh, *, num_samples: int = 1
   mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
                          out_specs=(P(), P()))
   return jax.jit(mapped, donate_argnums=(0,),
-                 compiler_options=layers.compiler_options(model.conv_impl))
+                 compiler_options=layers.model_compiler_options(model))
 
 
 def _eval_per_device(variables, images_binary, offset, rng, *, model):
@@ -237,7 +237,7 @@ def make_elbo_eval(model, mesh: Mesh):
   return jax.jit(jax.shard_map(per_device, mesh=mesh,
                                in_specs=(P(), P(BATCH_AXIS), P(), P()),
                                out_specs=P(BATCH_AXIS)),
-                 compiler_options=layers.compiler_options(model.conv_impl))
+                 compiler_options=layers.model_compiler_options(model))
 
 
 def evaluate_elbo(elbo_fn, variables, images_binary: np.ndarray, mesh: Mesh, *,
