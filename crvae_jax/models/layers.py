@@ -43,8 +43,10 @@ def resolve_conv_impl(impl: str) -> str:
 
 # XLA's CPU backend hands dots, reductions and convolutions to YNNPACK by default.
 # Its convolutions are slow for the decoders' narrow layers (64->64 3x3 at 30x30, batch
-# 128: ~55 ms against ~27 ms for XLA's own kernel; whole paper-scale train step +8%), so
-# programs compiled for conv_impl='cpu' keep YNNPACK for dots and reductions only.
+# 128: ~55 ms against ~27 ms for XLA's own kernel), and with XLA's own kernels its
+# autodiff conv gradients are fast too, so programs compiled for conv_impl='cpu' keep
+# YNNPACK for dots and reductions only (paper-scale train step: benchmarks/RESULTS.md,
+# ab_train_step.py).
 _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type":
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
@@ -56,11 +58,11 @@ def compiler_options(conv_impl: str = "auto") -> Optional[dict]:
   return dict(_CPU_COMPILER_OPTIONS) if resolve_conv_impl(conv_impl) == "cpu" else None
 
 
-
 def model_compiler_options(model) -> Optional[dict]:
   """`compiler_options` for a program that runs `model`: by its conv_impl, or 'auto' for
   models without one (the estimator also takes toy models)."""
   return compiler_options(getattr(model, "conv_impl", "auto"))
+
 
 def conv_transpose_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int):
   """Torch-semantics transposed convolution via XLA's dilated convolution.
