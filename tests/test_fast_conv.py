@@ -27,7 +27,7 @@ CASES = [
     (2, 9, 8, 2, 3, 5, 1, 2),
     (2, 11, 11, 2, 9, 5, 2, 3),
     (2, 7, 7, 1, 4, 3, 1, 1),   # Cin = 1
-    (2, 8, 8, 4, 1, 3, 2, 2),   # Cout = 1 (im2col forward path)
+    (2, 8, 8, 4, 1, 3, 2, 2),   # Cout = 1 (matmul + shift-add path)
     (5, 9, 9, 1, 1, 5, 2, 1),   # Cin = Cout = 1, odd batch
     (4, 6, 6, 16, 12, 3, 1, 1),  # Cout >= 8: XLA forward path
 ]

@@ -141,8 +141,8 @@ def test_conv_transpose_implementations_agree(padding, size, cin, chunk_bytes,
                              2, padding)
   for fn in (fast_conv.conv_transpose2d, layers.conv_transpose_xla):
     np.testing.assert_allclose(fn(x, kernel, 2, padding), ref, rtol=1e-4, atol=1e-4)
-  # Gradients agree too (the CPU form exists for its fast backward pass); Cin < 8
-  # takes the im2col route for dx, Cin >= 8 XLA's strided conv.
+  # Gradients agree too (the CPU form exists for its fast backward pass: dx and dW of
+  # the adjoint strided conv, here with a 3- and a 9-channel input).
   loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k, 2, padding)))
   g1 = jax.grad(loss(fast_conv.conv_transpose2d), argnums=(0, 1))(x, kernel)
   g2 = jax.grad(loss(layers.conv_transpose_xla), argnums=(0, 1))(x, kernel)
