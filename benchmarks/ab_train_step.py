@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top
 from benchmarks.nll_eval import machine_line
 from benchmarks.train_throughput import JaxTrainer
+from crvae_jax import host_memory
 from crvae_jax.models import layers
 from experiments.configs import mnist as mnist_configs
 
@@ -74,4 +75,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   main()

@@ -10,6 +10,10 @@ pool or allocator disturbs the other), each building the model of that scale:
            ('auto': the CPU kernels on CPU);
   PyTorch  benchmarks/torch_reference.py (same architecture and parameter count),
            channels_last, train mode for training, inference_mode for evaluation.
+Both workers inherit this process's environment, so both run with or both without
+glibc's transparent-huge-page tunable (crvae_jax/host_memory.py: on where it helps,
+unless CRVAE_JAX_HUGEPAGES=0; the header says "malloc THP on/off"; what it gains for each
+framework is measured by benchmarks/ab_host_memory.py).
 The controller then alternates them, one framework idle while the other is timed:
 every round times JAX train, torch train, torch eval, JAX eval (the order flips each
 round), and each figure is the median over rounds. Both processes also measure their
@@ -36,6 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top
+from crvae_jax import host_memory
 from experiments.configs import mnist as mnist_configs
 
 EVAL_IMAGES = {"cpu": 200, "paper": 32}
@@ -150,7 +155,10 @@ def worker_main(args):
 # --------------------------------------------------------------------------- controller
 
 class Worker:
-  def __init__(self, framework: str, scale: str, args):
+  """One framework's worker process; `env` (default: this process's) is its environment,
+  e.g. with or without crvae_jax.host_memory's malloc tunable."""
+
+  def __init__(self, framework: str, scale: str, args, env=None):
     cmd = [sys.executable, os.path.abspath(__file__), f"--worker={framework}",
            f"--scale={scale}", f"--row={args.row}", f"--steps={args.steps}",
            f"--eval_images={args.eval_images}", f"--eval_samples={args.eval_samples}",
@@ -158,7 +166,7 @@ class Worker:
     self.name = framework
     t = time.perf_counter()
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True)
+                                 text=True, env=env)
     self._read()
     self.startup_s = time.perf_counter() - t
 
@@ -273,4 +281,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   main()

@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
 from crvae_jax.models import fast_conv, layers  # pylint: disable=g-import-not-at-top
 
 # (name, kind, Cin, Cout, H=W of the input, kernel, stride, padding): paper width 32.
@@ -122,4 +123,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   main()

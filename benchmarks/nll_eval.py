@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.flops import count_flops  # pylint: disable=g-import-not-at-top
-from crvae_jax import likelihood, randomness
+from crvae_jax import host_memory, likelihood, randomness
 from crvae_jax.train import parallel, setup
 from experiments.configs import mnist as mnist_configs
 
@@ -46,11 +46,14 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
 
 
 def machine_line(runtime: str | None = None) -> str:
-  """'date | cpu | cores | runtime' for a benchmark's output header; runtime defaults
-  to this process's jax version, backend and device count."""
+  """'date | cpu | cores | host memory | runtime' for a benchmark's output header;
+  runtime defaults to this process's jax version, backend and device count; host memory
+  says whether malloc asks for transparent huge pages (crvae_jax/host_memory.py)."""
   runtime = runtime or f"jax {jax.__version__} {jax.default_backend()} x{len(jax.devices())}"
+  memory = "malloc THP on" if host_memory.active() else "malloc THP off"
   return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | "
-          f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | {runtime}")
+          f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
+          f"{memory} | {runtime}")
 
 
 def random_variables(config):
@@ -173,4 +176,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   main()

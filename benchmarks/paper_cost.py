@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.flops import count_flops  # pylint: disable=g-import-not-at-top
 from benchmarks.nll_eval import flops_per_sample
-from crvae_jax import randomness
+from crvae_jax import host_memory, randomness
 from crvae_jax.train import parallel, setup
 from experiments.configs import mnist as mnist_configs
 
@@ -70,4 +70,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   main()

@@ -23,6 +23,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
 from benchmarks.train_throughput import JaxTrainer  # pylint: disable=g-import-not-at-top
 from experiments.configs import mnist as mnist_configs  # pylint: disable=g-import-not-at-top
 
@@ -66,4 +67,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   main()

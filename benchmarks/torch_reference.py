@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top
 from benchmarks.nll_eval import machine_line
+from crvae_jax import host_memory
 from crvae_jax.models.channel_recurrent import LOGVAR_LIMIT, LOGVAR_LINEAR
 from experiments.configs import mnist as mnist_configs
 
@@ -558,4 +559,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   main()

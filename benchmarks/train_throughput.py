@@ -17,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
 from benchmarks.nll_eval import eval_samples_per_s, machine_line, matmul_gflops  # pylint: disable=g-import-not-at-top
 from crvae_jax.train import parallel, setup
 from experiments.configs import mnist as mnist_configs
@@ -88,4 +89,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   main()

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crvae_jax import evaluate  # pylint: disable=g-import-not-at-top
+from crvae_jax import evaluate, host_memory  # pylint: disable=g-import-not-at-top
 from crvae_jax.models import channel_recurrent
 from crvae_jax.train import setup
 from experiments.configs import mnist as mnist_configs
@@ -88,4 +88,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   app.run(main)

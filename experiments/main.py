@@ -28,6 +28,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
+
+if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()  # before the heavy imports; see host_memory
+
 from crvae_jax import completion  # pylint: disable=g-import-not-at-top
 from crvae_jax import config_checks, distributed, evaluate  # pylint: disable=g-import-not-at-top
 from crvae_jax.data import rgb as rgb_data

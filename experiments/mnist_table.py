@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from crvae_jax import config_checks, evaluate, likelihood  # pylint: disable=g-import-not-at-top
+from crvae_jax import config_checks, evaluate, host_memory, likelihood  # pylint: disable=g-import-not-at-top
 from crvae_jax.train import loop, parallel, setup
 from experiments.configs import mnist as mnist_configs
 from experiments.provenance import git_commit
@@ -244,4 +244,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   app.run(main)

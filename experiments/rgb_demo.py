@@ -22,6 +22,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
 from crvae_jax.train import gan_loop  # pylint: disable=g-import-not-at-top
 from experiments.configs import rgb as rgb_configs  # pylint: disable=g-import-not-at-top
 from experiments.provenance import git_commit  # pylint: disable=g-import-not-at-top
@@ -104,4 +105,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   app.run(main)

@@ -1,0 +1,78 @@
+r"""A/B of glibc's transparent-huge-page tunable (crvae_jax/host_memory.py) for both
+frameworks, same model, same CPU (issue 7).
+
+  python benchmarks/ab_host_memory.py --scales=cpu,paper --frameworks=jax,torch --rounds=4
+
+Per scale and framework, two `compare_torch.py` worker processes are started, one with
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ('on') and one without it ('off'); the script then
+times them alternately (the order flips every round) and prints the median train img/s
+and eval samples/s of each and the gain on/off. Figures compare only within one run.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top
+from benchmarks.compare_torch import EVAL_IMAGES, Worker
+from crvae_jax import host_memory
+from experiments.configs import mnist as mnist_configs
+
+
+def environments() -> dict:
+  """{'off': env without the tunable (and told not to re-exec), 'on': env with it}."""
+  off = dict(os.environ, **{host_memory.OPT_OUT: "0"})
+  tunables = [t for t in off.get("GLIBC_TUNABLES", "").split(":")
+              if t and t != host_memory.TUNABLE]
+  off["GLIBC_TUNABLES"] = ":".join(tunables)
+  return {"off": off, "on": host_memory.with_hugepages(off)}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--scales", default="cpu,paper")
+  p.add_argument("--frameworks", default="jax,torch")
+  p.add_argument("--measures", default="train,eval")
+  p.add_argument("--rounds", type=int, default=4)
+  p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
+  args = p.parse_args()
+  rows, header = [], None
+  for scale in args.scales.split(","):
+    chunk = mnist_configs.config_at_scale("crvae", scale).eval.chunk_size
+    wargs = argparse.Namespace(row="crvae", steps=args.steps, chunk=chunk,
+                                eval_samples=chunk, eval_images=EVAL_IMAGES[scale],
+                                conv_impl="")
+    for framework in args.frameworks.split(","):
+      workers = {name: Worker(framework, scale, wargs, env=env)
+                 for name, env in environments().items()}
+      if framework == "jax":
+        header = workers["off"].ask("info")["runtime"].replace("THP off", "THP off/on")
+      for measure in args.measures.split(","):
+        runs = {name: [] for name in workers}
+        for r in range(args.rounds):
+          for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            runs[name].append(workers[name].ask(measure))
+            print(f"  [{scale} {framework} {measure} round {r + 1}] {name:3s} "
+                  f"{runs[name][-1]:.1f}", file=sys.stderr, flush=True)
+        med = {name: statistics.median(v) for name, v in runs.items()}
+        rows.append(f"| {scale} | {framework} | {measure} | {med['off']:.1f} | "
+                    f"{med['on']:.1f} | **{med['on'] / med['off']:.2f}x** | "
+                    + " / ".join(f"{v:.0f}" for v in runs["off"]) + " | "
+                    + " / ".join(f"{v:.0f}" for v in runs["on"]) + " |")
+      for w in workers.values():
+        w.close()
+  print(f"# {header or 'torch workers only'}")
+  print(f"# command: python benchmarks/ab_host_memory.py --scales={args.scales} "
+        f"--frameworks={args.frameworks} --measures={args.measures} "
+        f"--rounds={args.rounds} --steps={args.steps}")
+  print("| scale | framework | measure (train img/s, eval samples/s) | THP off | THP on | "
+        "on / off | rounds off | rounds on |")
+  print("|---" * 8 + "|")
+  print("\n".join(rows))
+
+
+if __name__ == "__main__":
+  main()  # no re-exec: the workers get their environments explicitly

@@ -1,0 +1,76 @@
+"""crvae_jax.host_memory: when the entry points restart with glibc's THP tunable, and
+that the restart keeps the command line and adds the tunable exactly once."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from crvae_jax import host_memory
+from crvae_jax.host_memory import OPT_OUT, TUNABLE
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_with_hugepages_keeps_other_tunables_and_adds_once():
+  env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/x"}
+  out = host_memory.with_hugepages(env)
+  assert out["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{TUNABLE}"
+  assert out["HOME"] == "/x" and env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+  assert host_memory.with_hugepages(out) == out
+  assert host_memory.with_hugepages({})["GLIBC_TUNABLES"] == TUNABLE
+  assert host_memory.active(out) and not host_memory.active(env)
+
+
+@pytest.mark.parametrize("env, mode, glibc, platform, expected", [
+    ({}, "madvise", (2, 36), "linux", True),
+    ({}, "madvise", (2, 35), "linux", True),
+    ({}, "madvise", (2, 34), "linux", False),   # the tunable appeared in glibc 2.35
+    ({}, "always", (2, 36), "linux", False),    # THP already on for all memory
+    ({}, "never", (2, 36), "linux", False),     # THP off: nothing to gain
+    ({}, None, (2, 36), "linux", False),        # no THP sysfs file
+    ({}, "madvise", None, "linux", False),      # not glibc (e.g. musl)
+    ({}, "madvise", (2, 36), "darwin", False),
+    ({OPT_OUT: "0"}, "madvise", (2, 36), "linux", False),
+    ({OPT_OUT: "1"}, "madvise", (2, 36), "linux", True),
+    ({"GLIBC_TUNABLES": TUNABLE}, "madvise", (2, 36), "linux", False),  # done already
+])
+def test_should_reexec(monkeypatch, env, mode, glibc, platform, expected):
+  monkeypatch.setattr(sys, "platform", platform)
+  assert host_memory.should_reexec(env, mode, glibc) is expected
+
+
+def test_thp_mode_reads_the_bracketed_word(tmp_path):
+  f = tmp_path / "enabled"
+  f.write_text("always [madvise] never\n")
+  assert host_memory.thp_mode(str(f)) == "madvise"
+  f.write_text("[always] madvise never\n")
+  assert host_memory.thp_mode(str(f)) == "always"
+  assert host_memory.thp_mode(str(tmp_path / "missing")) is None
+
+
+def test_reexec_keeps_the_command_line_and_runs_the_program_once(tmp_path):
+  script = tmp_path / "prog.py"
+  script.write_text(textwrap.dedent(f"""
+      import os, sys
+      sys.path.insert(0, {REPO!r})
+      from crvae_jax import host_memory
+      print("start", flush=True)
+      if __name__ == "__main__":
+        host_memory.reexec_with_hugepages()
+        print("main", sys.argv[1:], os.environ.get("GLIBC_TUNABLES", ""))
+      """))
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT)}
+  out = subprocess.run([sys.executable, "-u", str(script), "--a=1", "b c"], env=env,
+                       capture_output=True, text=True, check=True).stdout.splitlines()
+  restarts = host_memory.should_reexec(env, host_memory.thp_mode(),
+                                       host_memory.glibc_version())
+  # A restart runs the module top twice but `main` once, with the tunable set.
+  assert out.count("start") == (2 if restarts else 1), out
+  assert out[-1] == f"main ['--a=1', 'b c'] {TUNABLE if restarts else ''}", out
+  # Opting out: no restart.
+  out = subprocess.run([sys.executable, str(script)], env=dict(env, **{OPT_OUT: "0"}),
+                       capture_output=True, text=True, check=True).stdout.splitlines()
+  assert out == ["start", "main [] "], out
