@@ -24,6 +24,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
+from benchmarks.nll_eval import machine_line  # pylint: disable=g-import-not-at-top
 from benchmarks.train_throughput import JaxTrainer  # pylint: disable=g-import-not-at-top
 from experiments.configs import mnist as mnist_configs  # pylint: disable=g-import-not-at-top
 
@@ -59,6 +60,7 @@ def main():
   jax.profiler.stop_trace()
   kinds = op_kinds(trace_dir)
   total = sum(kinds.values())
+  print(f"# {machine_line()}")
   print(f"# {args.row}, {args.scale} scale, {args.steps} steps; trace in {trace_dir}")
   print("| share | ms/step | operation kind |")
   print("|---|---|---|")

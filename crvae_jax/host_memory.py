@@ -1,18 +1,17 @@
 """Transparent huge pages for host (CPU) memory: glibc's `glibc.malloc.hugetlb=1`.
 
-XLA:CPU allocates each execution's temporary buffers with malloc (~560 MB for the
-paper-scale MNIST train step). glibc serves blocks that large with a fresh mmap and
+XLA:CPU allocates each execution's temporary buffers with malloc (hundreds of MB for
+the paper-scale MNIST train step). glibc serves blocks that large with a fresh mmap and
 returns them with munmap, so every step page-faults its whole working set again, 4 KiB
-at a time: measured here, 143k page faults and ~0.25 s of kernel time per step, most of
-what a `broadcast` of zeros or a transpose into a new buffer costs. With the tunable,
-glibc asks the kernel for transparent huge pages on those mappings (madvise), which
-removes nearly all of the faults and many TLB misses: +17% paper-scale training, +31%
-CPU-scale training and +35% IS evaluation in `benchmarks/ab_host_memory.py` (RESULTS.md).
-PyTorch gains from it too (not in paper-scale training); `benchmarks/compare_torch.py`
-runs both frameworks under the same setting.
+at a time (measured on the 2-core dev VM with getrusage: ~143k faults and ~0.25 s of
+kernel time per paper-scale step; issue 7's note). With the tunable, glibc asks the
+kernel for transparent huge pages on those mappings (madvise), which removes nearly all
+of the faults and many TLB misses. `benchmarks/ab_host_memory.py` measures the gain for
+JAX and PyTorch (results in benchmarks/RESULTS.md); `benchmarks/compare_torch.py` runs
+both frameworks under the same setting. Numerics do not change.
 
-glibc reads tunables only when a process starts, so the entry points (experiments/*.py,
-benchmarks/*.py) call `reexec_with_hugepages()` first: it restarts the program once with
+glibc reads tunables only when a process starts, so the scripts in experiments/ and
+benchmarks/ that train or evaluate call `reexec_with_hugepages()` first: it restarts the program once with
 the tunable added to GLIBC_TUNABLES. It does nothing when the tunable is already set,
 when `CRVAE_JAX_HUGEPAGES=0`, off Linux/glibc, with glibc < 2.35 (no such tunable) or
 when the kernel's THP mode is not 'madvise' ('always' needs no help, 'never' gives none).
