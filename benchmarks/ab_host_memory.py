@@ -6,7 +6,9 @@ frameworks, same model, same CPU (issue 7).
 Per scale and framework, two `compare_torch.py` worker processes are started, one with
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ('on') and one without it ('off'); the script then
 times them alternately (the order flips every round) and prints the median train img/s
-and eval samples/s of each and the gain on/off. Figures compare only within one run.
+and eval samples/s of each and the gain on/off, plus each worker's start-up (process
+start to the end of its first train step; the 'off' worker starts first, one sample
+each). Figures compare only within one run.
 """
 
 import argparse
@@ -50,6 +52,7 @@ def main():
                  for name, env in environments().items()}
       if framework == "jax":
         header = workers["off"].ask("info")["runtime"].replace("THP off", "THP off/on")
+      start = f"{workers['off'].startup_s:.1f} / {workers['on'].startup_s:.1f}"
       for measure in args.measures.split(","):
         runs = {name: [] for name in workers}
         for r in range(args.rounds):
@@ -58,7 +61,7 @@ def main():
             print(f"  [{scale} {framework} {measure} round {r + 1}] {name:3s} "
                   f"{runs[name][-1]:.1f}", file=sys.stderr, flush=True)
         med = {name: statistics.median(v) for name, v in runs.items()}
-        rows.append(f"| {scale} | {framework} | {measure} | {med['off']:.1f} | "
+        rows.append(f"| {scale} | {framework} | {start} | {measure} | {med['off']:.1f} | "
                     f"{med['on']:.1f} | **{med['on'] / med['off']:.2f}x** | "
                     + " / ".join(f"{v:.0f}" for v in runs["off"]) + " | "
                     + " / ".join(f"{v:.0f}" for v in runs["on"]) + " |")
@@ -68,9 +71,9 @@ def main():
   print(f"# command: python benchmarks/ab_host_memory.py --scales={args.scales} "
         f"--frameworks={args.frameworks} --measures={args.measures} "
         f"--rounds={args.rounds} --steps={args.steps}")
-  print("| scale | framework | measure (train img/s, eval samples/s) | THP off | THP on | "
-        "on / off | rounds off | rounds on |")
-  print("|---" * 8 + "|")
+  print("| scale | framework | start-up s off / on | measure (train img/s, eval samples/s) "
+        "| THP off | THP on | on / off | rounds off | rounds on |")
+  print("|---" * 9 + "|")
   print("\n".join(rows))
 
 

@@ -144,8 +144,9 @@ def worker_main(args):
   if args.conv_impl:
     config.model.conv_impl = args.conv_impl
   gen = (_jax_worker if args.worker == "jax" else _torch_worker)(config, args)
-  print("RESULT " + json.dumps(next(gen)), flush=True)
-  next(gen)  # to the first `yield` that receives a command
+  print("RESULT " + json.dumps(next(gen)), flush=True)  # ready: the first step is done
+  next(gen)  # the rest of the set-up (JAX compiles its evaluator), to the first command
+  print("RESULT " + json.dumps({"setup": True}), flush=True)
   for line in sys.stdin:
     result = gen.send(line.strip())
     print("RESULT " + json.dumps(result), flush=True)
@@ -169,6 +170,9 @@ class Worker:
                                  text=True, env=env)
     self._read()
     self.startup_s = time.perf_counter() - t
+    # Wait for the rest of its set-up, so that it does not run alongside the next
+    # worker's start-up or timings.
+    self._read()
 
   def _read(self):
     for line in self.proc.stdout:

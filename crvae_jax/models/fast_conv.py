@@ -8,7 +8,7 @@ train step and evaluator of this package is:
 :func:`conv2d`: XLA's conv and its autodiff gradients, except for Cout < 8 (the decoders'
   last conv), where one matmul to the K*K taps and a sum of shifted slices is several
   times faster both ways.
-:func:`conv_transpose2d`: XLA's conv_transpose backward pass is 30-50x slower than its
+:func:`conv_transpose2d`: XLA's conv_transpose backward pass is 17-93x slower than its
   forward on CPU and its forward writes a dilated input. Here the forward is a matmul +
   overlap-add in a scan over cache-sized batch chunks, and the backward pass uses that
   the transposed conv is the adjoint of a strided conv: dX is that conv of the

@@ -29,9 +29,10 @@ def resolve_conv_impl(impl: str) -> str:
   backend and 'xla' on GPU/TPU.
 
   'cpu': `fast_conv`'s transposed convs (chunked matmul + overlap-add forward; XLA's
-  CPU conv_transpose backward is ~50x slower than its forward), its matmul + shift-add
-  form for convs with Cout < 8, and `compiler_options` (XLA's own CPU conv kernels
-  rather than YNNPACK's); 'xla': the plain XLA ops, which cuDNN/TPU run natively.
+  CPU conv_transpose backward is 17-93x slower than its forward in the layer
+  benchmark), its matmul + shift-add form for convs with Cout < 8, and
+  `compiler_options` (XLA's own CPU conv kernels rather than YNNPACK's); 'xla': the
+  plain XLA ops, which cuDNN/TPU run natively.
   Both give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py).
   """
   if impl not in CONV_IMPLS:
