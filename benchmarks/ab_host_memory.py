@@ -26,10 +26,7 @@ from experiments.configs import mnist as mnist_configs
 
 def environments() -> dict:
   """{'off': env without the tunable (and told not to re-exec), 'on': env with it}."""
-  off = dict(os.environ, **{host_memory.OPT_OUT: "0"})
-  tunables = [t for t in off.get("GLIBC_TUNABLES", "").split(":")
-              if t and t != host_memory.TUNABLE]
-  off["GLIBC_TUNABLES"] = ":".join(tunables)
+  off = host_memory.without_hugepages(os.environ)
   return {"off": off, "on": host_memory.with_hugepages(off)}
 
 

@@ -11,8 +11,8 @@ JAX and PyTorch (results in benchmarks/RESULTS.md); `benchmarks/compare_torch.py
 both frameworks under the same setting. Numerics do not change.
 
 glibc reads tunables only when a process starts, so the scripts in experiments/ and
-benchmarks/ that train or evaluate call `reexec_with_hugepages()` first: it restarts the program once with
-the tunable added to GLIBC_TUNABLES. It does nothing when the tunable is already set,
+benchmarks/ that train or evaluate call `reexec_with_hugepages()` first: it restarts the
+program once with the tunable added to GLIBC_TUNABLES. It does nothing when the tunable is already set,
 when `CRVAE_JAX_HUGEPAGES=0`, off Linux/glibc, with glibc < 2.35 (no such tunable) or
 when the kernel's THP mode is not 'madvise' ('always' needs no help, 'never' gives none).
 In your own scripts set it yourself: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python ...`.
@@ -48,18 +48,29 @@ def glibc_version() -> Optional[Tuple[int, int]]:
     return None
 
 
+def _tunables(env: Mapping[str, str]) -> list:
+  return [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+
+
 def with_hugepages(env: Mapping[str, str]) -> dict:
   """A copy of `env` whose GLIBC_TUNABLES also holds TUNABLE (other tunables kept)."""
   env = dict(env)
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-  if TUNABLE not in tunables:
-    env["GLIBC_TUNABLES"] = ":".join(tunables + [TUNABLE])
+  if not active(env):
+    env["GLIBC_TUNABLES"] = ":".join(_tunables(env) + [TUNABLE])
+  return env
+
+
+def without_hugepages(env: Mapping[str, str]) -> dict:
+  """A copy of `env` without TUNABLE (other tunables kept) and with the opt-out set, so
+  that a script started with it neither has nor adds the tunable (A/B benchmarks)."""
+  env = dict(env, **{OPT_OUT: "0"})
+  env["GLIBC_TUNABLES"] = ":".join(t for t in _tunables(env) if t != TUNABLE)
   return env
 
 
 def active(env: Mapping[str, str] = os.environ) -> bool:
   """Whether this process runs with TUNABLE (glibc read GLIBC_TUNABLES at its start)."""
-  return TUNABLE in env.get("GLIBC_TUNABLES", "").split(":")
+  return TUNABLE in _tunables(env)
 
 
 def should_reexec(env: Mapping[str, str], mode: Optional[str],

@@ -24,6 +24,17 @@ def test_with_hugepages_keeps_other_tunables_and_adds_once():
   assert host_memory.active(out) and not host_memory.active(env)
 
 
+def test_without_hugepages_removes_only_the_tunable_and_opts_out():
+  env = {"GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{TUNABLE}", "HOME": "/x"}
+  out = host_memory.without_hugepages(env)
+  assert out == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/x", OPT_OUT: "0"}
+  assert not host_memory.active(out)
+  assert not host_memory.should_reexec(out, "madvise", (2, 36))
+  # Back on (what ab_host_memory's 'on' worker gets): only the tunable differs.
+  assert host_memory.with_hugepages(out)["GLIBC_TUNABLES"] == \
+      f"glibc.malloc.arena_max=2:{TUNABLE}"
+
+
 @pytest.mark.parametrize("env, mode, glibc, platform, expected", [
     ({}, "madvise", (2, 36), "linux", True),
     ({}, "madvise", (2, 35), "linux", True),

@@ -41,7 +41,8 @@ def _chunk_size(batch, rows_per_sample, cols, itemsize):
   return g
 
 
-def _conv_xla(x, kernel, stride, padding):
+def conv2d_xla(x, kernel, stride, padding):
+  """The plain NHWC conv (`conv2d`'s reference; conv_impl 'xla' runs it)."""
   return lax.conv_general_dilated(
       x, kernel, (stride, stride), [(padding, padding)] * 2,
       dimension_numbers=_DN)
@@ -82,7 +83,7 @@ def conv2d(x, kernel, stride=1, padding=0):
   """
   if kernel.shape[-1] < _SMALL_COUT:
     return _conv_shift_add(x, kernel, stride, padding)
-  return _conv_xla(x, kernel, stride, padding)
+  return conv2d_xla(x, kernel, stride, padding)
 
 
 def _overlap_add(cols, stride, padding):
@@ -146,7 +147,7 @@ def _conv_transpose2d_bwd(stride, padding, res, dy):
   # The transposed conv is the adjoint of conv(., kernel^T, stride, padding):
   #   dx = conv(dy, kernel^T)  and  dW^T = that conv's kernel gradient for cotangent x.
   kernel_t = kernel.transpose(0, 1, 3, 2)  # [K, K, Cout, Cin]
-  dx, kernel_vjp = jax.vjp(lambda kt: _conv_xla(dy, kt, stride, padding), kernel_t)
+  dx, kernel_vjp = jax.vjp(lambda kt: conv2d_xla(dy, kt, stride, padding), kernel_t)
   dw_t, = kernel_vjp(x)  # [K, K, Cout, Cin]
   return dx.astype(x.dtype), dw_t.transpose(0, 1, 3, 2).astype(kernel.dtype)
 

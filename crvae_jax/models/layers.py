@@ -125,11 +125,9 @@ class Conv(nn.Module):
     k, p, s = self.kernel_size, self.padding, self.stride
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (k, k, x.shape[-1], self.features))
-    if resolve_conv_impl(self.impl) == "cpu":
-      y = fast_conv.conv2d(x, kernel, s, p)
-    else:
-      y = jax.lax.conv_general_dilated(x, kernel, (s, s), [(p, p), (p, p)],
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv_fn = fast_conv.conv2d if resolve_conv_impl(self.impl) == "cpu" else \
+        fast_conv.conv2d_xla
+    y = conv_fn(x, kernel, s, p)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y
