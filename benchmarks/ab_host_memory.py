@@ -1,7 +1,7 @@
 r"""A/B of glibc's transparent-huge-page tunable (crvae_jax/host_memory.py) for both
 frameworks, same model, same CPU (issue 7).
 
-  python benchmarks/ab_host_memory.py --scales=cpu,paper --frameworks=jax,torch --rounds=4
+  python -m benchmarks.ab_host_memory --scales=cpu,paper --frameworks=jax,torch --rounds=4
 
 Per scale and framework, two `compare_torch.py` worker processes are started, one with
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ('on') and one without it ('off'); the script then
@@ -15,8 +15,6 @@ import argparse
 import os
 import statistics
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top
 from benchmarks.compare_torch import EVAL_IMAGES, Worker
@@ -65,7 +63,7 @@ def main():
       for w in workers.values():
         w.close()
   print(f"# {header or 'torch workers only'}")
-  print(f"# command: python benchmarks/ab_host_memory.py --scales={args.scales} "
+  print(f"# command: python -m benchmarks.ab_host_memory --scales={args.scales} "
         f"--frameworks={args.frameworks} --measures={args.measures} "
         f"--rounds={args.rounds} --steps={args.steps}")
   print("| scale | framework | start-up s off / on | measure (train img/s, eval samples/s) "

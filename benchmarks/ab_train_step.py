@@ -1,13 +1,13 @@
 r"""A/B of the MNIST crVAE's train step under different CPU kernel choices (issue 7).
 
-  python benchmarks/ab_train_step.py --scale=paper --variants=default,ynn_convs,xla
+  python -m benchmarks.ab_train_step --scale=paper --variants=default,ynn_convs,xla
 
 Builds one train step per variant in this process, then times them alternately
 (--rounds rounds of --steps steps each, the order flipping every round) and prints the
 median img/s of each. On a VM whose speed drifts, only figures from one run compare.
 
 Variants:
-  default   conv_impl='cpu' compiled with `layers.compiler_options` (what 'auto' runs on
+  default   conv_impl='cpu' compiled with `compiled.compiler_options` (what 'auto' runs on
             CPU).
   ynn_convs conv_impl='cpu' compiled with XLA's default options (YNNPACK also runs the
             convolutions).
@@ -16,19 +16,15 @@ Variants:
 """
 
 import argparse
-import os
-import sys
 from unittest import mock
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top
 from benchmarks.nll_eval import machine_line
 from benchmarks.train_throughput import JaxTrainer
 from crvae_jax import host_memory
-from crvae_jax.models import layers
+from crvae_jax import compiled
 from experiments.configs import mnist as mnist_configs
 
 VARIANTS = ("default", "ynn_convs", "xla")
@@ -40,7 +36,7 @@ def build(variant: str, scale: str, row: str) -> JaxTrainer:
     config.model.conv_impl = "xla"
   elif variant == "ynn_convs":
     config.model.conv_impl = "cpu"
-    with mock.patch.object(layers, "compiler_options", lambda conv_impl="auto": None):
+    with mock.patch.object(compiled, "compiler_options", lambda conv_impl="auto": None):
       return JaxTrainer(config)  # compiles its step on construction
   elif variant == "default":
     config.model.conv_impl = "cpu"
@@ -64,7 +60,7 @@ def main():
     for n in (names if r % 2 == 0 else names[::-1]):
       times[n].append(trainers[n].run(args.steps))
   print(f"# {machine_line()}")
-  print(f"# command: python benchmarks/ab_train_step.py --scale={args.scale} "
+  print(f"# command: python -m benchmarks.ab_train_step --scale={args.scale} "
         f"--row={args.row} --variants={args.variants} --rounds={args.rounds} "
         f"--steps={args.steps}")
   print("| variant | start-up s | train img/s (median) | rounds |")

@@ -1,32 +1,40 @@
-r"""JAX vs PyTorch on the same MNIST crVAE and the same CPU, in one run (issue 7).
+r"""JAX vs the best PyTorch on the same MNIST crVAE and the same CPU, in one run.
 
   pip install -r requirements-torch.txt  # PyTorch 2.13 CPU (not a crvae_jax dependency)
-  python benchmarks/compare_torch.py --scales=cpu,paper --rounds=3
+  python -m benchmarks.compare_torch --scales=cpu,paper --rounds=5 --torch_variants=eager,compile
 
-Per scale, two worker processes are started, one per framework (so neither's thread
-pool or allocator disturbs the other), each building the model of that scale:
-  JAX      crvae_jax's data-parallel train step and IS-NLL estimator
-           (benchmarks/train_throughput.py, nll_eval.py), conv_impl from the config
-           ('auto': the CPU kernels on CPU);
-  PyTorch  benchmarks/torch_reference.py (same architecture and parameter count),
-           channels_last, train mode for training, inference_mode for evaluation.
-Both workers inherit this process's environment, so both run with or both without
-glibc's transparent-huge-page tunable (crvae_jax/host_memory.py: on where it helps,
-unless CRVAE_JAX_HUGEPAGES=0; the header says "malloc THP on/off"; what it gains for each
-framework is measured by benchmarks/ab_host_memory.py).
-The controller then alternates them, one framework idle while the other is timed:
-every round times JAX train, torch train, torch eval, JAX eval (the order flips each
-round), and each figure is the median over rounds. Both processes also measure their
-fp32 matmul peak (4096^2, best of 5) in this run.
+Per scale, one worker process per framework variant is started, one after the other,
+each finishing its set-up before the next starts (so no start-up runs alongside another
+worker's), each building the model of that scale:
+  jax            crvae_jax's data-parallel train step and IS-NLL estimator
+                 (benchmarks/train_throughput.py, nll_eval.py), conv_impl from the
+                 config ('auto': the CPU kernels on CPU);
+  torch          benchmarks/torch_reference.py, eager: nn.LSTM, fused Adam,
+                 channels_last, inference_mode for evaluation;
+  torch-compile, torch-compile-autotune
+                 the same under torch.compile (modes default and
+                 max-autotune-no-cudagraphs; `--torch_variants`).
+All workers inherit this process's environment, so all run with or all without glibc's
+transparent-huge-page tunable (crvae_jax/host_memory.py; the header says "malloc THP
+on/off"; benchmarks/ab_host_memory.py measures what it gains for each framework).
+The controller then alternates them, the others idle while one is timed: every round
+times each worker's training in turn, then each one's evaluation in the reverse order,
+then each one's fp32 matmul peak (4096^2, best of 5); the order flips every round. Each
+figure is the median over the rounds (>= 5 for a claim).
 
 Columns: start-up = seconds from starting the worker process to the end of its first
-training step (imports, init, compilation); train img/s at global batch 128 (one latent
-sample, Adam); eval = decoder samples/s of the IS-NLL estimator on the same images, K,
-chunk and batch (--eval_samples defaults to the chunk so a whole chunk is decoded);
-ratio = JAX / PyTorch (> 1: JAX faster); "of peak" = FLOP rate / JAX's matmul peak, with
-FLOPs counted from the traced plain formulation (benchmarks/flops.py: scans counted T
-times; train = forward + backward of the objective; eval = decoder per sample +
-encoder / K).
+training step (imports, init, compilation: torch.compile's compile time is here), +
+the evaluator's set-up (JAX's compile; torch's first batch, with its compilation);
+train img/s at global batch 128 (one latent sample, Adam); eval = decoder samples/s of
+the IS-NLL estimator on the same images, K, chunk and batch (--eval_samples defaults to
+the chunk so a whole chunk is decoded); ratio = JAX / the best torch variant's median
+(> 1: JAX faster), training and evaluation each against their own best; "of peak" =
+FLOP rate / JAX's matmul peak, with FLOPs counted from the traced plain formulation
+(benchmarks/flops.py: scans counted T times; train = forward + backward of the
+objective; eval = decoder per sample + encoder / K). Below the table, one line per
+ratio repeats it next to the machine line and the matmul peaks of that scale's run.
+--write_results appends the whole block, with command, date and commit, to
+benchmarks/RESULTS.md (every run, never replacing an earlier one).
 """
 
 import argparse
@@ -37,13 +45,24 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top
 from crvae_jax import host_memory
 from experiments.configs import mnist as mnist_configs
 
 EVAL_IMAGES = {"cpu": 200, "paper": 32}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "RESULTS.md")
+RESULTS_SECTION = ("## JAX vs the best PyTorch, every run "
+                   "(python -m benchmarks.compare_torch --write_results; issue 22)")
+RESULTS_MARKER = "<!-- compare_torch --write_results appends its runs above this line -->"
+
+
+def torch_variant(worker: str) -> str:
+  """Worker name -> torch_reference variant: 'torch' is eager, 'torch-X' is X."""
+  return "eager" if worker == "torch" else worker[len("torch-"):]
+
+
+def worker_name(variant: str) -> str:
+  return "torch" if variant == "eager" else f"torch-{variant}"
 
 
 # --------------------------------------------------------------------------- workers
@@ -73,69 +92,26 @@ def _jax_worker(config, args):
     yield handlers[(yield)]()
 
 
-def _torch_worker(config, args):
+def _torch_worker(config, args, variant: str):
   import torch
   from benchmarks import torch_reference as ref
+  ref.fresh_compile_cache()  # start-up includes a first-time compilation, as JAX's
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   model = ref.model_from_config(config)
-  trainer = _TorchTrainer(ref, model, config)
+  trainer = ref.Trainer(model, config, variant)
   yield {"ready": True}
-
-  def evaluate():
-    return ref.eval_samples_per_s(model, args.eval_images, args.eval_samples, args.chunk,
-                                  config.eval.batch_size)
-
-  def peak(n=4096):
-    a = torch.ones(n, n)
-    a @ a
-    best = float("inf")
-    for _ in range(5):
-      t = time.perf_counter()
-      a @ a
-      best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
-
-  handlers = {"train": lambda: trainer.run(args.steps), "eval": evaluate, "peak": peak,
-              "info": lambda: {"runtime": f"torch {torch.__version__}, "
-                                          f"{torch.get_num_threads()} threads, channels_last",
-                               "params": ref.num_params(model)}}
+  evaluator = ref.Evaluator(model, variant)
+  evaluator.prepare(config.eval.batch_size, args.eval_samples, args.chunk)
+  handlers = {
+      "train": lambda: trainer.run(args.steps),
+      "eval": lambda: evaluator.samples_per_s(args.eval_images, args.eval_samples,
+                                              args.chunk, config.eval.batch_size),
+      "peak": ref.matmul_gflops,
+      "info": lambda: {"runtime": ref.runtime_line(variant),
+                       "params": ref.num_params(model)}}
   while True:
     yield handlers[(yield)]()
-
-
-class _TorchTrainer:
-  """torch_reference's train step with its optimizer kept across calls (as JAX's)."""
-
-  def __init__(self, ref, model, config):
-    import numpy as np
-    import torch
-    self.ref, self.model, self.config = ref, model, config
-    b = config.train.batch_size
-    images = np.random.default_rng(0).integers(0, 256, (b * 4, 1, 28, 28), dtype=np.uint8)
-    self.batches = [torch.from_numpy(images[i::4].astype(np.float32) / 255.0)
-                    .contiguous(memory_format=torch.channels_last) for i in range(4)]
-    self.opt, self.lstm_params = ref.make_optimizer(model, config)
-    self.weights = ref.block_weights(config)
-    model.train()
-    self._steps(1)
-
-  def _steps(self, n, first=0):
-    for i in range(n):
-      loss = self.ref.train_step(self.model, self.opt, self.lstm_params,
-                                 self.config.optim.lstm_grad_clip,
-                                 self.batches[(first + i) % 4], self.weights)
-    return float(loss)
-
-  def run(self, steps, warmup=1):
-    self.model.train()
-    self._steps(warmup)
-    t = time.perf_counter()
-    loss = self._steps(steps, first=1)
-    per_s = steps * self.config.train.batch_size / (time.perf_counter() - t)
-    if loss != loss:
-      raise FloatingPointError("non-finite training loss")
-    return per_s
 
 
 def worker_main(args):
@@ -143,9 +119,12 @@ def worker_main(args):
   config = mnist_configs.config_at_scale(args.row, args.scale)
   if args.conv_impl:
     config.model.conv_impl = args.conv_impl
-  gen = (_jax_worker if args.worker == "jax" else _torch_worker)(config, args)
+  if args.worker == "jax":
+    gen = _jax_worker(config, args)
+  else:
+    gen = _torch_worker(config, args, torch_variant(args.worker))
   print("RESULT " + json.dumps(next(gen)), flush=True)  # ready: the first step is done
-  next(gen)  # the rest of the set-up (JAX compiles its evaluator), to the first command
+  next(gen)  # the rest of the set-up (the evaluator's compilation), to the first command
   print("RESULT " + json.dumps({"setup": True}), flush=True)
   for line in sys.stdin:
     result = gen.send(line.strip())
@@ -156,23 +135,26 @@ def worker_main(args):
 # --------------------------------------------------------------------------- controller
 
 class Worker:
-  """One framework's worker process; `env` (default: this process's) is its environment,
-  e.g. with or without crvae_jax.host_memory's malloc tunable."""
+  """One worker process ('jax', 'torch' = torch eager, 'torch-compile', ...); `env`
+  (default: this process's) is its environment, e.g. with or without
+  crvae_jax.host_memory's malloc tunable. Returns once its whole set-up is done."""
 
   def __init__(self, framework: str, scale: str, args, env=None):
-    cmd = [sys.executable, os.path.abspath(__file__), f"--worker={framework}",
+    cmd = [sys.executable, "-m", "benchmarks.compare_torch", f"--worker={framework}",
            f"--scale={scale}", f"--row={args.row}", f"--steps={args.steps}",
            f"--eval_images={args.eval_images}", f"--eval_samples={args.eval_samples}",
            f"--chunk={args.chunk}", f"--conv_impl={args.conv_impl}"]
     self.name = framework
     t = time.perf_counter()
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True, env=env)
+                                 text=True, env=env, cwd=REPO)
     self._read()
     self.startup_s = time.perf_counter() - t
     # Wait for the rest of its set-up, so that it does not run alongside the next
     # worker's start-up or timings.
+    t = time.perf_counter()
     self._read()
+    self.setup_s = time.perf_counter() - t
 
   def _read(self):
     for line in self.proc.stdout:
@@ -192,81 +174,133 @@ class Worker:
 
 
 def compare(scale: str, args) -> dict:
-  """Start both workers (one after the other), alternate their timings."""
-  jx = Worker("jax", scale, args)
-  th = Worker("torch", scale, args)
-  runs = {(f, m): [] for f in ("jax", "torch") for m in ("train", "eval", "peak")}
+  """Start the workers (one after the other), alternate their timings."""
+  workers = [Worker("jax", scale, args)]
+  workers += [Worker(worker_name(v), scale, args) for v in args.torch_variants]
+  names = [w.name for w in workers]
+  runs = {(w, m): [] for w in names for m in ("train", "eval", "peak")}
   for r in range(args.rounds):
-    order = [(jx, "train"), (th, "train"), (th, "eval"), (jx, "eval"),
-             (jx, "peak"), (th, "peak")]
-    if r % 2:
-      order = [(th, "train"), (jx, "train"), (jx, "eval"), (th, "eval"),
-               (th, "peak"), (jx, "peak")]
-    for w, what in order:
-      runs[(w.name, what)].append(w.ask(what))
-      print(f"  [{scale} round {r + 1}] {w.name:5s} {what:5s} {runs[(w.name, what)][-1]:.1f}",
-            file=sys.stderr, flush=True)
-  info = {"jax": jx.ask("info"), "torch": th.ask("info")}
-  jx.close()
-  th.close()
-  med = {k: statistics.median(v) for k, v in runs.items()}
+    order = workers if r % 2 == 0 else workers[::-1]
+    for what, ws in (("train", order), ("eval", order[::-1]), ("peak", order)):
+      for w in ws:
+        runs[(w.name, what)].append(w.ask(what))
+        print(f"  [{scale} round {r + 1}] {w.name:22s} {what:5s} "
+              f"{runs[(w.name, what)][-1]:.1f}", file=sys.stderr, flush=True)
+  info = {w.name: w.ask("info") for w in workers}
+  for w in workers:
+    w.close()
   batch = mnist_configs.config_at_scale(args.row, scale).eval.batch_size
-  return {"scale": scale, "startup": {"jax": jx.startup_s, "torch": th.startup_s},
-          "median": med, "runs": runs, "info": info,
+  return {"scale": scale, "names": names,
+          "startup": {w.name: (w.startup_s, w.setup_s) for w in workers},
+          "median": {k: statistics.median(v) for k, v in runs.items()},
+          "runs": runs, "info": info,
           "eval": f"{args.eval_samples}, {min(args.chunk, args.eval_samples)} x {batch}, "
                   f"{args.eval_images} images"}
 
 
-def report(results, args) -> str:
-  first = results[0]["info"]
-  lines = [f"# {first['jax']['runtime']} | {first['torch']['runtime']}",
-           f"# command: python benchmarks/compare_torch.py --scales={args.scales} "
-           f"--rounds={args.rounds} --steps={args.steps}"
-           + (f" --conv_impl={args.conv_impl}" if args.conv_impl else ""),
+def best_torch(res: dict, what: str) -> str:
+  """The torch worker with the highest median `what` ('train' or 'eval')."""
+  return max((n for n in res["names"] if n != "jax"), key=lambda n: res["median"][(n, what)])
+
+
+def command_line() -> str:
+  return "python -m benchmarks.compare_torch " + " ".join(sys.argv[1:])
+
+
+def report(results) -> str:
+  """The result block: header, table, one line per ratio with the machine line."""
+  names = results[0]["names"]
+  torch_names = [n for n in names if n != "jax"]
+  info = results[0]["info"]
+  cols = " / ".join(names)
+  lines = [f"# {info['jax']['runtime']} | " + " | ".join(
+               f"{n}: {info[n]['runtime']}" for n in torch_names),
+           f"# command: {command_line()}",
            "",
-           "| scale | params | matmul peak GFLOP/s jax / torch | start-up s jax / torch | "
-           "train img/s jax / torch | train ratio | train of peak jax / torch | "
-           "eval K, chunk x batch, images | eval samples/s jax / torch | eval ratio | "
-           "eval of peak jax / torch |",
-           "|---" * 11 + "|"]
+           f"| scale | params | matmul peak GFLOP/s jax / torch | start-up s + eval set-up "
+           f"s {cols} | train img/s {cols} | best torch train | train ratio | train of "
+           f"peak jax / best torch | eval K, chunk x batch, images | eval samples/s {cols} "
+           f"| best torch eval | eval ratio | eval of peak jax / best torch |",
+           "|---" * 13 + "|"]
+  ratio_lines = []
   for res in results:
-    m, info, s = res["median"], res["info"], res["startup"]
+    m, inf, s = res["median"], res["info"], res["startup"]
+    assert all(inf[n]["params"] == inf["jax"]["params"] for n in names), inf
     peak = m[("jax", "peak")]
-    tf, ef = info["jax"]["train_flops"], info["jax"]["eval_flops"]
-    pct = lambda rate, flops: f"{rate * flops / 1e9 / peak:.0%}"
-    assert info["jax"]["params"] == info["torch"]["params"], info
+    torch_peak = statistics.median(m[(n, "peak")] for n in torch_names)
+    flops = {"train": inf["jax"]["train_flops"], "eval": inf["jax"]["eval_flops"]}
+    pct = lambda rate, what: f"{rate * flops[what] / 1e9 / peak:.0%}"
+    cells = {}
+    for what, fmt in (("train", "{:.1f}"), ("eval", "{:.0f}")):
+      best = best_torch(res, what)
+      ratio = m[("jax", what)] / m[(best, what)]
+      cells[what] = (" / ".join(fmt.format(m[(n, what)]) for n in names) + f" | {best} | "
+                     f"**{ratio:.2f}x** | {pct(m[('jax', what)], what)} / "
+                     f"{pct(m[(best, what)], what)}")
+      unit = "img/s" if what == "train" else "samples/s"
+      ratio_lines.append(
+          f"{res['scale']} {what}: jax {fmt.format(m[('jax', what)])} / {best} "
+          f"{fmt.format(m[(best, what)])} {unit} = **{ratio:.2f}x** | matmul peak jax "
+          f"{peak:.0f} / torch {torch_peak:.0f} GFLOP/s | {inf['jax']['runtime']}")
     lines.append(
-        f"| {res['scale']} | {info['jax']['params'] / 1e6:.2f} M | "
-        f"{peak:.0f} / {m[('torch', 'peak')]:.0f} | {s['jax']:.1f} / {s['torch']:.1f} | "
-        f"{m[('jax', 'train')]:.1f} / {m[('torch', 'train')]:.1f} | "
-        f"**{m[('jax', 'train')] / m[('torch', 'train')]:.2f}x** | "
-        f"{pct(m[('jax', 'train')], tf)} / {pct(m[('torch', 'train')], tf)} | "
-        f"{res['eval']} | "
-        f"{m[('jax', 'eval')]:.0f} / {m[('torch', 'eval')]:.0f} | "
-        f"**{m[('jax', 'eval')] / m[('torch', 'eval')]:.2f}x** | "
-        f"{pct(m[('jax', 'eval')], ef)} / {pct(m[('torch', 'eval')], ef)} |")
+        f"| {res['scale']} | {inf['jax']['params'] / 1e6:.2f} M | {peak:.0f} / "
+        f"{torch_peak:.0f} | " + " / ".join(f"{s[n][0]:.1f} + {s[n][1]:.1f}" for n in names)
+        + f" | {cells['train']} | {res['eval']} | {cells['eval']} |")
+  lines += ["", "Ratios (JAX / best torch variant), each with its machine line:"]
+  lines += [f"- {line}" for line in ratio_lines]
   lines.append("")
   lines.append("FLOPs per train image / eval sample (counted, plain formulation): " + "; ".join(
       f"{r['scale']} {r['info']['jax']['train_flops'] / 1e9:.2f} GFLOP / "
       f"{r['info']['jax']['eval_flops'] / 1e6:.0f} MFLOP" for r in results))
-  lines.append("Every timing (median of the rounds): " + "; ".join(
-      f"{r['scale']} " + ", ".join(f"{f} {w} " + "/".join(f"{v:.0f}" for v in r["runs"][(f, w)])
-                                     for f in ("jax", "torch") for w in ("train", "eval"))
+  lines.append("Every timing (the rounds in order): " + "; ".join(
+      f"{r['scale']} " + ", ".join(
+          f"{n} {w} " + "/".join(f"{v:.0f}" for v in r["runs"][(n, w)])
+          for n in names for w in ("train", "eval", "peak"))
       for r in results))
   return "\n".join(lines)
+
+
+def git_commit() -> str:
+  """Short HEAD commit, '+ uncommitted changes' if tracked files differ from it."""
+  git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
+                                  check=False).stdout.strip()
+  commit = git("rev-parse", "--short", "HEAD") or "unknown"
+  return commit + (" + uncommitted changes" if git("status", "--porcelain",
+                                                   "--untracked-files=no") else "")
+
+
+def write_results(block: str, path: str = RESULTS) -> None:
+  """Appends this run's block (command, date, commit, machine line, output) to the
+  compare_torch section of RESULTS.md, creating the section at the end if absent."""
+  with open(path) as f:
+    text = f.read()
+  if RESULTS_MARKER not in text:
+    text = text.rstrip("\n") + f"\n\n{RESULTS_SECTION}\n\n{RESULTS_MARKER}\n"
+  machine = block.splitlines()[0].lstrip("# ")
+  entry = (f"### Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
+           f"{git_commit()}\n\n- Command: `{command_line()}`\n- Machine: {machine}\n\n"
+           f"```\n{block}\n```\n\n")
+  text = text.replace(RESULTS_MARKER, entry + RESULTS_MARKER)
+  with open(path, "w") as f:
+    f.write(text)
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--scales", default="cpu,paper")
   p.add_argument("--row", default="crvae")
-  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
+  p.add_argument("--torch_variants", default="eager,compile",
+                 help="torch_reference variants, each its own worker "
+                      "(eager, compile, compile-autotune)")
   p.add_argument("--eval_images", type=int, default=0,
                  help="test images per eval round (default: cpu 200, paper 32)")
   p.add_argument("--eval_samples", type=int, default=0,
                  help="K per image (default: the config's chunk, so chunks are full)")
   p.add_argument("--conv_impl", default="", help="override model.conv_impl (auto/cpu/xla)")
+  p.add_argument("--write_results", action="store_true",
+                 help=f"append the result block to {os.path.relpath(RESULTS, REPO)}")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   p.add_argument("--scale", default="", help=argparse.SUPPRESS)
   p.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
@@ -274,6 +308,10 @@ def main():
   if args.worker:
     worker_main(args)
     return
+  args.torch_variants = args.torch_variants.split(",")
+  if args.rounds < 5:
+    print(f"compare_torch: --rounds={args.rounds}: the headline needs medians over >= 5 "
+          "rounds", file=sys.stderr)
   results = []
   for scale in args.scales.split(","):
     a = argparse.Namespace(**vars(args))
@@ -281,7 +319,11 @@ def main():
     a.eval_samples = args.eval_samples or a.chunk
     a.eval_images = args.eval_images or EVAL_IMAGES.get(scale, 32)
     results.append(compare(scale, a))
-  print(report(results, args))
+  block = report(results)
+  print(block)
+  if args.write_results:
+    write_results(block)
+    print(f"appended to {RESULTS}", file=sys.stderr)
 
 
 if __name__ == "__main__":

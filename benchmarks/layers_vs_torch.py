@@ -1,9 +1,9 @@
 r"""Per-layer forward and backward time of the paper-scale MNIST crVAE's convolutions:
 crvae_jax's kernels (conv_impl 'cpu' and 'xla', each compiled with its
-`layers.compiler_options`, as in the model) vs PyTorch channels_last (issue 7).
+`compiled.compiler_options`, as in the model) vs PyTorch channels_last (issue 7).
 
   pip install -r requirements-torch.txt
-  python benchmarks/layers_vs_torch.py --batch=128 --repeats=5
+  python -m benchmarks.layers_vs_torch --batch=128 --repeats=5
 
 Each row is one convolution of the model at batch 128 (encoder: conv; decoder: 4x4/2
 transposed conv 'deconv' and conv), timed as the best of --repeats after a warm-up:
@@ -16,17 +16,15 @@ rows shows how much of the train-step gap the convolutions explain.
 
 import argparse
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
-from crvae_jax.models import fast_conv, layers  # pylint: disable=g-import-not-at-top
+from crvae_jax import host_memory
+from crvae_jax import compiled
+from crvae_jax.models import fast_conv, layers
 
 # (name, kind, Cin, Cout, H=W of the input, kernel, stride, padding): paper width 32.
 LAYERS = (
@@ -64,7 +62,7 @@ def jax_times(impl, kind, x, w, s, p, dy, repeats):
   else:
     f = ((lambda x, w: fast_conv.conv_transpose2d(x, w, s, p)) if impl == "cpu"
          else (lambda x, w: layers.conv_transpose_xla(x, w, s, p)))
-  opts = layers.compiler_options(impl)  # as the model's programs compile them
+  opts = compiled.compiler_options(impl)  # as the model's programs compile them
   fwd = jax.jit(f, compiler_options=opts)
   both = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy), compiler_options=opts)
   x, w, dy = map(jnp.asarray, (x, w, dy))
@@ -75,7 +73,7 @@ def jax_times(impl, kind, x, w, s, p, dy, repeats):
 
 def torch_times(torch, kind, x, w, s, p, dy, repeats):
   """(forward ms, forward + backward ms) in PyTorch."""
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F
   cl = torch.channels_last
   tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=cl).requires_grad_()
   perm = (3, 2, 0, 1) if kind == "conv" else (2, 3, 0, 1)  # OIHW / IOHW
@@ -94,9 +92,9 @@ def main():
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--repeats", type=int, default=5)
   args = p.parse_args()
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
   torch.set_num_threads(os.cpu_count())
-  from benchmarks.nll_eval import machine_line  # pylint: disable=g-import-not-at-top
+  from benchmarks.nll_eval import machine_line
   print(f"# {machine_line()} | torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads, channels_last; batch {args.batch}; best of {args.repeats}; ms")
   print("| layer | fwd cpu | fwd xla | fwd torch | bwd cpu | bwd xla | bwd torch | "

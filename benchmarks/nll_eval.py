@@ -1,6 +1,6 @@
 r"""Speed and memory of the importance-sampled NLL estimator (crvae_jax.likelihood).
 
-  python benchmarks/nll_eval.py --scales=cpu,paper
+  python -m benchmarks.nll_eval --scales=cpu,paper
 
 Prints, per scale of the MNIST crVAE: decoder samples/s of the estimator (compiled once,
 then timed on --images images x --samples samples at the config's chunk and batch size),
@@ -24,12 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.flops import count_flops  # pylint: disable=g-import-not-at-top
+from benchmarks.flops import count_flops
 from crvae_jax import host_memory, likelihood, randomness
-from crvae_jax.train import parallel, setup
+from crvae_jax import sharding
+from crvae_jax.families import mnist as mnist_family
 from experiments.configs import mnist as mnist_configs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # cwd of workers
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
@@ -57,8 +58,8 @@ def machine_line(runtime: str | None = None) -> str:
 
 
 def random_variables(config):
-  model = setup.build_model(config)
-  return model, setup.init_variables(model, config.train.seed)
+  model = mnist_family.build_model(config)
+  return model, mnist_family.init_variables(model, config.train.seed)
 
 
 def eval_runner(config, model, variables, num_images: int, num_samples: int,
@@ -66,12 +67,12 @@ def eval_runner(config, model, variables, num_images: int, num_samples: int,
   """Compiles the estimator on num_images random binary images x K = num_samples at
   the config's batch size and chunk (or `chunk_size`; capped at K as in
   crvae_jax.likelihood); returns `timed() -> decoder samples/s` of one pass."""
-  mesh = parallel.make_mesh(config.train.num_devices)
+  mesh = sharding.make_mesh(config.train.num_devices)
   images = (np.random.default_rng(1).random((num_images, 28, 28)) < 0.15).astype(np.uint8)
   estimator = likelihood.make_estimator(model, mesh, num_samples=num_samples,
                                         chunk_size=chunk_size or config.eval.chunk_size)
-  variables, key = parallel.replicate(mesh, variables), jax.random.key(0)
-  run = lambda data: parallel.map_batches(lambda b, off: estimator(variables, b, off, key),
+  variables, key = sharding.replicate(mesh, variables), jax.random.key(0)
+  run = lambda data: sharding.map_batches(lambda b, off: estimator(variables, b, off, key),
                                           data, mesh, config.eval.batch_size)
   run(images[:config.eval.batch_size])  # compile
 
@@ -94,9 +95,9 @@ def flops_per_sample(config, num_samples: int) -> float:
   """Model FLOPs per decoder sample: sample_terms per sample + encoder / K."""
   config = config.copy_and_resolve_references()
   config.model.conv_impl = "xla"  # count the plain formulation, not our CPU kernels
-  model = setup.build_model(config)
+  model = mnist_family.build_model(config)
   # Shapes only (nothing is compiled or run): FLOPs are counted from the traced jaxpr.
-  variables = jax.eval_shape(lambda: setup.init_variables(model, 0))
+  variables = jax.eval_shape(lambda: mnist_family.init_variables(model, 0))
   chunk = 16
   x = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
   posterior = jax.eval_shape(lambda v, x: model.apply(v, x, method=model.encode),
@@ -112,12 +113,12 @@ def flops_per_sample(config, num_samples: int) -> float:
 
 def scratch_bytes(config, model, variables, num_samples: int, chunk_size: int) -> int:
   """Compiled temporary memory of the estimator for one batch at this K and chunk."""
-  mesh = parallel.make_mesh(config.train.num_devices)
+  mesh = sharding.make_mesh(config.train.num_devices)
   images = np.zeros((config.eval.batch_size, 28, 28), np.uint8)
   estimator = likelihood.make_estimator(model, mesh, num_samples=num_samples,
                                         chunk_size=chunk_size)
-  compiled = estimator.lower(parallel.replicate(mesh, variables),
-                             parallel.shard_batch(mesh, images), 0,
+  compiled = estimator.lower(sharding.replicate(mesh, variables),
+                             sharding.shard_batch(mesh, images), 0,
                              jax.random.key(0)).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
@@ -132,9 +133,9 @@ def child_peak_rss(num_samples: int) -> None:
 
 
 def peak_rss_mb(num_samples: int) -> float:
-  out = subprocess.run([sys.executable, os.path.abspath(__file__),
+  out = subprocess.run([sys.executable, "-m", "benchmarks.nll_eval",
                         f"--child_rss={num_samples}"], check=True, capture_output=True,
-                       text=True).stdout
+                       text=True, cwd=REPO).stdout
   return float(out.split("PEAK_RSS_MB")[-1].split()[0])
 
 

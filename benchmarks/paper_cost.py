@@ -1,6 +1,6 @@
 r"""What reproducing a Table 1 row at paper scale costs, in FLOPs and in GPU hours.
 
-  python benchmarks/paper_cost.py --rows=vae,crvae,criwa,crvae_2layer
+  python -m benchmarks.paper_cost --rows=vae,crvae,criwa,crvae_2layer
 
 Counts (benchmarks/flops.py: traced plain formulation, LSTM scans times T) the FLOPs of
 one training image (forward + backward of the config's objective) and of one importance
@@ -11,18 +11,15 @@ measurement (no GPU was available where this was written).
 """
 
 import argparse
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.flops import count_flops  # pylint: disable=g-import-not-at-top
+from benchmarks.flops import count_flops
 from benchmarks.nll_eval import flops_per_sample
 from crvae_jax import host_memory, randomness
-from crvae_jax.train import parallel, setup
+from crvae_jax.families import mnist as mnist_family
+from crvae_jax.train import mnist_step
 from experiments.configs import mnist as mnist_configs
 
 RATES_TFLOPS = (5.0, 10.0, 20.0)
@@ -32,9 +29,9 @@ def train_flops_per_image(config, batch: int = 8) -> float:
   """Forward + backward FLOPs of the training objective, per image (plain formulation)."""
   config = config.copy_and_resolve_references()
   config.model.conv_impl = "xla"
-  model = setup.build_model(config).clone(bn_axis_name=None)
-  variables = jax.eval_shape(lambda: setup.init_variables(model, 0))  # shapes only
-  objective = parallel.make_objective(config.objective, config.model.num_blocks)
+  model = mnist_family.build_model(config).clone(bn_axis_name=None)
+  variables = jax.eval_shape(lambda: mnist_family.init_variables(model, 0))  # shapes only
+  objective = mnist_step.make_objective(config.objective, config.model.num_blocks)
   x = jax.ShapeDtypeStruct((batch, 28, 28, 1), jnp.float32)
   keys = randomness.example_keys(jax.random.key(0), jnp.arange(batch))
   eps1, eps2 = randomness.latent_noise(keys, jnp.arange(config.objective.num_samples),

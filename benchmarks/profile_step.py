@@ -1,6 +1,6 @@
 r"""Where the MNIST crVAE's JAX train step spends its time on this machine (issue 7).
 
-  python benchmarks/profile_step.py --scale=paper --steps=3
+  python -m benchmarks.profile_step --scale=paper --steps=3
 
 Traces --steps train steps (after compilation and 2 warm-up steps) with jax.profiler and
 prints the share of each kind of XLA CPU operation: 'ynn_fusion' are the matmuls and
@@ -16,17 +16,14 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
-from benchmarks.nll_eval import machine_line  # pylint: disable=g-import-not-at-top
-from benchmarks.train_throughput import JaxTrainer  # pylint: disable=g-import-not-at-top
-from experiments.configs import mnist as mnist_configs  # pylint: disable=g-import-not-at-top
+from crvae_jax import host_memory
+from benchmarks.nll_eval import machine_line
+from benchmarks.train_throughput import JaxTrainer
+from experiments.configs import mnist as mnist_configs
 
 
 def op_kinds(trace_dir: str) -> collections.Counter:

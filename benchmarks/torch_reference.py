@@ -1,40 +1,68 @@
-r"""PyTorch port of the MNIST crVAE (variant `crvae`), as an optional speed reference.
+r"""PyTorch port of the MNIST crVAE (variant `crvae`), as the speed reference.
 
   pip install -r requirements-torch.txt
-  python benchmarks/torch_reference.py --scales=cpu,paper --steps=10
+  python -m benchmarks.torch_reference --scales=cpu,paper --steps=10 --variants=eager,compile
 
-torch is not a dependency of crvae_jax; only this script needs it. It builds the same
-network as `crvae_jax.models.mnist.MnistVAE(variant='crvae')` (checked: the parameter
-count equals the Flax model's, both scales) and times, as benchmarks/train_throughput.py:
+torch is not a dependency of crvae_jax; only the benchmarks and their tests need it. It
+builds the same network as `crvae_jax.models.mnist.MnistVAE(variant='crvae')` (checked:
+the trainable parameter count equals the Flax model's) written as a PyTorch practitioner
+writes it for speed on a CPU (PyTorch 2.13):
 
+  nn.LSTM          each channel-recurrent block's 2-layer LSTM is one `nn.LSTM` call
+                   (batch_first, over the T channel blocks; on CPU one oneDNN RNN kernel
+                   per layer). Its gate order is crvae_jax's (input, forget, cell,
+                   output); it has two biases per layer where crvae_jax has one, so the
+                   second (`bias_hh_l*`) is frozen at zero and not counted or trained.
+  Adam(fused=True) one fused multi-tensor kernel per parameter group (CPU fused Adam
+                   exists in 2.13: aten::_fused_adam_), with crvae_jax's two groups:
+                   LSTM parameters at lr / T, their gradients clipped element-wise to
+                   +-lstm_grad_clip (foreach), the rest at lr.
+  channels_last    convolutions run NCHW tensors in NHWC memory (like the JAX model).
+  inference_mode   for the IS-NLL evaluation, BatchNorm in eval mode.
+  torch.compile    variants 'compile' (mode default) and 'compile-autotune' (mode
+                   max-autotune-no-cudagraphs) compile the training loss (forward; AOT
+                   autograd compiles its backward) and the evaluator's encoder and
+                   per-chunk decoder, both with inductor's `freezing`, which acts on the
+                   no-grad (evaluation) graphs only: weights folded in as constants,
+                   convolution weights prepacked for oneDNN. So a compiled Evaluator
+                   keeps the weights it was compiled with (fine for timing; build a new
+                   one after training). Dynamo does not trace nn.LSTM (a graph break;
+                   its experimental `allow_rnn` fails in inductor's oneDNN RNN lowering
+                   in 2.13), so the LSTMs run the eager oneDNN kernel between compiled
+                   graphs. Compilation happens in the first train step and the first
+                   evaluation batch, i.e. in the start-up figures, never in the timed
+                   ones; `fresh_compile_cache` makes it a first-time compilation, as
+                   JAX's is.
+
+Timed, as benchmarks/train_throughput.py:
   train img/s      global batch 128 (config.train.batch_size), dynamic binarization, one
                    latent sample, loss = -log p(x|z) + sum_t w_t KL_t (analytic KL per
                    channel block, w_t = beta: crvae_jax.objectives.elbo), backward, Adam.
   eval samples/s   the IS-NLL estimator's decoder samples/s: each batch of test images is
                    encoded once, then `chunk` latent samples per image are decoded at a
-                   time, with the log weights folded into a running log-sum-exp, under
-                   torch.inference_mode(); samples = images x K. The same images, K,
-                   chunk (= min(config chunk, K), as crvae_jax.likelihood does) and batch
-                   as train_throughput.py (200 images, K=20 by default).
+                   time, with the log weights folded into a running log-sum-exp; samples
+                   = images x K. Same images, K, chunk (= min(config chunk, K), as
+                   crvae_jax.likelihood does) and batch as the JAX side.
 
-Differences from the JAX training step, none of which should matter for speed: Adam with
-the same two groups (LSTM parameters at lr / T, their gradients clipped element-wise to
-+-5; everything else at lr) but no lr halving schedule (the JAX schedule is a constant
-within any benchmark run); no non-finite-step guard, gradient/parameter norms or metrics;
-BatchNorm's running variance uses torch's unbiased update (Flax: biased). Initialisers
-follow the Flax ones in spirit (LeCun-normal, orthogonal recurrent kernels, forget-gate
-bias 1) but weights are not ported: numerics are not compared with JAX, only shapes and
-the building blocks' semantics (`equivalence_check`).
+Differences from the JAX training step, none of which should matter for speed: no lr
+halving schedule (the JAX schedule is constant within any benchmark run); no non-finite
+step guard, gradient/parameter norms or metrics; BatchNorm's running variance uses
+torch's unbiased update (Flax: biased). Initialisers follow the Flax ones in spirit
+(LeCun-normal, orthogonal recurrent kernels, forget-gate bias 1); the weights of the two
+models are not the same, so whole-model numerics are not compared; the building blocks
+are, with weights copied over (`equivalence_check`, tests/test_torch_reference.py).
 
-Layouts: convolutions run NCHW tensors in torch's channels_last memory format (i.e. NHWC
-in memory, like the JAX model); parameters that the Flax model keeps in NHWC order (the
-dense mean head's input/output, b_enc, b_dec) are kept in that order here too.
+Layouts: parameters that the Flax model keeps in NHWC order (the dense mean head's
+input/output, b_enc, b_dec) are kept in that order here too.
 """
 
 import argparse
+import atexit
+import functools
 import math
 import os
-import sys
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -42,9 +70,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top
 from benchmarks.nll_eval import machine_line
 from crvae_jax import host_memory
 from crvae_jax.models.channel_recurrent import LOGVAR_LIMIT, LOGVAR_LINEAR
@@ -53,6 +78,40 @@ from experiments.configs import mnist as mnist_configs
 LOG_2PI = math.log(2 * math.pi)
 LATENT_HW = 4  # the encoder's output and the latent are 4x4
 CHANNELS_LAST = torch.channels_last
+# Variant name -> torch.compile's inductor options (None: eager): mode default and mode
+# max-autotune-no-cudagraphs (torch._inductor.list_mode_options), each with `freezing`,
+# which acts on inference graphs only (weights as constants, prepacked for oneDNN).
+VARIANTS = {"eager": None,
+            "compile": {"freezing": True},
+            "compile-autotune": {"max_autotune": True, "coordinate_descent_tuning": True,
+                                 "freezing": True}}
+
+
+def check_variant(variant: str) -> str:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown torch variant {variant!r}; choose one of {list(VARIANTS)}")
+  return variant
+
+
+def compiled(fn, variant: str):
+  """`fn` as `variant` runs it: itself (eager) or torch.compile'd with its options."""
+  options = VARIANTS[check_variant(variant)]
+  return fn if options is None else torch.compile(fn, options=options)
+
+
+def fresh_compile_cache() -> str:
+  """Points torch.compile's on-disk caches (inductor's, which hold the compiled
+  graphs) at a new empty directory, removed at exit, so that start-up figures include a
+  first-time compilation as JAX's do. Returns the directory."""
+  cache = tempfile.mkdtemp(prefix="torch_reference_inductor_")
+  atexit.register(shutil.rmtree, cache, ignore_errors=True)
+  os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+  return cache
+
+
+def runtime_line(variant: str = "eager") -> str:
+  return (f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads, "
+          f"channels_last, nn.LSTM, fused Adam, {variant}")
 
 
 # --------------------------------------------------------------------------- blocks
@@ -94,47 +153,34 @@ def merge_channel_blocks(seq: torch.Tensor, height: int, width: int) -> torch.Te
   return seq.reshape(b, height, width, t * c).permute(0, 3, 1, 2)  # NCHW view of NHWC
 
 
-class LSTMLayer(nn.Module):
-  """One LSTM layer over [B, T, D] -> hidden states [B, T, H], as crvae_jax's LSTMLayer:
-  one input projection for the whole sequence (one bias), then the recurrent cell over
-  the T steps from a zero state. Gate order input, forget, cell, output (torch's too)."""
-
-  def __init__(self, in_dim: int, hidden: int):
-    super().__init__()
-    self.hidden = hidden
-    self.input_kernel = nn.Parameter(torch.empty(in_dim, 4 * hidden))
-    self.recurrent_kernel = nn.Parameter(torch.empty(hidden, 4 * hidden))
-    self.bias = nn.Parameter(torch.zeros(4 * hidden))
-    with torch.no_grad():
-      nn.init.normal_(self.input_kernel, std=1.0 / math.sqrt(in_dim))  # ~LeCun normal
-      nn.init.orthogonal_(self.recurrent_kernel)
-      self.bias[hidden:2 * hidden] = 1.0  # forget gate
-
-  def forward(self, xs: torch.Tensor) -> torch.Tensor:
-    b, t, d = xs.shape
-    gates_x = torch.addmm(self.bias, xs.reshape(b * t, d), self.input_kernel)
-    gates_x = gates_x.reshape(b, t, 4 * self.hidden)
-    h = c = xs.new_zeros(b, self.hidden)
-    outs = []
-    for step in range(t):
-      gates = torch.addmm(gates_x[:, step], h, self.recurrent_kernel)
-      i, f, g, o = gates.chunk(4, dim=-1)
-      c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-      h = torch.sigmoid(o) * torch.tanh(c)
-      outs.append(h)
-    return torch.stack(outs, dim=1)
+def make_lstm(in_dim: int, hidden: int, num_layers: int = 2) -> nn.LSTM:
+  """crvae_jax's StackedLSTM as one nn.LSTM over [B, T, D] (batch_first), zero initial
+  state. Initialised like it (LeCun-normal input weights, orthogonal recurrent weights,
+  forget-gate bias 1); `bias_hh_l*` is frozen at zero, so `bias_ih_l*` is crvae_jax's
+  single bias (see `lstm_flax_params`) and the trainable parameters are the same."""
+  lstm = nn.LSTM(in_dim, hidden, num_layers, batch_first=True)
+  with torch.no_grad():
+    for k in range(num_layers):
+      w_ih = getattr(lstm, f"weight_ih_l{k}")  # [4H, D]: gates i, f, g, o
+      nn.init.normal_(w_ih, std=1.0 / math.sqrt(w_ih.shape[1]))  # ~LeCun normal
+      nn.init.orthogonal_(getattr(lstm, f"weight_hh_l{k}"))  # [4H, H]
+      bias = getattr(lstm, f"bias_ih_l{k}")
+      bias.zero_()
+      bias[hidden:2 * hidden] = 1.0  # forget gate
+      getattr(lstm, f"bias_hh_l{k}").zero_().requires_grad_(False)
+  return lstm
 
 
-class StackedLSTM(nn.Module):
-  def __init__(self, in_dim: int, hidden: int, num_layers: int = 2):
-    super().__init__()
-    self.layers = nn.ModuleList(
-        LSTMLayer(in_dim if i == 0 else hidden, hidden) for i in range(num_layers))
-
-  def forward(self, xs):
-    for layer in self.layers:
-      xs = layer(xs)
-    return xs
+def lstm_flax_params(lstm: nn.LSTM) -> dict:
+  """`lstm`'s weights as crvae_jax.models.lstm.StackedLSTM params {'layer0': ...}: the
+  kernels transposed ([4H, D] -> [D, 4H]; same gate order), the two biases summed."""
+  out = {}
+  for k in range(lstm.num_layers):
+    w = lambda name: getattr(lstm, f"{name}_l{k}").detach().numpy()
+    out[f"layer{k}"] = {"input_kernel": w("weight_ih").T,
+                        "recurrent_kernel": w("weight_hh").T,
+                        "bias": w("bias_ih") + w("bias_hh")}
+  return out
 
 
 def _conv(cin, cout, kernel, stride=1, padding=0, bias=False):
@@ -147,6 +193,13 @@ def _conv(cin, cout, kernel, stride=1, padding=0, bias=False):
 
 def _bn(channels):
   return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.1)  # = Flax momentum 0.9
+
+
+def _dense_flax_params(linear: nn.Linear) -> dict:
+  p = {"kernel": linear.weight.detach().numpy().T}  # [out, in] -> [in, out]
+  if linear.bias is not None:
+    p["bias"] = linear.bias.detach().numpy()
+  return p
 
 
 # --------------------------------------------------------------------------- model
@@ -216,16 +269,23 @@ class ChannelRecurrentPosterior(nn.Module):
     n = hw * hw
     self.mean = nn.Linear(n * feature_channels, n * latent_channels, bias=False)
     self.b_enc = nn.Parameter(torch.zeros(hw, hw, latent_channels))
-    self.lstm = StackedLSTM(n * feature_channels // num_blocks, hidden)
+    self.lstm = make_lstm(n * feature_channels // num_blocks, hidden)
     self.logvar = nn.Linear(hidden, n * latent_channels // num_blocks)
 
   def forward(self, features):  # [B, C, H, W] -> mean, logvar [B, L, H, W]
     b, hw, lat = features.shape[0], self.hw, self.latent_channels
     mean = self.mean(features.permute(0, 2, 3, 1).reshape(b, -1))  # NHWC flatten
     mean = (mean.reshape(b, hw, hw, lat) + self.b_enc).permute(0, 3, 1, 2)
-    hs = self.lstm(split_channel_blocks(features, self.num_blocks))  # [B, T, hidden]
+    hs, _ = self.lstm(split_channel_blocks(features, self.num_blocks))  # [B, T, hidden]
     logvar = merge_channel_blocks(self.logvar(hs), hw, hw)
     return mean, bounded_logvar(logvar)
+
+  def flax_params(self) -> dict:
+    """The weights as crvae_jax ChannelRecurrentPosterior(mean_head='dense') params."""
+    return {"mean": _dense_flax_params(self.mean),
+            "b_enc": self.b_enc.detach().numpy(),
+            "lstm": lstm_flax_params(self.lstm),
+            "logvar": _dense_flax_params(self.logvar)}
 
 
 class ChannelRecurrentGenerator(nn.Module):
@@ -236,12 +296,16 @@ class ChannelRecurrentGenerator(nn.Module):
     super().__init__()
     self.num_blocks, self.hw = num_blocks, hw
     block = hw * hw * latent_channels // num_blocks
-    self.lstm = StackedLSTM(block, hidden)
+    self.lstm = make_lstm(block, hidden)
     self.out = nn.Linear(hidden, block)
 
   def forward(self, z):
-    hs = self.lstm(split_channel_blocks(z, self.num_blocks))
+    hs, _ = self.lstm(split_channel_blocks(z, self.num_blocks))  # [B, T, hidden]
     return merge_channel_blocks(self.out(hs), self.hw, self.hw)
+
+  def flax_params(self) -> dict:
+    """The weights as crvae_jax ChannelRecurrentGenerator params."""
+    return {"lstm": lstm_flax_params(self.lstm), "out": _dense_flax_params(self.out)}
 
 
 class CrVAE(nn.Module):
@@ -293,25 +357,27 @@ def build_model(width: int = 32, lstm_hidden: int = 512, latent_channels: int = 
 def model_from_config(config, channels_last: bool = True) -> CrVAE:
   m = config.model
   if m.variant != "crvae":
-    raise ValueError(f"the torch reference ports variant 'crvae' only, got {m.variant!r}")
+    raise ValueError(f"the torch reference ports variant 'crvae' only, got "
+                     f"config.model.variant={m.variant!r}")
   return build_model(m.width, m.lstm_hidden, m.latent_channels, m.num_blocks,
                      channels_last)
 
 
 def num_params(model: nn.Module) -> int:
-  return sum(p.numel() for p in model.parameters())
+  """Trainable parameters (nn.LSTM's frozen second biases are not counted)."""
+  return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def flax_num_params(config) -> int:
   """Parameter count of the Flax model for `config` (shapes only: nothing runs)."""
   import jax
-  from crvae_jax.train import setup
-  model = setup.build_model(config)
-  variables = jax.eval_shape(lambda: setup.init_variables(model, 0))
+  from crvae_jax.families import mnist as mnist_family
+  model = mnist_family.build_model(config)
+  variables = jax.eval_shape(lambda: mnist_family.init_variables(model, 0))
   return sum(math.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
 
 
-# --------------------------------------------------------------------------- objective
+# --------------------------------------------------------------------------- training
 
 def bernoulli_log_likelihood(logits, x):
   """log Bern(x; sigmoid(logits)) summed over all but the leading axis."""
@@ -334,190 +400,276 @@ def elbo_loss(model: CrVAE, x, weights):
 
 
 def make_optimizer(model: nn.Module, config):
-  """Adam with the JAX groups: LSTM parameters at lr / lstm_lr_divisor (their gradients
-  clipped element-wise by `train_step`), the rest at lr. No lr schedule."""
+  """Fused Adam with the JAX groups: LSTM parameters at lr / lstm_lr_divisor (their
+  gradients clipped element-wise by `Trainer.step`), the rest at lr. No lr schedule.
+  Returns (optimizer, LSTM parameters)."""
   o = config.optim
-  lstm = [p for n, p in model.named_parameters() if "lstm" in n]
-  other = [p for n, p in model.named_parameters() if "lstm" not in n]
+  params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+  lstm = [p for n, p in params if ".lstm." in n]
+  other = [p for n, p in params if ".lstm." not in n]
   return torch.optim.Adam(
       [{"params": other, "lr": o.learning_rate},
        {"params": lstm, "lr": o.learning_rate / o.lstm_lr_divisor}],
-      betas=(o.b1, o.b2), eps=o.eps), lstm
+      betas=(o.b1, o.b2), eps=o.eps, fused=True), lstm
 
 
-def train_step(model, opt, lstm_params, clip, images_float, weights):
-  """One update on images [B, 1, 28, 28] of intensities in [0, 1] (binarized here)."""
-  x = torch.bernoulli(images_float)
-  opt.zero_grad(set_to_none=True)
-  loss = elbo_loss(model, x, weights)
-  loss.backward()
-  torch.nn.utils.clip_grad_value_(lstm_params, clip)
-  opt.step()
-  return loss.detach()
+def _train_batches(batch: int):
+  """4 batches of random uint8 intensities / 255 [B, 1, 28, 28], channels_last."""
+  images = np.random.default_rng(0).integers(0, 256, (batch * 4, 1, 28, 28),
+                                             dtype=np.uint8)
+  return [torch.from_numpy(images[i::4].astype(np.float32) / 255.0)
+          .contiguous(memory_format=CHANNELS_LAST) for i in range(4)]
 
 
-def train_throughput(model: CrVAE, config, steps: int, warmup: int):
-  """Train images/s at config.train.batch_size after `warmup` untimed steps; also the
-  time of the first step."""
-  batch = config.train.batch_size
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (batch * 4, 1, 28, 28), dtype=np.uint8)
-  batches = [torch.from_numpy(images[i::4].astype(np.float32) / 255.0)
-             .contiguous(memory_format=CHANNELS_LAST) for i in range(4)]
-  opt, lstm_params = make_optimizer(model, config)
-  weights = block_weights(config)
-  model.train()
-  t = time.perf_counter()
-  loss = train_step(model, opt, lstm_params, config.optim.lstm_grad_clip, batches[0],
-                    weights)
-  first = time.perf_counter() - t
-  for i in range(1, warmup):
-    train_step(model, opt, lstm_params, config.optim.lstm_grad_clip, batches[i % 4],
-               weights)
-  t = time.perf_counter()
-  for i in range(steps):
-    loss = train_step(model, opt, lstm_params, config.optim.lstm_grad_clip,
-                      batches[i % 4], weights)
-  per_s = steps * batch / (time.perf_counter() - t)
-  if not torch.isfinite(loss):
-    raise FloatingPointError(f"non-finite training loss {loss.item()}")
-  return first, per_s
+class Trainer:
+  """The train step of `model` at config.train.batch_size with its optimizer kept
+  across calls (as JAX's), run as `variant`; the first step (with any compilation) runs
+  on construction (`startup_s`)."""
+
+  def __init__(self, model: CrVAE, config, variant: str = "eager"):
+    t0 = time.perf_counter()
+    self.model, self.batch = model, config.train.batch_size
+    self.clip = config.optim.lstm_grad_clip
+    self.batches = _train_batches(self.batch)
+    self.opt, self.lstm_params = make_optimizer(model, config)
+    weights = block_weights(config)
+    self.loss_fn = compiled(functools.partial(elbo_loss, model, weights=weights),
+                            variant)
+    model.train()
+    self._steps(1)
+    self.startup_s = time.perf_counter() - t0
+
+  def step(self, images_float):
+    """One update on images [B, 1, 28, 28] of intensities in [0, 1] (binarized here)."""
+    x = torch.bernoulli(images_float)
+    self.opt.zero_grad(set_to_none=True)
+    loss = self.loss_fn(x)
+    loss.backward()
+    torch.nn.utils.clip_grad_value_(self.lstm_params, self.clip, foreach=True)
+    self.opt.step()
+    return loss.detach()
+
+  def _steps(self, n: int, first: int = 0) -> float:
+    for i in range(n):
+      loss = self.step(self.batches[(first + i) % 4])
+    return float(loss)
+
+  def run(self, steps: int, warmup: int = 1) -> float:
+    """Train images/s over `steps` steps after `warmup` untimed ones."""
+    self.model.train()
+    self._steps(warmup)
+    t = time.perf_counter()
+    loss = self._steps(steps, first=1)
+    per_s = steps * self.batch / (time.perf_counter() - t)
+    if not math.isfinite(loss):
+      raise FloatingPointError(f"non-finite training loss {loss}")
+    return per_s
 
 
 # --------------------------------------------------------------------------- IS-NLL
 
-@torch.inference_mode()
-def log_px_batch(model: CrVAE, x, num_samples: int, chunk: int):
-  """Importance-sampled log p(x) [b] of x [b, 1, 28, 28] with K = num_samples, decoding
-  `chunk` samples per image at a time (crvae_jax.likelihood: ceil(K / chunk) chunks of
-  the full chunk, samples with index >= K masked out of the running log-sum-exp)."""
-  b = x.shape[0]
-  mean, logvar = model.encode(x)  # [b, L, 4, 4]
-  mean, logvar = mean.unsqueeze(1), logvar.unsqueeze(1)  # [b, 1, L, 4, 4]
-  std = torch.exp(0.5 * logvar)
-  x_flat = x.reshape(b, 1, -1)  # [b, 1, 784]
-  m = torch.full((b,), -math.inf)
-  s = torch.zeros(b)
-  for start in range(0, num_samples, chunk):
-    eps = torch.randn((b, chunk) + model.latent_shape)
-    z = mean + std * eps  # [b, chunk, L, 4, 4]
-    log_q = -0.5 * (LOG_2PI + logvar + eps.square())  # (z - mean)^2 / var = eps^2
-    log_p = -0.5 * (LOG_2PI + z.square())
-    kl = (log_q - log_p).reshape(b, chunk, -1).sum(-1)  # [b, chunk]
-    z = z.reshape((b * chunk,) + model.latent_shape).contiguous(
-        memory_format=CHANNELS_LAST)
-    logits = model.decode(z).reshape(b, chunk, -1)  # [b, chunk, 784]
-    recon = (x_flat * logits - F.softplus(logits)).sum(-1)
-    log_w = recon - kl
-    valid = torch.arange(start, start + chunk) < num_samples
-    log_w = torch.where(valid[None], log_w, -math.inf)
-    new_m = torch.maximum(m, log_w.max(-1).values)
-    s = s * torch.exp(m - new_m) + torch.exp(log_w - new_m[:, None]).sum(-1)
-    m = new_m
-  return m + torch.log(s) - math.log(num_samples)
+def chunk_log_weights(model: CrVAE, x_flat, mean, logvar, eps):
+  """log w = log p(x|z) + log p(z) - log q(z|x) [b, chunk] for z = mean + std * eps;
+  x_flat [b, 1, 784], mean / logvar [b, 1, L, 4, 4], eps [b, chunk, L, 4, 4]."""
+  b, chunk = eps.shape[:2]
+  z = mean + torch.exp(0.5 * logvar) * eps  # [b, chunk, L, 4, 4]
+  log_q = -0.5 * (LOG_2PI + logvar + eps.square())  # (z - mean)^2 / var = eps^2
+  log_p = -0.5 * (LOG_2PI + z.square())
+  kl = (log_q - log_p).reshape(b, chunk, -1).sum(-1)  # [b, chunk]
+  z = z.reshape((b * chunk,) + tuple(eps.shape[2:])).contiguous(
+      memory_format=CHANNELS_LAST)
+  logits = model.decode(z).reshape(b, chunk, -1)  # [b, chunk, 784]
+  return (x_flat * logits - F.softplus(logits)).sum(-1) - kl
 
 
-def eval_samples_per_s(model: CrVAE, num_images: int, num_samples: int, chunk: int,
-                       batch: int):
-  """Decoder samples/s of the estimator over num_images random binary images (after one
-  untimed batch); BatchNorm in inference mode."""
-  chunk = min(chunk, num_samples)
-  model.eval()
-  rng = np.random.default_rng(1)
-  images = torch.from_numpy(
-      (rng.random((num_images, 1, 28, 28)) < 0.15).astype(np.float32))
-  images = images.contiguous(memory_format=CHANNELS_LAST)
-  log_px_batch(model, images[:batch], num_samples, chunk)  # warm-up
-  t = time.perf_counter()
-  out = [log_px_batch(model, images[lo:lo + batch], num_samples, chunk)
-         for lo in range(0, num_images, batch)]
-  per_s = num_images * num_samples / (time.perf_counter() - t)
-  if not torch.isfinite(torch.cat(out)).all():
-    raise FloatingPointError("non-finite log p(x) estimate")
-  return per_s
+class Evaluator:
+  """The IS-NLL estimator of `model` (crvae_jax.likelihood's algorithm) run as
+  `variant`, under torch.inference_mode with BatchNorm in eval mode. Compiled variants
+  freeze the weights at their first call (see the module doc)."""
+
+  def __init__(self, model: CrVAE, variant: str = "eager"):
+    self.model = model
+    self.encode = compiled(model.encode, variant)
+    self.log_weights = compiled(functools.partial(chunk_log_weights, model), variant)
+
+  @torch.inference_mode()
+  def log_px(self, x, num_samples: int, chunk: int):
+    """Importance-sampled log p(x) [b] of x [b, 1, 28, 28] with K = num_samples,
+    decoding `chunk` samples per image at a time (ceil(K / chunk) chunks of the full
+    chunk, samples with index >= K masked out of the running log-sum-exp)."""
+    self.model.eval()
+    b = x.shape[0]
+    mean, logvar = self.encode(x)  # [b, L, 4, 4]
+    mean, logvar = mean.unsqueeze(1), logvar.unsqueeze(1)  # [b, 1, L, 4, 4]
+    x_flat = x.reshape(b, 1, -1)  # [b, 1, 784]
+    m = torch.full((b,), -math.inf)
+    s = torch.zeros(b)
+    for start in range(0, num_samples, chunk):
+      eps = torch.randn((b, chunk) + self.model.latent_shape)
+      log_w = self.log_weights(x_flat, mean, logvar, eps)  # [b, chunk]
+      valid = torch.arange(start, start + chunk) < num_samples
+      log_w = torch.where(valid[None], log_w, -math.inf)
+      new_m = torch.maximum(m, log_w.max(-1).values)
+      s = s * torch.exp(m - new_m) + torch.exp(log_w - new_m[:, None]).sum(-1)
+      m = new_m
+    return m + torch.log(s) - math.log(num_samples)
+
+  def prepare(self, batch: int, num_samples: int, chunk: int) -> float:
+    """Runs (and so compiles, if it does) the estimator once at this batch, K and chunk;
+    returns the seconds that took."""
+    t = time.perf_counter()
+    images = torch.zeros((batch, 1, 28, 28)).contiguous(memory_format=CHANNELS_LAST)
+    self.log_px(images, num_samples, min(chunk, num_samples))
+    return time.perf_counter() - t
+
+  def samples_per_s(self, num_images: int, num_samples: int, chunk: int,
+                    batch: int) -> float:
+    """Decoder samples/s over num_images random binary images (after one untimed
+    batch), chunk capped at K."""
+    chunk = min(chunk, num_samples)
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(
+        (rng.random((num_images, 1, 28, 28)) < 0.15).astype(np.float32))
+    images = images.contiguous(memory_format=CHANNELS_LAST)
+    self.log_px(images[:batch], num_samples, chunk)  # warm-up (compiles once)
+    t = time.perf_counter()
+    out = [self.log_px(images[lo:lo + batch], num_samples, chunk)
+           for lo in range(0, num_images, batch)]
+    per_s = num_images * num_samples / (time.perf_counter() - t)
+    if not torch.isfinite(torch.cat(out)).all():
+      raise FloatingPointError("non-finite log p(x) estimate")
+    return per_s
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
+  """This process's torch fp32 matmul rate (n^2 @ n^2, best of `repeats`), GFLOP/s."""
+  a = torch.ones(n, n)
+  a @ a  # pylint: disable=pointless-statement
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    a @ a  # pylint: disable=pointless-statement
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e9
 
 
 # --------------------------------------------------------------------------- checks
 
-def equivalence_check(batch: int = 3, verbose: bool = True) -> None:
-  """Shape and building-block checks against the JAX model (CPU-scale config).
-
-  Not a numerical comparison of the two models (weights are not ported). Checked:
-  parameter counts; the shapes of the posterior, the latent and the logits against the
-  Flax model's (torch NCHW [B, 1, 28, 28] = Flax [B, 28, 28, 1]); and, numerically, the
-  pieces whose layout or semantics could silently differ: the channel-block split and
-  merge, bounded_logvar, one LSTM layer and a 4x4 stride-2 transposed convolution, each
-  with the same inputs and weights in both frameworks.
-  """
-  import jax
+def check_blocks_against_jax(seed: int = 0) -> None:
+  """The building blocks whose layout or semantics could silently differ, each run
+  with the same inputs and weights in both frameworks (AssertionError if not equal):
+  the channel-block split and merge, bounded_logvar, nn.LSTM vs crvae_jax's
+  StackedLSTM, the whole channel-recurrent posterior and generator (weights copied
+  over with `flax_params`, all biases random so that gate order and bias layout
+  matter), and a 4x4 stride-2 transposed convolution (both paddings of the decoder)."""
   import jax.numpy as jnp
   from crvae_jax.models import channel_recurrent as jcr
   from crvae_jax.models import layers as jlayers
   from crvae_jax.models import lstm as jlstm
-  from crvae_jax.train import setup
 
-  config = mnist_configs.get_config("crvae,cpu")
-  torch.manual_seed(0)
-  model = model_from_config(config)
-  flax_model = setup.build_model(config)
-  assert num_params(model) == flax_num_params(config), "parameter counts differ"
-
-  # Shapes: Flax's sample_terms on [B, 28, 28, 1] vs torch's forward on [B, 1, 28, 28].
-  x_np = (np.random.default_rng(0).random((batch, 28, 28, 1)) < 0.3).astype(np.float32)
-  variables = jax.eval_shape(lambda: setup.init_variables(flax_model, 0))
-  eps1 = jax.ShapeDtypeStruct((batch, 1) + flax_model.latent_shape, jnp.float32)
-  flax_out = jax.eval_shape(lambda v, x, e: flax_model.apply(v, x, e), variables,
-                            jax.ShapeDtypeStruct(x_np.shape, jnp.float32), eps1)
-  x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous(memory_format=CHANNELS_LAST)
-  for train in (True, False):
-    model.train(train)
-    with torch.no_grad():
-      mean, logvar = model.encode(x)
-      logits, kl = model(x, torch.randn_like(mean))
-    nhwc = lambda t: tuple(t.permute(0, 2, 3, 1).shape)
-    assert nhwc(mean) == nhwc(logvar) == (batch,) + flax_model.latent_shape, mean.shape
-    assert nhwc(logits) == flax_out.logits.shape[:1] + flax_out.logits.shape[2:], (
-        logits.shape, flax_out.logits.shape)
-    assert tuple(kl.shape) == flax_out.kl_blocks_analytic.shape, kl.shape
-    assert torch.isfinite(logits).all() and torch.isfinite(kl).all()
-  model.eval()
-  assert tuple(log_px_batch(model, x, 4, 3).shape) == (batch,)
+  rng = np.random.default_rng(seed)
+  torch.manual_seed(seed)
+  normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+  close = functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-5)
 
   # Channel blocks: torch NCHW split/merge == JAX NHWC split/merge.
-  a = np.random.default_rng(1).standard_normal((2, 4, 4, 16)).astype(np.float32)
-  a_t = torch.from_numpy(a).permute(0, 3, 1, 2)
-  seq = split_channel_blocks(a_t, 4)
+  a = normal(2, 4, 4, 16)
+  seq = split_channel_blocks(torch.from_numpy(a).permute(0, 3, 1, 2), 4)
   np.testing.assert_array_equal(seq.numpy(), np.asarray(jcr.split_channel_blocks(a, 4)))
   np.testing.assert_array_equal(merge_channel_blocks(seq, 4, 4).permute(0, 2, 3, 1)
                                 .numpy(), a)
 
   raw = np.linspace(-40, 30, 141, dtype=np.float32)
-  np.testing.assert_allclose(bounded_logvar(torch.from_numpy(raw)).numpy(),
-                             np.asarray(jcr.bounded_logvar(raw)), rtol=1e-6, atol=1e-6)
+  close(bounded_logvar(torch.from_numpy(raw)).numpy(), np.asarray(jcr.bounded_logvar(raw)),
+        rtol=1e-6, atol=1e-6)
 
-  # One LSTM layer with the same weights.
-  layer = LSTMLayer(12, 5)
-  xs = np.random.default_rng(2).standard_normal((3, 4, 12)).astype(np.float32)
-  params = {"params": {k: jnp.asarray(v.detach().numpy())
-                       for k, v in layer.named_parameters()}}
-  want = jlstm.LSTMLayer(5).apply(params, xs)
+  def randomize(module):  # every parameter (frozen biases too) away from its init
+    with torch.no_grad():
+      for p in module.parameters():
+        p.copy_(0.3 * torch.randn_like(p))
+    return module
+
+  # nn.LSTM (2 layers, one call) == StackedLSTM with the same weights.
+  lstm = randomize(make_lstm(12, 5))
+  xs = normal(3, 4, 12)
+  want = jlstm.StackedLSTM(5).apply({"params": lstm_flax_params(lstm)}, xs)
   with torch.no_grad():
-    got = layer(torch.from_numpy(xs))
-  np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-5, atol=1e-5)
+    got, _ = lstm(torch.from_numpy(xs))
+  close(got.numpy(), np.asarray(want))
+
+  # The channel-recurrent blocks: features [B, H, W, C=16], T=4, L=8, hidden 6.
+  features = normal(3, 4, 4, 16)
+  features_t = torch.from_numpy(features).permute(0, 3, 1, 2).contiguous(
+      memory_format=CHANNELS_LAST)
+  nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()
+  post = randomize(ChannelRecurrentPosterior(16, 4, 8, 6))
+  want = jcr.ChannelRecurrentPosterior(num_blocks=4, latent_channels=8, hidden=6,
+                                       mean_head="dense").apply(
+      {"params": post.flax_params()}, features)
+  with torch.no_grad():
+    mean, logvar = post(features_t)
+  close(nhwc(mean), np.asarray(want.mean))
+  close(nhwc(logvar), np.asarray(want.logvar))
+  gen = randomize(ChannelRecurrentGenerator(4, 16, 6))
+  want = jcr.ChannelRecurrentGenerator(num_blocks=4, hidden=6).apply(
+      {"params": gen.flax_params()}, features)
+  with torch.no_grad():
+    got = gen(features_t)
+  close(nhwc(got), np.asarray(want))
 
   # Transposed convolution (torch padding semantics), torch weight [Cin, Cout, K, K]
   # = Flax kernel [K, K, Cin, Cout] transposed; the padding-2 layer (16 -> 30) too.
   for pad, size in ((1, 4), (2, 16)):
     deconv = nn.ConvTranspose2d(6, 5, 4, 2, pad, bias=False)
-    h = np.random.default_rng(3).standard_normal((2, size, size, 6)).astype(np.float32)
+    h = normal(2, size, size, 6)
     kernel = deconv.weight.detach().numpy().transpose(2, 3, 0, 1)
-    want = jlayers.conv_transpose_xla(h, kernel, 2, pad)
+    want = jlayers.conv_transpose_xla(jnp.asarray(h), jnp.asarray(kernel), 2, pad)
     with torch.no_grad():
       got = deconv(torch.from_numpy(h).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-4, atol=1e-4)
+    close(got.numpy(), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def check_model_against_flax(config, batch: int = 3) -> None:
+  """The trainable parameter count equals the Flax model's, and the posterior, logits,
+  KL blocks and log p(x) have the Flax model's shapes (torch NCHW [B, 1, 28, 28] = Flax
+  [B, 28, 28, 1]), finite, in train and eval mode. Shapes only on the Flax side."""
+  import jax
+  import jax.numpy as jnp
+  from crvae_jax.families import mnist as mnist_family
+
+  torch.manual_seed(0)
+  model = model_from_config(config)
+  n_torch, n_flax = num_params(model), flax_num_params(config)
+  assert n_torch == n_flax, f"parameter counts differ: torch {n_torch}, flax {n_flax}"
+  flax_model = mnist_family.build_model(config)
+  variables = jax.eval_shape(lambda: mnist_family.init_variables(flax_model, 0))
+  x_np = (np.random.default_rng(0).random((batch, 28, 28, 1)) < 0.3).astype(np.float32)
+  eps1 = jax.ShapeDtypeStruct((batch, 1) + flax_model.latent_shape, jnp.float32)
+  flax_out = jax.eval_shape(lambda v, x, e: flax_model.apply(v, x, e), variables,
+                            jax.ShapeDtypeStruct(x_np.shape, jnp.float32), eps1)
+  x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous(memory_format=CHANNELS_LAST)
+  nhwc = lambda t: tuple(t.permute(0, 2, 3, 1).shape)
+  for train in (True, False):
+    model.train(train)
+    with torch.no_grad():
+      mean, logvar = model.encode(x)
+      logits, kl = model(x, torch.randn_like(mean))
+    assert nhwc(mean) == nhwc(logvar) == (batch,) + flax_model.latent_shape, mean.shape
+    assert nhwc(logits) == flax_out.logits.shape[:1] + flax_out.logits.shape[2:], (
+        logits.shape, flax_out.logits.shape)
+    assert tuple(kl.shape) == flax_out.kl_blocks_analytic.shape, kl.shape
+    assert torch.isfinite(logits).all() and torch.isfinite(kl).all()
+  log_px = Evaluator(model).log_px(x, 4, 3)
+  assert tuple(log_px.shape) == (batch,) and torch.isfinite(log_px).all(), log_px
+
+
+def equivalence_check(verbose: bool = True) -> None:
+  """`check_model_against_flax` at CPU scale, then `check_blocks_against_jax`."""
+  check_model_against_flax(mnist_configs.get_config("crvae,cpu"))
+  check_blocks_against_jax()
   if verbose:
-    print(f"equivalence_check: ok (logits {tuple(logits.shape)} NCHW = Flax "
-          f"{flax_out.logits.shape} [B, n, 28, 28, 1]; blocks, LSTM, deconv match)")
+    print("equivalence_check: ok (parameter count and shapes = Flax; channel blocks, "
+          "nn.LSTM, channel-recurrent posterior and generator, deconv match JAX)")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -526,36 +678,43 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--scales", default="cpu,paper")
   p.add_argument("--row", default="crvae")
+  p.add_argument("--variants", default="eager,compile",
+                 help=f"comma-separated, of {list(VARIANTS)}")
   p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--warmup", type=int, default=1,
-                 help="untimed train steps, the first included (>= 1)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed train steps (>= 1) "
+                 "after the first (start-up) step")
   p.add_argument("--eval_images", type=int, default=200)
   p.add_argument("--eval_samples", type=int, default=20)
   p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                  help="run equivalence_check() first")
   args = p.parse_args()
+  variants = [check_variant(v) for v in args.variants.split(",")]
+  fresh_compile_cache()
   torch.set_num_threads(os.cpu_count())
-  torch.manual_seed(0)
   if args.check:
     equivalence_check()
-  runtime = f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads, channels_last"
-  print(f"# {machine_line(runtime)}")
-  print("| row | scale | params torch | params flax | first step s | train img/s | "
-        "eval K, chunk x batch | eval samples/s |")
-  print("|---|---|---|---|---|---|---|---|")
+  print(f"# {machine_line(runtime_line(args.variants))}")
+  print("| row | scale | variant | params | start-up s | train img/s | "
+        "eval K, chunk x batch | eval set-up s | eval samples/s |")
+  print("|---" * 9 + "|")
   for scale in args.scales.split(","):
     config = mnist_configs.config_at_scale(args.row, scale)
-    model = model_from_config(config)
-    n_torch, n_flax = num_params(model), flax_num_params(config)
-    assert n_torch == n_flax, f"{scale}: torch {n_torch} params, flax {n_flax}"
-    first, train_ips = train_throughput(model, config, args.steps, max(1, args.warmup))
-    chunk = min(config.eval.chunk_size, args.eval_samples)
-    eval_sps = eval_samples_per_s(model, args.eval_images, args.eval_samples, chunk,
-                                  config.eval.batch_size)
-    print(f"| {args.row} | {scale} | {n_torch / 1e6:.2f} M ({n_torch:,}) | "
-          f"{n_flax / 1e6:.2f} M ({n_flax:,}) | {first:.1f} | {train_ips:.1f} | "
-          f"{args.eval_samples}, {chunk} x {config.eval.batch_size} | {eval_sps:.0f} |",
-          flush=True)
+    for variant in variants:
+      torch.manual_seed(0)
+      torch.compiler.reset()
+      model = model_from_config(config)
+      n = num_params(model)
+      trainer = Trainer(model, config, variant)
+      train_ips = trainer.run(args.steps, max(1, args.warmup))
+      chunk = min(config.eval.chunk_size, args.eval_samples)
+      evaluator = Evaluator(model, variant)
+      eval_setup = evaluator.prepare(config.eval.batch_size, args.eval_samples, chunk)
+      eval_sps = evaluator.samples_per_s(args.eval_images, args.eval_samples, chunk,
+                                         config.eval.batch_size)
+      print(f"| {args.row} | {scale} | {variant} | {n / 1e6:.2f} M ({n:,}) | "
+            f"{trainer.startup_s:.1f} | {train_ips:.1f} | "
+            f"{args.eval_samples}, {chunk} x {config.eval.batch_size} | "
+            f"{eval_setup:.1f} | {eval_sps:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

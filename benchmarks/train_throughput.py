@@ -1,6 +1,6 @@
 r"""Training and evaluation throughput of the MNIST crVAE on this machine.
 
-  python benchmarks/train_throughput.py --scales=cpu,paper --steps=10
+  python -m benchmarks.train_throughput --scales=cpu,paper --steps=10
 
 Prints, per scale: start-up time (init + compile of the first step), train images/s
 (global batch 128, data-parallel over all local devices, after warm-up), IS-NLL decoder
@@ -8,18 +8,16 @@ samples/s (benchmarks/nll_eval.py has more), and this run's fp32 matmul peak.
 """
 
 import argparse
-import os
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
-from benchmarks.nll_eval import eval_samples_per_s, machine_line, matmul_gflops  # pylint: disable=g-import-not-at-top
-from crvae_jax.train import parallel, setup
+from crvae_jax import host_memory
+from benchmarks.nll_eval import eval_samples_per_s, machine_line, matmul_gflops
+from crvae_jax import sharding
+from crvae_jax.families import mnist as mnist_family
+from crvae_jax.train import mnist_step
 from experiments.configs import mnist as mnist_configs
 
 
@@ -31,14 +29,14 @@ class JaxTrainer:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (config.train.batch_size * 4, 28, 28), dtype=np.uint8)
     t0 = time.perf_counter()
-    self.config, self.mesh = config, parallel.make_mesh(config.train.num_devices)
-    self.model = setup.build_model(config)
-    tx = setup.build_optimizer(config, 50_000)
-    self.state = parallel.replicate(self.mesh, setup.init_state(self.model, tx, 0))
-    self.step_fn = parallel.make_train_step(
-        self.model, tx, parallel.make_objective(config.objective, config.model.num_blocks),
+    self.config, self.mesh = config, sharding.make_mesh(config.train.num_devices)
+    self.model = mnist_family.build_model(config)
+    tx = mnist_family.build_optimizer(config, 50_000)
+    self.state = sharding.replicate(self.mesh, mnist_family.init_state(self.model, tx, 0))
+    self.step_fn = mnist_step.make_train_step(
+        self.model, tx, mnist_step.make_objective(config.objective, config.model.num_blocks),
         self.mesh, num_samples=config.objective.num_samples)
-    self.batches = [parallel.shard_batch(self.mesh, images[i::4]) for i in range(4)]
+    self.batches = [sharding.shard_batch(self.mesh, images[i::4]) for i in range(4)]
     self.key = jax.random.key(0)
     self._steps(1)
     self.startup_s = time.perf_counter() - t0

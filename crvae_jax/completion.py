@@ -1,4 +1,4 @@
-"""Image completion with a trained Stage1 generator and discriminator (DESIGN.md sec. 7).
+"""Image completion with a trained Stage1 generator and discriminator (docs/objectives.md, O11).
 
 For an image x [64, 64, 3] in [-1, 1] and a mask m [64, 64, 1] (1 = visible pixel):
 
@@ -44,10 +44,11 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 from tqdm import tqdm
 
-from crvae_jax import distributed, image_metrics, images
+from crvae_jax import distributed, image_metrics, images, sharding
 from crvae_jax.config_checks import ConfigError
 from crvae_jax.data import rgb as rgb_data
-from crvae_jax.train import checkpoints, gan_loop, parallel
+from crvae_jax.families import family_of, saved_config, stage1
+from crvae_jax.train import workdir_lock
 
 MASK_KINDS = ("center", "left", "right", "top", "bottom", "random_blocks")
 
@@ -116,7 +117,7 @@ def _complete_per_device(gen_vars, disc_vars, x, m, *, model, disc, steps: int,
   z [b, 64, 64, 3], objective per image before each step and at the end [b, steps+1])."""
   # Per-device ("varying") views of the replicated variables: the custom-gradient conv
   # (`fast_conv`) returns a kernel cotangent too, which must match its input's type.
-  gen_vars, disc_vars = jax.lax.pcast((gen_vars, disc_vars), parallel.BATCH_AXIS,
+  gen_vars, disc_vars = jax.lax.pcast((gen_vars, disc_vars), sharding.BATCH_AXIS,
                                       to="varying")
   objective = functools.partial(completion_objective, x=x, m=m, model=model, disc=disc,
                                 gen_vars=gen_vars, disc_vars=disc_vars, gamma=gamma,
@@ -149,10 +150,9 @@ def make_completion_fn(model, disc, mesh: Mesh, *, steps: int, learning_rate: fl
   per_device = functools.partial(_complete_per_device, model=model, disc=disc,
                                  steps=steps, learning_rate=learning_rate, gamma=gamma,
                                  tau=tau)
-  return jax.jit(jax.shard_map(per_device, mesh=mesh,
-                               in_specs=(P(), P(), P(parallel.BATCH_AXIS),
-                                         P(parallel.BATCH_AXIS)),
-                               out_specs=(P(parallel.BATCH_AXIS), P(parallel.BATCH_AXIS))))
+  batch = P(sharding.BATCH_AXIS)
+  return sharding.data_parallel(per_device, mesh, (P(), P(), batch, batch), (batch, batch),
+                                model=model)
 
 
 class Completion(NamedTuple):
@@ -173,10 +173,10 @@ def complete_images(fn, gen_vars, disc_vars, x: np.ndarray, m: np.ndarray, mesh:
     real = len(xb)
     pad = lambda a: np.concatenate([a, np.zeros((batch_size - real,) + a.shape[1:],
                                                 a.dtype)])
-    x_hat, trace = fn(gen_vars, disc_vars, parallel.shard_batch(mesh, pad(xb)),
-                      parallel.shard_batch(mesh, pad(mb)))
-    x_hats.append(parallel.to_host(x_hat)[:real])
-    traces.append(parallel.to_host(trace)[:real])
+    x_hat, trace = fn(gen_vars, disc_vars, sharding.shard_batch(mesh, pad(xb)),
+                      sharding.shard_batch(mesh, pad(mb)))
+    x_hats.append(sharding.to_host(x_hat)[:real])
+    traces.append(sharding.to_host(trace)[:real])
   x_hat = np.concatenate(x_hats)
   return Completion(x_hat, composite(x, x_hat, m), np.concatenate(traces))
 
@@ -184,54 +184,35 @@ def complete_images(fn, gen_vars, disc_vars, x: np.ndarray, m: np.ndarray, mesh:
 # --- Restoring trained models and running the comparison (`--mode=complete`) ---------
 
 
-def saved_config(workdir: str, like):
-  """The config a Stage1 run in `workdir` was trained with: `like` (a config of the
-  current code, for keys the saved file lacks) overlaid with <workdir>/config.json's
-  dataset, row, model, objective and optim (what the checkpoint's structure depends on)."""
-  saved = checkpoints.read_config_json(workdir)
-  if saved is None:
-    raise FileNotFoundError(
-        f"{os.path.join(os.path.abspath(workdir), 'config.json')} does not exist: "
-        "--compare_workdir must be a Stage1 run trained by experiments/main.py "
-        "(--mode=train writes its config there)")
-  if saved.get("dataset") == "mnist" or saved.get("stage", 1) != 1 or "model" not in saved:
-    kind = "an MNIST" if saved.get("dataset") == "mnist" else "a Stage2 (or unknown)"
-    raise ValueError(f"{workdir} holds {kind} run; completion needs a 64x64 Stage1 "
-                     "VAE-GAN / crVAE-GAN run")
-  config = like.copy_and_resolve_references()
-  for key in ("dataset", "row"):
-    if key in saved:
-      config[key] = saved[key]
-  for section in ("model", "objective", "optim"):
-    for key, value in saved.get(section, {}).items():
-      if key in config[section]:
-        config[section][key] = value
+def compare_config(workdir: str):
+  """The config a Stage1 run in `workdir` was trained with (its config.json), for
+  --compare_workdir; ValueError for a run of another family."""
+  config = saved_config(workdir)
+  if family_of(config) != "stage1":
+    raise ValueError(f"{workdir} holds a {family_of(config)} run; completion needs a 64x64 "
+                     "Stage1 VAE-GAN / crVAE-GAN run")
   return config
 
 
 def restore_stage1(config, workdir: str):
   """(model, disc, generator variables, discriminator variables, step) of the latest
   checkpoint in `workdir`; model and disc built outside a mesh (eval mode)."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(f"no checkpoints in {os.path.abspath(workdir)}: train it "
-                            "first (--mode=train) or point at a trained Stage1 run")
-  ckpts = checkpoints.Checkpoints(workdir, best=False)
-  state, step = ckpts.restore(gan_loop.init_state(config, abstract=True))
-  ckpts.close()
-  if state is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.abspath(workdir)}: train first")
-  parts = gan_loop.build(config, axis_name=None)
-  return parts.model, parts.disc, gan_loop.generator_variables(state), state.disc, step
+  parts, state, step = stage1.restore(config, workdir)
+  return parts.model, parts.disc, stage1.generator_variables(state), state.disc, step
 
 
-def completion_source(config, log=print):
+def completion_source(config):
   """The images to complete: config.data, read from split completion.tfds_split (a
-  held-out split) when the source is tfds and that field is set."""
+  held-out split) when the source is tfds and that field is set, and from split
+  completion.emoji_split (default the held-out emoji) when the source is emoji."""
   data = config.data
   if data.source == "tfds" and config.completion.tfds_split:
     data = data.copy_and_resolve_references()
     data.tfds_split = config.completion.tfds_split
-  return rgb_data.open_source(data, log=log)
+  if data.source == "emoji":
+    data = data.copy_and_resolve_references()
+    data.emoji_split = config.completion.emoji_split
+  return rgb_data.open_source(data)
 
 
 def check_completion_config(config) -> tuple:
@@ -250,7 +231,7 @@ def check_completion_config(config) -> tuple:
 
 
 def complete(config, workdir: str, *, source=None, out_dir: Optional[str] = None,
-             compare=None, log=print) -> dict:
+             compare=None) -> dict:
   """Complete `completion.num_images` images (chosen by completion.seed) under every
   mask kind with the latest Stage1 checkpoint of `workdir` and, when compare =
   (config_b, workdir_b), with that run's too (same images, masks and settings).
@@ -263,8 +244,7 @@ def complete(config, workdir: str, *, source=None, out_dir: Optional[str] = None
   kinds = check_completion_config(config)
   cc = config.completion
   out_dir = out_dir or os.path.join(workdir, "completion")
-  log = distributed.main_only(log)
-  mesh = parallel.make_mesh(config.train.num_devices)
+  mesh = sharding.make_mesh(config.train.num_devices)
   runs = [(config, workdir)] + ([tuple(compare)] if compare else [])
   models = [restore_stage1(c, w) for c, w in runs]
   labels = [c.model.variant for c, _ in runs]
@@ -273,11 +253,11 @@ def complete(config, workdir: str, *, source=None, out_dir: Optional[str] = None
   fns = [make_completion_fn(model, disc, mesh, steps=cc.steps,
                             learning_rate=cc.learning_rate, gamma=cc.gamma, tau=cc.tau)
          for model, disc, *_ in models]
-  variables = [parallel.replicate(mesh, (g, d)) for _, _, g, d, _ in models]
-  source = source or completion_source(config, log=log)
-  x = gan_loop.fixed_images(source, cc.num_images, cc.seed)  # [N, 64, 64, 3]
-  log(f"completing {len(x)} images x {len(kinds)} masks with {', '.join(labels)} "
-      f"({cc.steps} Adam steps of lr {cc.learning_rate})")
+  variables = [sharding.replicate(mesh, (g, d)) for _, _, g, d, _ in models]
+  source = source or completion_source(config)
+  x = stage1.fixed_images(source, cc.num_images, cc.seed)  # [N, 64, 64, 3]
+  distributed.info(f"completing {len(x)} images x {len(kinds)} masks with {', '.join(labels)} "
+                   f"({cc.steps} Adam steps of lr {cc.learning_rate})")
   results, hidden = {label: {} for label in labels}, {}
   columns = {"truth": [], "occluded": [], **{label: [] for label in labels}}
   for kind in tqdm(kinds, desc="masks", disable=not distributed.is_main()):
@@ -304,8 +284,9 @@ def complete(config, workdir: str, *, source=None, out_dir: Optional[str] = None
                                       "gamma", "tau")},
       "results": results}
   if distributed.is_main():
-    _write_outputs(out_dir, columns, labels, summary)
-    log(f"wrote {len(x)} grids and completion_metrics.json/.md to {out_dir}")
+    with workdir_lock.hold(workdir):
+      _write_outputs(out_dir, columns, labels, summary)
+    distributed.info(f"wrote {len(x)} grids and completion_metrics.json/.md to {out_dir}")
   return summary
 
 

@@ -4,12 +4,19 @@ Unknown or mistyped keys and wrong types are already refused by ml_collections (
 are locked and typed); this checks the values.
 """
 
+import os
+
 from crvae_jax.data import TEST_SETS
+from crvae_jax.data.rgb import IMAGE_SIZE, RGB_SOURCES
+from crvae_jax.models import stage2
 from crvae_jax.models.layers import CONV_IMPLS
 from crvae_jax.models.mnist import VARIANTS
+from crvae_jax.models.rgb import RGB_VARIANTS
+from crvae_jax.train.stage2_step import ADVERSARIAL
 
 OBJECTIVES = ("elbo", "iwae")
 CHECKPOINTS = ("best", "latest")
+ESTIMATORS = ("is", "ais")  # eval.estimator: importance sampling or AIS (crvae_jax.ais)
 
 
 class ConfigError(ValueError):
@@ -55,16 +62,59 @@ def check_mnist_config(config, num_devices: int) -> None:
     _require(e[key] >= 1, f"eval.{key}", e[key], "must be >= 1")
   _require(e.checkpoint in CHECKPOINTS, "eval.checkpoint", e.checkpoint,
            f"one of {CHECKPOINTS}")
+  _require(e.get("estimator", "is") in ESTIMATORS, "eval.estimator", e.get("estimator"),
+           f"one of {ESTIMATORS}")
+  if e.get("estimator") == "ais":
+    from crvae_jax import ais  # pylint: disable=g-import-not-at-top
+    bad = ais.invalid_setting(**{k: e.ais[k] for k in ais.Settings._fields})
+    if bad:
+      _require(False, f"eval.ais.{bad[0]}", bad[1], bad[2])
   _require(config.data.test_set in TEST_SETS, "data.test_set", config.data.test_set,
            f"one of {TEST_SETS}")
   _require(config.data.test_set != "larochelle" or bool(config.data.larochelle_dir),
            "data.larochelle_dir", config.data.larochelle_dir,
            "test_set='larochelle' needs the folder holding binarized_mnist_*.amat")
+  _require(t.log_every_steps >= 1, "train.log_every_steps", t.log_every_steps,
+           "must be >= 1")
+  for key in ("eval_every_epochs", "sample_every_epochs"):
+    _require(t[key] > 0, f"train.{key}", t[key], "must be > 0 (a fraction of an epoch)")
+  _require(config.data.num_valid >= 1, "data.num_valid", config.data.num_valid,
+           "must be >= 1 (validation images held out of the training set)")
+  _require(config.sample.num_images >= 1, "sample.num_images", config.sample.num_images,
+           "must be >= 1")
+  _check_shared_numbers(config)
+
+
+def _check_shared_numbers(config) -> None:
+  """Numeric keys that several families share (each checked where the config has it):
+  seeds, device count, Adam's settings, decay interval, workers, checkpoint steps."""
+  for section in ("train", "eval", "sample", "completion"):
+    seed = config.get(section, {}).get("seed")
+    _require(seed is None or seed >= 0, f"{section}.seed", seed,
+             "must be >= 0 (numpy's generators refuse negative seeds)")
+  devices = config.train.get("num_devices")
+  _require(devices is None or devices >= 1, "train.num_devices", devices,
+           "must be >= 1 (or None: all devices)")
+  o = config.optim
+  for key in ("b1", "b2"):
+    _require(0 <= o[key] < 1, f"optim.{key}", o[key], "Adam's decay rates lie in [0, 1)")
+  _require(o.eps > 0, "optim.eps", o.eps, "must be > 0 (Adam divides by sqrt(v) + eps)")
+  if "lstm_grad_clip" in o:
+    _require(o.lstm_grad_clip > 0, "optim.lstm_grad_clip", o.lstm_grad_clip,
+             "must be > 0 (a gradient-norm bound)")
+  for key in ("halve_every_steps", "halve_every_epochs"):
+    if key in o:
+      _require(o[key] >= 0, f"optim.{key}", o[key], "must be >= 0 (0: constant rates)")
+  workers = config.get("data", {}).get("num_workers")
+  _require(workers is None or workers >= 1, "data.num_workers", workers, "must be >= 1")
+  for section in ("sample", "stage1"):
+    step = config.get(section, {}).get("checkpoint_step")
+    _require(step is None or step >= 1, f"{section}.checkpoint_step", step,
+             "must be >= 1 (or None: the latest)")
 
 
 def _check_gan_steps_and_source(t, d) -> None:
   """The train.* step intervals and the data source of the GAN configs (Stage1, Stage2)."""
-  from crvae_jax.data.rgb import RGB_SOURCES  # pylint: disable=g-import-not-at-top
   for key in ("num_steps", "log_every_steps", "checkpoint_every_steps",
               "sample_every_steps", "max_nonfinite_steps"):
     _require(t[key] >= 1, f"train.{key}", t[key], "must be >= 1")
@@ -73,12 +123,30 @@ def _check_gan_steps_and_source(t, d) -> None:
            "data.source='folder' needs the folder of JPEG/PNG images")
   _require(d.source != "tfds" or bool(d.tfds_name), "data.tfds_name", d.tfds_name,
            "data.source='tfds' needs a dataset name, e.g. 'celeb_a'")
+  _require(not d.get("skip_bad_images") or d.get("verify_images"), "data.skip_bad_images",
+           d.get("skip_bad_images"), "needs data.verify_images=True (the pass that finds "
+           "the bad files)")
+  if d.source == "emoji":
+    _check_emoji_data(d)
+
+
+def _check_emoji_data(d) -> None:
+  """data.emoji_sets, data.emoji_split and data.emoji_tarball (one tarball per set)."""
+  from crvae_jax.data import emoji  # pylint: disable=g-import-not-at-top
+  try:
+    sets = emoji.parse_sets(d.emoji_sets)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from e
+  _require(d.emoji_split in emoji.SPLITS, "data.emoji_split", d.emoji_split,
+           f"one of {emoji.SPLITS}")
+  tarballs = [p for p in d.emoji_tarball.split(",") if p.strip()]
+  _require(len(tarballs) in (0, len(sets)), "data.emoji_tarball", d.emoji_tarball,
+           f"one tarball per set of data.emoji_sets={d.emoji_sets!r}, comma-separated in "
+           "that order (or none: the cache or npm)")
 
 
 def check_rgb_config(config, num_devices: int) -> None:
   """Raise ConfigError for the first impossible value in a 64x64 RGB (GAN) config."""
-  from crvae_jax.data.rgb import IMAGE_SIZE  # pylint: disable=g-import-not-at-top
-  from crvae_jax.models.rgb import RGB_VARIANTS  # pylint: disable=g-import-not-at-top
   m, o, t, d = config.model, config.objective, config.train, config.data
   _require(m.variant in RGB_VARIANTS, "model.variant", m.variant, f"one of {RGB_VARIANTS}")
   _require(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl,
@@ -109,19 +177,19 @@ def check_rgb_config(config, num_devices: int) -> None:
              f"without data.random_crop the images are loaded at {IMAGE_SIZE}")
   _require(config.sample.num_images >= 1, "sample.num_images", config.sample.num_images,
            "must be >= 1")
+  _check_shared_numbers(config)
+  if d.source == "emoji":
+    from crvae_jax.data.emoji import SPLITS  # pylint: disable=g-import-not-at-top
+    _require(config.completion.emoji_split in SPLITS, "completion.emoji_split",
+             config.completion.emoji_split, f"one of {SPLITS}")
 
 
 def check_stage2_config(config, num_devices: int, training: bool = True) -> None:
   """Raise ConfigError for the first impossible value in a Stage2 config, including (when
   training) a perceptual term (gamma > 0) without its weights file."""
-  import os  # pylint: disable=g-import-not-at-top
-  from crvae_jax.models import stage2  # pylint: disable=g-import-not-at-top
-  from crvae_jax.train.stage2_step import ADVERSARIAL  # pylint: disable=g-import-not-at-top
   m, o, p, t, d = config.model, config.objective, config.perceptual, config.train, config.data
   _require(bool(config.stage1.workdir), "stage1.workdir", config.stage1.workdir,
            "the workdir of the trained Stage1 run")
-  _require(bool(config.stage1.config), "stage1.config", config.stage1.config,
-           "the Stage1 config string, e.g. 'experiments/configs/rgb.py:celeba_crvaegan'")
   _require(m.encode_to in stage2.ENCODE_TO, "model.encode_to", m.encode_to,
            f"one of {stage2.ENCODE_TO}")
   try:
@@ -142,8 +210,8 @@ def check_stage2_config(config, num_devices: int, training: bool = True) -> None
            "one of ('vgg11', 'resnet50')")
   if o.gamma > 0 and training:
     how = (f"objective.gamma={o.gamma} needs the pretrained {p.network} weights: convert "
-           f"torchvision's checkpoint once with `python experiments/"
-           f"convert_torchvision_weights.py --arch={p.network} --input=<{p.network} .pth> "
+           f"torchvision's checkpoint once with `python -m experiments."
+           f"convert_torchvision_weights --arch={p.network} --input=<{p.network} .pth> "
            f"--output=weights/{p.network}.npz` and pass --config.perceptual.weights="
            f"weights/{p.network}.npz (or --config.objective.gamma=0 to train without "
            "the perceptual loss)")
@@ -164,3 +232,4 @@ def check_stage2_config(config, num_devices: int, training: bool = True) -> None
              f"{m.image_size}")
   _require(config.sample.num_images >= 1, "sample.num_images", config.sample.num_images,
            "must be >= 1")
+  _check_shared_numbers(config)

@@ -2,8 +2,8 @@
 
 One Python process per host (or per GPU), all running the same command. After
 `initialize`, `jax.devices()` lists every process's devices, the training mesh spans all
-of them (`parallel.make_mesh`), each process feeds only the rows of every batch that its
-own devices hold (`parallel.shard_batch`), and Orbax writes one logical checkpoint.
+of them (`sharding.make_mesh`), each process feeds only the rows of every batch that its
+own devices hold (`sharding.shard_batch`), and Orbax writes one logical checkpoint.
 Files other than checkpoints (metrics, PNGs, JSON results) are written by process 0 only
 (`is_main`). Nothing in the configs changes.
 
@@ -13,6 +13,7 @@ Files other than checkpoints (metrics, PNGs, JSON results) are written by proces
 
 from typing import Optional
 
+from absl import logging
 import jax
 
 
@@ -59,10 +60,7 @@ def describe() -> str:
           f"({jax.devices()[0].platform})")
 
 
-def main_only(log):
-  """`log` in process 0 and a no-op elsewhere: one copy of every message."""
-  return log if is_main() else _silent
-
-
-def _silent(*args, **kwargs):
-  del args, kwargs
+def info(message: str) -> None:
+  """`logging.info(message)` in process 0 only: one copy of every message of a run."""
+  if is_main():
+    logging.info(message, stacklevel=2)  # the record names the caller

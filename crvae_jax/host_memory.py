@@ -3,19 +3,25 @@
 XLA:CPU allocates each execution's temporary buffers with malloc (hundreds of MB for
 the paper-scale MNIST train step). glibc serves blocks that large with a fresh mmap and
 returns them with munmap, so every step page-faults its whole working set again, 4 KiB
-at a time (measured on the 2-core dev VM with getrusage: ~143k faults and ~0.25 s of
-kernel time per paper-scale step; issue 7's note). With the tunable, glibc asks the
-kernel for transparent huge pages on those mappings (madvise), which removes nearly all
-of the faults and many TLB misses. `benchmarks/ab_host_memory.py` measures the gain for
-JAX and PyTorch (results in benchmarks/RESULTS.md); `benchmarks/compare_torch.py` runs
-both frameworks under the same setting. Numerics do not change.
+at a time, and the kernel's fault handling becomes a large share of the step. With the
+tunable, glibc asks the kernel for transparent huge pages on those mappings (madvise),
+which removes nearly all of the faults and many TLB misses. `benchmarks/ab_host_memory.py`
+measures the gain for JAX and PyTorch (benchmarks/RESULTS.md, section "Transparent huge
+pages for host memory"); `benchmarks/compare_torch.py` runs both frameworks under the
+same setting. Numerics do not change.
 
-glibc reads tunables only when a process starts, so the scripts in experiments/ and
-benchmarks/ that train or evaluate call `reexec_with_hugepages()` first: it restarts the
-program once with the tunable added to GLIBC_TUNABLES. It does nothing when the tunable is already set,
-when `CRVAE_JAX_HUGEPAGES=0`, off Linux/glibc, with glibc < 2.35 (no such tunable) or
-when the kernel's THP mode is not 'madvise' ('always' needs no help, 'never' gives none).
-In your own scripts set it yourself: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python ...`.
+glibc reads tunables only when a process starts, so this is a launcher's concern: the
+entry points in experiments/ and benchmarks/ that train or evaluate call
+`reexec_with_hugepages()` first thing in their `__main__` block (never the library): it
+restarts the program once with the tunable added to GLIBC_TUNABLES. It does nothing when
+the tunable is already set, when `CRVAE_JAX_HUGEPAGES=0`, off Linux/glibc, with glibc <
+2.35 (no such tunable) or when the kernel's THP mode is not 'madvise' ('always' needs no
+help, 'never' gives none).
+
+Your own scripts and notebooks set it where their process starts:
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 jupyter lab   # the kernels inherit it
+(`host_memory.active()` in a notebook says whether its kernel runs with it.)
 """
 
 import os

@@ -1,4 +1,4 @@
-"""Importance-sampled negative log-likelihood (DESIGN.md section 4).
+"""Importance-sampled negative log-likelihood (docs/likelihood.md).
 
   -log p(x) ~= -logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)],  z_k ~ q(z|x)
 
@@ -21,8 +21,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from crvae_jax import objectives, randomness
-from crvae_jax.models import layers
-from crvae_jax.train.parallel import BATCH_AXIS, global_indices, map_batches, replicate
+from crvae_jax.sharding import BATCH_AXIS, data_parallel, global_indices, map_batches, replicate
 
 
 class LikelihoodResult(NamedTuple):
@@ -44,27 +43,25 @@ def _accumulate(acc, log_w, mask):
   return new_m, s
 
 
-def _estimate_per_device(variables, images_binary, offset, seed_key, *, model,
-                         num_samples: int, chunk_size: int, report_k: int):
-  """images_binary [b, 28, 28] -> [b, 4]: elbo, k1, report_k and K estimates."""
-  b = images_binary.shape[0]
-  x = images_binary[..., None].astype(jnp.float32)  # [b, 28, 28, 1]
-  keys = randomness.example_keys(seed_key, offset + global_indices(b))
-  posterior = model.apply(variables, x, method=model.encode)
+def stream_log_weights(log_weights_of, zeros, *, num_samples: int, chunk_size: int,
+                       report_k: int):
+  """[b, 4] estimates (elbo, k1, report_k, K) from K = num_samples log weights per image,
+  drawn `chunk_size` at a time: `log_weights_of(ids [chunk]) -> [b, chunk]`.
+
+  The last chunk may run past K (when chunk_size does not divide K); its extra samples are
+  masked out of every estimate, including the report_k one when report_k > K.
+  zeros: [b] zeros that carry the batch's sharding (the accumulators start from them).
+  """
   num_chunks = math.ceil(num_samples / chunk_size)
-  neg_inf = jnp.full((b,), -jnp.inf)
-  # Accumulator starts from the data so it carries the batch sharding (shard_map vma).
-  zeros = jnp.zeros_like(x[:, 0, 0, 0])  # [b]
+  neg_inf = jnp.full(zeros.shape, -jnp.inf)
 
   def body(c, carry):
     acc_all, acc_report, total, first = carry
     ids = c * chunk_size + jnp.arange(chunk_size)  # [chunk] sample indices
-    eps1, eps2 = randomness.latent_noise(keys, ids, model.latent_shape, model.top_dim)
-    out = model.apply(variables, x, posterior, eps1, eps2, method=model.sample_terms)
-    log_w = objectives.log_weights(out)  # [b, chunk]
+    log_w = log_weights_of(ids)  # [b, chunk]
     valid = ids < num_samples
     acc_all = _accumulate(acc_all, log_w, valid[None])
-    acc_report = _accumulate(acc_report, log_w, (ids < report_k)[None])
+    acc_report = _accumulate(acc_report, log_w, (valid & (ids < report_k))[None])
     total = total + jnp.where(valid[None], log_w, 0.0).sum(-1)
     first = jnp.where(c == 0, log_w[:, 0], first)
     return acc_all, acc_report, total, first
@@ -76,15 +73,33 @@ def _estimate_per_device(variables, images_binary, offset, seed_key, *, model,
   return jnp.stack([total / num_samples, first, log_px_report, log_px], axis=-1)
 
 
+def _estimate_per_device(variables, images_binary, offset, seed_key, *, model,
+                         num_samples: int, chunk_size: int, report_k: int):
+  """images_binary [b, 28, 28] -> [b, 4]: elbo, k1, report_k and K estimates."""
+  b = images_binary.shape[0]
+  x = images_binary[..., None].astype(jnp.float32)  # [b, 28, 28, 1]
+  keys = randomness.example_keys(seed_key, offset + global_indices(b))
+  posterior = model.apply(variables, x, method=model.encode)
+
+  def log_weights_of(ids):  # [chunk] sample indices -> [b, chunk]
+    eps1, eps2 = randomness.latent_noise(keys, ids, model.latent_shape, model.top_dim)
+    out = model.apply(variables, x, posterior, eps1, eps2, method=model.sample_terms)
+    return objectives.log_weights(out)
+
+  # Accumulators start from the data so they carry the batch sharding (shard_map vma).
+  return stream_log_weights(log_weights_of, jnp.zeros_like(x[:, 0, 0, 0]),
+                            num_samples=num_samples, chunk_size=chunk_size,
+                            report_k=report_k)
+
+
 def make_estimator(model, mesh, *, num_samples: int, chunk_size: int, report_k: int = 100):
   """Jitted `f(variables, images_binary [B, 28, 28], offset, seed_key) -> [B, 4]`."""
   chunk_size = min(chunk_size, num_samples)
   per_device = functools.partial(_estimate_per_device, model=model,
                                  num_samples=num_samples, chunk_size=chunk_size,
                                  report_k=report_k)
-  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P(), P()),
-                         out_specs=P(BATCH_AXIS))
-  return jax.jit(mapped, compiler_options=layers.model_compiler_options(model))
+  return data_parallel(per_device, mesh, (P(), P(BATCH_AXIS), P(), P()), P(BATCH_AXIS),
+                       model=model)
 
 
 def estimate_log_likelihood(model, variables, images_binary: np.ndarray, mesh, *,

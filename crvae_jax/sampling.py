@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crvae_jax import distributed, images
-from crvae_jax.train.parallel import local_copy
+from crvae_jax import compiled, distributed, images
+from crvae_jax.sharding import local_copy
 
 
 def prior_sample_means(model, variables, num_images: int, seed: int = 0) -> np.ndarray:
@@ -13,8 +13,8 @@ def prior_sample_means(model, variables, num_images: int, seed: int = 0) -> np.n
   k1, k2 = jax.random.split(jax.random.key(seed))
   eps1 = jax.random.normal(k1, (num_images,) + model.latent_shape)
   eps2 = jax.random.normal(k2, (num_images, model.top_dim))
-  logits = jax.jit(lambda v, a, b: model.apply(v, a, b, method=model.generate))(
-      variables, eps1, eps2)
+  logits = compiled.jit(lambda v, a, b: model.apply(v, a, b, method=model.generate),
+                        model=model)(variables, eps1, eps2)
   return np.asarray(jax.nn.sigmoid(logits))[..., 0]
 
 
@@ -24,7 +24,7 @@ def reconstruction_means(model, variables, images_binary: np.ndarray) -> np.ndar
     posterior = model.apply(v, x, method=model.encode)
     return jax.nn.sigmoid(model.apply(v, posterior.mean, method=model.decode))
   x = jnp.asarray(images_binary, jnp.float32)[..., None]
-  return np.asarray(jax.jit(recon)(variables, x))[..., 0]
+  return np.asarray(compiled.jit(recon, model=model)(variables, x))[..., 0]
 
 
 def write_prior_samples(model, variables, config, path: str) -> str:

@@ -1,12 +1,12 @@
 r"""torchvision ImageNet checkpoint (.pth) -> .npz for crvae_jax.models.perceptual.
 
-  python experiments/convert_torchvision_weights.py --arch=vgg11 \
+  python -m experiments.convert_torchvision_weights --arch=vgg11 \
       --input=vgg11-8a719046.pth --output=vgg11.npz
-  python experiments/convert_torchvision_weights.py --arch=resnet50 \
+  python -m experiments.convert_torchvision_weights --arch=resnet50 \
       --input=resnet50-11ad3fa6.pth --output=resnet50.npz
   # No checkpoint at hand: random (NOT ImageNet) weights in the same format, e.g. for
   # the offline CPU demo; features of a random network, not a pretrained one.
-  python experiments/convert_torchvision_weights.py --arch=vgg11 --random_init=0 \
+  python -m experiments.convert_torchvision_weights --arch=vgg11 --random_init=0 \
       --output=weights/vgg11_random.npz
 
 Nothing downloads at run time. Get the standard torchvision files on a machine with
@@ -31,15 +31,12 @@ global flags that could clash with another script's.
 
 import argparse
 import os
-import sys
 from typing import Mapping
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from crvae_jax.models import perceptual  # pylint: disable=g-import-not-at-top
+from crvae_jax.models import perceptual
 
 
 def _to_numpy(value) -> np.ndarray:

@@ -1,6 +1,6 @@
 r"""Range of every log-variance a trained MNIST model emits on the test images.
 
-  python experiments/logvar_range.py --root=runs/mnist_table_cpu
+  python -m experiments.logvar_range --root=runs/mnist_table_cpu
 
 For each row workdir under --root (those with a config.json and a checkpoint) it prints
 the min and max over all test images and latent dimensions of the log-variance of
@@ -11,19 +11,14 @@ mean, z2 = its posterior mean). A range inside `channel_recurrent.LOGVAR_LINEAR`
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 import jax
-import ml_collections
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from crvae_jax import evaluate, host_memory  # pylint: disable=g-import-not-at-top
+from crvae_jax import families, host_memory
 from crvae_jax.models import channel_recurrent
-from crvae_jax.train import setup
-from experiments.configs import mnist as mnist_configs
+from crvae_jax.families import mnist as mnist_family
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/mnist_table_cpu", "Folder of row workdirs.")
@@ -35,8 +30,8 @@ flags.DEFINE_bool("finished_only", True, "Only workdirs with a table_row.json (f
 
 def logvar_ranges(config, workdir: str, data) -> dict:
   """{name: (min, max)} of the model's log-variances over the test images."""
-  model, variables, _ = evaluate.restore_variables(config, workdir, FLAGS.checkpoint,
-                                                   len(data.train_images))
+  del data  # restoring needs no data
+  model, variables, _ = mnist_family.restore_variables(config, workdir, FLAGS.checkpoint)
 
   @jax.jit
   def logvars(x):  # x [b, 28, 28, 1] -> {name: [b, ...]}
@@ -67,21 +62,11 @@ def main(argv):
   data = None
   for row in sorted(os.listdir(FLAGS.root)):
     workdir = os.path.join(FLAGS.root, row)
-    config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(os.path.join(workdir, "table_row.json" if FLAGS.finished_only
                                        else "config.json")):
       continue
-    with open(config_path, encoding="utf-8") as f:
-      saved = json.load(f)
-    # Today's config of that row, with the run's model, data and train sections (a run
-    # saved by older code may lack keys added since).
-    config = mnist_configs.get_config(saved["row"] + ("" if saved["scale"] == "paper"
-                                                      else "," + saved["scale"]))
-    for section in ("model", "data"):
-      config[section] = ml_collections.ConfigDict(saved[section])
-    config.train.seed = saved["train"]["seed"]
-    config.train.num_devices = saved["train"].get("num_devices")
-    data = data or setup.load_data(config, log=lambda *_: None)
+    config = families.saved_config(workdir)  # the run's own config.json
+    data = data or mnist_family.load_data(config)
     for name, (a, b) in logvar_ranges(config, workdir, data).items():
       inside = "inside" if lo <= a and b <= hi else "OUTSIDE"
       print(f"{row:22s} {name:9s} min {a:8.3f} max {b:8.3f}  {inside}", flush=True)

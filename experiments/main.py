@@ -1,44 +1,46 @@
 r"""crvae_jax entry point: train, evaluate (importance-sampled NLL) and sample.
 
-  python experiments/main.py --config=experiments/configs/mnist.py:crvae,cpu \
+  python -m experiments.main --config=experiments/configs/mnist.py:crvae,cpu \
       --workdir=runs/mnist_crvae_cpu --mode=train,evaluate,sample
-  python experiments/main.py --config=experiments/configs/rgb.py:emoji_crvaegan,cpu \
+  python -m experiments.main --config=experiments/configs/rgb.py:emoji_crvaegan,cpu \
       --workdir=runs/emoji_crvaegan_cpu --mode=train,sample
-  python experiments/main.py --config=experiments/configs/stage2.py:emoji_crvaegan,cpu \
+  python -m experiments.main --config=experiments/configs/stage2.py:emoji_crvaegan,cpu \
       --workdir=runs/emoji_crvaegan_stage2_cpu --mode=train,sample
 
---mode takes one or more of train, evaluate, sample, complete (comma-separated, run in
-order); evaluate (the NLL) is for the MNIST configs, the RGB GANs have no likelihood.
-complete (RGB Stage1 configs) fills in masked images with --workdir's latest checkpoint
-and writes grids and PSNR/SSIM to <workdir>/completion/; --compare_workdir adds a second
-trained Stage1 run (e.g. the crVAE-GAN next to a VAE-GAN), rebuilt from the config.json
-its training wrote, completed on the same images and masks:
-  python experiments/main.py --config=experiments/configs/rgb.py:emoji_vaegan,cpu \
+(`crvae ...` is the same command once the package is installed: pip install -e .)
+The config's `family` (mnist, stage1, stage2; `crvae_jax.families`) says which model
+family runs. --mode takes one or more of train, evaluate, sample, complete
+(comma-separated, run in order); evaluate (the NLL) is for the MNIST configs, the RGB
+GANs have no likelihood. complete (Stage1 configs) fills in masked images with
+--workdir's latest checkpoint and writes grids and PSNR/SSIM to <workdir>/completion/;
+--compare_workdir adds a second trained Stage1 run (e.g. the crVAE-GAN next to a
+VAE-GAN), rebuilt from the config.json its training wrote, completed on the same images
+and masks:
+  python -m experiments.main --config=experiments/configs/rgb.py:emoji_vaegan,cpu \
       --workdir=runs/emoji_vaegan_cpu --compare_workdir=runs/emoji_crvaegan_cpu \
       --mode=complete
-Training on a workdir that holds a checkpoint resumes it. Kept short on purpose: the logic
-lives in the `crvae_jax` library, importable from a notebook.
+Training on a workdir that holds a checkpoint resumes it; the other modes need a trained
+workdir. Kept short on purpose: the logic lives in the `crvae_jax` library, importable
+from a notebook (`crvae_jax.restore(workdir)`).
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
-
-if __name__ == "__main__":
-  host_memory.reexec_with_hugepages()  # before the heavy imports; see host_memory
-
-from crvae_jax import completion  # pylint: disable=g-import-not-at-top
-from crvae_jax import config_checks, distributed, evaluate  # pylint: disable=g-import-not-at-top
-from crvae_jax.data import rgb as rgb_data
-from crvae_jax.train import gan_loop, loop, parallel, setup, stage2_loop
+from crvae_jax import host_memory
+from experiments import launch
 
 MODES = ("train", "evaluate", "sample", "complete")
+WHY_NOT = {  # (family, mode): why that family has no such mode
+    ("stage1", "evaluate"): "--mode=evaluate scores a likelihood: MNIST configs only; the "
+                            "RGB GAN configs take train, sample and complete",
+    ("stage2", "evaluate"): "Stage2 configs take --mode=train and/or sample",
+    ("stage2", "complete"): "Stage2 configs take --mode=train and/or sample",
+    ("mnist", "complete"): "--mode=complete fills in masked 64x64 RGB images: RGB Stage1 "
+                           "configs (experiments/configs/rgb.py) only",
+}
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. "
                                 "experiments/configs/mnist.py:crvae,cpu", lock_config=True)
@@ -50,13 +52,16 @@ flags.DEFINE_string("coordinator_address", None, "Multi-process runs: 'host:port
                     "process 0, the same in every process (see README, Multi-host).")
 flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process, 0..N-1.")
-flags.DEFINE_bool("distributed_auto", False, "Multi-process runs on a TPU pod slice, Slurm "
-                  "or Open MPI: let JAX detect the three settings above.")
+flags.DEFINE_bool("distributed_auto", False, "Multi-process runs on a TPU pod slice, "
+                  "Slurm or Open MPI: let JAX detect the three settings above.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+  # pylint: disable=g-import-not-at-top  (JAX loads after the huge-page restart)
+  from crvae_jax import completion, distributed, families, sharding
+  from crvae_jax.data import rgb as rgb_data
+  from crvae_jax.train import checkpoints
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   unknown = [m for m in FLAGS.mode if m not in MODES]
@@ -67,66 +72,50 @@ def main(argv):
                            FLAGS.process_id, auto=FLAGS.distributed_auto)
   except distributed.DistributedError as e:
     raise app.UsageError(str(e)) from e
-  config = FLAGS.config
-  if config.get("stage") == 2:
-    return run_stage2(config)
-  if config.dataset != "mnist":
-    return run_rgb(config)
-  if "complete" in FLAGS.mode:
-    raise app.UsageError("--mode=complete fills in masked 64x64 RGB images: RGB Stage1 "
-                         "configs (experiments/configs/rgb.py) only")
-  # Impossible values fail here, before data loading and compilation.
-  config_checks.check_mnist_config(config, parallel.make_mesh(config.train.num_devices).size)
-  data = setup.load_data(config)
+  launch.configure_logging()
+  launch.enable_compilation_cache(FLAGS.compilation_cache_dir)
+  config, workdir = FLAGS.config, FLAGS.workdir
+  name = config.get("family")  # ConfigError below if missing
+  family = families.get(name)
   for mode in FLAGS.mode:
-    if mode == "train":
-      loop.train_and_evaluate(config, FLAGS.workdir, data=data)
-    elif mode == "evaluate":
-      evaluate.evaluate(config, FLAGS.workdir, data=data)
-    else:
-      evaluate.sample(config, FLAGS.workdir, data=data)
-
-
-def run_rgb(config):
-  """The 64x64 VAE-GAN / crVAE-GAN configs (experiments/configs/rgb.py)."""
-  if "evaluate" in FLAGS.mode:
-    raise app.UsageError("--mode=evaluate scores a likelihood: MNIST configs only; the "
-                         "RGB GAN configs take train, sample and complete")
-  config_checks.check_rgb_config(config, parallel.make_mesh(config.train.num_devices).size)
+    if mode not in family.MODES:
+      raise app.UsageError(WHY_NOT.get((name, mode), f"{name} configs take --mode in "
+                                                     f"{family.MODES}"))
   compare = None
   if "complete" in FLAGS.mode:
     completion.check_completion_config(config)
     if FLAGS.compare_workdir:
       try:
-        compare = (completion.saved_config(FLAGS.compare_workdir, like=config),
-                   FLAGS.compare_workdir)
+        compare = (completion.compare_config(FLAGS.compare_workdir), FLAGS.compare_workdir)
       except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(f"--compare_workdir: {e}") from e
   elif FLAGS.compare_workdir:
     raise app.UsageError("--compare_workdir is read by --mode=complete only")
-  needs_source = any(m in ("train", "sample") for m in FLAGS.mode)
-  source = rgb_data.open_source(config.data) if needs_source else None
+  # Impossible values fail here, before data loading and compilation.
+  family.check(config, sharding.make_mesh(config.train.num_devices).size,
+               training="train" in FLAGS.mode)
+  if FLAGS.mode[0] != "train" and not os.path.isdir(workdir):
+    raise FileNotFoundError(f"no such workdir: {workdir}")
+  if "train" in FLAGS.mode:  # (training checks it again, for library callers)
+    checkpoints.refuse_other_config(workdir, config)
+  data = {}  # loaded once for every mode that reads it
+  if name == "mnist":
+    data["data"] = family.load_data(config)
+  elif any(m in ("train", "sample") for m in FLAGS.mode):
+    data["source"] = rgb_data.open_source(config.data)
   for mode in FLAGS.mode:
-    if mode == "train":
-      gan_loop.train(config, FLAGS.workdir, source=source)
-    elif mode == "complete":  # reads completion.tfds_split, a held-out split
-      completion.complete(config, FLAGS.workdir, compare=compare,
-                          out_dir=os.path.join(FLAGS.workdir, "completion"))
+    if mode == "complete":  # reads completion.tfds_split, a held-out split
+      completion.complete(config, workdir, compare=compare,
+                          out_dir=os.path.join(workdir, "completion"))
     else:
-      gan_loop.sample(config, FLAGS.workdir, source=source)
+      getattr(family, mode)(config, workdir, **data)
 
 
-def run_stage2(config):
-  """The Stage2 super-resolution configs (experiments/configs/stage2.py)."""
-  if any(m not in ("train", "sample") for m in FLAGS.mode):
-    raise app.UsageError("Stage2 configs take --mode=train and/or sample")
-  config_checks.check_stage2_config(config, parallel.make_mesh(config.train.num_devices).size,
-                                    training="train" in FLAGS.mode)
-  source = rgb_data.open_source(config.data)
-  for mode in FLAGS.mode:
-    (stage2_loop.train if mode == "train" else stage2_loop.sample)(
-        config, FLAGS.workdir, source=source)
+def run():
+  """The console script `crvae` (pyproject.toml) and `python -m experiments.main`."""
+  host_memory.reexec_with_hugepages()  # before JAX loads; see crvae_jax.host_memory
+  launch.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

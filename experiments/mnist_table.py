@@ -1,248 +1,410 @@
-r"""The paper's Table 1 (MNIST NLL of every crVAE-family row), trained and scored here.
+r"""The paper's Table 1 (MNIST NLL of every crVAE-family row) as a seeded experiment.
 
-  python experiments/mnist_table.py                       # every row, CPU scale
-  python experiments/mnist_table.py --rows=vae,crvae      # some rows
-  nohup python experiments/mnist_table.py --rows=criwa > criwa.log 2>&1 &   # background
-  python experiments/mnist_table.py --report_only         # rewrite the table only
+  python -m experiments.mnist_table --plan                  # every job, its cost, status
+  nohup python -m experiments.mnist_table --stop_after_minutes=300 > table.log 2>&1 &
+  python -m experiments.mnist_table --stage=lr_grid         # one stage only
+  python -m experiments.mnist_table --stage=report          # rewrite results/mnist_table.md
 
-Each row trains `experiments/configs/mnist.py:ROW[,cpu]` in <root>/<ROW>, scores all test
-images with the importance-sampled NLL (`crvae_jax.likelihood`) and writes
-<root>/<ROW>/table_row.json. Rows with that file are not re-run; a row killed mid-way
-resumes from its last checkpoint. After each row the markdown table is rewritten
-(default results/mnist_table.md) with every finished row: our NLL, the paper's, the
-protocol, and a paired comparison against the VAE row (per-image NLL differences).
-
-Every row gets the same budget: the same epochs, batch, learning-rate schedule and K.
---scale=paper runs the paper's configs (200 epochs, K=10,000; needs a GPU).
+Stages (experiments/table_protocol.py has the job list and the workdir layout):
+  lr_grid  every row at lr in --lrs x LSTMs at {lr/T, lr}, beta 1, seed 0, constant lr,
+           for --grid_epochs; each row's best setting by validation ELBO;
+  train    each row at its best setting for the budget (--num_epochs; default: the rule
+           on the VAE pilot curve in --pilot_root), --num_seeds seeds for --seeded_rows,
+           one for the others, crVAE (T=8) also at its other LSTM rate; then the
+           release's recipe (--release); the grid's seed-0 workdir is continued;
+  eval     IS NLL at K=--num_samples on all test images for every trained model, and the
+           K check: --k_curve_samples on the first --k_curve_images for --k_curve_rows;
+  report   results/mnist_table.md and its PNGs (experiments/table_report.py).
+--stage=all (default) runs every job in the protocol's order and rewrites the report
+after each. Finished work is skipped and a killed job resumes (training from its last
+epoch's checkpoint). --stop_after_minutes stops before a job that would not finish in
+time (training is cut to the whole epochs that fit); --max_jobs after that many jobs.
+Workdirs live outside the checkout (--root), so they survive between sessions; the
+protocol's numbers are kept in <root>/protocol.json and a run with other numbers on the
+same root is refused.
 """
 
+import contextlib
+import dataclasses
+import fcntl
+import glob
 import json
+import math
 import os
 import platform
+import shutil
 import sys
 import time
+import traceback
 
 from absl import app, flags, logging
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from crvae_jax import config_checks, evaluate, host_memory, likelihood  # pylint: disable=g-import-not-at-top
-from crvae_jax.train import loop, parallel, setup
+from crvae_jax import host_memory
+from crvae_jax.families import mnist as mnist_family
+from crvae_jax.train.guards import NonFiniteError
+from experiments import launch
+from experiments import table_protocol as tp
+from experiments import table_report
 from experiments.configs import mnist as mnist_configs
 from experiments.provenance import git_commit
 
-TABLE_ORDER = ("vae", "cvae", "crvae_inference", "crvae_generation", "crvae_t4", "crvae",
-               "crvae_t16", "criwa", "crvae_2layer")
-ROW_LABELS = {"vae": "VAE", "cvae": "cVAE", "crvae_inference": "crVAE@inference",
-              "crvae_generation": "crVAE@generation", "crvae_t4": "crVAE (T=4)",
-              "crvae": "crVAE (T=8)", "crvae_t16": "crVAE (T=16)",
-              "criwa": "crIWA (T=8, k=5)", "crvae_2layer": "crVAE, 2 stochastic layers"}
-# Controls (not rows of the paper): a row's config with one change, to separate what the
-# model does from what its recipe does. The release trains VAE/cVAE at lr 3e-4 and the
-# crVAE family at 3e-3; these swap the learning rates of the two key rows.
-CONTROLS = {
-    "vae_lr3e-3": ("vae", "VAE at lr 3e-3 (control)", {"learning_rate": 3e-3}),
-    "crvae_lr3e-4": ("crvae", "crVAE (T=8) at lr 3e-4 (control)", {"learning_rate": 3e-4}),
-    "crvae_lstm_full_lr": ("crvae", "crVAE (T=8), LSTMs at lr 3e-3, not lr/T (control)",
-                           {"lstm_lr_divisor": 1.0}),
-}
-# Paired comparisons at equal learning rate: (row, reference row).
-SAME_LR_PAIRS = (("crvae_lr3e-4", "vae"), ("crvae", "vae_lr3e-3"),
-                 ("crvae_lstm_full_lr", "vae_lr3e-3"))
-# Default run order: the comparison that matters first, the slowest row (k=5) last.
-RUN_ORDER = ("vae", "crvae", "cvae", "crvae_inference", "crvae_generation", "crvae_t4",
-             "crvae_t16", "crvae_2layer", "criwa")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_EVERY_EPOCHS = 10.0  # prior-sample PNGs during training
+EVAL_OVERHEAD_S = 30.0  # --plan: start-up and compilation of one evaluation
+PLAN_ASSUMED_EPOCHS = 30.0  # --plan's budget while it is undecided
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("rows", list(RUN_ORDER), "Rows to train and score, from "
-                  f"{TABLE_ORDER} and the controls {tuple(CONTROLS)}.")
+flags.DEFINE_enum("stage", "all", ["all", "lr_grid", "train", "eval", "report"],
+                  "Which jobs to run; 'report' only rewrites the table.")
+flags.DEFINE_bool("plan", False, "Print every job in order with its estimated cost and "
+                  "status, then exit (runs nothing).")
+flags.DEFINE_list("rows", list(tp.RUN_ORDER), f"Rows, from {tp.RUN_ORDER}.")
 flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "Config scale of every row.")
-flags.DEFINE_string("root", None, "Workdir root; default runs/mnist_table_<scale>.")
-flags.DEFINE_string("output", None, "Markdown table; default results/mnist_table[_paper].md.")
-flags.DEFINE_float("num_epochs", None, "Epochs per row (default: the config's).")
-flags.DEFINE_integer("num_samples", None, "Importance samples K (default: the config's).")
-flags.DEFINE_bool("report_only", False, "Only rewrite the table from finished rows.")
-flags.DEFINE_string("note", "", "A line added to the table's protocol (e.g. how the rows "
-                    "shared the machine).")
+flags.DEFINE_string("root", None, "Workdir root; default ../runs/mnist_table_<scale> "
+                    "beside the checkout (kept between sessions).")
+flags.DEFINE_string("pilot_root", None, "The pilot learning curves (the budget rule); "
+                    "default ../runs/mnist_pilots beside the checkout.")
+flags.DEFINE_string("output", None, "Markdown table; default results/mnist_table.md "
+                    "(paper scale: results/mnist_table_paper.md). PNGs go beside it.")
+flags.DEFINE_float("num_epochs", None, "The budget, equal for every row; default: the "
+                   "budget rule on the VAE pilot curve, or the value in protocol.json.")
+flags.DEFINE_float("grid_epochs", 5.0, "Epochs of each lr-grid pilot.")
+flags.DEFINE_list("lrs", ["3e-4", "1e-3", "3e-3"], "The learning-rate grid.")
+flags.DEFINE_integer("num_seeds", 3, "Training seeds of --seeded_rows.")
+flags.DEFINE_list("seeded_rows", ["vae", "cvae", "crvae"], "Rows with --num_seeds seeds.")
+flags.DEFINE_integer("other_lstm_seeds", 1, "Seeds of crVAE (T=8) at its other LSTM rate.")
+flags.DEFINE_integer("num_samples", 1000, "K of the headline test NLL (all test images).")
+flags.DEFINE_list("k_curve_rows", ["vae", "crvae"], "Rows of the K check (seed 0).")
+flags.DEFINE_integer("k_curve_samples", 5000, "The K check's largest K.")
+flags.DEFINE_integer("k_curve_images", 1000, "The K check scores the first this many "
+                     "test images.")
+flags.DEFINE_bool("criwa_from_crvae", True, "crIWA takes crVAE (T=8)'s grid choice (the "
+                  "two then differ only in the bound) instead of a grid of its own.")
+flags.DEFINE_bool("release", True, "Also train the release's recipe (config lr, LSTMs at "
+                  "lr/T, beta 0.784), seed 0, after everything else.")
+flags.DEFINE_integer("max_jobs", None, "Stop after this many jobs.")
+flags.DEFINE_float("stop_after_minutes", None, "Start no job that would not finish within "
+                   "this many minutes of the start (training: the whole epochs that fit).")
+flags.DEFINE_float("epoch_seconds", 80.0, "--plan and --stop_after_minutes: seconds per "
+                   "crVAE (T=8) training epoch while no run has been timed (the pilot "
+                   "curves took about 80 s per epoch on the 2-core VM, 2026-12-03).")
+flags.DEFINE_float("eval_samples_per_s", 2500.0, "--plan: IS decoder samples per second "
+                   "while no evaluation has been timed (benchmarks/RESULTS.md: 5085 on the "
+                   "idle 2-core VM; halved for a shared machine).")
+flags.DEFINE_string("note", "", "A line added to the report (e.g. how the runs shared the "
+                    "machine).")
+
+# ------------------------------------------------------------ the library, in two calls
 
 
-def row_config(row: str):
-  """The row's config (a control: its base row's config with the control's changes)."""
-  base, _, optim_changes = CONTROLS.get(row, (row, None, {}))
-  config = mnist_configs.config_at_scale(base, FLAGS.scale)
-  for key, value in optim_changes.items():
-    config.optim[key] = value
-  if FLAGS.num_epochs is not None:
-    config.train.num_epochs = FLAGS.num_epochs
-  if FLAGS.num_samples is not None:
-    config.eval.num_samples = FLAGS.num_samples
-  return config
+def train(config, workdir: str, data) -> None:
+  """Train (or resume) `config` in `workdir` to config.train.num_epochs."""
+  mnist_family.train_and_evaluate(config, workdir, data=data)
 
 
-def row_label(row: str) -> str:
-  return CONTROLS[row][1] if row in CONTROLS else ROW_LABELS[row]
+def score(config, workdir: str, data) -> None:
+  """IS test NLL of the workdir's best checkpoint (config.eval) on data.test_binary;
+  writes eval_test_K<K>.json and eval_test_K<K>_<name>.npy into the workdir."""
+  mnist_family.evaluate(config, workdir, data=data)
 
 
-def run_row(row: str, root: str, data, commit: str) -> dict:
-  """Train (or resume) and score one row; returns and writes its table_row.json."""
-  config = row_config(row)
-  workdir = os.path.join(root, row)
-  print(f"\n=== {row_label(row)} -> {workdir}", flush=True)
+def load_data(config):
+  return mnist_family.load_data(config)
+
+
+def base_config(row: str, scale: str):
+  """The row's config before the job's overrides (tests substitute a tiny one)."""
+  return mnist_configs.config_at_scale(row, scale)
+
+
+# ------------------------------------------------------------------------------ jobs
+
+
+def job_config(p: tp.Protocol, job: tp.Job, epochs=None):
+  c = base_config(job.row, p.scale)
+  for key, value in overrides(job.setting, c.model.num_blocks).items():
+    section, name = key.split(".")
+    c[section][name] = value
+  c.train.num_epochs = float(epochs or p.num_epochs or job.epochs)
+  if not job.trains:
+    c.eval.num_samples, c.eval.report_k = job.num_samples, job.report_k
+  return c
+
+
+def overrides(setting: tp.Setting, num_blocks: int) -> dict:
+  out = setting.overrides()
+  if "optim.lstm_lr_divisor" in out:  # lr/T with the config's T
+    out["optim.lstm_lr_divisor"] = float(num_blocks if setting.lstm == "T" else 1)
+  return {**out, "train.sample_every_epochs": SAMPLE_EVERY_EPOCHS}
+
+
+def provenance(commit: str) -> dict:
+  return {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+          "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}"
+                     f" {jax.devices()[0].device_kind} x{jax.device_count()}",
+          "load": os.getloadavg()[0], "command": command_line()}
+
+
+def command_line() -> str:
+  return " ".join(["python -m experiments.mnist_table"] + sys.argv[1:])
+
+
+def run_train(p, job, root: str, data, epochs: float, commit: str) -> None:
+  wd = tp.workdir(root, job.setting)
+  config = job_config(p, job, epochs)
+  rec = tp.read_job(wd)
+  rec["setting"] = dataclasses.asdict(job.setting)
+  rec["overrides"] = overrides(job.setting, config.model.num_blocks)
+  done, _ = tp.valid_curve(wd)
+  start = float(done.max()) if len(done) else 0.0
+  print(f"\n=== train {job.setting.name}: epoch {start:g} -> {epochs:g}", flush=True)
+  t0, failed = time.time(), None
+  try:
+    train(config, wd, data)
+  except NonFiniteError as e:  # recorded; the grid scores what the run reached
+    failed = str(e)
+  done, _ = tp.valid_curve(wd)
+  reached = epochs if failed is None else (float(done.max()) if len(done) else 0.0)
+  rec["train"].append({"epochs_from": start, "epochs_to": reached,
+                       "seconds": time.time() - t0, **provenance(commit)})
+  if failed:
+    rec["failed"] = {"epoch": reached, "message": failed}
+  tp.write_job(wd, rec)
+
+
+def run_eval(p, job, root: str, data, commit: str) -> None:
+  wd = tp.workdir(root, job.setting)
+  config = job_config(p, job)
+  k, subset = job.num_samples, job.num_images is not None
+  pattern = [os.path.join(wd, f"eval_test_K{k}.json"), os.path.join(wd, f"eval_test_K{k}_*")]
+  if subset:
+    clash = [f for g in pattern for f in glob.glob(g)]
+    if clash:
+      raise FileExistsError(f"{wd} holds {clash}, which the evaluation of the first "
+                            f"{job.num_images} test images would overwrite")
+    data = data._replace(test_binary=data.test_binary[:job.num_images],
+                         test_images=data.test_images[:job.num_images])
+  print(f"\n=== eval {job.setting.name}: K={k} on {len(data.test_binary)} test images",
+        flush=True)
   t0 = time.time()
-  valid = loop.train_and_evaluate(config, workdir, data=data)
-  t1 = time.time()
-  summary = evaluate.evaluate(config, workdir, data=data)
-  t2 = time.time()
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(
-      setup.init_variables(setup.build_model(config), config.train.seed)["params"]))
-  record = {
-      "row": row, "label": row_label(row),
-      "paper_nll": None if row in CONTROLS else config.paper_nll,
-      "variant": config.model.variant, "num_blocks": config.model.num_blocks,
-      "objective": config.objective.kind, "objective_samples": config.objective.num_samples,
-      "beta": config.objective.beta, "width": config.model.width,
-      "lstm_hidden": config.model.lstm_hidden, "params": n_params,
-      "epochs": config.train.num_epochs, "batch_size": config.train.batch_size,
-      "learning_rate": config.optim.learning_rate,
-      "valid_elbo": valid.get("elbo"), "train_seconds_this_run": t1 - t0,
-      "eval_seconds": t2 - t1, "commit": commit,
-      "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                 f"{summary['devices']}, jax {jax.__version__}",
-      "eval": summary,
-  }
-  with open(os.path.join(workdir, "table_row.json"), "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2)
-  return record
+  score(config, wd, data)
+  seconds = time.time() - t0
+  if subset:
+    out = tp.eval_dir(wd, job.num_images)
+    os.makedirs(out, exist_ok=True)
+    for f in (f for g in pattern for f in glob.glob(g)):
+      shutil.move(f, os.path.join(out, os.path.basename(f)))
+  rec = tp.read_job(wd)
+  rec["evals"][job.eval_key] = {
+      "num_samples": k, "report_k": job.report_k, "num_images": len(data.test_binary),
+      "trained_epochs": tp.trained_epochs(rec), "seconds": seconds, **provenance(commit)}
+  tp.write_job(wd, rec)
 
 
-def load_finished(root: str) -> dict:
-  out = {}
-  for row in TABLE_ORDER + tuple(CONTROLS):
-    path = os.path.join(root, row, "table_row.json")
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        out[row] = json.load(f)
-  return out
+# --------------------------------------------------------------------------- costs
 
 
-def per_image_nll(root: str, record: dict) -> np.ndarray:
-  k = record["eval"]["num_samples"]
-  return np.load(evaluate.per_image_path(os.path.join(root, record["row"]), k))
+def rates(root: str, pilot_root: str):
+  """(seconds per epoch of `row`, decoder samples per second of `row`) functions: measured
+  for the row, else the median of the measured rows (scaled by the rows' relative cost),
+  else the flags."""
+  epoch_s, eval_sps = tp.measured_rates(root, pilot_root)
+  cost = lambda r: tp.RELATIVE_EPOCH_COST.get(r, 1.0)
+  base_e = (float(np.median([s / cost(r) for r, s in epoch_s.items()])) if epoch_s
+            else FLAGS.epoch_seconds)
+  base_s = float(np.median(list(eval_sps.values()))) if eval_sps else FLAGS.eval_samples_per_s
+  return (lambda row: epoch_s.get(row, base_e * cost(row)),
+          lambda row: eval_sps.get(row, base_s))
 
 
-def paired_difference(root: str, record: dict, reference: dict) -> str:
-  """Mean +- se over test images of NLL(record) - NLL(reference)."""
-  diff = per_image_nll(root, record) - per_image_nll(root, reference)
-  mean, se = likelihood.mean_and_stderr(diff)
-  return f"{mean:+.2f} +- {se:.2f}"
-
-
-def write_table(root: str, finished: dict, output: str) -> None:
-  """results markdown: one line per finished row, in the paper's order."""
-  if not finished:
-    return
-  base = finished.get("vae")
-  any_rec = next(iter(finished.values()))
-  ev = any_rec["eval"]
-  lines = [
-      f"# Table 1 (MNIST NLL), {FLAGS.scale.upper()} scale",
-      "",
-      "Written by `experiments/mnist_table.py` (command below); every number is read from",
-      f"the per-row results under `{root}/`. NLL in nats, lower is better; +- is the",
-      "standard error over test images.",
-      "",
-      f"- Command: `python experiments/mnist_table.py --scale={FLAGS.scale}"
-      + (f" --num_epochs={FLAGS.num_epochs:g}" if FLAGS.num_epochs is not None else "")
-      + (f" --num_samples={FLAGS.num_samples}" if FLAGS.num_samples is not None else "")
-      + "` (rows run one after another; any subset with `--rows`)",
-      f"- Test set: {ev['test_set']} ({ev['num_images']} images, every one scored); "
-      f"importance samples K = {ev['num_samples']} per image (seed {ev['seed']}), BN in "
-      "inference mode, the best-validation-ELBO checkpoint.",
-      f"- Budget, equal for every row: {any_rec['epochs']:g} epochs of batch "
-      f"{any_rec['batch_size']} (50,000 training images, dynamic binarization), width "
-      f"{any_rec['width']}, LSTM hidden {any_rec['lstm_hidden']}; learning rates as the "
-      "release (VAE/cVAE 3e-4, crVAE family 3e-3, LSTMs at lr/T).",
-  ]
-  if FLAGS.note:
-    lines.append(f"- Note: {FLAGS.note}")
-  if FLAGS.scale == "cpu":
-    lines.append("- **CPU scale**: small models trained for minutes; not comparable with "
-                 "the paper's numbers (200 epochs, width 32, LSTM 512, K=10,000, "
-                 "Larochelle's binarized test set), which are listed for reference.")
-  lines += [
-      "",
-      "| model | paper NLL | our NLL | our -ELBO | vs VAE (paired) | valid ELBO | params "
-      "| train s | eval s | date | commit |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for row in TABLE_ORDER + tuple(CONTROLS):
-    if row not in finished:
-      if row in TABLE_ORDER:
-        lines.append(f"| {ROW_LABELS[row]} | {mnist_configs.PAPER_NLL[row]:.2f} | not run "
-                     "| | | | | | | | |")
-      continue
-    r, e = finished[row], finished[row]["eval"]
-    if base is not None and row != "vae":
-      paired = paired_difference(root, r, base)
+def print_plan(p: tp.Protocol, root: str, pilot_root: str, budget_note: str) -> None:
+  jobs = tp.plan(p, root)
+  epoch_s, sps = rates(root, pilot_root)
+  epochs_now, seen = {}, {}
+  left = release = 0.0
+  print(f"root {root}; budget {budget_note}; {len(jobs)} jobs\n"
+        f"{'#':>3}  {'stage':8} {'entry':24} {'workdir':32} {'work':18} {'est min':>8} "
+        f"{'cum h':>6}  status")
+  for i, job in enumerate(jobs, 1):
+    name = job.setting.name if job.setting else f"({job.entry} s{job.seed}: after grid)"
+    key = (job.trains, name, job.epochs if job.trains else job.eval_key)
+    done = tp.is_done(job, root)
+    if job.trains:
+      work = f"-> {job.epochs or PLAN_ASSUMED_EPOCHS:g} ep"
+      target = job.epochs or PLAN_ASSUMED_EPOCHS
+      if job.setting:
+        have = epochs_now.setdefault(name, tp.trained_epochs(tp.read_job(
+            tp.workdir(root, job.setting))))
+      else:  # seed 0 continues its grid pilot
+        have = p.grid_epochs if job.seed == 0 and job.stage == "train" else 0.0
+      est = max(0.0, target - have) * epoch_s(job.row)
+      if job.setting:
+        epochs_now[name] = max(have, target)
     else:
-      paired = "reference" if row == "vae" else "(no VAE row)"
-    paper = "-" if r["paper_nll"] is None else f"{r['paper_nll']:.2f}"
-    lines.append(
-        f"| {r['label']} | {paper} | {e['nll']:.2f} +- {e['nll_stderr']:.2f} "
-        f"| {e['neg_elbo']:.2f} | {paired} | {r['valid_elbo']:.2f} | "
-        f"{r['params'] / 1e6:.2f} M | {r['train_seconds_this_run']:.0f} | "
-        f"{r['eval_seconds']:.0f} | {e['date']} | {r['commit']} |")
-  pairs = [(a, b) for a, b in SAME_LR_PAIRS if a in finished and b in finished]
-  if pairs:
-    lines += ["", "Controls at equal learning rate (paired, per image; negative: the first "
-              "model is better):", ""]
-    lines += [f"- {finished[a]['label']} - {finished[b]['label']} (both lr "
-              f"{finished[a]['learning_rate']:g}): "
-              f"{paired_difference(root, finished[a], finished[b])} nats"
-              for a, b in pairs]
-  lines += [
-      "",
-      "\"vs VAE (paired)\": mean over test images of NLL(row) - NLL(VAE) on the same "
-      "images, with its standard error; negative means the row beats the VAE.",
-      "\"train s\" is the wall time of the run that finished the row (a resumed row "
-      "counts only its last part); the machine: " + any_rec["machine"] + ".",
-      "",
-  ]
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
-  print(f"wrote {output}", flush=True)
+      n = job.num_images or 10_000
+      work = f"K={job.num_samples} x {n} img"
+      est = job.num_samples * n / sps(job.row) + EVAL_OVERHEAD_S
+    if key in seen:
+      status, est = f"same as #{seen[key]}", 0.0
+    else:
+      seen[key] = i
+      status = ("done" if done else "ready" if tp.is_ready(job, p, root) else
+                "waits: grid" if job.setting is None else
+                "waits: budget" if not p.num_epochs else "waits: training")
+    est = 0.0 if done else est
+    left += est
+    release += est if job.entry.startswith("release:") else 0.0
+    print(f"{i:>3}  {job.stage:8} {job.entry:24} {name:32} {work:18} {est / 60:8.0f} "
+          f"{left / 3600:6.1f}  {status}")
+  print(f"\nestimated time left: {left / 3600:.1f} h, of which the release's recipe "
+        f"{release / 3600:.1f} h (train: measured s/epoch per row where a run finished, "
+        "else --epoch_seconds x relative cost; eval: measured samples/s, else "
+        "--eval_samples_per_s)")
+
+
+# ---------------------------------------------------------------------------- runner
+
+
+def now() -> float:
+  """The --stop_after_minutes clock (seconds; tests replace it)."""
+  return time.monotonic()
+
+
+def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str) -> None:
+  t_start, n, data, last = now(), 0, None, None
+  while FLAGS.max_jobs is None or n < FLAGS.max_jobs:
+    jobs = [j for j in tp.plan(p, root) if FLAGS.stage in ("all", j.stage)
+            and not tp.is_done(j, root)]
+    ready = [j for j in jobs if tp.is_ready(j, p, root)]
+    if not ready:
+      waiting = sorted({j.entry for j in jobs})
+      print("nothing left to run" + (f"; waiting: {waiting}" if waiting else ""), flush=True)
+      break
+    job, epochs = ready[0], ready[0].epochs
+    epoch_s, sps = rates(root, pilot_root)
+    if FLAGS.stop_after_minutes is not None:
+      left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
+      if job.trains:
+        have = tp.trained_epochs(tp.read_job(tp.workdir(root, job.setting)))
+        epochs = min(job.epochs, math.floor(have + left / epoch_s(job.row)))
+        if epochs <= have:
+          print(f"stopping: the next epoch of {job.setting.name} would pass "
+                f"--stop_after_minutes", flush=True)
+          break
+      elif job.num_samples * (job.num_images or 10_000) / sps(job.row) > left:
+        print(f"stopping: evaluating {job.setting.name} would pass --stop_after_minutes",
+              flush=True)
+        break
+    if (job, epochs) == last:
+      raise RuntimeError(f"{job} did not finish when run; see its workdir's job.json")
+    last = (job, epochs)
+    data = data or load_data(job_config(p, job))
+    if job.trains:
+      run_train(p, job, root, data, epochs, commit)
+    else:
+      run_eval(p, job, root, data, commit)
+    n += 1
+    try:  # a report that cannot be written must not stop a background run
+      report(p, root, pilot_root, output, commit)
+    except Exception:  # pylint: disable=broad-except
+      logging.warning("report failed:\n%s", traceback.format_exc())
+
+
+def report(p, root, pilot_root, output, commit) -> None:
+  paths = table_report.write_report(
+      p, root, pilot_root, output, commit=commit, note=FLAGS.note,
+      command="python -m experiments.mnist_table --stage=report" + "".join(
+          f" --{k}={FLAGS[k].value}" for k in ("root", "pilot_root", "output", "scale")
+          if FLAGS[k].present))
+  print(f"wrote {', '.join(paths)}", flush=True)
+
+
+def budget(pilot_root: str, saved) -> tuple:
+  """(epochs or None, how it was decided): --num_epochs, else protocol.json, else the
+  rule on the VAE pilot curve."""
+  if FLAGS.num_epochs:
+    return FLAGS.num_epochs, "--num_epochs"
+  if saved:
+    return saved, "protocol.json"
+  rule = tp.pilot_budget(pilot_root)
+  return (float(rule), "the pilot-curve rule") if rule else (None, "undecided")
+
+
+def check_protocol_file(root: str, p: tp.Protocol, write: bool) -> None:
+  """Refuse a root whose runs used other numbers; record this protocol's."""
+  path = os.path.join(root, "protocol.json")
+  mine = {k: v for k, v in dataclasses.asdict(p).items()
+          if k in ("scale", "lrs", "grid_epochs", "beta", "num_epochs")}
+  mine["lrs"] = list(mine["lrs"])
+  saved = {}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  clash = {k: (saved[k], v) for k, v in mine.items()
+           if saved.get(k) is not None and v is not None and saved[k] != v}
+  if clash:
+    raise app.UsageError(f"{path} holds runs with other numbers {clash} (saved, now): "
+                         "use another --root, or the saved values")
+  if write:
+    os.makedirs(root, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({**saved, **{k: v for k, v in mine.items() if v is not None}}, f, indent=2)
+
+
+@contextlib.contextmanager
+def root_lock(root: str):
+  """Held while this process runs jobs on `root`: a second runner on it is refused."""
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, ".lock"), "w", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+      raise app.UsageError(f"another mnist_table process runs on {root}") from e
+    yield
 
 
 def main(argv):
-  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  unknown = [r for r in FLAGS.rows if r not in TABLE_ORDER and r not in CONTROLS]
-  if unknown:
-    raise app.UsageError(f"--rows: unknown {unknown}; choose from {TABLE_ORDER} or the "
-                         f"controls {tuple(CONTROLS)}")
-  root = FLAGS.root or f"runs/mnist_table_{FLAGS.scale}"
-  output = FLAGS.output or ("results/mnist_table.md" if FLAGS.scale == "cpu"
-                            else "results/mnist_table_paper.md")
-  todo = [r for r in FLAGS.rows
-          if not os.path.exists(os.path.join(root, r, "table_row.json"))]
-  if not FLAGS.report_only and todo:
-    configs = [row_config(r) for r in todo]
-    mesh_size = parallel.make_mesh(configs[0].train.num_devices).size
-    for config in configs:  # every row's config is checked before anything trains
-      config_checks.check_mnist_config(config, mesh_size)
-    commit = git_commit()  # the code this process runs (read once, at start)
-    print(f"rows to run: {todo}; finished rows are kept; code {commit}", flush=True)
-    data = setup.load_data(configs[0])
-    for row in todo:
-      run_row(row, root, data, commit)
-      write_table(root, load_finished(root), output)
-  write_table(root, load_finished(root), output)
+  beside = lambda name: os.path.normpath(os.path.join(REPO, "..", "runs", name))
+  root = FLAGS.root or beside(f"mnist_table_{FLAGS.scale}")
+  pilot_root = FLAGS.pilot_root or beside("mnist_pilots")
+  output = FLAGS.output or os.path.join(
+      REPO, "results", "mnist_table.md" if FLAGS.scale == "cpu" else "mnist_table_paper.md")
+  saved = {}
+  if os.path.exists(os.path.join(root, "protocol.json")):
+    with open(os.path.join(root, "protocol.json"), encoding="utf-8") as f:
+      saved = json.load(f)
+  epochs, how = budget(pilot_root, saved.get("num_epochs"))
+  try:
+    p = tp.Protocol(
+        rows=tuple(FLAGS.rows), scale=FLAGS.scale, lrs=tuple(float(x) for x in FLAGS.lrs),
+        grid_epochs=FLAGS.grid_epochs, num_epochs=epochs, num_seeds=FLAGS.num_seeds,
+        seeded_rows=tuple(FLAGS.seeded_rows), other_lstm_seeds=FLAGS.other_lstm_seeds,
+        num_samples=FLAGS.num_samples, k_curve_rows=tuple(FLAGS.k_curve_rows),
+        k_curve_samples=FLAGS.k_curve_samples, k_curve_images=FLAGS.k_curve_images,
+        criwa_from_crvae=FLAGS.criwa_from_crvae, release=FLAGS.release)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  check_protocol_file(root, p, write=False)
+  if FLAGS.plan:
+    print_plan(p, root, pilot_root, f"{epochs:g} epochs ({how})" if epochs else
+               f"undecided (costs assume {PLAN_ASSUMED_EPOCHS:g} epochs)")
+    return
+  commit = git_commit()  # the code this process runs (read once, at start)
+  launch.configure_logging()
+  launch.enable_compilation_cache(FLAGS.compilation_cache_dir)
+  if FLAGS.stage != "report":
+    with root_lock(root):
+      check_protocol_file(root, p, write=True)
+      print(f"root {root}; budget: {epochs and f'{epochs:g} epochs'} ({how}); code "
+            f"{commit}", flush=True)
+      run(p, root, pilot_root, output, commit)
+  report(p, root, pilot_root, output, commit)
 
 
 if __name__ == "__main__":
   host_memory.reexec_with_hugepages()
-  app.run(main)
+  launch.run(main)

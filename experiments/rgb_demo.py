@@ -1,7 +1,7 @@
 r"""The CPU-scale 64x64 demo: train VAE-GAN / crVAE-GAN on the emoji set, commit the grids.
 
-  python experiments/rgb_demo.py                         # both models, CPU scale
-  python experiments/rgb_demo.py --rows=emoji_crvaegan   # one
+  python -m experiments.rgb_demo                         # both models, CPU scale
+  python -m experiments.rgb_demo --rows=emoji_crvaegan   # one
 
 Each row trains `experiments/configs/rgb.py:ROW,cpu` in runs/ROW_cpu (an interrupted row
 resumes; a finished one is not retrained), writes its grids, then copies the final
@@ -15,17 +15,14 @@ import json
 import os
 import platform
 import shutil
-import sys
 
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
-from crvae_jax.train import gan_loop  # pylint: disable=g-import-not-at-top
-from experiments.configs import rgb as rgb_configs  # pylint: disable=g-import-not-at-top
-from experiments.provenance import git_commit  # pylint: disable=g-import-not-at-top
+from crvae_jax import host_memory
+from crvae_jax.families import stage1
+from experiments.configs import rgb as rgb_configs
+from experiments.provenance import git_commit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["emoji_vaegan", "emoji_crvaegan"], "RGB config rows to train.")
@@ -53,7 +50,7 @@ def write_summary(row: str, workdir: str, out_dir: str, seconds: float) -> str:
   m = config.model
   lines = [
       f"# {row}, CPU scale", "",
-      f"Command: `python experiments/rgb_demo.py --rows={row}` (trains "
+      f"Command: `python -m experiments.rgb_demo --rows={row}` (trains "
       f"`experiments/configs/rgb.py:{row},cpu`)  ",
       f"Date: {datetime.date.today().isoformat()}  ",
       f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -93,10 +90,10 @@ def main(argv):
     workdir = os.path.join(FLAGS.runs_dir, f"{row}_cpu")
     summary_file = os.path.join(workdir, "train_summary.json")
     if not os.path.exists(summary_file):
-      gan_loop.train(config, workdir)
+      stage1.train(config, workdir)
     with open(summary_file, encoding="utf-8") as f:
       seconds = json.load(f)["train_seconds"]
-    prior, recon = gan_loop.sample(config, workdir)
+    prior, recon = stage1.sample(config, workdir)
     out_dir = os.path.join(FLAGS.results_dir, f"{row}_cpu")
     os.makedirs(out_dir, exist_ok=True)
     shutil.copyfile(prior, os.path.join(out_dir, "prior.png"))

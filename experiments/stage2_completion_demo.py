@@ -1,7 +1,7 @@
 r"""CPU-scale demos of Stage2 and image completion on the emoji Stage1 runs; commits results.
 
-  python experiments/rgb_demo.py                    # first: both Stage1 runs (runs/)
-  python experiments/stage2_completion_demo.py      # then: Stage2 and completion
+  python -m experiments.rgb_demo                    # first: both Stage1 runs (runs/)
+  python -m experiments.stage2_completion_demo      # then: Stage2 and completion
 
 Runs `experiments/main.py` (the same command lines a user types) for:
   stage2    experiments/configs/stage2.py:emoji_crvaegan,cpu on runs/emoji_crvaegan_cpu,
@@ -30,9 +30,7 @@ import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.provenance import git_commit  # pylint: disable=g-import-not-at-top
+from experiments.provenance import git_commit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("parts", ["stage2", "complete"], "Which demos to run.")
@@ -40,19 +38,18 @@ flags.DEFINE_string("runs_dir", "runs", "Where the Stage1 runs are and Stage2 go
 flags.DEFINE_string("results_dir", "results", "Where the grids and summaries go.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAIN = os.path.join(ROOT, "experiments", "main.py")
 
 
 def run_main(*args: str) -> float:
-  """Runs experiments/main.py with args; returns its wall time in seconds."""
+  """Runs experiments.main with args; returns its wall time in seconds."""
   t = time.perf_counter()
-  subprocess.run([sys.executable, MAIN, *args], check=True, cwd=ROOT)
+  subprocess.run([sys.executable, "-m", "experiments.main", *args], check=True, cwd=ROOT)
   return time.perf_counter() - t
 
 
 def header(title: str, command: str, seconds) -> list:
   return [f"# {title}", "",
-          f"Command: `python experiments/stage2_completion_demo.py` (runs `{command}`)  ",
+          f"Command: `python -m experiments.stage2_completion_demo` (runs `{command}`)  ",
           f"Date: {datetime.date.today().isoformat()}  ",
           f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           "CPU only, 1 device  ",
@@ -79,9 +76,8 @@ def stage2_demo() -> None:
   stage1 = os.path.join(FLAGS.runs_dir, "emoji_crvaegan_cpu")
   if not glob.glob(os.path.join(stage1, "checkpoints", "*")):
     raise app.UsageError(f"no Stage1 checkpoint in {stage1}: run "
-                         "`python experiments/rgb_demo.py --rows=emoji_crvaegan` first")
-  subprocess.run([sys.executable, os.path.join(ROOT, "experiments",
-                                               "convert_torchvision_weights.py"),
+                         "`python -m experiments.rgb_demo --rows=emoji_crvaegan` first")
+  subprocess.run([sys.executable, "-m", "experiments.convert_torchvision_weights",
                   "--arch=vgg11", "--random_init=0",
                   "--output=runs/weights/vgg11_random.npz"], check=True, cwd=ROOT)
   out = os.path.join(FLAGS.results_dir, "emoji_crvaegan_stage2_cpu")
@@ -107,7 +103,7 @@ def stage2_demo() -> None:
       config = json.load(f)
     lines += [
         f"## {what}", "",
-        f"`python experiments/main.py {' '.join(args)}`", "",
+        f"`python -m experiments.main {' '.join(args)}`", "",
         f"Training: {train_seconds / 60:.1f} min (`train_summary.json`, with compilation; "
         "other jobs may have shared the cores).", "",
         f"64 -> {config['model']['image_size']}, width {config['model']['width']}, "
@@ -146,7 +142,7 @@ def completion_demo() -> None:
   with open(os.path.join(src, "completion_metrics.md"), encoding="utf-8") as f:
     metrics = f.read()
   lines = header("Image completion, emoji VAE-GAN vs crVAE-GAN, CPU scale",
-                 "python experiments/main.py " + " ".join(args), seconds) + [
+                 "python -m experiments.main " + " ".join(args), seconds) + [
       "The images are training images (the emoji set has no held-out split).", "",
       metrics, "Each grid: rows ground truth, occluded, VAE-GAN, crVAE-GAN; one column "
       "per mask (centre, left, right, top, bottom, random blocks).", ""] + [

@@ -8,7 +8,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=2").strip()
 # The tests compile many programs and run each for milliseconds: skip LLVM's optimization
-# passes (compiles ~3x faster; the numbers do not depend on it). Subprocesses (the
+# passes (compiles much faster; the numbers do not depend on it). Subprocesses (the
 # preemption test) inherit it through the environment.
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
@@ -17,7 +17,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 from experiments.configs import mnist as mnist_configs  # pylint: disable=g-import-not-at-top
-from crvae_jax.train import setup  # pylint: disable=g-import-not-at-top
+from crvae_jax.families import mnist as mnist_family  # pylint: disable=g-import-not-at-top
 
 
 def make_tiny_config(row: str = "crvae"):
@@ -53,8 +53,16 @@ def make_tiny_data(num_train: int = 32, num_eval: int = 10, seed: int = 0):
     return (255 * blob).astype(np.uint8)
   test = images(num_eval)
   binary = lambda a: (rng.uniform(size=a.shape) < a / 255.0).astype(np.uint8)
-  return setup.MnistData(images(num_train), binary(images(num_eval)), binary(test), test,
-                         "tiny random blobs (test data)")
+  return mnist_family.MnistData(images(num_train), binary(images(num_eval)), binary(test),
+                                test, "tiny random blobs (test data)")
+
+
+@pytest.fixture
+def absl_logs(caplog):
+  """The messages crvae_jax logs through absl (INFO and above) during a test."""
+  import logging  # pylint: disable=g-import-not-at-top
+  caplog.set_level(logging.INFO, logger="absl")
+  return caplog
 
 
 @pytest.fixture
@@ -106,7 +114,7 @@ def cli_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("cli_run")
   config = make_tiny_config()
   with pytest.MonkeyPatch.context() as monkeypatch:
-    monkeypatch.setattr(setup, "load_data", lambda cfg, log=print: make_tiny_data())
+    monkeypatch.setattr(mnist_family, "load_data", lambda cfg: make_tiny_data())
     with main_flags("experiments/configs/mnist.py:crvae,cpu", workdir,
                     "train,evaluate,sample", config):
       cli.main(["main"])
@@ -114,7 +122,9 @@ def cli_workdir(tmp_path_factory):
 
 
 # Test files that share a session fixture run on the same pytest-xdist worker.
-_SHARED_GROUPS = {"test_training": "test_cli"}  # both use `cli_workdir`
+_SHARED_GROUPS = {"test_training": "test_cli",  # these use `cli_workdir`
+                  "test_notebook_api": "test_cli",
+                  "test_estimator_gap": "test_cli"}
 
 
 def pytest_collection_modifyitems(items):

@@ -1,8 +1,13 @@
-"""experiments/main.py: flags in, a trained workdir out (tiny data injected)."""
+"""experiments.main: flags in, a trained workdir out (tiny data injected); the project's
+known errors as one line and a non-zero exit."""
 
 import os
+import subprocess
+import sys
 
 import pytest
+
+from crvae_jax.train import checkpoints
 
 from experiments.configs import mnist as mnist_configs
 
@@ -28,9 +33,39 @@ def test_every_table_row_has_a_paper_and_a_cpu_config():
 
 
 def test_main_runs_train_evaluate_sample(cli_workdir):
-  # The session fixture `cli_workdir` (conftest.py) runs experiments/main.py's `main`
+  # The session fixture `cli_workdir` (conftest.py) runs experiments.main's `main`
   # with --mode=train,evaluate,sample on the tiny config and data (other tests read its
   # workdir too).
   workdir, config = cli_workdir
   assert os.path.exists(workdir / "samples" / "reconstructions.png")
   assert os.path.exists(workdir / f"eval_test_K{config.eval.num_samples}.json")
+
+
+def _main(*args, cwd):
+  """`python -m experiments.main` as a user runs it (no compilation cache written)."""
+  return subprocess.run([sys.executable, "-m", "experiments.main", *args,
+                         "--compilation_cache_dir="], capture_output=True, text=True,
+                        cwd=cwd, timeout=300, check=False)
+
+
+def test_known_errors_are_one_line_and_read_only_modes_create_no_workdir(tmp_path,
+                                                                         cli_workdir):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = f"--config={os.path.join(repo, 'experiments/configs/mnist.py')}:crvae,cpu"
+  missing = tmp_path / "missing"
+  out = _main(config, f"--workdir={missing}", "--mode=evaluate", cwd=tmp_path)
+  assert out.returncode == 1, out.stderr
+  assert out.stderr.strip().splitlines()[-1] == f"error: no such workdir: {missing}"
+  assert "Traceback" not in out.stderr and not missing.exists()
+
+  # A workdir of another model: the config error, one line, nothing trained.
+  other = tmp_path / "other"
+  other.mkdir()
+  saved = checkpoints.read_config_json(str(cli_workdir[0]))
+  (other / "config.json").write_text(__import__("json").dumps(saved))
+  out = _main(config, f"--workdir={other}", "--mode=train", cwd=tmp_path)
+  assert out.returncode == 1, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "holds a run of another config" in last, last
+  assert "model.width: 2 (workdir) != 8 (now)" in last and "Traceback" not in out.stderr
+  assert not (other / "checkpoints").exists()

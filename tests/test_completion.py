@@ -1,4 +1,4 @@
-"""Image completion (DESIGN.md section 7): masks, PSNR / SSIM over the hidden pixels,
+"""Image completion (docs/objectives.md, O11): masks, PSNR / SSIM over the hidden pixels,
 the optimisation of z on a tiny model whose targets it can reach (1 and 2 devices give
 each image the same completion), and `complete` / `--mode=complete` end to end from tiny
 checkpoints of a VAE-GAN and a crVAE-GAN."""
@@ -14,7 +14,9 @@ from PIL import Image
 
 from conftest import main_flags, make_tiny_config
 from crvae_jax import completion, image_metrics
-from crvae_jax.train import checkpoints, gan_loop, parallel
+from crvae_jax import sharding
+from crvae_jax.families import stage1
+from crvae_jax.train import checkpoints
 from experiments import main as cli
 from test_rgb_training import tiny_rgb_config, tiny_source
 
@@ -80,14 +82,14 @@ def test_psnr_and_ssim_score_the_hidden_region_only():
 @pytest.fixture(scope="module")
 def initial_states():
   """init_state of the tiny VAE-GAN and crVAE-GAN configs (compiled once per module)."""
-  return {v: gan_loop.init_state(tiny_rgb_config(v)) for v in ("vaegan", "crvaegan")}
+  return {v: stage1.init_state(tiny_rgb_config(v)) for v in ("vaegan", "crvaegan")}
 
 
 def test_complete_images_pads_batches_to_the_device_count_only():
   """Image batches are split over the devices; 3 images run as one batch of 4 on 2
   devices (not padded to completion.batch_size); 5 with batch_size 3 in two batches of 4
   (3 rounded up to the device count; one shape, one compilation)."""
-  mesh = parallel.make_mesh(2)
+  mesh = sharding.make_mesh(2)
   seen = []
 
   def fake_fn(gen_vars, disc_vars, x, m):
@@ -110,9 +112,9 @@ def _calibrated_generator(config, state, images):
   updates) to the statistics of a real forward pass: a random-init decoder with its
   init averages (mean 0, variance 1) draws near-constant images; calibrated, it draws
   images that vary with z, so hidden pixels are not trivially guessed."""
-  model = gan_loop.build(config, axis_name=None).model
+  model = stage1.build(config, axis_name=None).model
   eps = jax.random.normal(jax.random.key(2), (len(images),) + model.latent_shape)
-  variables = gan_loop.generator_variables(state)
+  variables = stage1.generator_variables(state)
 
   def update(_, stats):
     return model.apply({"params": variables["params"], "batch_stats": stats}, images, eps,
@@ -129,8 +131,8 @@ def test_completion_fits_visible_pixels_recovers_hidden_ones_and_is_per_image(
   config = tiny_rgb_config("crvaegan")  # the generation LSTM is part of decode
   state = initial_states["crvaegan"]
   model, gen = _calibrated_generator(config, state,
-                                     gan_loop.fixed_images(tiny_source(), 8, 0))
-  disc = gan_loop.build(config, axis_name=None).disc
+                                     stage1.fixed_images(tiny_source(), 8, 0))
+  disc = stage1.build(config, axis_name=None).disc
   z_true = jax.random.normal(jax.random.key(1), (3,) + model.latent_shape)
   decode = jax.jit(lambda z: model.apply(gen, z, method=model.decode))
   x = np.asarray(decode(z_true))  # [3, 64, 64, 3]
@@ -140,9 +142,9 @@ def test_completion_fits_visible_pixels_recovers_hidden_ones_and_is_per_image(
   steps = 40
   outs = {}
   for devices, rows in ((2, slice(0, 3)), (1, slice(1, 3))):  # 3 images pad to 4 on 2
-    mesh = parallel.make_mesh(devices)
+    mesh = sharding.make_mesh(devices)
     fn = completion.make_completion_fn(model, disc, mesh, steps=steps, learning_rate=0.1)
-    g, d = parallel.replicate(mesh, (gen, state.disc))
+    g, d = sharding.replicate(mesh, (gen, state.disc))
     outs[devices] = completion.complete_images(fn, g, d, x[rows], m[rows], mesh, 4)
   out = outs[2]
   assert out.trace.shape == (3, steps + 1) and np.all(np.isfinite(out.trace))
@@ -211,9 +213,8 @@ def test_complete_compares_two_restored_models_on_two_devices(tiny_runs, tmp_pat
   config_a, workdir_a = tiny_runs["vaegan"]
   config_a = _tiny_completion(config_a.copy_and_resolve_references())
   workdir_b = tiny_runs["crvaegan"][1]
-  config_b = completion.saved_config(str(workdir_b), like=config_a)
+  config_b = completion.compare_config(str(workdir_b))  # its config.json alone
   assert config_b.model.variant == "crvaegan" and config_b.objective.kappa > 0
-  assert config_b.completion == config_a.completion  # one setting for both
   summary = completion.complete(config_a, str(workdir_a), source=tiny_source(),
                                 out_dir=str(tmp_path / "out"),
                                 compare=(config_b, str(workdir_b)))
@@ -236,7 +237,10 @@ def test_main_complete_mode_reads_the_compare_workdirs_config(tiny_runs, tmp_pat
   with main_flags("experiments/configs/rgb.py:emoji_crvaegan,cpu", workdir, "complete",
                   config) as parsed:
     parsed.compare_workdir = str(tmp_path / "nowhere")
-    with pytest.raises(app.UsageError, match="nowhere.*config.json does not exist"):
+    with pytest.raises(app.UsageError, match="--compare_workdir: no such workdir: .*nowhere"):
+      cli.main(["main"])
+    parsed.compare_workdir = str(tmp_path / "images")  # a folder, but no trained run
+    with pytest.raises(app.UsageError, match="images.config.json does not exist"):
       cli.main(["main"])
     parsed.compare_workdir = str(compare)
     cli.main(["main"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from crvae_jax.models import layers
+from crvae_jax import compiled
 from crvae_jax.models.fast_conv import conv2d
 
 
@@ -43,7 +43,7 @@ def test_forward_and_grads_match_reference(b, h, w, cin, cout, k, stride,
   y_ref, vjp_ref = jax.vjp(lambda a, b_: _ref(a, b_, stride, padding), x, kern)
   dy = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
 
-  @functools.partial(jax.jit, compiler_options=layers.compiler_options('cpu'))
+  @functools.partial(jax.jit, compiler_options=compiled.compiler_options('cpu'))
   def fast(a, b_, dy):
     y, vjp = jax.vjp(lambda a, b_: conv2d(a, b_, stride, padding), a, b_)
     return (y,) + vjp(dy)
@@ -68,8 +68,8 @@ def test_compiler_options_are_a_platform_switch():
   # 'cpu' kernels get XLA's own CPU convs (a DebugOptions field this jax must accept:
   # the jit in test_forward_and_grads_match_reference compiles with it); 'xla' (the
   # GPU/TPU path) keeps XLA's defaults.
-  assert layers.compiler_options('xla') is None
-  opts = layers.compiler_options('cpu')
+  assert compiled.compiler_options('xla') is None
+  opts = compiled.compiler_options('cpu')
   assert 'INDIVIDUAL_CONVOLUTION' not in opts['xla_cpu_experimental_ynn_fusion_type']
-  assert layers.compiler_options('auto') == (opts if jax.default_backend() == 'cpu'
-                                             else None)
+  assert compiled.compiler_options('auto') == (opts if jax.default_backend() == 'cpu'
+                                               else None)

@@ -66,7 +66,6 @@ def test_reexec_keeps_the_command_line_and_runs_the_program_once(tmp_path):
   script = tmp_path / "prog.py"
   script.write_text(textwrap.dedent(f"""
       import os, sys
-      sys.path.insert(0, {REPO!r})
       from crvae_jax import host_memory
       print("start", flush=True)
       if __name__ == "__main__":
@@ -74,6 +73,7 @@ def test_reexec_keeps_the_command_line_and_runs_the_program_once(tmp_path):
         print("main", sys.argv[1:], os.environ.get("GLIBC_TUNABLES", ""))
       """))
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT)}
+  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
   out = subprocess.run([sys.executable, "-u", str(script), "--a=1", "b c"], env=env,
                        capture_output=True, text=True, check=True).stdout.splitlines()
   restarts = host_memory.should_reexec(env, host_memory.thp_mode(),

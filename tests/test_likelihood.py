@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 
 from crvae_jax import likelihood, objectives
-from crvae_jax.train import parallel, setup
+from crvae_jax import sharding
+from crvae_jax.families import mnist as mnist_family
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
   from conftest import make_tiny_config, make_tiny_data  # pylint: disable=g-import-not-at-top
   config = make_tiny_config()
-  model = setup.build_model(config)
-  return model, setup.init_variables(model, 0), make_tiny_data(num_eval=7).test_binary
+  model = mnist_family.build_model(config)
+  return model, mnist_family.init_variables(model, 0), make_tiny_data(num_eval=7).test_binary
 
 
 def _estimate(tiny_model, **kw):
@@ -21,7 +22,7 @@ def _estimate(tiny_model, **kw):
   args = dict(num_samples=6, chunk_size=4, batch_size=4, report_k=3, seed=0,
               progress=False)
   args.update(kw)
-  mesh = parallel.make_mesh(args.pop("devices", 2))
+  mesh = sharding.make_mesh(args.pop("devices", 2))
   return likelihood.estimate_log_likelihood(model, variables, images, mesh, **args)
 
 
@@ -75,8 +76,8 @@ def test_working_memory_does_not_grow_with_k(tiny_model):
   # Samples are streamed in chunks through a running log-sum-exp: the compiled
   # estimator's scratch memory is the same for K = 100 and K = 10,000.
   model, variables, images = tiny_model
-  mesh = parallel.make_mesh(2)
-  args = (parallel.replicate(mesh, variables), parallel.shard_batch(mesh, images[:4]), 0,
+  mesh = sharding.make_mesh(2)
+  args = (sharding.replicate(mesh, variables), sharding.shard_batch(mesh, images[:4]), 0,
           jax.random.key(0))
   temp = {}
   for k in (100, 10_000):
@@ -91,8 +92,8 @@ def test_working_memory_does_not_grow_with_k(tiny_model):
 def test_every_variant_is_scored_and_k1_is_the_training_bound(row):
   from conftest import make_tiny_config, make_tiny_data  # pylint: disable=g-import-not-at-top
   config = make_tiny_config(row)
-  model = setup.build_model(config)
-  variables = setup.init_variables(model, 0)
+  model = mnist_family.build_model(config)
+  variables = mnist_family.init_variables(model, 0)
   images = make_tiny_data(num_eval=4).test_binary
   res = _estimate((model, variables, images), num_samples=4, chunk_size=2, report_k=2)
   assert np.all(np.isfinite(res.log_px)) and np.all(res.log_px >= res.elbo - 1e-4)
@@ -106,3 +107,51 @@ def test_every_variant_is_scored_and_k1_is_the_training_bound(row):
     weights = objectives.block_weights(config.model.num_blocks, 1.0, None)
     np.testing.assert_allclose(res.log_px_k1, objectives.elbo(out, weights).bound,
                                rtol=1e-5)
+
+
+def _direct(log_w, k):
+  """log (1/k) sum_{j<k} exp(log_w[:, j]), in float64: the estimate by definition."""
+  log_w = np.asarray(log_w, np.float64)[:, :k]
+  m = log_w.max(-1)
+  return m + np.log(np.exp(log_w - m[:, None]).sum(-1)) - np.log(k)
+
+
+def test_streamed_estimates_equal_a_direct_logsumexp_for_every_cut():
+  # Every (K, chunk, report_k) of a small grid: chunks that divide K and chunks that do
+  # not, report_k below, at and above K. The chunked, masked log-sum-exp against the
+  # definition. The table's entries past K (what the last chunk reads when it overruns
+  # K) are huge, so counting one of them moves an estimate by ~1000 nats.
+  rng = np.random.default_rng(0)
+  b = 3
+  for k in (1, 4, 5):
+    table = rng.normal(-90.0, 5.0, (b, 2 * k)).astype(np.float32)
+    table[:, k:] = 1000.0
+    for chunk in range(1, k + 1):
+      for report_k in sorted({2, k, 100}):
+        estimate = jax.jit(lambda t, c=chunk, r=report_k, k=k: likelihood.stream_log_weights(
+            lambda ids: t[:, ids], jax.numpy.zeros(b), num_samples=k, chunk_size=c,
+            report_k=r))
+        out = np.asarray(estimate(table))  # [b, 4]
+        cut = f"K={k} chunk={chunk} report_k={report_k}"
+        np.testing.assert_allclose(out[:, 0], table[:, :k].mean(-1), rtol=1e-5,
+                                   err_msg=cut)
+        np.testing.assert_allclose(out[:, 1], table[:, 0], rtol=1e-6, err_msg=cut)
+        np.testing.assert_allclose(out[:, 2], _direct(table, min(report_k, k)),
+                                   rtol=1e-5, err_msg=cut)
+        np.testing.assert_allclose(out[:, 3], _direct(table, k), rtol=1e-5, err_msg=cut)
+
+
+def test_model_estimates_equal_a_direct_logsumexp_of_its_log_weights(tiny_model):
+  # End to end on the tiny model, with the cut of the bug report (K=5, chunk 3,
+  # report_k 100 > K: the padding sample used to be counted in the report_k figure).
+  model, variables, images = tiny_model
+  from crvae_jax import randomness  # pylint: disable=g-import-not-at-top
+  keys = randomness.example_keys(jax.random.key(0), np.arange(len(images)))
+  eps1, eps2 = randomness.latent_noise(keys, np.arange(5), model.latent_shape, model.top_dim)
+  out = jax.jit(model.apply)(variables, images[..., None].astype(np.float32), eps1, eps2)
+  log_w = np.asarray(objectives.log_weights(out))  # [N, 5]
+  res = _estimate(tiny_model, num_samples=5, chunk_size=3, report_k=100)
+  assert res.report_k == 5
+  np.testing.assert_allclose(res.log_px, _direct(log_w, 5), rtol=1e-5)
+  np.testing.assert_allclose(res.log_px_report, _direct(log_w, 5), rtol=1e-5)
+  np.testing.assert_allclose(res.elbo, log_w.mean(-1), rtol=1e-5)

@@ -18,7 +18,7 @@ import pytest
 from crvae_jax import likelihood, objectives
 from crvae_jax.models.channel_recurrent import Gaussian
 from crvae_jax.models.mnist import ModelOutput
-from crvae_jax.train import parallel
+from crvae_jax import sharding
 
 P, D, SIGMA = 16, 2, 0.7
 
@@ -80,7 +80,7 @@ def _images(values):
 
 def _estimate(model, images, k, seed=0):
   return likelihood.estimate_log_likelihood(
-      model, {}, images, parallel.make_mesh(2), num_samples=k, chunk_size=2048,
+      model, {}, images, sharding.make_mesh(2), num_samples=k, chunk_size=2048,
       batch_size=4, report_k=100, seed=seed, progress=False)
 
 
@@ -160,7 +160,7 @@ def test_k_sample_bound_rises_with_k_on_average():
   x = (np.random.default_rng(5).random((1, P)) < 0.5).astype(np.float64)
   model = ToyLinear(tuple(map(tuple, w)), tuple(b), "bernoulli", "prior")
   res = likelihood.estimate_log_likelihood(
-      model, {}, _images(np.repeat(x, 256, 0)), parallel.make_mesh(2), num_samples=1000,
+      model, {}, _images(np.repeat(x, 256, 0)), sharding.make_mesh(2), num_samples=1000,
       chunk_size=500, batch_size=64, report_k=10, seed=0, progress=False)
   levels = [res.log_px_k1, res.log_px_report, res.log_px]  # K = 1, 10, 1000
   for low, high in zip(levels, levels[1:]):

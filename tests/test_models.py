@@ -11,7 +11,7 @@ from crvae_jax.models.mnist import MnistVAE, VARIANTS
 
 
 def expected_paper_params(variant: str, t: int = 8) -> int:
-  """Parameter count re-derived by hand from DESIGN.md sections 2-3 (paper widths)."""
+  """Parameter count re-derived by hand from docs/models.md sections 1, 3 (paper widths)."""
   conv = lambda k, cin, cout, bias=False: k * k * cin * cout + (cout if bias else 0)
   dense = lambda din, dout, bias=True: din * dout + (dout if bias else 0)
   bn = lambda c: 2 * c  # scale + offset

@@ -23,9 +23,9 @@ TIMEOUT_S = 300  # per launch; the processes also give up joining after 60 s
 # checkpoint every 4), evaluate the latest checkpoint, and report what it holds. With
 # TERM_AFTER=N, process 1 sends itself SIGTERM (a preemption notice) right after saving
 # step N: JAX shares the notice, both processes save at the same later step and exit.
+# The children find the repository and tests/ through PYTHONPATH (`_run`).
 CHILD = f"""
 import json, os, signal, sys, time
-sys.path[:0] = [{REPO!r}, {os.path.join(REPO, "tests")!r}]
 t0 = time.time()
 process_id, num_processes, port, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 from crvae_jax import distributed
@@ -34,8 +34,11 @@ if num_processes > 1:
 import jax
 import numpy as np
 from conftest import make_tiny_config, make_tiny_data
-from crvae_jax import evaluate
-from crvae_jax.train import checkpoints, loop, parallel
+from absl import logging
+from crvae_jax import sharding
+from crvae_jax.families import mnist as mnist_family
+from crvae_jax.train import checkpoints
+logging.set_verbosity(logging.INFO)  # crvae_jax's messages, as experiments.main shows them
 term_after = int(os.environ.get("TERM_AFTER", "0"))
 if term_after and process_id == 1:
   save = checkpoints.Checkpoints.save_latest
@@ -46,10 +49,10 @@ if term_after and process_id == 1:
   checkpoints.Checkpoints.save_latest = save_then_term
 config, data = make_tiny_config(), make_tiny_data()
 config.train.num_epochs = 2.0
-loop.train_and_evaluate(config, workdir, data=data)
-summary = evaluate.evaluate(config, workdir, data=data)
-_, variables, step = evaluate.restore_variables(config, workdir, "latest", len(data.train_images))
-params = [parallel.to_host(x) for x in jax.tree.leaves(variables)]
+mnist_family.train_and_evaluate(config, workdir, data=data)
+summary = mnist_family.evaluate(config, workdir, data=data)
+_, variables, step = mnist_family.restore_variables(config, workdir, "latest")
+params = [sharding.to_host(x) for x in jax.tree.leaves(variables)]
 np.savez(os.path.join(workdir, f"variables_{{process_id}}.npz"), *params)
 with open(os.path.join(workdir, f"report_{{process_id}}.json"), "w") as f:
   json.dump({{"nll": summary["nll"], "neg_elbo": summary["neg_elbo"], "step": step,
@@ -72,6 +75,8 @@ def _run(workdir, num_processes: int, devices_per_process: int, expect_rc: int =
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests"),
+                                         os.environ.get("PYTHONPATH", "")]),
              XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
                  "xla_force_host_platform_device_count=2",
                  f"xla_force_host_platform_device_count={devices_per_process}"))

@@ -7,28 +7,30 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from crvae_jax.train import optimizer, parallel, setup
+from crvae_jax import sharding
+from crvae_jax.families import mnist as mnist_family
+from crvae_jax.train import mnist_step, optimizer
 
 
 def _run_steps(config, data, num_devices, steps=2, tx=None):
-  mesh = parallel.make_mesh(num_devices)
-  model = setup.build_model(config)
-  tx = tx or setup.build_optimizer(config, len(data.train_images))
-  state = parallel.replicate(mesh, setup.init_state(model, tx, 0))
-  step_fn = parallel.make_train_step(
-      model, tx, parallel.make_objective(config.objective, config.model.num_blocks), mesh,
+  mesh = sharding.make_mesh(num_devices)
+  model = mnist_family.build_model(config)
+  tx = tx or mnist_family.build_optimizer(config, len(data.train_images))
+  state = sharding.replicate(mesh, mnist_family.init_state(model, tx, 0))
+  step_fn = mnist_step.make_train_step(
+      model, tx, mnist_step.make_objective(config.objective, config.model.num_blocks), mesh,
       num_samples=config.objective.num_samples)
   rng = jax.random.key(3)
   for i in range(steps):
     batch = data.train_images[i * config.train.batch_size:(i + 1) * config.train.batch_size]
-    state, metrics = step_fn(state, parallel.shard_batch(mesh, batch), rng)
+    state, metrics = step_fn(state, sharding.shard_batch(mesh, batch), rng)
   return jax.device_get(state), jax.device_get(metrics)
 
 
 def test_two_devices_compute_the_one_device_gradient(tiny_config, tiny_data):
   # With SGD(lr=1) the parameter change *is* the (pmean-ed) gradient of the global batch.
   assert len(jax.devices()) >= 2, "conftest should fake 2 CPU devices"
-  init = setup.init_variables(setup.build_model(tiny_config), 0)
+  init = mnist_family.init_variables(mnist_family.build_model(tiny_config), 0)
   sgd = optax.sgd(1.0)
   one, m1 = _run_steps(tiny_config, tiny_data, 1, steps=1, tx=sgd)
   two, m2 = _run_steps(tiny_config, tiny_data, 2, steps=1, tx=sgd)
@@ -85,21 +87,21 @@ def test_learning_rate_halves_on_schedule():
 
 
 def test_map_batches_pads_and_keeps_every_row():
-  mesh = parallel.make_mesh(2)
+  mesh = sharding.make_mesh(2)
   data = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
   fn = jax.jit(lambda b, off: b.sum(-1) + 0 * off)
-  out = parallel.map_batches(fn, data, mesh, batch_size=3)  # rounded up to 4
+  out = sharding.map_batches(fn, data, mesh, batch_size=3)  # rounded up to 4
   np.testing.assert_array_equal(out, data.sum(-1))
 
 
 def test_batches_are_assembled_from_the_rows_each_process_holds():
-  mesh = parallel.make_mesh(2)
-  assert parallel.process_rows(mesh, 8) == slice(0, 8)  # one process holds every row
+  mesh = sharding.make_mesh(2)
+  assert sharding.process_rows(mesh, 8) == slice(0, 8)  # one process holds every row
   x = np.arange(24).reshape(8, 3)
-  batch = parallel.shard_batch(mesh, x, np.arange(8)[::-1])
-  assert batch.sharding.spec == P(parallel.BATCH_AXIS)
-  np.testing.assert_array_equal(parallel.to_host(batch), x[::-1])
+  batch = sharding.shard_batch(mesh, x, np.arange(8)[::-1])
+  assert batch.sharding.spec == P(sharding.BATCH_AXIS)
+  np.testing.assert_array_equal(sharding.to_host(batch), x[::-1])
   with pytest.raises(ValueError, match="holds 4 rows of a batch of 8"):
-    parallel.from_process_rows(mesh, x[:4], 8)
+    sharding.from_process_rows(mesh, x[:4], 8)
   with pytest.raises(ValueError, match="does not split over 2 devices"):
-    parallel.process_rows(mesh, 7)
+    sharding.process_rows(mesh, 7)

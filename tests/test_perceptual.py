@@ -175,7 +175,7 @@ def test_missing_file_names_path_and_converter(tmp_path):
   path = str(tmp_path / "nowhere" / "vgg11.npz")
   with pytest.raises(perceptual.PerceptualWeightsError) as e:
     perceptual.load_perceptual("vgg11", path)
-  assert path in str(e.value) and "convert_torchvision_weights.py" in str(e.value)
+  assert path in str(e.value) and "experiments.convert_torchvision_weights" in str(e.value)
 
 
 def test_unknown_network_is_an_error(vgg_npz):

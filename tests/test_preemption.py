@@ -12,21 +12,23 @@ import jax
 import numpy as np
 
 from conftest import make_tiny_config, make_tiny_data
-from crvae_jax import evaluate
-from crvae_jax.train import loop
+from crvae_jax.families import mnist as mnist_family
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The child is the same training call a user's script would make; the test's fake
 # devices (XLA_FLAGS) and compilation cache are inherited through the environment.
 # With KILL_IN_SAVE_AT=N in its environment the child SIGKILLs itself right after
 # starting the (asynchronous) save of the latest checkpoint at step >= N: a kill while
-# Orbax is still writing it.
+# Orbax is still writing it. The child finds the repository and tests/ through
+# PYTHONPATH (`_start`) and shows crvae_jax's INFO messages, as experiments.main does.
 CHILD = f"""
 import os, signal, sys
-sys.path[:0] = [{REPO!r}, {os.path.join(REPO, "tests")!r}]
+from absl import logging
+logging.set_verbosity(logging.INFO)
 from test_preemption import preemption_config
 from conftest import make_tiny_data
-from crvae_jax.train import checkpoints, loop
+from crvae_jax.families import mnist as mnist_family
+from crvae_jax.train import checkpoints
 kill_at = int(os.environ.get("KILL_IN_SAVE_AT", "0"))
 if kill_at:
   save = checkpoints.Checkpoints.save_latest
@@ -35,7 +37,7 @@ if kill_at:
     if step >= kill_at:
       os.kill(os.getpid(), signal.SIGKILL)
   checkpoints.Checkpoints.save_latest = save_then_die
-loop.train_and_evaluate(preemption_config(), sys.argv[1], data=make_tiny_data())
+mnist_family.train_and_evaluate(preemption_config(), sys.argv[1], data=make_tiny_data())
 """
 TIMEOUT_S = 240
 
@@ -52,7 +54,9 @@ def _start(workdir, **extra_env):
   env = dict(os.environ, **extra_env,
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests"),
+                                         os.environ.get("PYTHONPATH", "")]))
   return subprocess.Popen([sys.executable, "-c", CHILD, workdir], env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -97,7 +101,7 @@ def test_sigterm_sigint_sigkill_and_kill_in_save_then_rerun_end_bit_identical(tm
   uninterrupted = config.copy_and_resolve_references()
   uninterrupted.train.eval_every_epochs = uninterrupted.train.num_epochs
   uninterrupted.train.sample_every_epochs = uninterrupted.train.num_epochs
-  loop.train_and_evaluate(uninterrupted, straight, data=data, log=lambda *_: None)
+  mnist_family.train_and_evaluate(uninterrupted, straight, data=data)
 
   work = str(tmp_path / "preempted")
   newer = lambda: max(_saved_steps(work), default=0) + 1  # a checkpoint this run wrote
@@ -119,8 +123,7 @@ def test_sigterm_sigint_sigkill_and_kill_in_save_then_rerun_end_bit_identical(tm
   out = _finish(work)
   assert "Resuming from step" in out, out
 
-  restore = lambda d: evaluate.restore_variables(config, d, "latest",
-                                                 len(data.train_images))
+  restore = lambda d: mnist_family.restore_variables(config, d, "latest")
   (_, a, step_a), (_, b, step_b) = restore(straight), restore(work)
   assert step_a == step_b == 16
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))

@@ -1,6 +1,8 @@
 """RGB training data: augmentation and batches as functions of the step, the emoji set
-(synthetic tarballs here, the real npm package in one test), tfds and the source errors."""
+(synthetic tarballs here, the real npm package in one test; the other sets and the
+held-out split in test_emoji_sets.py), tfds and the source errors."""
 
+import hashlib
 import io
 import tarfile
 
@@ -76,11 +78,13 @@ def test_emoji_are_composited_on_white_and_tarballs_are_verified(tmp_path):
   rgba[:32] = (200, 10, 20, 255)  # opaque top half, transparent bottom half
   rgba[32:, :, 3] = 0
   la = Image.new("LA", (64, 64), (0, 128))  # black at half alpha
+  prefix = emoji.EMOJI_SETS["google"].member_prefix
   path = _emoji_tarball(tmp_path / "e.tgz", {
-      emoji.EMOJI_MEMBER_PREFIX + "b.png": _png(Image.fromarray(rgba, "RGBA")),
-      emoji.EMOJI_MEMBER_PREFIX + "a.png": _png(la),
+      prefix + "b.png": _png(Image.fromarray(rgba, "RGBA")),
+      prefix + "a.png": _png(la),
       "package/README.md": b"not an image"})
-  images = emoji.decode_tarball(path, check_sha256=False)  # sorted: a.png, b.png
+  images, names, sets = emoji.decode_tarball(path, check_sha256=False)  # sorted: a, b
+  assert names.tolist() == ["a", "b"] and sets.tolist() == ["google", "google"]
   assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
   np.testing.assert_array_equal(images[1, 0, 0], (200, 10, 20))
   np.testing.assert_array_equal(images[1, 63, 0], (255, 255, 255))  # transparent: white
@@ -95,13 +99,25 @@ def test_emoji_are_composited_on_white_and_tarballs_are_verified(tmp_path):
 
 
 def test_the_real_emoji_set_from_npm_is_verified_and_cached(tmp_path, monkeypatch):
-  images = emoji.load_emoji(cache_dir=tmp_path)  # npm pack, sha256 of tarball and array
-  assert images.shape == (emoji.EMOJI_COUNT, 64, 64, 3)
+  # npm pack; sha256 of the tarball, the array and the names
+  images = emoji.load_emoji(cache_dir=tmp_path).images
+  assert images.shape == (3786, 64, 64, 3)
   assert 0.3 < float((images == 255).mean()) < 0.6  # on white, not blank
   def no_npm(*args, **kwargs):
     raise AssertionError("the cache should have been used")
   monkeypatch.setattr(emoji, "npm_pack", no_npm)
-  np.testing.assert_array_equal(emoji.load_emoji(cache_dir=tmp_path), images)
+  np.testing.assert_array_equal(emoji.load_emoji(cache_dir=tmp_path).images, images)
+  # The default set is bit-identical to the one the committed emoji results trained on.
+  assert hashlib.sha256(images.tobytes()).hexdigest() == (
+      "4d7dcb6041f5b93d54200590ac8934be94b5320ee30c23a1ab5c292f0b019612")
+  c = rgb_configs.get_config("emoji_crvaegan,cpu")
+  c.data.cache_dir = str(tmp_path)
+  assert (c.data.emoji_sets, c.data.emoji_split) == ("google", "train")
+  train = rgb.open_source(c.data)
+  c.data.emoji_split = "all"
+  every = rgb.open_source(c.data)
+  np.testing.assert_array_equal(every.images, images)
+  assert len(train) == 3786 - 337 and len(every) == 3786
 
 
 def test_a_prepared_tfds_dataset_is_read_and_a_missing_one_is_named(tmp_path):

@@ -1,5 +1,5 @@
-"""64x64 RGB Stage1 networks (VAE-GAN, crVAE-GAN): parameter counts from DESIGN.md
-section 5, shapes, the global-batch minibatch discrimination, and the gated
+"""64x64 RGB Stage1 networks (VAE-GAN, crVAE-GAN): parameter counts from docs/models.md
+section 4, shapes, the global-batch minibatch discrimination, and the gated
 discriminator optimizer."""
 
 import jax
@@ -10,7 +10,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from crvae_jax.models.rgb import Discriminator, MIHead, MinibatchDiscrimination, RgbVAE
-from crvae_jax.train import optimizer, parallel
+from crvae_jax import sharding
+from crvae_jax.train import optimizer
 
 conv = lambda k, cin, cout, bias=False: k * k * cin * cout + (cout if bias else 0)
 dense = lambda din, dout, bias=True: din * dout + (dout if bias else 0)
@@ -19,7 +20,7 @@ lstm2 = lambda din: dense(din + 512, 4 * 512) + dense(512 + 512, 4 * 512)
 
 
 def expected_generator_params(variant: str) -> int:
-  """Re-derived by hand from DESIGN.md section 5 (width 32, T=8, LSTM 512)."""
+  """Re-derived by hand from docs/models.md section 4 (width 32, T=8, LSTM 512)."""
   enc = (conv(5, 6, 32) + bn(32) + conv(3, 64, 64) + bn(64) + conv(3, 128, 128) + bn(128)
          + conv(3, 256, 256) + bn(256) + conv(3, 256, 256) + bn(256) + conv(3, 512, 256)
          + bn(256))
@@ -121,7 +122,7 @@ def test_minibatch_discrimination_spans_the_global_batch():
   m = np.asarray(h @ params["params"]["kernel"]).reshape(8, 7, 3)
   by_hand = np.exp(-np.abs(m[:, None] - m[None]).sum(-1)).sum(1)
   np.testing.assert_allclose(whole, by_hand, rtol=1e-5)
-  mesh = parallel.make_mesh(2)
+  mesh = sharding.make_mesh(2)
   sharded = MinibatchDiscrimination(num_kernels=7, kernel_dim=3, axis_name="batch")
   per_device = jax.shard_map(lambda p, h: sharded.apply(p, h), mesh=mesh,
                              in_specs=(P(), P("batch")), out_specs=P("batch"))

@@ -1,6 +1,6 @@
 """VAE-GAN / crVAE-GAN end to end: a few training steps of each model on 1 and 2 devices
-through `gan_loop.train`, the gate inside real runs, checkpoints that restore (exact
-resume, `sample`), and `experiments/main.py` on a folder of PNGs."""
+through `stage1.train`, the gate inside real runs, checkpoints that restore (exact
+resume, `sample`), and `experiments.main` on a folder of PNGs."""
 
 import json
 import os
@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import main_flags
 from crvae_jax.data.image_source import ArrayImages
-from crvae_jax.train import checkpoints, gan_loop
+from crvae_jax.families import stage1
+from crvae_jax.train import checkpoints
 from experiments import main as cli
 from experiments.configs import rgb as rgb_configs
 
@@ -51,7 +52,7 @@ def tiny_source(n=24, seed=0):
 
 def _restore(config, workdir):
   ckpts = checkpoints.Checkpoints(str(workdir), best=False)
-  state, step = ckpts.restore(gan_loop.init_state(config, abstract=True))
+  state, step = ckpts.restore(stage1.init_state(config, abstract=True))
   ckpts.close()
   return jax.device_get(state), step
 
@@ -65,18 +66,18 @@ def _logged(workdir, key):
     return [r[key] for r in map(json.loads, f) if r["split"] == "train"]
 
 
-def test_crvaegan_two_devices_gate_closed_resumes_exactly_and_samples(tmp_path):
+def test_crvaegan_two_devices_gate_closed_resumes_exactly_and_samples(tmp_path, absl_logs):
   config = tiny_rgb_config("crvaegan", num_devices=2, max_d_accuracy=-1.0, steps=4)
   source = tiny_source()
-  first = jax.device_get(gan_loop.init_state(config))
-  summary = gan_loop.train(config, str(tmp_path / "straight"), source=source)
+  first = jax.device_get(stage1.init_state(config))
+  summary = stage1.train(config, str(tmp_path / "straight"), source=source)
   # Interrupted at step 2 (its checkpoint), then resumed to step 4.
   config.train.num_steps = 2
-  gan_loop.train(config, str(tmp_path / "resumed"), source=source)
+  stage1.train(config, str(tmp_path / "resumed"), source=source)
   config.train.num_steps = 4
-  log = []
-  gan_loop.train(config, str(tmp_path / "resumed"), source=source, log=log.append)
-  assert any("Resuming from step 2" in line for line in log)
+  absl_logs.clear()
+  stage1.train(config, str(tmp_path / "resumed"), source=source)
+  assert any("Resuming from step 2" in line for line in absl_logs.messages)
 
   straight, step = _restore(config, tmp_path / "straight")
   resumed, _ = _restore(config, tmp_path / "resumed")
@@ -92,7 +93,7 @@ def test_crvaegan_two_devices_gate_closed_resumes_exactly_and_samples(tmp_path):
   assert _changed(first.gen["params"], straight.gen["params"])
   assert _changed(first.mi["params"], straight.mi["params"])  # trained with G
 
-  prior, recon = gan_loop.sample(config, str(tmp_path / "straight"), source=source)
+  prior, recon = stage1.sample(config, str(tmp_path / "straight"), source=source)
   assert Image.open(prior).size == (2 * 66 + 2, 2 * 66 + 2)  # 2x2 grid of 64 + pad 2
   assert Image.open(recon).size == (4 * 66 + 2, 2 * 66 + 2)  # pairs side by side
   assert os.path.exists(tmp_path / "straight" / "samples" / "prior_0000004.png")
@@ -112,7 +113,7 @@ def _check_trained(config, workdir, first, summary):
     assert state.mi == {}  # no MI head without the generation LSTM
   else:
     assert _changed(first.mi["params"], state.mi["params"])
-  paths = gan_loop.sample(config, str(workdir), source=tiny_source())
+  paths = stage1.sample(config, str(workdir), source=tiny_source())
   assert all(os.path.exists(p) for p in paths)
 
 
@@ -120,8 +121,8 @@ def _check_trained(config, workdir, first, summary):
 def test_vaegan_trains_on_one_and_two_devices_and_restores(tmp_path, num_devices,
                                                            max_d_accuracy):
   config = tiny_rgb_config("vaegan", num_devices, max_d_accuracy, steps=3)
-  first = jax.device_get(gan_loop.init_state(config))
-  summary = gan_loop.train(config, str(tmp_path), source=tiny_source())
+  first = jax.device_get(stage1.init_state(config))
+  summary = stage1.train(config, str(tmp_path), source=tiny_source())
   _check_trained(config, tmp_path, first, summary)
 
 
@@ -133,7 +134,7 @@ def test_main_trains_crvaegan_on_one_device_from_a_folder_of_pngs(tmp_path):
     Image.fromarray(image).save(folder / f"{i:02d}.png")
   config = tiny_rgb_config("crvaegan", num_devices=1, max_d_accuracy=1.0, steps=3)
   config.data.source, config.data.image_dir = "folder", str(folder)
-  first = jax.device_get(gan_loop.init_state(config))
+  first = jax.device_get(stage1.init_state(config))
   workdir = tmp_path / "run"
   with main_flags("experiments/configs/rgb.py:emoji_crvaegan,cpu", workdir, "train,sample",
                   config) as parsed:

@@ -1,7 +1,10 @@
 """Stage2 (64 -> 128 / 224): network shapes, the perceptual-weights guard, the step on 1 and
 2 devices with a frozen Stage1, the non-finite skip, the perceptual term's effect on the
 generator, and a tiny end-to-end run (Stage1 checkpoint -> Stage2 train, resume, sample)
-through main.py."""
+through experiments.main."""
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,9 @@ from crvae_jax import config_checks
 from crvae_jax.data.image_source import ArrayImages
 from crvae_jax.models import perceptual
 from crvae_jax.models.stage2 import Stage2Discriminator, Stage2Generator
-from crvae_jax.train import checkpoints, gan_loop, parallel, stage2_loop, stage2_step
+from crvae_jax import sharding
+from crvae_jax.families import stage1, stage2
+from crvae_jax.train import checkpoints, stage2_step
 from experiments import main as cli
 from experiments.configs import stage2 as stage2_configs
 from test_rgb_training import tiny_rgb_config, tiny_source
@@ -64,11 +69,11 @@ def test_perceptual_term_without_weights_fails_early_naming_the_key(tmp_path):
   c = stage2_configs.get_config("celeba_crvaegan,cpu")
   assert c.objective.gamma == 1.0 and c.perceptual.weights == ""
   with pytest.raises(config_checks.ConfigError,
-                     match=r"perceptual.weights=''.*convert_torchvision_weights.py"):
+                     match=r"perceptual.weights=''.*experiments.convert_torchvision_weights"):
     config_checks.check_stage2_config(c, 1)
   c.perceptual.weights = str(tmp_path / "vgg11.npz")
   with pytest.raises(config_checks.ConfigError, match="perceptual.weights=.*no such file"):
-    stage2_loop.train(c, str(tmp_path / "run"))  # before any data, Stage1 or compile
+    stage2.train(c, str(tmp_path / "run"))  # before any data, Stage1 or compile
   config_checks.check_stage2_config(c, 1, training=False)  # sampling needs no weights
   c.objective.gamma = 0.0
   config_checks.check_stage2_config(c, 1)
@@ -79,7 +84,7 @@ def test_perceptual_term_without_weights_fails_early_naming_the_key(tmp_path):
 
 def _frozen_stage1():
   """A tiny random Stage1 crVAE-GAN generator: (model, variables)."""
-  model = gan_loop.build(tiny_rgb_config("crvaegan"), axis_name=None).model
+  model = stage1.build(tiny_rgb_config("crvaegan"), axis_name=None).model
   eps = jnp.zeros((1,) + model.latent_shape)
   return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), eps, eps)
 
@@ -90,21 +95,21 @@ def _run_steps(num_devices, gamma=0.0, features=None, features_vars=None, steps=
   config = tiny_stage2_config(num_devices=num_devices)
   stage1, s1_vars = _frozen_stage1()
   before = jax.device_get(s1_vars)
-  mesh = parallel.make_mesh(num_devices)
-  parts = stage2_loop.build(config)
+  mesh = sharding.make_mesh(num_devices)
+  parts = stage2.build(config)
   step_fn = stage2_step.make_stage2_step(
       stage1=stage1, gen=parts.gen, disc=parts.disc, g_tx=parts.g_tx, d_tx=parts.d_tx,
       mesh=mesh, gamma=gamma, features=features)
-  state = parallel.replicate(mesh, stage2_loop.init_state(config))
-  frozen = parallel.replicate(mesh, {"stage1": s1_vars, "perceptual": features_vars or {}})
+  state = sharding.replicate(mesh, stage2.init_state(config))
+  frozen = sharding.replicate(mesh, {"stage1": s1_vars, "perceptual": features_vars or {}})
   images = tiny_high_res_source(4).load(range(4))
   history = []
   for _ in range(steps):
-    state, metrics = step_fn(state, frozen, parallel.shard_batch(mesh, images),
+    state, metrics = step_fn(state, frozen, sharding.shard_batch(mesh, images),
                              jax.random.key(0))
     history.append(jax.device_get(metrics))
   return history, jax.device_get(state), before, jax.device_get(frozen["stage1"]), (
-      step_fn, frozen, state, parallel.shard_batch(mesh, images))
+      step_fn, frozen, state, sharding.shard_batch(mesh, images))
 
 
 def _changed(a, b):
@@ -127,7 +132,7 @@ def test_step_on_one_and_two_devices_agrees_and_leaves_stage1_frozen(one_device_
     np.testing.assert_allclose(one[0][key], two[0][key], rtol=1e-3, err_msg=key)
   assert all(m["skipped"] == 0 and np.isfinite(m["loss_g"]) for m in one + two)
   assert int(state2.step) == 2
-  init = jax.device_get(stage2_loop.init_state(tiny_stage2_config()))
+  init = jax.device_get(stage2.init_state(tiny_stage2_config()))
   assert _changed(init.gen["params"], state2.gen["params"])
   assert _changed(init.disc["params"], state2.disc["params"])
   assert _changed(init.gen["batch_stats"], state2.gen["batch_stats"])
@@ -163,13 +168,13 @@ def test_perceptual_term_changes_the_generator_gradient(one_device_run):
   assert _changed(state0.gen["params"], state1.gen["params"])
 
 
-def test_stage2_trains_resumes_and_samples_from_a_stage1_checkpoint(tmp_path):
-  # A Stage1 run directory as gan_loop.train leaves it (config.json, an Orbax checkpoint
+def test_stage2_trains_resumes_and_samples_from_a_stage1_checkpoint(tmp_path, absl_logs):
+  # A Stage1 run directory as stage1.train leaves it (config.json, an Orbax checkpoint
   # of the whole GanState at step 2), written with the same functions; the Stage1 loop
-  # itself is tested in test_rgb_training.py (compiling its step here would take ~40 s).
+  # itself is tested in test_rgb_training.py (compiling its step here too would be slow).
   stage1_dir = tmp_path / "stage1"
   s1_config = tiny_rgb_config("crvaegan", num_devices=1, steps=2)
-  s1_before = jax.device_get(gan_loop.init_state(s1_config))
+  s1_before = jax.device_get(stage1.init_state(s1_config))
   checkpoints.write_config(str(stage1_dir), s1_config)
   s1_ckpts = checkpoints.Checkpoints(str(stage1_dir), best=False)
   s1_ckpts.save_latest(2, s1_before)
@@ -186,11 +191,16 @@ def test_stage2_trains_resumes_and_samples_from_a_stage1_checkpoint(tmp_path):
   arg = "experiments/configs/stage2.py:emoji_crvaegan,cpu"
   with main_flags(arg, workdir, "train", config):
     cli.main(["main"])  # steps 0-1, checkpoint at 2
-  log = []
+  # The Stage1 config travelled with the run: Stage2 needs nothing from Stage1's
+  # config.json any more (and never loads a config script).
+  assert json.loads((workdir / "stage1_config.json").read_text())["model"] == \
+      json.loads((stage1_dir / "config.json").read_text())["model"]
+  os.remove(stage1_dir / "config.json")
+  absl_logs.clear()
+  absl_logs.set_level("INFO", logger="absl")  # unparsing main's flags reset the verbosity
   config.train.num_steps = 3
-  summary = stage2_loop.train(config, str(workdir), log=log.append,
-                              source=tiny_high_res_source())
-  assert any("Resuming from step 2" in line for line in log)
+  summary = stage2.train(config, str(workdir), source=tiny_high_res_source())
+  assert any("Resuming from step 2" in line for line in absl_logs.messages)
   assert summary["stage1_step"] == 2 and summary["skipped_steps"] == 0
   assert np.isfinite(summary["loss_g"]) and np.isfinite(summary["loss_d"])
   with main_flags(arg, workdir, "sample", config):
@@ -204,7 +214,7 @@ def test_stage2_trains_resumes_and_samples_from_a_stage1_checkpoint(tmp_path):
   assert recon.size == (6 * 130 + 2, 2 * 130 + 2)  # (real | Stage1 | Stage2) triples
   # Stage1's checkpoint is untouched and pinned.
   s1_ckpts = checkpoints.Checkpoints(str(stage1_dir), best=False)
-  s1_after, step = s1_ckpts.restore(gan_loop.init_state(s1_config, abstract=True))
+  s1_after, step = s1_ckpts.restore(stage1.init_state(s1_config, abstract=True))
   s1_ckpts.close()
   assert step == 2 and (workdir / "stage1.json").exists()
   jax.tree.map(np.testing.assert_array_equal, s1_before.gen, jax.device_get(s1_after.gen))
@@ -213,7 +223,7 @@ def test_stage2_trains_resumes_and_samples_from_a_stage1_checkpoint(tmp_path):
 def test_stage2_configs():
   for row in stage2_configs.ROWS:
     paper, cpu = stage2_configs.get_config(row), stage2_configs.get_config(row + ",cpu")
-    assert paper.stage == 2 and cpu.model.width < paper.model.width
+    assert paper.family == "stage2" and cpu.model.width < paper.model.width
     assert paper.model.image_size == (224 if row.startswith("lsun") else 128)
     assert paper.optim.learning_rate == 2e-4
     assert paper.objective.adversarial == ("non_saturating" if row.startswith("emoji")
@@ -224,4 +234,3 @@ def test_stage2_configs():
   assert (c.model.encode_to, c.model.upsample, c.perceptual.network) == (32, "deconv", "vgg11")
   c = stage2_configs.get_config("emoji_crvaegan,cpu")
   assert c.objective.gamma == 0 and c.stage1.workdir == "runs/emoji_crvaegan_cpu"
-  assert c.stage1.config == "experiments/configs/rgb.py:emoji_crvaegan,cpu"

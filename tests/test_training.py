@@ -8,21 +8,22 @@ import jax
 import numpy as np
 import pytest
 
-from crvae_jax import evaluate
-from crvae_jax.train import checkpoints, loop
+from crvae_jax.families import mnist as mnist_family
+from crvae_jax.train import checkpoints, engine, mnist_step
 
 
 def _params_of(workdir, config, data):
-  _, variables, step = evaluate.restore_variables(config, workdir, "latest",
-                                                  len(data.train_images))
+  del data  # restoring needs no data
+  _, variables, step = mnist_family.restore_variables(config, workdir, "latest")
   return jax.device_get(variables), step
 
 
-def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_workdir):
+def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_workdir,
+                                      absl_logs):
   config = tiny_config
   config.train.num_epochs = 2.0  # 4 steps / epoch
   straight = str(tmp_path / "straight")
-  result = loop.train_and_evaluate(config, straight, data=tiny_data)
+  result = mnist_family.train_and_evaluate(config, straight, data=tiny_data)
   assert np.isfinite(result["elbo"]) and result["elbo"] < 0
 
   # The one-epoch run of this config: the session fixture `cli_workdir` (conftest.py)
@@ -38,8 +39,8 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_work
   k = config.eval.num_samples
   with open(os.path.join(cli_dir, f"eval_test_K{k}.json"), encoding="utf-8") as f:
     summary = json.load(f)
-  per_image = {name: np.load(evaluate.per_image_path(str(cli_dir), k, name))
-               for name in evaluate.PER_IMAGE_NAMES}
+  per_image = {name: np.load(mnist_family.per_image_path(str(cli_dir), k, name))
+               for name in mnist_family.PER_IMAGE_NAMES}
   assert per_image["nll"].shape == (len(tiny_data.test_binary),)
   assert np.isclose(summary["nll"], per_image["nll"].mean())
   # log-mean-exp of the weights is at least their mean: NLL <= -ELBO, per image.
@@ -47,12 +48,12 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_work
   assert summary["nll"] > 0 and summary["test_set"] == tiny_data.test_set
   # A second evaluation (of the copy, same checkpoint) from the same seed reproduces
   # every per-image value exactly.
-  again = evaluate.evaluate(config, resumed, data=tiny_data)
+  again = mnist_family.evaluate(config, resumed, data=tiny_data)
   assert again["nll"] == summary["nll"]
   assert np.isclose(again["nll"], per_image["nll"].mean())
   assert again["test_set"] == tiny_data.test_set
   np.testing.assert_array_equal(
-      np.load(evaluate.per_image_path(resumed, k)), per_image["nll"])
+      np.load(mnist_family.per_image_path(resumed, k)), per_image["nll"])
 
   # `sample` (run by the CLI) wrote both pictures.
   for name in ("prior_final.png", "reconstructions.png"):
@@ -61,9 +62,9 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_work
   # Run the 2-epoch config on the one-epoch workdir: it resumes at step 4 and must end
   # where the uninterrupted run ended.
   assert _params_of(resumed, config, tiny_data)[1] == 4
-  logs = []
-  loop.train_and_evaluate(config, resumed, data=tiny_data, log=logs.append)
-  assert any("Resuming from step 4" in line for line in logs)
+  absl_logs.clear()
+  mnist_family.train_and_evaluate(config, resumed, data=tiny_data)
+  assert any("Resuming from step 4" in line for line in absl_logs.messages)
   (a, step_a), (b, step_b) = (_params_of(d, config, tiny_data) for d in (straight, resumed))
   assert step_a == step_b == 8
   jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -85,7 +86,7 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_work
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match=r"does not fit this model[^\n]*\n  params/dec_in/kernel: "
                      r"checkpoint \(3, 3, 8, 16\) != model \(3, 3, 8, 24\)"):
-    evaluate.restore_variables(wider, straight, "latest", len(tiny_data.train_images))
+    mnist_family.restore_variables(wider, straight, "latest")
 
   # A damaged newest checkpoint (a save killed half-way never gets its final name, but
   # disks fail) is skipped with a warning; the previous one is restored.
@@ -95,20 +96,25 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_work
       open(os.path.join(root, name), "wb").close()  # truncate every file
   os.makedirs(os.path.join(ckpt_dir, "12.orbax-checkpoint-tmp-0"))  # an unfinished save
   with pytest.warns(RuntimeWarning, match=r"checkpoints/8 cannot be restored"):
-    _, _, step = evaluate.restore_variables(config, straight, "latest",
-                                         len(tiny_data.train_images))
+    _, _, step = mnist_family.restore_variables(config, straight, "latest")
   assert step == 4
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path, tiny_config, tiny_data):
+  missing = tmp_path / "missing"
+  with pytest.raises(FileNotFoundError, match="no such workdir: .*missing"):
+    mnist_family.evaluate(tiny_config, str(missing), data=tiny_data)
+  assert not missing.exists()  # evaluating never creates a workdir
+  (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="no 'best' checkpoint"):
-    evaluate.evaluate(tiny_config, str(tmp_path / "empty"), data=tiny_data)
+    mnist_family.evaluate(tiny_config, str(tmp_path / "empty"), data=tiny_data)
+  assert not list((tmp_path / "empty").iterdir())  # nor writes into one
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path, tiny_config, tiny_data):
   tiny_config.train.batch_size = 7
   with pytest.raises(ValueError, match="train.batch_size=7.*multiple of the 2 device"):
-    loop.train_and_evaluate(tiny_config, str(tmp_path), data=tiny_data)
+    mnist_family.train_and_evaluate(tiny_config, str(tmp_path), data=tiny_data)
 
 
 def test_workdir_of_another_config_refuses_to_resume(tmp_path, tiny_config, tiny_data):
@@ -119,7 +125,7 @@ def test_workdir_of_another_config_refuses_to_resume(tmp_path, tiny_config, tiny
   other.model.width = 3
   other.objective.beta = 1.0
   with pytest.raises(ConfigError, match=r"model.width: 2 \(workdir\) != 3 \(now\)"):
-    loop.train_and_evaluate(other, workdir, data=tiny_data)
+    mnist_family.train_and_evaluate(other, workdir, data=tiny_data)
   more_epochs = tiny_config.copy_and_resolve_references()
   more_epochs.train.num_epochs = 5.0  # train settings may change: no difference reported
   assert checkpoints.config_differences(checkpoints.read_config_json(workdir),
@@ -127,12 +133,12 @@ def test_workdir_of_another_config_refuses_to_resume(tmp_path, tiny_config, tiny
 
 
 def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(tmp_path, tiny_config,
-                                                                tiny_data, monkeypatch):
+                                                                tiny_data, monkeypatch,
+                                                                absl_logs):
   # Fault injection: at the listed steps the objective's loss is NaN (so are the grads).
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from crvae_jax.train import parallel  # pylint: disable=g-import-not-at-top
   bad_steps, seen = {1, 5, 6}, {}
-  real = parallel.make_train_step
+  real = mnist_step.make_train_step
 
   def make_step(model, tx, objective_fn, mesh, **kw):
     good = real(model, tx, objective_fn, mesh, **kw)
@@ -148,17 +154,16 @@ def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(tmp_path, tiny_co
       return state, metrics
     return step
 
-  monkeypatch.setattr(parallel, "make_train_step", make_step)
+  monkeypatch.setattr(mnist_step, "make_train_step", make_step)
   config = tiny_config
   config.train.num_epochs = 2.0  # 8 steps; checkpoint after step 4
   config.train.max_nonfinite_steps = 2
-  logs = []
-  with pytest.raises(loop.NonFiniteError, match=r"stopped at step 7: 2 consecutive steps "
+  with pytest.raises(engine.NonFiniteError, match=r"stopped at step 7: 2 consecutive steps "
                      r"had non-finite values \(grad_norm, loss\).*Last good checkpoint: "
                      r"step 4"):
-    loop.train_and_evaluate(config, str(tmp_path), data=tiny_data, log=logs.append)
+    mnist_family.train_and_evaluate(config, str(tmp_path), data=tiny_data)
   assert any(l.startswith("step 2: non-finite grad_norm, loss; update skipped (1 in a row")
-             for l in logs), logs
+             for l in absl_logs.messages), absl_logs.messages
   for before, after in seen.values():
     # Parameters, BN statistics and Adam's moments and count are bit-identical.
     jax.tree.map(np.testing.assert_array_equal,

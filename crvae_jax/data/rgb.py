@@ -7,8 +7,9 @@ Sources (``data.source`` in the config):
   must be prepared in the ``array_record`` format; nothing is downloaded.
 - ``folder``: any folder of JPEG/PNG images (``ImageFolder``), e.g. CelebA's
   ``img_align_celeba/``.
-- ``emoji``: the Noto emoji set from the npm registry (``emoji.load_emoji``), the
-  offline default of the CPU demo and the tests.
+- ``emoji``: the emoji image sets of the npm registry (``emoji.load_emoji_split``:
+  ``data.emoji_sets``, e.g. 'google,twitter', and ``data.emoji_split``, 'train',
+  'heldout' or 'all'), the offline default of the CPU demo and the tests.
 
 Every source gives square RGB images in [-1, 1] at ``data.load_size`` (centre crop and
 bicubic resize). ``augment`` then takes a random ``IMAGE_SIZE`` crop (when
@@ -26,7 +27,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from .emoji import load_emoji
+from .emoji import load_emoji_split
 from .idx import DataError
 from .image_folder import ImageFolder
 from .image_source import ArrayImages, RandomAccessImages, fit_square
@@ -98,21 +99,24 @@ def open_source(data_config, log: Callable[[str], None] = print) -> RandomAccess
                            allow_other_files=d.allow_other_files,
                            convert_to_rgb=d.convert_to_rgb,
                            allow_upscaling=d.allow_upscaling, num_workers=d.num_workers,
-                           log=log)
+                           verify_images=d.get("verify_images", False),
+                           skip_bad_images=d.get("skip_bad_images", False), log=log)
     if d.source == "emoji":
-        images = load_emoji(tarball=d.emoji_tarball or None, cache_dir=d.cache_dir or None,
-                            allow_download=d.allow_download, log=log)
+        images = load_emoji_split(d.emoji_sets, d.emoji_split, tarballs=d.emoji_tarball,
+                                  cache_dir=d.cache_dir or None,
+                                  allow_download=d.allow_download).images
+        what = f"emoji {d.emoji_sets}, split {d.emoji_split}: {len(images)} images"
         size = images.shape[1]
         if d.load_size > size and d.get("allow_upscaling", False):
             # Stage2 demo: bicubic upscaling, so the high-res targets hold no detail the
             # 64x64 images lack (a pipeline check, not super-resolution of real detail).
             images = np.stack([np.asarray(Image.fromarray(im).resize(
                 (d.load_size, d.load_size), Image.Resampling.BICUBIC)) for im in images])
-            return ArrayImages(images, f"Noto emoji upscaled {size} -> {d.load_size}")
+            return ArrayImages(images, f"{what}, upscaled {size} -> {d.load_size}")
         if d.load_size != size:
             raise RgbDataError(f"data.load_size={d.load_size}: the emoji images are "
                                f"{size}x{size} (larger needs data.allow_upscaling=True)")
-        return ArrayImages(images, "Noto emoji (npm emoji-datasource-google)")
+        return ArrayImages(images, what)
     raise RgbDataError(f"data.source={d.source!r}; choose one of {RGB_SOURCES}")
 
 
@@ -151,7 +155,7 @@ def training_batches(source: RandomAccessImages, order: TrainOrder, start: int, 
     start .. stop - 1, decoded ahead.
 
     rows: only these rows of every batch are decoded and yielded (this process's part,
-    `parallel.process_rows`, in a multi-process run); default all.
+    `sharding.process_rows`, in a multi-process run); default all.
     """
     rows = rows or slice(0, order.batch_size)
 

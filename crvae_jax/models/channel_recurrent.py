@@ -1,4 +1,4 @@
-"""The channel-recurrent latent block (DESIGN.md section 2).
+"""The channel-recurrent latent block (docs/models.md, section 1).
 
 A feature map or latent [B, H, W, C] is cut into T blocks along channels: block t holds
 channels t*C/T ... (t+1)*C/T - 1. Each block is flattened into one step of a sequence

@@ -2,19 +2,21 @@
 
 Each function computes exactly the plain op (``lax.conv_general_dilated``; a
 Torch-semantics transposed conv) to float rounding. They are fast when compiled with
-`layers.compiler_options` (XLA's own CPU conv kernels instead of YNNPACK's), as every
+`compiled.compiler_options` (XLA's own CPU conv kernels instead of YNNPACK's), as every
 train step and evaluator of this package is:
 
 :func:`conv2d`: XLA's conv and its autodiff gradients, except for Cout < 8 (the decoders'
-  last conv), where one matmul to the K*K taps and a sum of shifted slices is several
-  times faster both ways.
-:func:`conv_transpose2d`: XLA's conv_transpose backward pass is 17-93x slower than its
+  last conv), where one matmul to the K*K taps and a sum of shifted slices is faster
+  both ways.
+:func:`conv_transpose2d`: XLA's conv_transpose backward pass is far slower than its
   forward on CPU and its forward writes a dilated input. Here the forward is a matmul +
   overlap-add in a scan over cache-sized batch chunks, and the backward pass uses that
   the transposed conv is the adjoint of a strided conv: dX is that conv of the
   cotangent and dW its kernel gradient, both XLA's own fast kernels.
 
-Measured: ``benchmarks/layers_vs_torch.py`` (per layer), ``compare_torch.py`` (model).
+Measured by ``benchmarks/layers_vs_torch.py`` (per layer) and ``compare_torch.py`` (model):
+benchmarks/RESULTS.md, sections "Where the rest is" and "JAX vs PyTorch on the same model
+and CPU"; why these kernels: docs/cpu_tuning.md.
 """
 
 from functools import partial

@@ -1,7 +1,7 @@
 """Convolutional building blocks shared by the encoders and decoders.
 
 All layers are NHWC. Padding is given the way the paper's (Torch) release gives it, as
-an explicit number of pixels, so that output sizes match DESIGN.md line by line.
+an explicit number of pixels, so that output sizes match the layer tables of docs/models.md.
 """
 
 from typing import Optional
@@ -29,10 +29,10 @@ def resolve_conv_impl(impl: str) -> str:
   backend and 'xla' on GPU/TPU.
 
   'cpu': `fast_conv`'s transposed convs (chunked matmul + overlap-add forward; XLA's
-  CPU conv_transpose backward is 17-93x slower than its forward in the layer
-  benchmark), its matmul + shift-add form for convs with Cout < 8, and
-  `compiler_options` (XLA's own CPU conv kernels rather than YNNPACK's); 'xla': the
-  plain XLA ops, which cuDNN/TPU run natively.
+  CPU conv_transpose backward is far slower than its forward: benchmarks/RESULTS.md,
+  section "Where the rest is"), its matmul + shift-add form for convs with Cout < 8, and
+  `crvae_jax.compiled.compiler_options` (XLA's own CPU conv kernels rather than
+  YNNPACK's); 'xla': the plain XLA ops, which cuDNN/TPU run natively.
   Both give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py).
   """
   if impl not in CONV_IMPLS:
@@ -40,29 +40,6 @@ def resolve_conv_impl(impl: str) -> str:
   if impl == "auto":
     return "cpu" if jax.default_backend() == "cpu" else "xla"
   return impl
-
-
-# XLA's CPU backend hands dots, reductions and convolutions to YNNPACK by default.
-# Its convolutions are slow for the decoders' narrow layers (64->64 3x3 at 30x30, batch
-# 128: ~55 ms against ~27 ms for XLA's own kernel), and with XLA's own kernels its
-# autodiff conv gradients are fast too, so programs compiled for conv_impl='cpu' keep
-# YNNPACK for dots and reductions only (paper-scale train step: benchmarks/RESULTS.md,
-# ab_train_step.py).
-_CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type":
-        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
-
-
-def compiler_options(conv_impl: str = "auto") -> Optional[dict]:
-  """`jax.jit(..., compiler_options=...)` for programs that run these layers: the CPU
-  backend's kernel choices above for conv_impl 'cpu', None (XLA's defaults) otherwise."""
-  return dict(_CPU_COMPILER_OPTIONS) if resolve_conv_impl(conv_impl) == "cpu" else None
-
-
-def model_compiler_options(model) -> Optional[dict]:
-  """`compiler_options` for a program that runs `model`: by its conv_impl, or 'auto' for
-  models without one (the estimator also takes toy models)."""
-  return compiler_options(getattr(model, "conv_impl", "auto"))
 
 
 def conv_transpose_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int):

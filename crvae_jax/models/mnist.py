@@ -1,4 +1,4 @@
-"""MNIST encoder, decoder and every Table 1 variant (DESIGN.md sections 2-3).
+"""MNIST encoder, decoder and every Table 1 variant (docs/models.md, sections 1 and 3).
 
 Variants (all with a 1024-dim latent; `num_blocks` = T):
   vae               Dense(4096 -> 1024) mean and logvar, flat latent; Dense(1024 -> 4096).

@@ -1,4 +1,4 @@
-"""Frozen ImageNet feature networks for the Stage2 perceptual loss (DESIGN.md section 6).
+"""Frozen ImageNet feature networks for the Stage2 perceptual loss (docs/models.md, section 6).
 
 The Stage2 generator minimises gamma * ||f(S(x)) - f(G(x~))||^2 with f a pretrained CNN:
 VGG11 for Birds/CelebA, ResNet50 for LSUN bedrooms. Both are torchvision's networks
@@ -35,7 +35,7 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CONVERTER = "python experiments/convert_torchvision_weights.py"
+CONVERTER = "python -m experiments.convert_torchvision_weights"
 
 # torchvision vgg11 (config "A"): channels per conv, "M" = maxpool 2x2/2. Index i of
 # `features` is conv i, the next index its ReLU, and each "M" one index.

@@ -1,4 +1,4 @@
-"""64x64 RGB Stage1 networks of VAE-GAN and crVAE-GAN (DESIGN.md section 5).
+"""64x64 RGB Stage1 networks of VAE-GAN and crVAE-GAN (docs/models.md, section 4).
 
 Variants:
   vaegan    Dense(4096 -> 1024) mean and log-variance, flat 1024-d latent;

@@ -1,4 +1,4 @@
-"""Stage2 networks: 64x64 Stage1 output -> 128x128 (or 224x224) image (DESIGN.md section 6).
+"""Stage2 networks: 64x64 Stage1 output -> 128x128 (or 224x224) image (docs/models.md, section 5).
 
 StackGAN stage-II style, without text conditioning. The paper's release does not give the
 architecture; these are our choices.

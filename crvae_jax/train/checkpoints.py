@@ -4,22 +4,46 @@
                                 the last `keep` saves.
 <workdir>/best/<step>/          the state with the highest validation ELBO so far
                                 (Orbax keeps the best one by its recorded metric).
+<workdir>/<dir>_damaged/        steps that failed verification or could not be restored,
+                                set aside (kept) so the run can save those steps again.
 <workdir>/config.json           the run's config, written when the run starts.
+
+Every step carries the sha256 of its files (`checkpoint_integrity`), written once Orbax
+has finalised the save and checked before each restore. Use `Checkpoints` as a context
+manager: on every exit, including errors, it waits for and closes Orbax's managers, so
+no background thread reports after the real error.
 """
 
+import atexit
 import json
 import os
+import re
 import warnings
+import weakref
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from crvae_jax.train import checkpoint_integrity as integrity
 
 BEST_METRIC = "valid_elbo"
 
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint's arrays do not match the model's (paths and shapes are named)."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A save failed (at once or in the background): which step, why, and which earlier
+  checkpoint is intact, in one line."""
+
+
+class CheckpointDamagedError(RuntimeError):
+  """The checkpoint asked for by name (the best one, or a given step) is damaged; it was
+  set aside."""
 
 
 def _path_name(path) -> str:
@@ -36,11 +60,13 @@ def _path_name(path) -> str:
 def shape_differences(step_dir: str, target: Any) -> list:
   """['params/decoder/...: checkpoint (64,) != model (32,)', ...]; [] if they fit or
   the checkpoint's metadata cannot be read (then it is damaged, not another model)."""
+  handler = ocp.StandardCheckpointHandler()
   try:
-    metadata = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "default"))
-    saved_tree = getattr(metadata, "item_metadata", metadata)
+    saved_tree = handler.metadata(epath.Path(step_dir) / "default")
   except Exception:  # pylint: disable=broad-except
     return []
+  finally:
+    handler.close()
   flat = lambda tree: {_path_name(p): tuple(getattr(v, "shape", ()))
                        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   saved, wanted = flat(saved_tree), flat(target)
@@ -55,12 +81,50 @@ def shape_differences(step_dir: str, target: Any) -> list:
   return sorted(diffs, key=lambda d: not d.startswith("params/"))  # parameters first
 
 
+def _reason(error) -> str:
+  """One line for an exception of Orbax/TensorStore/the OS: the OS error when there is
+  one ('No space left on device'), else the first line of the message."""
+  if isinstance(error, str):
+    return error
+  text = str(error)
+  code = re.search(r"os_error_code='?(\d+)", text)
+  if code:
+    return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+  if isinstance(error, OSError) and error.strerror:
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror} (errno {error.errno}){where}"
+  first = text.splitlines()[0] if text else ""
+  return f"{type(error).__name__}: {first[:300]}"
+
+
+_OPEN = weakref.WeakSet()  # Checkpoints not closed yet: closed quietly at exit
+_NOTED_UNVERIFIED = set()  # directories already told that their steps have no digest
+
+
+@atexit.register
+def _close_all_quietly():
+  for ckpts in list(_OPEN):
+    ckpts.close_quietly()
+
+
 class Checkpoints:
   """The run's two Orbax `CheckpointManager`s (latest and best; `best=False`: latest
-  only, for runs without a validation metric such as the GANs)."""
+  only, for runs without a validation metric such as the GANs).
+
+  Saves run in the background. A failed save raises CheckpointSaveError at the next call
+  to `check()` (cheap: call it every step), `save_*`, `wait()` or `close()`; the
+  unfinished files of that save are removed. Use as a context manager:
+
+    with Checkpoints(workdir) as ckpts:
+      state, step = ckpts.restore(state)
+      ...
+      ckpts.save_latest(step, state)
+      ckpts.check()
+  """
 
   def __init__(self, workdir: str, keep: int = 2, best: bool = True):
     workdir = os.path.abspath(workdir)
+    integrity.quiet_failure_noise()
     self.latest = ocp.CheckpointManager(
         os.path.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -69,17 +133,95 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC],
             best_mode="max", keep_checkpoints_without_metrics=False))
+    self._pending = {}  # manager name -> step of its save in flight
+    self._closed = False
+    self._barriers = 0  # multi-process: barriers passed (their names must differ)
+    _OPEN.add(self)
 
-  def _before_save(self) -> None:
+  def __enter__(self) -> "Checkpoints":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> bool:
+    if exc_type is None:
+      self.close()
+    else:  # the error in flight is the one to see; a save error here is one log line
+      self.close_quietly()
+    return False
+
+  def _named_managers(self) -> dict:
+    return {n: m for n, m in (("latest", self.latest), ("best", self.best))
+            if m is not None}
+
+  def _managers(self):
+    return list(self._named_managers().values())
+
+  # Saving.
+
+  def _save_error(self, name: str, step: Optional[int], error) -> CheckpointSaveError:
+    manager = self._named_managers()[name]
+    directory = str(manager.directory)
+    left = integrity.remove_unfinished_saves(directory, step) if (
+        step is not None and jax.process_index() == 0) else []
+    manager.reload()
+    earlier = sorted(s for s in manager.all_steps() if s != step)
+    kind = "best checkpoint" if name == "best" else "checkpoint"
+    intact = (f"The previous {kind}, step {earlier[-1]}, is intact" if earlier else
+              f"There is no earlier {kind}")
+    tidy = (f"; its unfinished files are left in {', '.join(left)}" if left else
+            "; its unfinished files were removed")
+    return CheckpointSaveError(
+        f"saving {kind} step {step} in {directory} failed: {_reason(error)}. {intact}"
+        f"{tidy}. Free disk space (or fix the cause) and rerun the same command"
+        + (f" to resume from step {earlier[-1]}." if earlier and name == "latest" else "."))
+
+  def _settle(self, name: str) -> None:
+    """Wait for `name`'s save in flight; raise CheckpointSaveError if it failed, else
+    write its digest (process 0)."""
+    manager = self._named_managers()[name]
+    step = self._pending.pop(name, None)
+    try:
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(name, step, e) from None
+    if step is None or jax.process_index() != 0:
+      return
+    step_dir = os.path.join(str(manager.directory), str(step))
+    if not os.path.isdir(step_dir):
+      raise self._save_error(name, step, "Orbax did not finalise it (its log above says why)")
+    try:
+      integrity.write_digest(step_dir)
+    except OSError as e:
+      raise CheckpointSaveError(
+          f"checkpoint step {step} in {step_dir} was written but its digest could not be "
+          f"({_reason(e)}); it will restore unverified. Free disk space and rerun.") from None
+
+  def check(self) -> None:
+    """Raise CheckpointSaveError if a background save has failed; never waits for one
+    that is still running. Cheap enough to call after every step."""
+    for name, manager in self._named_managers().items():
+      if name in self._pending and not manager.is_saving_in_progress():
+        self._settle(name)
+
+  def _save(self, name: str, step: int, state, metrics: Optional[dict] = None) -> None:
     # In a multi-process run each manager finalizes a save with barriers named the same
     # in both managers; two saves in flight at once collide ("Barrier ... is already
     # ongoing"). One save at a time there; on one process saves overlap with training.
     if jax.process_count() > 1:
       self.wait()
+    else:
+      self._settle(name)
+      self.check()
+    manager = self._named_managers()[name]
+    try:
+      manager.save(int(step), args=ocp.args.StandardSave(state), metrics=metrics,
+                   force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(name, int(step), e) from None
+    self._pending[name] = int(step)
 
   def save_latest(self, step: int, state) -> None:
-    self._before_save()
-    self.latest.save(int(step), args=ocp.args.StandardSave(state), force=True)
+    """Start saving `state` as step `step` (in the background; see `check`)."""
+    self._save("latest", step, state)
 
   def save_now(self, step: int, state, last_saved: Optional[int]) -> None:
     """Save `state` as step `step` unless `last_saved` is that step, and wait until it is
@@ -91,27 +233,55 @@ class Checkpoints:
   def best_value(self) -> Optional[float]:
     """The validation ELBO of the kept best checkpoint, or None."""
     step = self.best.best_step()
-    metrics = None if step is None else self.best.metrics(step)
+    try:
+      metrics = None if step is None else self.best.metrics(step)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("best checkpoint step %s: its metric cannot be read (%s); a new "
+                      "best will replace it", step, _reason(e))
+      return None
     return None if not metrics else float(metrics[BEST_METRIC])
 
   def save_best_if_better(self, step: int, state, valid_elbo: float) -> bool:
+    """Start saving `state` as the best checkpoint if valid_elbo beats the kept one."""
     best = self.best_value()
     if best is not None and valid_elbo <= best:
       return False
-    self._before_save()
-    self.best.save(int(step), args=ocp.args.StandardSave(state),
-                   metrics={BEST_METRIC: float(valid_elbo)}, force=True)
+    self._save("best", step, state, metrics={BEST_METRIC: float(valid_elbo)})
     return True
+
+  # Restoring.
+
+  def _set_aside(self, manager, step: int, reason: str) -> str:
+    """Move a damaged step aside (process 0; all processes then re-read the steps)."""
+    step_dir = os.path.join(str(manager.directory), str(step))
+    manager.reload()
+    if step not in manager.all_steps():  # deleted meanwhile (by the run that wrote it)
+      dest = "it was deleted meanwhile"
+    elif jax.process_index() == 0:
+      dest = integrity.set_aside(step_dir, reason)
+      dest = (f"moved to {dest}" if dest else "it could not be moved aside "
+              "(read-only?); move it out of the way by hand")
+    else:
+      dest = "moved aside by process 0"
+    if jax.process_count() > 1:
+      self._barriers += 1
+      ocp.multihost.sync_global_processes(f"crvae_jax_set_aside_{self._barriers}")
+    manager.reload()
+    return dest
 
   def restore(self, target: Any, which: str = "latest", step: Optional[int] = None):
     """Restore into the structure of `target` (arrays or ShapeDtypeStructs).
 
     which: 'latest' (newest training state) or 'best' (best validation ELBO).
-    Returns (state, step) or (None, None) when there is no checkpoint. A checkpoint that
-    cannot be read (e.g. damaged on disk) is skipped with a warning and the previous one
-    is used; one whose arrays do not fit `target` raises CheckpointMismatchError naming
-    the parameter paths and shapes. (A save killed half-way never becomes a step:
-    Orbax writes to a temporary directory and renames it when complete.)
+    Returns (state, step) or (None, None) when there is no checkpoint. Before Orbax reads
+    a step its files are checked against their digest (steps written before digests
+    existed restore unverified, with a one-time note). A damaged step (digest mismatch,
+    or Orbax cannot read it) is set aside (`<dir>_damaged/<step>-<time>/`, kept) with
+    a RuntimeWarning, and for 'latest' the previous step is used; a damaged best
+    checkpoint, or a damaged `step` asked for, raises CheckpointDamagedError. A step whose
+    arrays do not fit `target` raises CheckpointMismatchError naming the parameter paths
+    and shapes. (A save killed half-way never becomes a step: Orbax writes to a
+    temporary directory and renames it when complete.)
     """
     manager = {"latest": self.latest, "best": self.best}.get(which)
     if which == "best" and manager is None:
@@ -119,7 +289,7 @@ class Checkpoints:
     if manager is None:
       raise ValueError(f"checkpoint must be 'latest' or 'best', got {which!r}")
     if step is not None:
-      candidates = [step]
+      candidates = [step] if step in manager.all_steps() else []
     elif which == "best":
       candidates = [] if manager.best_step() is None else [manager.best_step()]
     else:
@@ -127,29 +297,70 @@ class Checkpoints:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     for s in candidates:
       step_dir = os.path.join(str(manager.directory), str(s))
-      try:
-        return manager.restore(s, args=ocp.args.StandardRestore(abstract)), s
-      except Exception as e:  # pylint: disable=broad-except
-        diffs = shape_differences(step_dir, target)
-        if diffs:
-          raise CheckpointMismatchError(
-              f"checkpoint {step_dir} does not fit this model ({len(diffs)} "
-              "difference(s)); was it written with another config?\n  "
-              + "\n  ".join(diffs[:20])) from e
-        warnings.warn(f"checkpoint {step_dir} cannot be restored ({type(e).__name__}: "
-                      f"{str(e)[:200]}); skipping it", RuntimeWarning)
+      diffs = shape_differences(step_dir, target)
+      if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint {step_dir} does not fit this model ({len(diffs)} "
+            "difference(s)); was it written with another config?\n  "
+            + "\n  ".join(diffs[:20]))
+      problem = None
+      if integrity.has_digest(step_dir):
+        problem = integrity.verify(step_dir)
+      elif str(manager.directory) not in _NOTED_UNVERIFIED:
+        _NOTED_UNVERIFIED.add(str(manager.directory))
+        logging.warning("checkpoint %s has no digest (written before checkpoints carried "
+                        "one): restored without verification", step_dir)
+      if problem is None:
+        try:
+          return manager.restore(s, args=ocp.args.StandardRestore(abstract)), s
+        except Exception as e:  # pylint: disable=broad-except
+          problem = _reason(e)
+      where = self._set_aside(manager, s, problem)
+      if which == "best" or step is not None:
+        name = "best checkpoint" if which == "best" else f"checkpoint step {s}"
+        raise CheckpointDamagedError(
+            f"the {name} {step_dir} cannot be restored ({problem}); {where}. "
+            + ("Use the latest checkpoint instead (e.g. --config.eval.checkpoint=latest)"
+               if which == "best" else "Use another step") + ".")
+      warnings.warn(f"checkpoint {step_dir} cannot be restored ({problem}); {where}; "
+                    "trying the previous one", RuntimeWarning)
     return None, None
 
-  def _managers(self):
-    return [m for m in (self.latest, self.best) if m is not None]
+  # Ending.
 
   def wait(self) -> None:
-    for m in self._managers():
-      m.wait_until_finished()
+    """Wait for the saves in flight; CheckpointSaveError if one failed."""
+    for name in self._named_managers():
+      self._settle(name)
 
   def close(self) -> None:
-    for m in self._managers():
-      m.close()
+    """Wait for the saves in flight and close the managers (every manager is closed even
+    if a save failed; then CheckpointSaveError is raised). Idempotent."""
+    if self._closed:
+      return
+    self._closed = True
+    _OPEN.discard(self)
+    error = None
+    for name in self._named_managers():
+      try:
+        self._settle(name)
+      except CheckpointSaveError as e:
+        error = error or e
+    for manager in self._managers():
+      try:
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("closing checkpoints in %s: %s", manager.directory, _reason(e))
+    if error is not None:
+      raise error
+
+  def close_quietly(self) -> None:
+    """close(), reporting a failed save as one log line instead of raising (for error
+    paths, where the error already in flight is the one to see)."""
+    try:
+      self.close()
+    except CheckpointSaveError as e:
+      logging.error("%s", e)
 
 
 def write_config(workdir: str, config) -> str:
@@ -161,11 +372,24 @@ def write_config(workdir: str, config) -> str:
 
 
 def read_config_json(workdir: str) -> Optional[dict]:
+  """The config a run wrote into `workdir`, or None; ValueError naming the file if it
+  is damaged."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(
+        f"{path} is damaged ({type(e).__name__}: {e}); it records the run's config. "
+        "Restore it from a copy, or delete it: the workdir's checkpoints are then no "
+        "longer checked against --config (and are resumed only if their shapes fit)."
+    ) from None
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path} is damaged: expected a JSON object, found "
+                     f"{type(saved).__name__}")
+  return saved
 
 
 # Sections that define what a checkpoint *is*; train/eval/sample settings may change

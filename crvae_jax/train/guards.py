@@ -5,9 +5,17 @@ import os
 import signal
 import threading
 
+from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+
+
+def keep_if(ok: jax.Array, new, old):
+  """`new` where the [] bool `ok` holds, else `old`, leaf by leaf: the in-step half of
+  the non-finite guard (a step whose loss or gradient is not finite keeps its state)."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
 class NonFiniteError(RuntimeError):
@@ -43,15 +51,15 @@ class StopSignals:
       return signal.SIGTERM if reached else None
     return self.received
 
-  def exit_if_asked(self, step: int, total_steps: int, save, log) -> None:
+  def exit_if_asked(self, step: int, total_steps: int, save) -> None:
     """After `step` of `total_steps`: if a stop signal is due, `save()` a checkpoint of
     this step and leave (KeyboardInterrupt for SIGINT, else SystemExit(128 + signal))."""
     sig = self.at_step(step)
     if sig is None or step >= total_steps:
       return
     save()
-    log(f"{signal.Signals(sig).name}: saved a checkpoint at step {step}; rerun the same "
-        "command to resume")
+    logging.warning(f"{signal.Signals(sig).name}: saved a checkpoint at step {step}; "
+                    "rerun the same command to resume")
     if sig == signal.SIGINT:
       raise KeyboardInterrupt
     raise SystemExit(128 + sig)
@@ -69,9 +77,9 @@ class NonFiniteWatch:
   """Counts skipped (non-finite) steps from each step's metrics, one step behind the
   dispatch so the host does not wait for the device; raises after `limit` in a row."""
 
-  def __init__(self, limit: int, workdir: str, log):
-    self.limit, self.workdir, self.log = limit, workdir, log
-    self.pending, self.in_a_row, self.total, self.last_saved = None, 0, 0, None
+  def __init__(self, limit: int, workdir: str, last_saved=None):
+    self.limit, self.workdir = limit, workdir
+    self.pending, self.in_a_row, self.total, self.last_saved = None, 0, 0, last_saved
 
   def push(self, step: int, metrics) -> None:
     """Check the previous step's metrics, then remember this one."""
@@ -90,8 +98,8 @@ class NonFiniteWatch:
     self.total += 1
     values = jax.device_get(metrics)
     bad = [k for k, v in values.items() if k != "skipped" and not np.all(np.isfinite(v))]
-    self.log(f"step {step + 1}: non-finite {', '.join(bad)}; update skipped "
-             f"({self.in_a_row} in a row, {self.total} in this run)")
+    logging.warning(f"step {step + 1}: non-finite {', '.join(bad)}; update skipped "
+                    f"({self.in_a_row} in a row, {self.total} in this run)")
     if self.in_a_row >= self.limit:
       saved = ("none yet" if self.last_saved is None else
                f"step {self.last_saved} in {os.path.join(self.workdir, 'checkpoints')}")

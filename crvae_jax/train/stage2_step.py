@@ -1,5 +1,5 @@
-"""The data-parallel Stage2 step (DESIGN.md section 6), written once per device and mapped
-over the 1-D mesh like the Stage1 step (`gan_step`).
+"""The data-parallel Stage2 step (docs/objectives.md, Stage2), written once per device and mapped
+over the 1-D mesh like the Stage1 step (`stage1_step`).
 
 Per device, with b real high-resolution images s [b, H, H, 3] in [-1, 1]:
 - x = s resized to 64x64 (bicubic, antialiased): Stage1's input;
@@ -38,7 +38,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 from crvae_jax import randomness
 from crvae_jax.models import perceptual
 from crvae_jax.models.stage2 import INPUT_SIZE
-from crvae_jax.train.parallel import BATCH_AXIS, global_indices, keep_if
+from crvae_jax.sharding import BATCH_AXIS, data_parallel, global_indices
+from crvae_jax.train.guards import keep_if
 
 ADVERSARIAL = ("saturating", "non_saturating")
 
@@ -168,6 +169,5 @@ def make_stage2_step(*, stage1, gen, disc, g_tx, d_tx, mesh: Mesh, gamma: float 
   per_device = functools.partial(_per_device, stage1=stage1, gen=gen, disc=disc,
                                  features=features, g_tx=g_tx, d_tx=d_tx, gamma=gamma,
                                  adversarial=adversarial)
-  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(BATCH_AXIS), P()),
-                         out_specs=(P(), P()))
-  return jax.jit(mapped, donate_argnums=(0,))
+  return data_parallel(per_device, mesh, (P(), P(), P(BATCH_AXIS), P()), (P(), P()),
+                       model=gen, donate_argnums=(0,))

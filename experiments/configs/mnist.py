@@ -3,11 +3,12 @@ r"""MNIST crVAE family: every row of the paper's Table 1, at paper scale or CPU 
 `get_config("ROW[,cpu]")`, ROW one of: vae, cvae, crvae_inference, crvae_generation,
 crvae (T=8), crvae_t4, crvae_t16, criwa, crvae_2layer.
 
-Paper scale (needs a GPU; ~36 CPU-hours per row here):
-  python experiments/main.py --config=experiments/configs/mnist.py:crvae \
+Paper scale (needs a GPU; cost per row: benchmarks/RESULTS.md, "Paper-scale cost"):
+  python -m experiments.main --config=experiments/configs/mnist.py:crvae \
       --workdir=runs/mnist_crvae --mode=train,evaluate,sample
-CPU scale (width 8, LSTM hidden 128, 2 epochs, K=20; ~12 minutes on 2 cores):
-  python experiments/main.py --config=experiments/configs/mnist.py:crvae,cpu \
+CPU scale (width 8, LSTM hidden 128, 2 epochs, K=20; minutes on 2 cores, see
+benchmarks/RESULTS.md, "Main job"):
+  python -m experiments.main --config=experiments/configs/mnist.py:crvae,cpu \
       --workdir=runs/mnist_crvae_cpu --mode=train,evaluate,sample
 Any field can be overridden: --config.train.num_epochs=10 --config.eval.num_samples=1000
 """
@@ -53,6 +54,7 @@ def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
   variant, num_blocks, kind, lr = ROWS[row]
 
   c = ml_collections.ConfigDict()
+  c.family = "mnist"  # experiments/main.py runs crvae_jax.families.mnist
   c.dataset = "mnist"
   c.row = row
   c.paper_nll = PAPER_NLL[row]
@@ -108,10 +110,23 @@ def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
   c.eval.report_k = 100  # also report the K=100 estimate
   c.eval.chunk_size = 128  # samples decoded at once per image
   # Test images per call: batch x chunk samples are decoded at once (16 x 128 = 2,048
-  # at paper scale: ~2.5 GiB of scratch; 100 x 128 would need ~15 GiB).
+  # at paper scale), which sets the estimator's scratch memory (benchmarks/RESULTS.md,
+  # "IS-NLL estimator speed and memory"); a larger batch needs proportionally more.
   c.eval.batch_size = 16
   c.eval.seed = 0
   c.eval.checkpoint = "best"  # 'best' (validation ELBO) or 'latest'
+  # 'is': importance sampling with K = num_samples; 'ais': annealed importance sampling
+  # (crvae_jax/ais.py) with eval.ais, C chains per image in the place of the K samples,
+  # the same batch_size, seed and report_k; files eval_test_AIS<T>x<C>-<init>_*.
+  c.eval.estimator = "is"
+  c.eval.ais = ml_collections.ConfigDict()
+  c.eval.ais.num_steps = 1000  # T annealing steps (T - 1 HMC transitions)
+  c.eval.ais.num_chains = 16  # C per image
+  c.eval.ais.leapfrog_steps = 10  # L per transition
+  c.eval.ais.step_size = 0.05  # initial leapfrog step, adapted per image
+  c.eval.ais.target_acceptance = 0.65
+  c.eval.ais.init = "prior"  # or 'encoder' (q(z|x)); see crvae_jax/ais.py
+  c.eval.ais.schedule = "sigmoid"  # or 'linear'
 
   c.sample = ml_collections.ConfigDict()
   c.sample.num_images = 100
@@ -124,9 +139,13 @@ def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
     c.optim.halve_every_epochs = 1.0
     c.train.log_every_steps = 50
     c.train.sample_every_epochs = 1.0
-    # ~1,000 decoder samples/s at this width on 2 cores: K=20 scores all 10,000 test
-    # images in ~3.5 minutes. Raise it (--config.eval.num_samples=100) when you can wait.
+    # K=20 scores all 10,000 test images in minutes on 2 cores (decoder samples/s:
+    # benchmarks/RESULTS.md, "Throughput"). Raise it (--config.eval.num_samples=100)
+    # when you can wait.
     c.eval.num_samples = 20
     c.eval.chunk_size = 20
     c.eval.batch_size = 50
+    c.eval.ais.num_steps = 100
+    c.eval.ais.num_chains = 4
+    c.eval.ais.leapfrog_steps = 5
   return c

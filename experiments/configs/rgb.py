@@ -1,18 +1,18 @@
 r"""64x64 RGB Stage1: VAE-GAN and crVAE-GAN on Birds, CelebA, LSUN bedrooms (and emoji).
 
 `get_config("DATASET_MODEL[,cpu]")`: DATASET one of birds, celeba, lsun, emoji; MODEL one
-of vaegan, crvaegan. The weights and learning rates are the paper's (DESIGN.md section
-5); the emoji rows are ours (the offline CPU demo).
+of vaegan, crvaegan. The weights and learning rates are the paper's
+(docs/hyperparameters.md); the emoji rows are ours (the offline CPU demo).
 
 Paper scale (needs a GPU; the dataset prepared for tensorflow-datasets, or a folder):
-  python experiments/main.py --config=experiments/configs/rgb.py:celeba_crvaegan \
+  python -m experiments.main --config=experiments/configs/rgb.py:celeba_crvaegan \
       --workdir=runs/celeba_crvaegan --mode=train,sample
   # CelebA unpacked by hand (img_align_celeba/):
-  python experiments/main.py --config=experiments/configs/rgb.py:celeba_crvaegan \
+  python -m experiments.main --config=experiments/configs/rgb.py:celeba_crvaegan \
       --config.data.source=folder --config.data.image_dir=~/data/img_align_celeba \
       --workdir=runs/celeba_crvaegan --mode=train,sample
 CPU scale (the emoji set from the npm registry; width 8, 600 steps of batch 32):
-  python experiments/main.py --config=experiments/configs/rgb.py:emoji_crvaegan,cpu \
+  python -m experiments.main --config=experiments/configs/rgb.py:emoji_crvaegan,cpu \
       --workdir=runs/emoji_crvaegan_cpu --mode=train,sample
 """
 
@@ -38,7 +38,7 @@ WEIGHTS = {
     ("emoji", "vaegan"): (2e-4, 2e-4, 0.0125, 0.0, 1e-3),
     ("emoji", "crvaegan"): (3e-4, 2e-4, 0.0125, 0.02, 1e-3),
 }
-# Held-out tfds split for --mode=complete (emoji has one set: the training images).
+# Held-out tfds split for --mode=complete (emoji: completion.emoji_split instead).
 HELD_OUT_SPLITS = {"birds": "test", "celeba": "test", "lsun": "validation", "emoji": ""}
 MODELS = ("vaegan", "crvaegan")
 ROWS = tuple(f"{d}_{m}" for d in DATASETS for m in MODELS)
@@ -57,6 +57,7 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
   alpha1, alpha2, beta, kappa, lr = WEIGHTS[(dataset, variant)]
 
   c = ml_collections.ConfigDict()
+  c.family = "stage1"  # experiments/main.py runs crvae_jax.families.stage1
   c.dataset = dataset
   c.row = row
   c.scale = "cpu" if "cpu" in modifiers else "paper"
@@ -100,7 +101,17 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
   c.data.allow_other_files = False  # 'folder': skip non-image files instead of failing
   c.data.convert_to_rgb = False  # 'folder': convert grayscale/RGBA/palette images
   c.data.allow_upscaling = False  # 'folder': accept images smaller than load_size
-  c.data.emoji_tarball = ""  # source 'emoji': a local emoji-datasource-google tarball
+  c.data.verify_images = False  # 'folder': decode every file at start, name each bad one
+  c.data.skip_bad_images = False  # with verify_images: leave bad files out, not fail
+  # source 'emoji' (crvae_jax/data/emoji.py): the image sets, each the same 3,786 emoji
+  # drawn by another vendor: 'google' (Noto, Apache-2.0), 'twitter' (Twemoji, CC-BY 4.0),
+  # or both, 'google,twitter' (7,572 images).
+  c.data.emoji_sets = "google"
+  # Which emoji: 'train' (default since issue 19: the ~91% not held out, 3,449 of the
+  # 3,786 per set), 'heldout' (the rest, for completion and held-out errors) or 'all'.
+  # The committed results/emoji_*_cpu runs trained on 'all' (3,786 images).
+  c.data.emoji_split = "train"
+  c.data.emoji_tarball = ""  # local emoji-datasource-<set> tarballs, one per set, "a,b"
   c.data.cache_dir = ""  # source 'emoji': "" = ~/.cache/crvae_jax/emoji
   c.data.allow_download = True  # source 'emoji': `npm pack` when not cached
   c.data.flip = flip  # random horizontal flips
@@ -126,7 +137,7 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
   c.sample.seed = 0
   c.sample.checkpoint_step = config_dict.placeholder(int)  # None: the latest
 
-  # --mode=complete (DESIGN.md section 7; crvae_jax/completion.py). Adam on z from the
+  # --mode=complete (docs/objectives.md, O11; crvae_jax/completion.py). Adam on z from the
   # posterior mean of the masked image; lr and steps are ours (not in the paper).
   c.completion = ml_collections.ConfigDict()
   c.completion.masks = "center,left,right,top,bottom,random_blocks"  # the hidden part
@@ -139,6 +150,7 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
   c.completion.batch_size = 64  # images optimised at once
   # tfds sources: complete images of this held-out split ("" = data.tfds_split).
   c.completion.tfds_split = HELD_OUT_SPLITS[dataset]
+  c.completion.emoji_split = "heldout"  # emoji source: complete images of this split
 
   if c.scale == "cpu":
     c.model.width = 8
@@ -147,7 +159,7 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
     c.model.disc_hidden = 256
     c.model.minibatch_kernels = 32
     c.train.batch_size = 32
-    c.train.num_steps = 600  # ~20 minutes on 2 cores (5 passes over the emoji)
+    c.train.num_steps = 600  # ~5 passes over the emoji; time: results/emoji_*_cpu/summary.md
     c.train.log_every_steps = 25
     c.train.checkpoint_every_steps = 200
     c.train.sample_every_steps = 200

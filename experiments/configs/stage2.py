@@ -1,25 +1,25 @@
-r"""Stage2 (64 -> 128, LSUN 64 -> 224) super-resolution GAN on a frozen Stage1 (DESIGN.md 6).
+r"""Stage2 (64 -> 128, LSUN 64 -> 224) super-resolution GAN on a frozen Stage1 (docs/models.md).
 
 `get_config("DATASET_MODEL[,cpu]")`: DATASET one of birds, celeba, lsun, emoji; MODEL one
 of vaegan, crvaegan, naming the Stage1 run it refines (`stage1.workdir`, trained with
 experiments/configs/rgb.py:DATASET_MODEL[,cpu]). Size 128 (LSUN 224); perceptual loss
 VGG11 with gamma 1 (LSUN: ResNet50, gamma 10); CelebA upsamples with 4x4/2 transposed
-convs, and its VAE-GAN row encodes only to 32x32 (DESIGN.md section 6).
+convs, and its VAE-GAN row encodes only to 32x32 (docs/models.md, section 5).
 
 The perceptual network's ImageNet weights are a local file (nothing downloads at run
 time); convert torchvision's checkpoint once with experiments/convert_torchvision_weights.py.
 Without `perceptual.weights`, a config with gamma > 0 stops before training and says so.
 
 Paper scale (GPU; Stage1 trained first into runs/celeba_crvaegan):
-  python experiments/convert_torchvision_weights.py --arch=vgg11 \
+  python -m experiments.convert_torchvision_weights --arch=vgg11 \
       --input=vgg11-8a719046.pth --output=weights/vgg11.npz
-  python experiments/main.py --config=experiments/configs/stage2.py:celeba_crvaegan \
+  python -m experiments.main --config=experiments/configs/stage2.py:celeba_crvaegan \
       --config.perceptual.weights=weights/vgg11.npz \
       --workdir=runs/celeba_crvaegan_stage2 --mode=train,sample
   # the paper's "without perceptual loss" row: --config.objective.gamma=0
 CPU demo (emoji, after the Stage1 CPU run of experiments/configs/rgb.py:emoji_crvaegan,cpu
 into runs/emoji_crvaegan_cpu; width 8, batch 16, 300 steps):
-  python experiments/main.py --config=experiments/configs/stage2.py:emoji_crvaegan,cpu \
+  python -m experiments.main --config=experiments/configs/stage2.py:emoji_crvaegan,cpu \
       --workdir=runs/emoji_crvaegan_stage2_cpu --mode=train,sample
 
 Emoji: the images exist only at 64x64, so the 128x128 targets are bicubic upscalings
@@ -61,14 +61,14 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
   stage1 = rgb_configs.get_config(stage1_row)
 
   c = ml_collections.ConfigDict()
-  c.stage = 2
+  c.family = "stage2"  # experiments/main.py runs crvae_jax.families.stage2
   c.dataset = dataset
   c.row = row
   c.scale = "cpu" if cpu else "paper"
 
   c.stage1 = ml_collections.ConfigDict()
-  c.stage1.config = f"experiments/configs/rgb.py:{stage1_row}"  # its model/objective/optim
-  # sections are then taken from <stage1.workdir>/config.json (what the checkpoint holds)
+  # The Stage1 run (trained with experiments/configs/rgb.py:<row>[,cpu]); its config is
+  # read from <stage1.workdir>/config.json and saved with the Stage2 run.
   c.stage1.workdir = f"runs/{row}" + ("_cpu" if cpu else "")
   c.stage1.checkpoint_step = config_dict.placeholder(int)  # None: the latest, pinned in
   # <workdir>/stage1.json at the first start so a resumed run keeps the same Stage1

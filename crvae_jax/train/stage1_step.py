@@ -1,7 +1,7 @@
-"""The data-parallel VAE-GAN / crVAE-GAN Stage1 step (DESIGN.md section 5).
+"""The data-parallel VAE-GAN / crVAE-GAN Stage1 step (docs/objectives.md, O5-O8).
 
 Written once per device and mapped over the 1-D mesh like the MNIST step
-(`crvae_jax.train.parallel`): each device holds b = B / devices real images.
+(`crvae_jax.train.mnist_step`): each device holds b = B / devices real images.
 
 Per device:
 - the generator reconstructs its b images (z ~ q(z|x)) and decodes b prior samples;
@@ -37,8 +37,8 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from crvae_jax import objectives, randomness
-from crvae_jax.models import layers
-from crvae_jax.train.parallel import BATCH_AXIS, global_indices, keep_if
+from crvae_jax.sharding import BATCH_AXIS, data_parallel, global_indices
+from crvae_jax.train.guards import keep_if
 
 
 @flax.struct.dataclass
@@ -183,7 +183,5 @@ def make_gan_step(model, disc, mi_head, g_tx, d_tx, weights: GanWeights, mesh: M
   per_device = functools.partial(_per_device, model=model, disc=disc, mi_head=mi_head,
                                  g_tx=g_tx, d_tx=d_tx, weights=weights,
                                  num_blocks=model.num_blocks, max_d_accuracy=max_d_accuracy)
-  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()),
-                         out_specs=(P(), P()))
-  return jax.jit(mapped, donate_argnums=(0,),
-                 compiler_options=layers.model_compiler_options(model))
+  return data_parallel(per_device, mesh, (P(), P(BATCH_AXIS), P()), (P(), P()),
+                       model=model, donate_argnums=(0,))

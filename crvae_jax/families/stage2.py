@@ -1,0 +1,242 @@
+"""The Stage2 super-resolution GAN on a frozen Stage1, and its hooks on the engine.
+
+Stage1 is restored from `config.stage1.workdir` with the Stage1 family's own machinery,
+from the config that run was trained with (its config.json). Both travel with the Stage2
+run: at the first start the Stage1 config is saved as <workdir>/stage1_config.json and
+the Stage1 step pinned in <workdir>/stage1.json, so a resumed Stage2 run and `sample`
+use the same Stage1 even if Stage1 trains on. Stage2 keeps its own Orbax checkpoints,
+metrics and grids in its workdir and resumes, saves on SIGTERM and skips non-finite
+steps like every family on the engine.
+
+Grids (samples/): stage2_prior_<tag>.png, prior samples as pairs (Stage1 64x64 upscaled
+by nearest neighbour | Stage2); stage2_reconstructions_<tag>.png, fixed images as triples
+(ground truth | Stage1 reconstruction, upscaled | Stage2).
+"""
+
+import json
+import os
+from typing import NamedTuple, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from crvae_jax import compiled, config_checks, distributed, images, sharding
+from crvae_jax.data import rgb as rgb_data
+from crvae_jax.data.image_source import RandomAccessImages
+from crvae_jax.families import model_kwargs, stage1
+from crvae_jax.models import perceptual
+from crvae_jax.models.stage2 import Stage2Discriminator, Stage2Generator
+from crvae_jax.train import checkpoints, engine, stage2_step, workdir_lock
+
+MODES = ("train", "sample")
+PIN_FILE, STAGE1_CONFIG_FILE = "stage1.json", "stage1_config.json"
+
+
+class Parts(NamedTuple):
+  gen: Stage2Generator
+  disc: Stage2Discriminator
+  g_tx: optax.GradientTransformation
+  d_tx: optax.GradientTransformation
+
+
+def check(config, num_devices: int, training: bool = True) -> None:
+  config_checks.check_stage2_config(config, num_devices, training=training)
+
+
+def build(config, axis_name: Optional[str] = sharding.BATCH_AXIS) -> Parts:
+  """Modules and optimizers of `config` (axis_name None: outside a mesh)."""
+  m, opt = config.model, config.optim
+  gen = Stage2Generator(**model_kwargs(m, Stage2Generator), bn_axis_name=axis_name)
+  disc = Stage2Discriminator(image_size=m.image_size, width=m.disc_width,
+                             conv_impl=m.conv_impl, bn_axis_name=axis_name)
+  adam = lambda: optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  return Parts(gen, disc, adam(), adam())
+
+
+def init_state(config, abstract: bool = False) -> stage2_step.Stage2State:
+  """Fresh state from train.seed; abstract=True: only shapes and dtypes."""
+  p = build(config, axis_name=None)
+  init = lambda: stage2_step.init_stage2_state(p.gen, p.disc, p.g_tx, p.d_tx,
+                                               jax.random.key(config.train.seed))
+  return jax.eval_shape(init) if abstract else init()
+
+
+def _read_json(path: str) -> Optional[dict]:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def stage1_config(config, workdir: str) -> ml_collections.ConfigDict:
+  """The config the Stage1 run was trained with: <workdir>/stage1_config.json (saved at
+  the Stage2 run's first start), else <stage1.workdir>/config.json."""
+  saved = _read_json(os.path.join(workdir, STAGE1_CONFIG_FILE))
+  if saved is None:
+    saved = checkpoints.read_config_json(config.stage1.workdir)
+  if saved is None:
+    raise FileNotFoundError(
+        f"config.stage1.workdir={config.stage1.workdir!r} holds no config.json: train "
+        "Stage1 first (python -m experiments.main --config=experiments/configs/rgb.py:"
+        f"<row> --workdir={config.stage1.workdir} --mode=train)")
+  return ml_collections.ConfigDict(saved)
+
+
+def restore_stage1(config, workdir: str, *, pin: bool = False):
+  """(Stage1 model, its generator variables, step) from config.stage1.workdir; the step
+  is stage1.checkpoint_step, else the one pinned in <workdir>/stage1.json, else the
+  latest. pin=True records the step and the Stage1 config in the Stage2 workdir."""
+  s1_dir, step = config.stage1.workdir, config.stage1.checkpoint_step
+  pin_path = os.path.join(workdir, PIN_FILE)
+  pinned = _read_json(pin_path)
+  if step is None and pinned is not None:
+    step = pinned["step"]
+  s1_config = stage1_config(config, workdir)
+  try:
+    parts, state, restored = stage1.restore(s1_config, s1_dir, step)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.stage1.workdir={s1_dir!r}: {e}"
+                            + (f" (step pinned in {pin_path})" if pinned else "")) from e
+  if pin and distributed.is_main() and pinned is None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(pin_path, "w", encoding="utf-8") as f:
+      json.dump({"workdir": os.path.abspath(s1_dir), "step": int(restored)}, f)
+    with open(os.path.join(workdir, STAGE1_CONFIG_FILE), "w", encoding="utf-8") as f:
+      f.write(s1_config.to_json_best_effort(indent=2, sort_keys=True))
+  return parts.model, stage1.generator_variables(state), restored
+
+
+def load_features(config):
+  """(perceptual module, variables) for gamma > 0, else (None, {})."""
+  if not config.objective.gamma:
+    return None, {}
+  p = config.perceptual
+  return perceptual.load_perceptual(p.network, p.weights, p.layer or None)
+
+
+def nearest_resize(x: np.ndarray, size: int) -> np.ndarray:
+  """[n, s, s, C] -> [n, size, size, C], nearest neighbour (for side-by-side grids)."""
+  idx = np.arange(size) * x.shape[1] // size
+  return x[:, idx][:, :, idx]
+
+
+def grid_fns(stage1_model, gen: Stage2Generator):
+  """Jitted (stage1 vars, gen vars, eps) -> (64x64, high-res) prior samples, and
+  (stage1 vars, gen vars, high-res images) -> (64x64 reconstructions from the posterior
+  mean, their Stage2 outputs); BN with running averages."""
+  def prior(s1, g, eps):
+    low = stage1_model.apply(s1, eps, method=stage1_model.decode)
+    return low, gen.apply(g, low)
+
+  def recon(s1, g, x):
+    q = stage1_model.apply(s1, stage2_step.to_stage1_input(x), method=stage1_model.encode)
+    low = stage1_model.apply(s1, q.mean, method=stage1_model.decode)
+    return low, gen.apply(g, low)
+  return compiled.jit(prior, model=gen), compiled.jit(recon, model=gen)
+
+
+def write_grids(fns, stage1_vars, gen_vars, latent_shape, fixed: np.ndarray, config,
+                directory: str, tag: str) -> tuple:
+  """stage2_prior_<tag>.png and stage2_reconstructions_<tag>.png (process 0 only)."""
+  paths = (os.path.join(directory, f"stage2_prior_{tag}.png"),
+           os.path.join(directory, f"stage2_reconstructions_{tag}.png"))
+  if not distributed.is_main():
+    return paths
+  # Both on this process's first device (Stage1 restored on one, Stage2 on the mesh).
+  stage1_vars, gen_vars = jax.device_put(sharding.local_copy((stage1_vars, gen_vars)),
+                                         jax.local_devices()[0])
+  size, unit = config.model.image_size, stage1.to_unit
+  side = lambda n: int(np.ceil(np.sqrt(n)))
+  eps = jax.random.normal(jax.random.key(config.sample.seed),
+                          (config.sample.num_images,) + tuple(latent_shape))
+  low, high = map(unit, fns[0](stage1_vars, gen_vars, eps))
+  pairs = images.interleave_pairs(nearest_resize(low, size), high)
+  images.save_grid(paths[0], pairs, num_cols=2 * side(len(eps)), scale=1)
+  low, high = map(unit, fns[1](stage1_vars, gen_vars, fixed))
+  triples = np.stack([unit(fixed), nearest_resize(low, size), high], 1)  # [n, 3, S, S, 3]
+  images.save_grid(paths[1], triples.reshape((-1,) + triples.shape[2:]),
+                   num_cols=3 * side(len(fixed)), scale=1)
+  return paths
+
+
+class Family(stage1.GanFamily):
+  """Stage2 on the engine; `setup` restores (and pins) the frozen Stage1 and loads the
+  perceptual network."""
+
+  desc = "stage2"
+
+  def __init__(self, config, *, source: Optional[RandomAccessImages] = None, mesh=None):
+    super().__init__(config, source=source, mesh=mesh)
+    self.crop_size = config.model.image_size
+    self.parts = build(config)
+    self.stage1 = self.stage1_vars = self.stage1_step = self.frozen = None
+    self.features = None
+    self._grids = None
+
+  check = staticmethod(check)
+
+  def setup(self, workdir: str) -> None:
+    self.features, features_vars = load_features(self.config)  # fails early without weights
+    self.stage1, self.stage1_vars, self.stage1_step = restore_stage1(self.config, workdir,
+                                                                     pin=True)
+    self.frozen = sharding.replicate(self.mesh, {"stage1": self.stage1_vars,
+                                                 "perceptual": features_vars})
+
+  def init_state(self, abstract: bool = False):
+    return init_state(self.config, abstract)
+
+  def make_step(self):
+    c, p = self.config, self.parts
+    step = stage2_step.make_stage2_step(
+        stage1=self.stage1, gen=p.gen, disc=p.disc, g_tx=p.g_tx, d_tx=p.d_tx,
+        mesh=self.mesh, gamma=c.objective.gamma, features=self.features,
+        adversarial=c.objective.adversarial)
+    rng = jax.random.key(c.train.seed)
+    return lambda state, batch: step(state, self.frozen, batch, rng)
+
+  def describe(self, state) -> str:
+    c, size, n = self.config, self.config.model.image_size, engine.num_params
+    return (f"Stage2 {size}x{size} on {len(self.source):,} images over Stage1 step "
+            f"{self.stage1_step} of {c.stage1.workdir}: generator {n(state.gen['params']):,}"
+            f", discriminator {n(state.disc['params']):,} parameters; gamma "
+            f"{c.objective.gamma}; batch {c.train.batch_size}")
+
+  def draw(self, state, workdir: str, tag: str) -> None:
+    c = self.config
+    if self._grids is None:
+      self._grids = (grid_fns(self.stage1, self.parts.gen.clone(bn_axis_name=None)),
+                     stage1.fixed_images(self.source, c.sample.num_images, c.sample.seed,
+                                         c.model.image_size))
+    fns, fixed = self._grids
+    write_grids(fns, self.stage1_vars, state.gen, self.stage1.latent_shape, fixed, c,
+                os.path.join(workdir, "samples"), tag)
+
+  def summarize(self, last_train: dict, last_valid: dict) -> dict:
+    return dict(super().summarize(last_train, last_valid), stage1_step=self.stage1_step)
+
+
+def train(config, workdir: str, *, source: Optional[RandomAccessImages] = None) -> dict:
+  """Train (or resume) the Stage2 GAN of `config` in `workdir`; returns a summary (also
+  in train_summary.json): the last logged metrics, skipped steps, the Stage1 step."""
+  return engine.train(Family(config, source=source), workdir)
+
+
+def sample(config, workdir: str, *, source: Optional[RandomAccessImages] = None) -> tuple:
+  """Restore the latest (or sample.checkpoint_step) Stage2 checkpoint and its pinned
+  Stage1; write samples/stage2_prior_sampled_<step>.png and ..._reconstructions_...."""
+  family = Family(config)
+  check(config, family.mesh.size, training=False)
+  state, step = engine.restore_trained(family, workdir, step=config.sample.checkpoint_step)
+  stage1_model, stage1_vars, stage1_step = restore_stage1(config, workdir)
+  source = source or rgb_data.open_source(config.data)
+  size = config.model.image_size
+  fixed = stage1.fixed_images(source, config.sample.num_images, config.sample.seed, size)
+  fns = grid_fns(stage1_model, build(config, axis_name=None).gen)
+  with workdir_lock.hold(workdir):
+    paths = write_grids(fns, stage1_vars, state.gen, stage1_model.latent_shape, fixed,
+                        config, os.path.join(workdir, "samples"), f"sampled_{step:07d}")
+  distributed.info(f"Stage2 step {step} (Stage1 step {stage1_step}): wrote {paths[0]} "
+                   f"and {paths[1]}")
+  return paths

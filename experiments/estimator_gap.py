@@ -1,0 +1,207 @@
+r"""How far is the importance-sampled NLL from the truth? IS vs AIS vs BDMC on trained runs.
+
+  python -m experiments.estimator_gap \
+      --workdirs=runs/mnist_table_cpu/vae,runs/mnist_table_cpu/crvae \
+      --num_images=100 --is_k=100,1000,10000 --ais_steps=100,1000,5000 \
+      --bdmc_images=20 --bdmc_steps=100,1000,5000
+
+For one or two trained MNIST workdirs, on the first --num_images images of the test set
+(the same images for every estimator and model, so differences are paired):
+  - IS at each K of --is_k (crvae_jax.likelihood, q(z|x) as proposal);
+  - forward AIS at each T of --ais_steps (crvae_jax.ais, --chains chains, from --init);
+  - BDMC on --bdmc_images images simulated from each model (z ~ p(z), x ~ p(x|z),
+    binarized): forward AIS (lower bound) and reverse AIS from the exact z (upper
+    bound) at each T of --bdmc_steps; their gap bounds AIS's own error at that T.
+Writes --out (markdown: command, date, commit, machine, every number of the run, and,
+for two runs, whether IS ranks them as AIS does and how much of the IS difference is
+estimator bias) and per-image .npy files (nats, NLL = -log p(x)) under --npy_dir.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.nll_eval import machine_line
+from crvae_jax import ais, likelihood, sharding, trained
+from crvae_jax.families import mnist as mnist_family
+from experiments.provenance import git_commit
+
+
+def _ints(text: str):
+  return [int(v) for v in text.split(",") if v]
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdirs", required=True, help="one or two trained MNIST workdirs")
+  p.add_argument("--labels", default="", help="comma-separated; default: folder names")
+  p.add_argument("--num_images", type=int, default=100, help="test images (first N)")
+  p.add_argument("--is_k", default="100,1000,10000")
+  p.add_argument("--ais_steps", default="100,1000,5000", help="T values, forward AIS")
+  p.add_argument("--bdmc_images", type=int, default=20, help="simulated images per model")
+  p.add_argument("--bdmc_steps", default="100,1000,5000")
+  p.add_argument("--chains", type=int, default=16)
+  p.add_argument("--leapfrog", type=int, default=10)
+  p.add_argument("--step_size", type=float, default=0.05, help="initial, adapted")
+  p.add_argument("--init", default="prior", choices=ais.INITS)
+  p.add_argument("--batch_size", type=int, default=16, help="images per call")
+  p.add_argument("--chunk_size", type=int, default=128, help="IS samples per chunk")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default="results/estimator_gap.md")
+  p.add_argument("--npy_dir", default="results/estimator_gap")
+  return p.parse_args(argv)
+
+
+def _mean_se(values):
+  return likelihood.mean_and_stderr(values)
+
+
+def measure(label, run, images, args, mesh):
+  """{'is': {K: nll [N]}, 'ais': {T: (nll [N], acceptance)}, 'bdmc': {T: (lower, upper)},
+  'seconds': {...}} for one restored run (`trained.TrainedModel`)."""
+  model, variables = run.model, run.variables
+  out = {"label": label, "is": {}, "ais": {}, "bdmc": {}, "seconds": {}}
+  common = dict(batch_size=args.batch_size, seed=args.seed, progress=False)
+  for k in _ints(args.is_k):
+    t = time.perf_counter()
+    res = likelihood.estimate_log_likelihood(
+        model, variables, images, mesh, num_samples=k, chunk_size=min(k, args.chunk_size),
+        report_k=k, **common)
+    out["is"][k], out["seconds"][f"IS K={k}"] = -res.log_px, time.perf_counter() - t
+  settings = lambda steps: ais.Settings(steps, args.chains, args.leapfrog, args.step_size,
+                                        0.65, args.init)
+  for steps in _ints(args.ais_steps):
+    t = time.perf_counter()
+    res = ais.estimate_log_likelihood(model, variables, images, mesh, settings(steps),
+                                      report_k=args.chains, **common)
+    out["ais"][steps] = (-res.log_px, float(res.acceptance.mean()))
+    out["seconds"][f"AIS T={steps}"] = time.perf_counter() - t
+  if args.bdmc_images:
+    sim, z = ais.simulate(model, variables, args.bdmc_images, seed=args.seed)
+    for steps in _ints(args.bdmc_steps):
+      t = time.perf_counter()
+      res = ais.bdmc(model, variables, sim, z, mesh, settings(steps), report_k=args.chains,
+                     **common)
+      out["bdmc"][steps] = (-res.lower.log_px, -res.upper.log_px)  # NLL: lower >= upper
+      out["seconds"][f"BDMC T={steps}"] = time.perf_counter() - t
+  return out
+
+
+def save_per_image(results, npy_dir):
+  os.makedirs(npy_dir, exist_ok=True)
+  for r in results:
+    arrays = {f"IS_K{k}_nll": v for k, v in r["is"].items()}
+    arrays.update({f"AIS_T{t}_nll": v[0] for t, v in r["ais"].items()})
+    for t, (lo, up) in r["bdmc"].items():
+      arrays[f"BDMC_T{t}_simulated_nll_from_forward"] = lo
+      arrays[f"BDMC_T{t}_simulated_nll_from_reverse"] = up
+    for name, values in arrays.items():
+      np.save(os.path.join(npy_dir, f"{r['label']}_{name}.npy"),
+              np.asarray(values, np.float64))
+
+
+def report(results, args, command: str, seconds_total: float) -> str:
+  """The markdown report: every number comes from `results`."""
+  lines = ["# How far is the IS NLL from the truth? IS vs AIS vs BDMC", "",
+           f"- Command: `{command}`",
+           f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit "
+           f"{git_commit()}; total {seconds_total / 60:.1f} min",
+           f"- Machine: {machine_line()}",
+           f"- Test images: the first {args.num_images} of the test set; AIS: "
+           f"{args.chains} chains, {args.leapfrog} leapfrog steps, initial step "
+           f"{args.step_size}, target acceptance 0.65, from the {args.init}, sigmoid "
+           f"schedule; BDMC on {args.bdmc_images} images simulated from each model; "
+           f"seed {args.seed}.",
+           "- NLL in nats (mean +- standard error over images). Every estimate is an upper "
+           "bound on the true NLL in expectation, except BDMC's reverse one (a lower "
+           "bound, on simulated data): lower is closer to the truth.", ""]
+  lines += ["| model | estimator | NLL | seconds |", "|---|---|---|---|"]
+  for r in results:
+    for k, v in r["is"].items():
+      m, se = _mean_se(v)
+      lines.append(f"| {r['label']} | IS K={k} | {m:.2f} +- {se:.2f} | "
+                   f"{r['seconds'][f'IS K={k}']:.0f} |")
+    for t, (v, acc) in r["ais"].items():
+      m, se = _mean_se(v)
+      lines.append(f"| {r['label']} | AIS T={t} (acceptance {acc:.2f}) | {m:.2f} +- "
+                   f"{se:.2f} | {r['seconds'][f'AIS T={t}']:.0f} |")
+  lines += ["", "BDMC on simulated data (NLL; the truth lies between the two, the gap "
+            "bounds AIS's error at that T):", "",
+            "| model | T | forward AIS (upper NLL) | reverse AIS (lower NLL) | gap | "
+            "seconds |", "|---|---|---|---|---|---|"]
+  for r in results:
+    for t, (lo, up) in r["bdmc"].items():
+      gap = _mean_se(lo - up)
+      lines.append(f"| {r['label']} | {t} | {lo.mean():.2f} | {up.mean():.2f} | "
+                   f"{gap[0]:.2f} +- {gap[1]:.2f} | {r['seconds'][f'BDMC T={t}']:.0f} |")
+  for r in results:
+    if r["ais"] and r["is"]:
+      best_t, k_max = max(r["ais"]), max(r["is"])
+      lines.append("")
+      lines.append(f"- {r['label']}: IS K={k_max} minus AIS T={best_t}: "
+                   "{:.2f} +- {:.2f} nats per image (a lower bound on IS's bias when "
+                   "positive: AIS's NLL is itself an upper bound)".format(
+                       *_mean_se(r["is"][k_max] - r["ais"][best_t][0])))
+  if len(results) == 2 and results[0]["ais"] and results[0]["is"]:
+    lines += ["", "## Answers", ""] + answers(*results)
+  return "\n".join(lines) + "\n"
+
+
+def answers(a, b):
+  """Does IS rank b against a as AIS does; how much of the IS difference is bias."""
+  best_t = max(a["ais"])
+  d_ais = b["ais"][best_t][0] - a["ais"][best_t][0]
+  m_ais, se_ais = _mean_se(d_ais)
+  lines = [f"Paired differences NLL({b['label']}) - NLL({a['label']}), same images:", ""]
+  for k in sorted(a["is"]):
+    m, se = _mean_se(b["is"][k] - a["is"][k])
+    same = "same" if np.sign(m) == np.sign(m_ais) else "OPPOSITE"
+    lines.append(f"- IS K={k}: {m:+.2f} +- {se:.2f}; {same} sign as AIS T={best_t} "
+                 f"({m_ais:+.2f} +- {se_ais:.2f}); IS minus AIS difference: "
+                 f"{m - m_ais:+.2f} nats")
+  k_max = max(a["is"])
+  m_is = _mean_se(b["is"][k_max] - a["is"][k_max])[0]
+  gaps = [float(np.mean(r["bdmc"][max(r["bdmc"])][0] - r["bdmc"][max(r["bdmc"])][1]))
+          for r in (a, b) if r["bdmc"]]
+  lines += ["", f"Of the IS K={k_max} difference ({m_is:+.2f} nats), "
+            f"{m_is - m_ais:+.2f} nats is the change of estimator bias between the models "
+            f"as seen by AIS T={best_t}, {abs(m_is - m_ais) / max(abs(m_is), 1e-9):.0%} of "
+            "it; AIS's own remaining error is bounded by its BDMC gaps on simulated data "
+            + (f"({', '.join(f'{g:.2f}' for g in gaps)} nats at T={max(a['bdmc'])})."
+               if gaps else "(not run).")]
+  return lines
+
+
+def main(argv=None):
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  workdirs = [w for w in args.workdirs.split(",") if w]
+  if not 1 <= len(workdirs) <= 2:
+    raise SystemExit(f"--workdirs: one or two, got {len(workdirs)}")
+  labels = [l for l in args.labels.split(",") if l] or [
+      os.path.basename(os.path.normpath(w)) for w in workdirs]
+  if len(labels) != len(workdirs):
+    raise SystemExit(f"--labels: one per workdir, got {labels}")
+  start = time.perf_counter()
+  runs = [trained.restore(w) for w in workdirs]
+  images = mnist_family.load_data(runs[0].config).test_binary[:args.num_images]
+  mesh = sharding.make_mesh()
+  results = []
+  for label, run in zip(labels, runs):
+    results.append(measure(label, run, images, args, mesh))
+    print(f"{label}: done after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+  save_per_image(results, args.npy_dir)
+  command = "python -m experiments.estimator_gap " + " ".join(
+      sys.argv[1:] if argv is None else argv)
+  text = report(results, args, command, time.perf_counter() - start)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w", encoding="utf-8") as f:
+    f.write(text)
+  print(text)
+  return results
+
+
+if __name__ == "__main__":
+  main()

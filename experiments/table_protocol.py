@@ -1,0 +1,381 @@
+r"""The Table 1 experiment's protocol: its jobs, their workdirs and what they record.
+
+`experiments/mnist_table.py` runs the jobs, `experiments/table_report.py` reads them.
+Nothing here trains, evaluates or reads flags.
+
+Every job's workdir is named by its setting, <root>/<row>_lr<lr>[_lstm<T|full>]_b<beta>_s<seed>
+(`_lstmT`: the LSTMs train at lr/T as in the paper, `_lstmfull`: at lr; no tag: the row
+has no LSTM), and holds the training loop's files (metrics.jsonl, best/, checkpoints/),
+evaluate's (eval_test_K<K>.json and the per-image eval_test_K<K>_<name>.npy; those of the
+first N test images in test_first<N>/), and job.json: the setting, its config overrides,
+one entry per training segment and one per evaluation (seconds, commit, date, machine,
+command).
+
+The jobs, phase by phase (PHASES: VAE and crVAE first; each job skips finished work;
+`plan` lists them in order):
+  1. lr grid: each row at every lr x LSTM rate for `grid_epochs`, seed 0, constant lr.
+  2. seed 0 of each row at its best grid setting for `num_epochs`, and its test NLL at
+     K=`num_samples` on all test images; crVAE (T=8) also at its other LSTM rate. The
+     grid's workdir is continued: with a constant lr, training to `num_epochs` is the
+     pilot run extended (resume is exact), so seed 0 costs num_epochs - grid_epochs.
+  3. the K check: the K-check rows' seed 0 on the first `k_curve_images` test images at
+     K=`k_curve_samples` (also keeping K=`num_samples`) and K=100 (also keeping K=10).
+  4. seeds 1.. of the seeded rows, then of crVAE's other LSTM rate.
+After the phases: the release's recipe (the config's lr, LSTMs at lr/T, its beta), seed 0.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Optional
+
+import numpy as np
+
+from experiments.configs import mnist as mnist_configs
+
+# Run order: the comparison that matters first, the slowest row (k=5 samples) last.
+RUN_ORDER = ("vae", "crvae", "cvae", "crvae_inference", "crvae_generation", "crvae_t4",
+             "crvae_t16", "crvae_2layer", "criwa")
+TABLE_ORDER = ("vae", "cvae", "crvae_inference", "crvae_generation", "crvae_t4", "crvae",
+               "crvae_t16", "criwa", "crvae_2layer")
+ROW_LABELS = {"vae": "VAE", "cvae": "cVAE", "crvae_inference": "crVAE@inference",
+              "crvae_generation": "crVAE@generation", "crvae_t4": "crVAE (T=4)",
+              "crvae": "crVAE (T=8)", "crvae_t16": "crVAE (T=16)",
+              "criwa": "crIWA (T=8, k=5)", "crvae_2layer": "crVAE, 2 stochastic layers"}
+# The order of the work: each phase's grid, its rows' seed 0 (and test NLL), its K check,
+# its further seeds; the claim that matters most (crVAE vs VAE) is complete first.
+PHASES = (("vae", "crvae"), ("cvae", "crvae_inference", "crvae_generation"),
+          ("crvae_t4", "crvae_t16", "crvae_2layer", "criwa"))
+NO_LSTM_ROWS = ("vae", "cvae")
+LSTM_LABELS = {"T": "lr/T", "full": "lr", None: "-"}
+OTHER_LSTM = "crvae_other_lstm"  # entry: crVAE (T=8) at the LSTM rate its grid did not pick
+# Rough train time per epoch relative to crVAE (T=8), from the train times of the 2-epoch
+# CPU table (2026-11-28); used only by --plan for rows with no finished work.
+RELATIVE_EPOCH_COST = {"criwa": 4.8, "crvae_2layer": 1.4}
+# The budget rule: the first epoch >= BUDGET_MIN_EPOCHS at which the VAE's best validation
+# ELBO gained less than BUDGET_GAIN nats per epoch over the last BUDGET_WINDOW epochs.
+BUDGET_GAIN, BUDGET_WINDOW, BUDGET_MIN_EPOCHS = 0.3, 5, 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """What one training run is: row, learning rate, LSTM rate, KL weight, seed."""
+  row: str
+  lr: float
+  lstm: Optional[str]  # 'T': LSTMs at lr/T (paper); 'full': at lr; None: no LSTM
+  beta: float
+  seed: int
+
+  @property
+  def name(self) -> str:
+    lstm = "" if self.lstm is None else f"_lstm{self.lstm}"
+    return f"{self.row}_lr{self.lr:g}{lstm}_b{self.beta:g}_s{self.seed}"
+
+  def overrides(self) -> dict:
+    """Config overrides ('section.key': value) that make the row's config this setting."""
+    out = {"optim.learning_rate": self.lr, "objective.beta": self.beta,
+           "train.seed": self.seed, "optim.halve_every_epochs": 0.0}
+    if self.lstm is not None:
+      out["optim.lstm_lr_divisor"] = float(
+          mnist_configs.ROWS[self.row][1] if self.lstm == "T" else 1)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """The experiment's numbers (see the flags of experiments/mnist_table.py)."""
+  rows: tuple = RUN_ORDER
+  scale: str = "cpu"
+  lrs: tuple = (3e-4, 1e-3, 3e-3)
+  grid_epochs: float = 5.0
+  num_epochs: Optional[float] = None  # None: not decided yet (train jobs wait)
+  beta: float = 1.0
+  num_seeds: int = 3
+  seeded_rows: tuple = ("vae", "cvae", "crvae")
+  other_lstm_seeds: int = 1
+  num_samples: int = 1000
+  k_curve_rows: tuple = ("vae", "crvae")
+  k_curve_samples: int = 5000
+  k_curve_images: int = 1000
+  criwa_from_crvae: bool = True
+  release: bool = True
+
+  def __post_init__(self):
+    unknown = [r for r in self.rows + self.seeded_rows + self.k_curve_rows
+               if r not in RUN_ORDER]
+    if unknown:
+      raise ValueError(f"unknown row(s) {unknown}; choose from {RUN_ORDER}")
+    if self.num_epochs is not None and self.num_epochs < self.grid_epochs:
+      raise ValueError(f"the budget ({self.num_epochs:g} epochs) is shorter than the grid's "
+                       f"pilots ({self.grid_epochs:g}), which its seed-0 runs continue")
+    if self.criwa_from_crvae and "criwa" in self.rows and "crvae" not in self.rows:
+      raise ValueError("criwa takes crvae's grid choice (criwa_from_crvae): add crvae to "
+                       "the rows or turn criwa_from_crvae off")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One unit of work: train a setting to `epochs`, or score it (K, first N images)."""
+  stage: str  # 'lr_grid', 'train' or 'eval'
+  entry: str  # what the report calls it: 'grid:<row>', a row, OTHER_LSTM, 'release:<row>',
+  #             'kcheck:<row>'
+  row: str
+  setting: Optional[Setting]  # None until the row's grid is finished
+  seed: int = 0  # the training seed (known before the setting is)
+  epochs: float = 0.0  # train: the epochs the workdir must reach
+  num_samples: int = 0  # eval: K
+  report_k: int = 0  # eval: the smaller K whose estimate is also kept
+  num_images: Optional[int] = None  # eval: the first N test images; None: all
+
+  @property
+  def trains(self) -> bool:
+    return self.stage in ("lr_grid", "train")
+
+  @property
+  def eval_key(self) -> str:
+    images = "all" if self.num_images is None else f"first{self.num_images}"
+    return f"test_{images}_K{self.num_samples}"
+
+
+def workdir(root: str, setting: Setting) -> str:
+  return os.path.join(root, setting.name)
+
+
+def eval_dir(wd: str, num_images: Optional[int]) -> str:
+  """Where evaluate's files of the first `num_images` test images (None: all) live."""
+  return wd if num_images is None else os.path.join(wd, f"test_first{num_images}")
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def read_job(wd: str) -> dict:
+  path = os.path.join(wd, "job.json")
+  if not os.path.exists(path):
+    return {"train": [], "evals": {}}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def write_job(wd: str, record: dict) -> None:
+  os.makedirs(wd, exist_ok=True)
+  tmp = os.path.join(wd, "job.json.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=2)
+  os.replace(tmp, os.path.join(wd, "job.json"))
+
+
+def trained_epochs(record: dict) -> float:
+  return max([s["epochs_to"] for s in record["train"]], default=0.0)
+
+
+def read_metrics(wd: str, split: str) -> list:
+  path = os.path.join(wd, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [r for r in map(json.loads, filter(str.strip, f)) if r.get("split") == split]
+
+
+def valid_curve(wd: str):
+  """(epochs [n], validation ELBO [n]) from metrics.jsonl, sorted by step; a resumed
+  run's repeated steps keep their last value."""
+  train = read_metrics(wd, "train")
+  valid = {r["step"]: r["elbo"] for r in read_metrics(wd, "valid")}
+  if not valid or not train:
+    return np.zeros(0), np.zeros(0)
+  steps_per_epoch = train[0]["step"] / train[0]["epoch"]
+  steps = np.array(sorted(valid))
+  return steps / steps_per_epoch, np.array([valid[s] for s in steps])
+
+
+def best_valid_elbo(wd: str, up_to_epoch: float) -> float:
+  """Best validation ELBO of the run's first `up_to_epoch` epochs (-inf: none)."""
+  epochs, elbo = valid_curve(wd)
+  keep = (epochs <= up_to_epoch + 1e-6) & np.isfinite(elbo)
+  return float(elbo[keep].max()) if keep.any() else -math.inf
+
+
+def budget_epoch(epochs: np.ndarray, elbo: np.ndarray, *, gain: float = BUDGET_GAIN,
+                 window: int = BUDGET_WINDOW, minimum: int = BUDGET_MIN_EPOCHS):
+  """First whole epoch >= `minimum` where the best-so-far validation ELBO gained less than
+  `gain` nats per epoch over the last `window` epochs; None if the curve never does."""
+  e, g = window_gains(epochs, elbo, window)
+  hits = [int(x) for x, y in zip(e, g) if x >= minimum and y < gain]
+  return hits[0] if hits else None
+
+
+def window_gains(epochs: np.ndarray, elbo: np.ndarray, window: int = BUDGET_WINDOW):
+  """(epochs, nats gained per epoch over the `window` epochs before each), whole epochs;
+  gains of the best-so-far ELBO (the best checkpoint is the one evaluated)."""
+  whole = {int(round(x)): y for x, y in zip(epochs, np.maximum.accumulate(elbo))
+           if abs(x - round(x)) < 1e-6}
+  out = [(e, (whole[e] - whole[e - window]) / window) for e in sorted(whole)
+         if e - window in whole]
+  return np.array([e for e, _ in out]), np.array([g for _, g in out])
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+def grid_settings(p: Protocol, row: str) -> list:
+  paths = (None,) if row in NO_LSTM_ROWS else ("T", "full")
+  return [Setting(row, lr, lstm, p.beta, 0) for lr in p.lrs for lstm in paths]
+
+
+def grid_rows(p: Protocol) -> list:
+  return [r for r in p.rows if not (r == "criwa" and p.criwa_from_crvae)]
+
+
+def grid_scores(p: Protocol, root: str, row: str) -> dict:
+  """{setting: best validation ELBO in its first grid_epochs} of the row's finished grid
+  runs (a run stopped by non-finite steps scores what it reached)."""
+  out = {}
+  for s in grid_settings(p, row):
+    rec = read_job(workdir(root, s))
+    if trained_epochs(rec) >= p.grid_epochs - 1e-6 or rec.get("failed"):
+      out[s] = best_valid_elbo(workdir(root, s), p.grid_epochs)
+  return out
+
+
+def grid_choice(p: Protocol, root: str, row: str, lstm: str = "best") -> Optional[Setting]:
+  """The row's best grid setting by validation ELBO (None: grid unfinished); lstm='T' or
+  'full' restricts the choice to that LSTM rate. criwa takes crvae's (criwa_from_crvae)."""
+  source = "crvae" if row == "criwa" and p.criwa_from_crvae else row
+  scores = grid_scores(p, root, source)
+  if len(scores) < len(grid_settings(p, source)):
+    return None
+  if lstm != "best":
+    scores = {s: v for s, v in scores.items() if s.lstm == lstm}
+  best = max(scores, key=lambda s: scores[s])  # ties: the first in grid order
+  return dataclasses.replace(best, row=row)
+
+
+def other_lstm(lstm: str) -> str:
+  return {"T": "full", "full": "T"}[lstm]
+
+
+def release_setting(p: Protocol, row: str) -> Setting:
+  """The release's recipe for the row: the config's lr and beta, LSTMs at lr/T."""
+  c = mnist_configs.config_at_scale(row, p.scale)
+  return Setting(row, c.optim.learning_rate, None if row in NO_LSTM_ROWS else "T",
+                 c.objective.beta, 0)
+
+
+def plan(p: Protocol, root: str) -> list:
+  """Every job of the protocol, in run order (finished ones included): phase by phase
+  (PHASES), then the release's recipe."""
+  best = {row: grid_choice(p, root, row) for row in p.rows}
+  other = None
+  if "crvae" in p.rows and best["crvae"] is not None:
+    other = grid_choice(p, root, "crvae", other_lstm(best["crvae"].lstm))
+
+  def train_eval(entry, row, s, k=0):
+    s = None if s is None else dataclasses.replace(s, seed=k)
+    return [Job("train", entry, row, s, k, epochs=p.num_epochs or 0.0),
+            Job("eval", entry, row, s, k, num_samples=p.num_samples, report_k=100)]
+
+  jobs = []
+  for phase in PHASES:
+    rows = [r for r in phase if r in p.rows]
+    jobs += [Job("lr_grid", f"grid:{row}", row, s, epochs=p.grid_epochs)
+             for row in rows if row in grid_rows(p) for s in grid_settings(p, row)]
+    for row in rows:
+      jobs += train_eval(row, row, best[row])
+      if row == "crvae":
+        jobs += train_eval(OTHER_LSTM, row, other)
+    for row in (r for r in rows if r in p.k_curve_rows):
+      for k, report_k in ((p.k_curve_samples, p.num_samples), (100, 10)):
+        jobs.append(Job("eval", f"kcheck:{row}", row, best[row], num_samples=k,
+                        report_k=report_k, num_images=p.k_curve_images))
+    for k in range(1, p.num_seeds):
+      jobs += [j for row in rows if row in p.seeded_rows
+               for j in train_eval(row, row, best[row], k)]
+    if "crvae" in rows:
+      for k in range(1, p.other_lstm_seeds):
+        jobs += train_eval(OTHER_LSTM, "crvae", other, k)
+  if p.release:
+    for row in p.rows:
+      jobs += train_eval(f"release:{row}", row, release_setting(p, row))
+  return jobs
+
+
+def is_done(job: Job, root: str) -> bool:
+  if job.setting is None:
+    return False
+  rec = read_job(workdir(root, job.setting))
+  if job.trains:
+    return bool(job.epochs) and (trained_epochs(rec) >= job.epochs - 1e-6
+                                 or bool(rec.get("failed")))
+  done = rec["evals"].get(job.eval_key)
+  return done is not None and done["trained_epochs"] == trained_epochs(rec)
+
+
+def is_ready(job: Job, p: Protocol, root: str) -> bool:
+  """Whether the job can run now: its setting is known (the grid that picks it is
+  finished), the budget is decided, and an evaluation's model is fully trained."""
+  if job.setting is None or (job.stage == "train" and not p.num_epochs):
+    return False
+  if job.trains:
+    return True
+  rec = read_job(workdir(root, job.setting))
+  return bool(p.num_epochs) and (trained_epochs(rec) >= p.num_epochs - 1e-6
+                                 or bool(rec.get("failed")))
+
+
+def measured_rates(root: str, pilot_root: Optional[str] = None):
+  """({row: wall seconds per training epoch}, {row: IS decoder samples per second}) from
+  the finished segments in root's job.json files, and for rows with none there, from the
+  pilot curves' train_summary.json (one uninterrupted run each)."""
+  train, evals = {}, {}
+  for path in sorted(_glob(root, "job.json")):
+    with open(path, encoding="utf-8") as f:
+      rec = json.load(f)
+    row = rec["setting"]["row"]
+    for s in rec["train"]:
+      epochs = s["epochs_to"] - s["epochs_from"]
+      if epochs > 0:
+        t = train.setdefault(row, [0.0, 0.0])
+        t[0], t[1] = t[0] + s["seconds"], t[1] + epochs
+    for e in rec["evals"].values():
+      t = evals.setdefault(row, [0.0, 0.0])
+      t[0], t[1] = t[0] + e["seconds"], t[1] + e["num_samples"] * e["num_images"]
+  for path in sorted(_glob(pilot_root, "train_summary.json")) if pilot_root else []:
+    wd = os.path.dirname(path)
+    with open(path, encoding="utf-8") as f, open(os.path.join(wd, "config.json"),
+                                                 encoding="utf-8") as g:
+      seconds, config = json.load(f)["train_seconds"], json.load(g)
+    if config.get("row") in RUN_ORDER and config["row"] not in train:
+      train[config["row"]] = [seconds, config["train"]["num_epochs"]]
+  return ({r: s / n for r, (s, n) in train.items()},
+          {r: n / s for r, (s, n) in evals.items() if s > 0})
+
+
+def _glob(root: str, name: str) -> list:
+  if not root or not os.path.isdir(root):
+    return []
+  return [os.path.join(root, d, name) for d in os.listdir(root)
+          if os.path.exists(os.path.join(root, d, name))]
+
+
+def pilot_curves(pilot_root: str) -> dict:
+  """{workdir name: (epochs, validation ELBO, config dict)} of the pilot learning curves
+  (every workdir under pilot_root with a metrics.jsonl and a config.json)."""
+  out = {}
+  for path in sorted(_glob(pilot_root, "metrics.jsonl")):
+    wd = os.path.dirname(path)
+    if not os.path.exists(os.path.join(wd, "config.json")):
+      continue
+    with open(os.path.join(wd, "config.json"), encoding="utf-8") as f:
+      config = json.load(f)
+    epochs, elbo = valid_curve(wd)
+    if len(epochs):
+      out[os.path.basename(wd)] = (epochs, elbo, config)
+  return out
+
+
+def pilot_budget(pilot_root: str) -> Optional[int]:
+  """The budget rule on the (first) VAE pilot curve; None: no VAE curve meets it yet."""
+  vae = [v for v in pilot_curves(pilot_root).values() if v[2]["model"]["variant"] == "vae"]
+  return budget_epoch(vae[0][0], vae[0][1]) if vae else None

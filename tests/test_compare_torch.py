@@ -1,0 +1,48 @@
+"""compare_torch measures JAX against the best PyTorch variant, prints every ratio next to
+its machine line, and --write_results keeps every run in RESULTS.md."""
+
+from benchmarks import compare_torch
+
+MACHINE = "2026-12-03 10:41 UTC | x86_64 | 2 cores | malloc THP on | jax 0.10.2 cpu x1"
+
+
+def fake_result(scale="paper"):
+  names = ["jax", "torch", "torch-compile"]
+  median = {("jax", "train"): 100.0, ("torch", "train"): 80.0,
+            ("torch-compile", "train"): 125.0, ("jax", "eval"): 600.0,
+            ("torch", "eval"): 400.0, ("torch-compile", "eval"): 300.0}
+  median.update({(n, "peak"): 300.0 for n in names})
+  info = {n: {"runtime": f"{n} runtime", "params": 15_530_000} for n in names}
+  info["jax"].update(runtime=MACHINE, train_flops=1.74e9, eval_flops=4.4e8)
+  return {"scale": scale, "names": names, "median": median, "info": info,
+          "runs": {k: [v] * 5 for k, v in median.items()},
+          "startup": {n: (20.0, 3.0) for n in names}, "eval": "128, 128 x 16, 32 images"}
+
+
+def test_jax_is_measured_against_the_best_torch_variant_of_each_measure():
+  res = fake_result()
+  assert compare_torch.best_torch(res, "train") == "torch-compile"
+  assert compare_torch.best_torch(res, "eval") == "torch"
+  text = compare_torch.report([res])
+  ratio_lines = [l for l in text.splitlines() if l.startswith("- paper ")]
+  assert len(ratio_lines) == 2
+  train, evaluation = ratio_lines
+  assert "torch-compile 125.0 img/s = **0.80x**" in train
+  assert "torch 400 samples/s = **1.50x**" in evaluation
+  for line in ratio_lines:  # the machine line and the matmul peaks next to every ratio
+    assert line.endswith(MACHINE) and "matmul peak jax 300 / torch 300 GFLOP/s" in line
+
+
+def test_write_results_appends_every_run_and_keeps_the_rest(tmp_path):
+  path = tmp_path / "RESULTS.md"
+  path.write_text("# Measured results\n\nearlier text\n")
+  compare_torch.write_results(f"# {MACHINE}\nfirst run", str(path))
+  compare_torch.write_results(f"# {MACHINE}\nsecond run", str(path))
+  text = path.read_text()
+  assert text.startswith("# Measured results\n\nearlier text\n")
+  assert text.count(compare_torch.RESULTS_SECTION) == 1
+  assert text.count(compare_torch.RESULTS_MARKER) == 1
+  assert text.index("first run") < text.index("second run") < text.index(
+      compare_torch.RESULTS_MARKER)
+  assert text.count(f"- Machine: {MACHINE}") == 2 and text.count("- Command: `python -m "
+                                                                 "benchmarks.compare_torch") == 2
