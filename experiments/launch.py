@@ -69,17 +69,12 @@ def known_errors() -> tuple:
   """The project's errors that explain themselves (printed as one line by `run`)."""
   from crvae_jax import config_checks, distributed  # pylint: disable=g-import-not-at-top
   from crvae_jax.data import DataError  # pylint: disable=g-import-not-at-top
-  from crvae_jax.train import checkpoints, guards  # pylint: disable=g-import-not-at-top
+  from crvae_jax.train import checkpoints, guards, workdir_lock  # pylint: disable=g-import-not-at-top
   errors = [config_checks.ConfigError, checkpoints.CheckpointMismatchError,
             guards.NonFiniteError, distributed.DistributedError, DataError,
             FileNotFoundError]
-  errors += [getattr(checkpoints, name) for name in ("CheckpointSaveError",)
-             if hasattr(checkpoints, name)]
-  try:
-    from crvae_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top
-    errors.append(workdir_lock.WorkdirLockedError)
-  except ImportError:
-    pass
+  errors += [checkpoints.CheckpointSaveError, checkpoints.CheckpointDamagedError,
+             checkpoints.ConfigJsonDamagedError, workdir_lock.WorkdirLockedError]
   return tuple(errors)
 
 

@@ -19,13 +19,15 @@ import numpy as np
 from crvae_jax import families, host_memory
 from crvae_jax.models import channel_recurrent
 from crvae_jax.families import mnist as mnist_family
+from experiments import table_protocol
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/mnist_table_cpu", "Folder of row workdirs.")
 flags.DEFINE_string("checkpoint", "best", "'best' or 'latest'.")
 flags.DEFINE_integer("batch_size", 500, "Test images per encoder call.")
-flags.DEFINE_bool("finished_only", True, "Only workdirs with a table_row.json (finished "
-                  "Table 1 rows); False: every workdir with a config.json.")
+flags.DEFINE_bool("finished_only", True, "Only workdirs whose job.json records a test "
+                  "evaluation (finished Table 1 jobs of experiments.mnist_table); False: "
+                  "every workdir with a config.json.")
 
 
 def logvar_ranges(config, workdir: str, data) -> dict:
@@ -62,8 +64,9 @@ def main(argv):
   data = None
   for row in sorted(os.listdir(FLAGS.root)):
     workdir = os.path.join(FLAGS.root, row)
-    if not os.path.exists(os.path.join(workdir, "table_row.json" if FLAGS.finished_only
-                                       else "config.json")):
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+      continue
+    if FLAGS.finished_only and not table_protocol.read_job(workdir)["evals"]:
       continue
     config = families.saved_config(workdir)  # the run's own config.json
     data = data or mnist_family.load_data(config)

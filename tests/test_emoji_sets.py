@@ -5,6 +5,7 @@ config keys checked by name, and completion reading the held-out emoji."""
 
 import dataclasses
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -151,3 +152,26 @@ def test_completion_reads_the_heldout_emoji_and_training_the_rest(tmp_path, monk
   held = sum(map(emoji.is_heldout, names))
   assert len(completion.completion_source(c)) == held
   assert len(rgb.open_source(c.data)) == len(names) - held  # data.emoji_split='train'
+
+
+def test_a_run_on_other_emoji_refuses_to_resume_and_old_workdirs_mean_all_of_google():
+  from crvae_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
+  config = rgb_configs.get_config("emoji_crvaegan,cpu")
+  saved = json.loads(config.to_json_best_effort())
+  assert checkpoints.config_differences(saved, config) == []
+  other = json.loads(config.to_json_best_effort())
+  other["data"]["emoji_split"] = "all"
+  assert checkpoints.config_differences(other, config) == [
+      "data.emoji_split: 'all' (workdir) != 'train' (now)"]
+  # A config.json written before the keys existed trained on all of the Noto set.
+  legacy = json.loads(config.to_json_best_effort())
+  del legacy["data"]["emoji_sets"], legacy["data"]["emoji_split"]
+  assert checkpoints.config_differences(legacy, config) == [
+      "data.emoji_split: 'all' (workdir) != 'train' (now)"]
+  with config.unlocked():
+    config.data.emoji_split = "all"
+  assert checkpoints.config_differences(legacy, config) == []
+  folder = rgb_configs.get_config("emoji_crvaegan,cpu")
+  with folder.unlocked():
+    folder.data.source = "folder"
+  assert checkpoints.config_differences(legacy, folder) == []  # emoji keys not read

@@ -41,6 +41,10 @@ class CheckpointSaveError(RuntimeError):
   checkpoint is intact, in one line."""
 
 
+class ConfigJsonDamagedError(ValueError):
+  """A workdir's config.json cannot be read; the message names the file."""
+
+
 class CheckpointDamagedError(RuntimeError):
   """The checkpoint asked for by name (the best one, or a given step) is damaged; it was
   set aside."""
@@ -381,13 +385,13 @@ def read_config_json(workdir: str) -> Optional[dict]:
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
   except (ValueError, UnicodeDecodeError) as e:
-    raise ValueError(
+    raise ConfigJsonDamagedError(
         f"{path} is damaged ({type(e).__name__}: {e}); it records the run's config. "
         "Restore it from a copy, or delete it: the workdir's checkpoints are then no "
         "longer checked against --config (and are resumed only if their shapes fit)."
     ) from None
   if not isinstance(saved, dict):
-    raise ValueError(f"{path} is damaged: expected a JSON object, found "
+    raise ConfigJsonDamagedError(f"{path} is damaged: expected a JSON object, found "
                      f"{type(saved).__name__}")
   return saved
 
@@ -395,6 +399,9 @@ def read_config_json(workdir: str) -> Optional[dict]:
 # Sections that define what a checkpoint *is*; train/eval/sample settings may change
 # between runs on one workdir (e.g. more epochs).
 IDENTITY_SECTIONS = ("dataset", "model", "objective")
+# Data keys that define what a run learns from, with the value a workdir saved before
+# the key existed had.
+DATA_IDENTITY_KEYS = {"emoji_sets": "google", "emoji_split": "all"}
 
 
 def config_differences(saved: dict, config) -> list:
@@ -409,6 +416,15 @@ def config_differences(saved: dict, config) -> list:
           diffs.append(f"{section}.{key}: {a.get(key)!r} (workdir) != {b.get(key)!r} (now)")
     elif a != b:
       diffs.append(f"{section}: {a!r} (workdir) != {b!r} (now)")
+  # Which emoji a Stage1/Stage2 run trains on; workdirs written before these keys
+  # existed trained on every Noto image (google, all).
+  for key, before_the_key in DATA_IDENTITY_KEYS.items():
+    if now.get("data", {}).get("source") != "emoji":
+      break
+    a = saved.get("data", {}).get(key, before_the_key if "data" in saved else None)
+    b = now.get("data", {}).get(key)
+    if b is not None and a != b:
+      diffs.append(f"data.{key}: {a!r} (workdir) != {b!r} (now)")
   return sorted(diffs, key=lambda d: not d.startswith("params/"))  # parameters first
 
 
