@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crvae_jax.data import ImageFolder, ImageFolderError
+from crvae_jax.data import ImageFolder, ImageFolderError, image_folder
 
 
 def _rgb(path, size=(80, 64), colour=(255, 0, 0), fmt=None):
@@ -23,12 +23,21 @@ def _folder(tmp_path):
   return root
 
 
-def _quiet(*_):
-  pass
+def record_logs(monkeypatch) -> list:
+  """The messages crvae_jax.data.image_folder logs (absl) from now on, as strings."""
+  logs = []
+
+  class _Recorder:
+    def info(self, msg, *args):
+      logs.append(str(msg) % args if args else str(msg))
+    warning = info
+
+  monkeypatch.setattr(image_folder, "logging", _Recorder())
+  return logs
 
 
 def test_loads_every_image_in_sorted_order_scaled_to_minus_one_one(folder):
-  images = ImageFolder(folder, image_size=64, log=_quiet)
+  images = ImageFolder(folder, image_size=64)
   assert [p.name for p in images.paths] == ["a.png", "c.PNG", "b.jpg"]
   batch = images.load([0, 1, 2])
   assert batch.shape == (3, 64, 64, 3) and batch.dtype == np.float32
@@ -43,13 +52,13 @@ def test_centre_crop_keeps_the_middle(tmp_path):
   pixels = np.zeros((64, 192, 3), np.uint8)
   pixels[:, 64:128] = 255
   Image.fromarray(pixels).save(tmp_path / "wide.png")
-  out = ImageFolder(tmp_path, image_size=32, log=_quiet).load([0])[0]
+  out = ImageFolder(tmp_path, image_size=32).load([0])[0]
   # (bicubic weights reach one source pixel past the crop box at the outer columns)
   assert out[:, 1:-1].min() > 0.99 and out.mean() > 0.95, out.mean()
 
 
 def test_prefetch_matches_load_in_order(folder):
-  images = ImageFolder(folder, image_size=64, num_workers=2, log=_quiet)
+  images = ImageFolder(folder, image_size=64, num_workers=2)
   batches = [[2, 0], [1, 1], [0, 2]]
   got = list(images.prefetch(batches, depth=1))
   assert len(got) == 3
@@ -59,18 +68,18 @@ def test_prefetch_matches_load_in_order(folder):
 
 def test_missing_and_empty_folders(tmp_path):
   with pytest.raises(ImageFolderError, match="not found"):
-    ImageFolder(tmp_path / "nope", log=_quiet)
+    ImageFolder(tmp_path / "nope")
   (tmp_path / "empty").mkdir()
   with pytest.raises(ImageFolderError, match="no JPEG/PNG"):
-    ImageFolder(tmp_path / "empty", log=_quiet)
+    ImageFolder(tmp_path / "empty")
 
 
-def test_non_image_files_are_named_or_skipped_when_allowed(folder):
+def test_non_image_files_are_named_or_skipped_when_allowed(folder, monkeypatch):
   (folder / "list_attr_celeba.txt").write_text("not an image")
   with pytest.raises(ImageFolderError, match="list_attr_celeba.txt"):
-    ImageFolder(folder, log=_quiet)
-  logs = []
-  images = ImageFolder(folder, allow_other_files=True, log=logs.append)
+    ImageFolder(folder)
+  logs = record_logs(monkeypatch)
+  images = ImageFolder(folder, allow_other_files=True)
   assert len(images) == 3
   assert any("skipping 1 non-image" in l and "list_attr_celeba.txt" in l for l in logs)
 
@@ -78,14 +87,14 @@ def test_non_image_files_are_named_or_skipped_when_allowed(folder):
 def test_corrupt_and_truncated_images_are_named(folder):
   (folder / "garbage.jpg").write_bytes(b"\x00\x01 definitely not a jpeg" * 10)
   with pytest.raises(ImageFolderError, match="garbage.jpg.*not a readable image"):
-    ImageFolder(folder, log=_quiet)
+    ImageFolder(folder)
   (folder / "garbage.jpg").unlink()
   # A JPEG cut in half: its header reads, so the scan passes, but decoding fails.
   noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)
   Image.fromarray(noise).save(folder / "cut.jpg", quality=95)
   full = (folder / "cut.jpg").read_bytes()
   (folder / "cut.jpg").write_bytes(full[:len(full) // 2])
-  images = ImageFolder(folder, log=_quiet)
+  images = ImageFolder(folder)
   index = [p.name for p in images.paths].index("cut.jpg")
   with pytest.raises(ImageFolderError, match="cut.jpg.*cannot decode"):
     images.load([index])
@@ -95,18 +104,18 @@ def test_corrupt_and_truncated_images_are_named(folder):
 
 def test_a_png_named_jpg_is_fine_but_a_gif_is_not(folder):
   _rgb(folder / "really_png.jpg", fmt="PNG")
-  assert len(ImageFolder(folder, log=_quiet)) == 4
+  assert len(ImageFolder(folder)) == 4
   Image.new("P", (64, 64)).save(folder / "anim.png", format="GIF")
   with pytest.raises(ImageFolderError, match="anim.png: is a GIF"):
-    ImageFolder(folder, log=_quiet)
+    ImageFolder(folder)
 
 
 @pytest.mark.parametrize("mode,channels", [("L", 1), ("RGBA", 4)])
 def test_wrong_channel_count_is_named_or_converted(folder, mode, channels):
   Image.new(mode, (64, 64), 200 if mode == "L" else (0, 255, 0, 128)).save(folder / "odd.png")
   with pytest.raises(ImageFolderError, match=f"odd.png: image mode {mode} \\({channels} "):
-    ImageFolder(folder, log=_quiet)
-  images = ImageFolder(folder, convert_to_rgb=True, log=_quiet)
+    ImageFolder(folder)
+  images = ImageFolder(folder, convert_to_rgb=True)
   out = images.load([[p.name for p in images.paths].index("odd.png")])[0]
   expected = [200 / 127.5 - 1] * 3 if mode == "L" else [-1, 1, -1]
   np.testing.assert_allclose(out.mean((0, 1)), expected, atol=1e-4)
@@ -115,6 +124,6 @@ def test_wrong_channel_count_is_named_or_converted(folder, mode, channels):
 def test_too_small_images_are_named_unless_upscaling_allowed(folder):
   _rgb(folder / "tiny.png", size=(32, 48))
   with pytest.raises(ImageFolderError, match="tiny.png: 32x48 pixels is smaller than"):
-    ImageFolder(folder, image_size=64, log=_quiet)
-  images = ImageFolder(folder, image_size=64, allow_upscaling=True, log=_quiet)
+    ImageFolder(folder, image_size=64)
+  images = ImageFolder(folder, image_size=64, allow_upscaling=True)
   assert images.load(range(len(images))).shape == (4, 64, 64, 3)

@@ -34,8 +34,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from pathlib import Path
-from typing import Callable
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
@@ -62,8 +62,7 @@ class ImageFolder(RandomAccessImages):
     def __init__(self, directory: str | os.PathLike, *, image_size: int = 64,
                  allow_other_files: bool = False, convert_to_rgb: bool = False,
                  allow_upscaling: bool = False, num_workers: int = 8,
-                 verify_images: bool = False, skip_bad_images: bool = False,
-                 log: Callable[[str], None] = print):
+                 verify_images: bool = False, skip_bad_images: bool = False):
         self.directory = Path(directory).expanduser()
         self.image_size = image_size
         self.convert_to_rgb = convert_to_rgb
@@ -84,7 +83,7 @@ class ImageFolder(RandomAccessImages):
             raise ImageFolderError(
                 f"{self.directory}: no JPEG/PNG images ({', '.join(IMAGE_EXTENSIONS)}) found.")
         if others:
-            log(f"{self.directory}: skipping {len(others)} non-image file(s): {_names(others)}")
+            logging.warning(f"{self.directory}: skipping {len(others)} non-image file(s): {_names(others)}")
         with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
             headers = list(pool.map(self._header, images))
         self._check_headers(images, headers, allow_upscaling)
@@ -92,8 +91,8 @@ class ImageFolder(RandomAccessImages):
         if skip_bad_images and not verify_images:
             raise ValueError("skip_bad_images needs verify_images (data.verify_images=True)")
         if verify_images:
-            self._verify(skip_bad_images, log)
-        log(f"{self.directory}: {len(images)} images -> {image_size}x{image_size} RGB")
+            self._verify(skip_bad_images)
+        logging.info(f"{self.directory}: {len(images)} images -> {image_size}x{image_size} RGB")
 
     @staticmethod
     def _header(path: Path):
@@ -138,7 +137,7 @@ class ImageFolder(RandomAccessImages):
                     f"file(s): {_names([q for q, _ in small])}. Set data.allow_upscaling=True"
                     " to upscale them.")
 
-    def _verify(self, skip: bool, log: Callable[[str], None]) -> None:
+    def _verify(self, skip: bool) -> None:
         """Decode every image once; raise naming every one that fails (or drop them)."""
         def error(index):
             try:
@@ -150,10 +149,10 @@ class ImageFolder(RandomAccessImages):
             errors = list(pool.map(error, range(len(self.paths))))
         bad = [(p, e) for p, e in zip(self.paths, errors) if e is not None]
         if not bad:
-            log(f"{self.directory}: all {len(self.paths)} images decode")
+            logging.info(f"{self.directory}: all {len(self.paths)} images decode")
             return
         for _, e in bad:
-            log(e)
+            logging.warning(e)
         if not skip:
             raise ImageFolderError(
                 f"{self.directory}: {len(bad)} of {len(self.paths)} image(s) cannot be "
@@ -163,8 +162,8 @@ class ImageFolder(RandomAccessImages):
         self.paths = [p for p in self.paths if p not in bad_paths]
         if not self.paths:
             raise ImageFolderError(f"{self.directory}: no image can be decoded.")
-        log(f"{self.directory}: skipping {len(bad)} image(s) that cannot be decoded "
-            f"(listed above); {len(self.paths)} remain")
+        logging.warning(f"{self.directory}: skipping {len(bad)} image(s) that cannot be "
+                        f"decoded (listed above); {len(self.paths)} remain")
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -22,7 +22,7 @@ augmentation run on worker threads (``RandomAccessImages.prefetch``).
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -85,7 +85,7 @@ class TfdsImages(RandomAccessImages):
                                           else pixels).convert("RGB"), self.image_size)
 
 
-def open_source(data_config, log: Callable[[str], None] = print) -> RandomAccessImages:
+def open_source(data_config) -> RandomAccessImages:
     """The source named by ``data_config.source`` at ``data_config.load_size``."""
     d = data_config
     if d.source == "tfds":
@@ -100,7 +100,7 @@ def open_source(data_config, log: Callable[[str], None] = print) -> RandomAccess
                            convert_to_rgb=d.convert_to_rgb,
                            allow_upscaling=d.allow_upscaling, num_workers=d.num_workers,
                            verify_images=d.get("verify_images", False),
-                           skip_bad_images=d.get("skip_bad_images", False), log=log)
+                           skip_bad_images=d.get("skip_bad_images", False))
     if d.source == "emoji":
         images = load_emoji_split(d.emoji_sets, d.emoji_split, tarballs=d.emoji_tarball,
                                   cache_dir=d.cache_dir or None,
