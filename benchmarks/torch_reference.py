@@ -450,6 +450,8 @@ class Trainer:
     return loss.detach()
 
   def _steps(self, n: int, first: int = 0) -> float:
+    if n < 1:
+      raise ValueError(f"steps must be >= 1, got {n}")
     for i in range(n):
       loss = self.step(self.batches[(first + i) % 4])
     return float(loss)

@@ -35,6 +35,8 @@ class TrainedModel:
     self.family, self.config, self.model = family, config, model
     self.variables, self.step = variables, step
     self._refiner = refiner  # Stage2: (generator, its variables)
+    if refiner is not None:
+      self._refine = jax.jit(refiner[0].apply)
     m = model
     self._encode = compiled.jit(lambda v, x: m.apply(v, x, method=m.encode).mean, model=m)
     self._decode = compiled.jit(lambda v, z: m.apply(v, z, method=m.decode), model=m)
@@ -55,8 +57,7 @@ class TrainedModel:
     if self.family == "mnist":
       return np.asarray(jax.nn.sigmoid(decoded))[..., 0]  # Bernoulli means
     if self.family == "stage2":
-      gen, gen_vars = self._refiner
-      return np.asarray(jax.jit(gen.apply)(gen_vars, decoded))
+      return np.asarray(self._refine(self._refiner[1], decoded))
     return np.asarray(decoded)
 
   def encode(self, images) -> np.ndarray:
@@ -102,6 +103,9 @@ def restore(workdir: str, checkpoint: Optional[str] = None) -> TrainedModel:
     state, step = engine.restore_trained(fam, workdir, which)
     model = fam.model.clone(bn_axis_name=None)
     return TrainedModel(family, config, model, mnist.state_variables(state), step)
+  if checkpoint not in (None, "latest"):
+    raise ValueError(f"checkpoint={checkpoint!r}: a {family} run keeps only its latest "
+                     "checkpoints (no best by a validation metric); use 'latest' or None")
   if family == "stage1":
     parts, state, step = stage1.restore(config, workdir)
     return TrainedModel(family, config, parts.model, stage1.generator_variables(state),

@@ -61,7 +61,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top  (JAX loads after the huge-page restart)
   from crvae_jax import completion, distributed, families, sharding
   from crvae_jax.data import rgb as rgb_data
-  from crvae_jax.train import checkpoints
+  from crvae_jax.train import checkpoints, workdir_lock
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   unknown = [m for m in FLAGS.mode if m not in MODES]
@@ -103,12 +103,15 @@ def main(argv):
     data["data"] = family.load_data(config)
   elif any(m in ("train", "sample") for m in FLAGS.mode):
     data["source"] = rgb_data.open_source(config.data)
-  for mode in FLAGS.mode:
-    if mode == "complete":  # reads completion.tfds_split, a held-out split
-      completion.complete(config, workdir, compare=compare,
-                          out_dir=os.path.join(workdir, "completion"))
-    else:
-      getattr(family, mode)(config, workdir, **data)
+  # One lock over every mode: an evaluation is refused at once while another run holds
+  # the workdir, not after hours of scoring when it writes its files.
+  with workdir_lock.hold(workdir):
+    for mode in FLAGS.mode:
+      if mode == "complete":  # reads completion.tfds_split, a held-out split
+        completion.complete(config, workdir, compare=compare,
+                            out_dir=os.path.join(workdir, "completion"))
+      else:
+        getattr(family, mode)(config, workdir, **data)
 
 
 def run():

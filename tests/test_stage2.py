@@ -234,3 +234,18 @@ def test_stage2_configs():
   assert (c.model.encode_to, c.model.upsample, c.perceptual.network) == (32, "deconv", "vgg11")
   c = stage2_configs.get_config("emoji_crvaegan,cpu")
   assert c.objective.gamma == 0 and c.stage1.workdir == "runs/emoji_crvaegan_cpu"
+
+
+def test_a_resumed_stage2_run_refuses_another_stage1_than_its_pin(tmp_path):
+  from crvae_jax.families import stage2 as stage2_family  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "stage2"
+  workdir.mkdir()
+  (workdir / stage2_family.PIN_FILE).write_text(
+      json.dumps({"workdir": str(tmp_path / "stage1_a"), "step": 5}))
+  c = stage2_configs.get_config("emoji_crvaegan,cpu")
+  c.stage1.workdir = str(tmp_path / "stage1_b")
+  with pytest.raises(config_checks.ConfigError, match="is not the Stage1 run this Stage2"):
+    stage2_family.restore_stage1(c, str(workdir))
+  c.stage1.workdir, c.stage1.checkpoint_step = str(tmp_path / "stage1_a"), 7
+  with pytest.raises(config_checks.ConfigError, match="checkpoint_step=7 differs from"):
+    stage2_family.restore_stage1(c, str(workdir))

@@ -21,7 +21,7 @@ from crvae_jax import config_checks, data as mnist_data, distributed, likelihood
 from crvae_jax import sharding
 from crvae_jax.families import model_kwargs
 from crvae_jax.models.mnist import MnistVAE
-from crvae_jax.train import engine, mnist_step, optimizer, workdir_lock
+from crvae_jax.train import checkpoints, engine, mnist_step, optimizer, workdir_lock
 
 MODES = ("train", "evaluate", "sample")
 
@@ -227,9 +227,11 @@ def evaluate(config, workdir: str, *, data: Optional[MnistData] = None) -> dict:
   model, variables, step = restore_variables(config, workdir, e.checkpoint)
   data = data or load_data(config)
   mesh = sharding.make_mesh(config.train.num_devices)
-  distributed.info(f"Scoring {len(data.test_binary)} test images with K={e.num_samples} "
-                   f"importance samples ({e.checkpoint} checkpoint, step {step}); test "
-                   f"set: {data.test_set}")
+  how = (f"AIS ({e.ais.num_steps} distributions x {e.ais.num_chains} chains, from the "
+         f"{e.ais.init})" if e.get("estimator", "is") == "ais"
+         else f"K={e.num_samples} importance samples")
+  distributed.info(f"Scoring {len(data.test_binary)} test images with {how} "
+                   f"({e.checkpoint} checkpoint, step {step}); test set: {data.test_set}")
   if e.get("estimator", "is") == "ais":  # annealed importance sampling: crvae_jax.ais
     result = ais.estimate_from_config(model, variables, data.test_binary, mesh, e,
                                       progress=distributed.is_main())
@@ -265,8 +267,8 @@ def evaluate(config, workdir: str, *, data: Optional[MnistData] = None) -> dict:
   if not distributed.is_main():
     return summary
   with workdir_lock.hold(workdir):
-    with open(os.path.join(workdir, f"eval_test_{tag}.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2)
+    checkpoints.write_file_atomic(os.path.join(workdir, f"eval_test_{tag}.json"),
+                                  json.dumps(summary, indent=2))
     for name, values in per_image.items():
       np.save(per_image_path(workdir, tag, name), np.asarray(values, np.float64))
   return summary

@@ -91,7 +91,17 @@ def restore_stage1(config, workdir: str, *, pin: bool = False):
   s1_dir, step = config.stage1.workdir, config.stage1.checkpoint_step
   pin_path = os.path.join(workdir, PIN_FILE)
   pinned = _read_json(pin_path)
-  if step is None and pinned is not None:
+  if pinned is not None:
+    if pinned["workdir"] != os.path.abspath(s1_dir):
+      raise config_checks.ConfigError(
+          f"config.stage1.workdir={s1_dir!r} is not the Stage1 run this Stage2 run was "
+          f"started on ({pinned['workdir']}, pinned in {pin_path}); use that workdir, or "
+          "a new Stage2 --workdir")
+    if step is not None and step != pinned["step"]:
+      raise config_checks.ConfigError(
+          f"config.stage1.checkpoint_step={step} differs from the Stage1 step this Stage2 "
+          f"run was started on ({pinned['step']}, pinned in {pin_path}); leave it unset, "
+          "or use a new Stage2 --workdir")
     step = pinned["step"]
   s1_config = stage1_config(config, workdir)
   try:
@@ -100,11 +110,11 @@ def restore_stage1(config, workdir: str, *, pin: bool = False):
     raise FileNotFoundError(f"config.stage1.workdir={s1_dir!r}: {e}"
                             + (f" (step pinned in {pin_path})" if pinned else "")) from e
   if pin and distributed.is_main() and pinned is None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(pin_path, "w", encoding="utf-8") as f:
-      json.dump({"workdir": os.path.abspath(s1_dir), "step": int(restored)}, f)
-    with open(os.path.join(workdir, STAGE1_CONFIG_FILE), "w", encoding="utf-8") as f:
-      f.write(s1_config.to_json_best_effort(indent=2, sort_keys=True))
+    # The config first: a pin is never left without the config it refers to.
+    checkpoints.write_file_atomic(os.path.join(workdir, STAGE1_CONFIG_FILE),
+                                  s1_config.to_json_best_effort(indent=2, sort_keys=True))
+    checkpoints.write_file_atomic(pin_path, json.dumps(
+        {"workdir": os.path.abspath(s1_dir), "step": int(restored)}))
   return parts.model, stage1.generator_variables(state), restored
 
 

@@ -367,12 +367,22 @@ class Checkpoints:
       logging.error("%s", e)
 
 
-def write_config(workdir: str, config) -> str:
-  path = os.path.join(workdir, "config.json")
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def write_file_atomic(path: str, text: str) -> str:
+  """Write `text` to `path` so that a reader (or a rerun after a kill) sees the old file
+  or the new one, never a truncated one: a temporary file, fsync, then os.replace."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
   return path
+
+
+def write_config(workdir: str, config) -> str:
+  return write_file_atomic(os.path.join(workdir, "config.json"),
+                           config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def read_config_json(workdir: str) -> Optional[dict]:
@@ -425,7 +435,7 @@ def config_differences(saved: dict, config) -> list:
     b = now.get("data", {}).get(key)
     if b is not None and a != b:
       diffs.append(f"data.{key}: {a!r} (workdir) != {b!r} (now)")
-  return sorted(diffs, key=lambda d: not d.startswith("params/"))  # parameters first
+  return sorted(diffs)
 
 
 def refuse_other_config(workdir: str, config) -> None:

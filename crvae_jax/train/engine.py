@@ -204,8 +204,8 @@ def train(family: Family, workdir: str) -> dict:
     out = family.summarize(last_train, last_valid)
     out.update(skipped_steps=skipped, train_seconds=time.time() - t_start)
     if distributed.is_main():
-      with open(os.path.join(workdir, SUMMARY_FILE), "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2)
+      checkpoints.write_file_atomic(os.path.join(workdir, SUMMARY_FILE),
+                                    json.dumps(out, indent=2))
   return out
 
 
