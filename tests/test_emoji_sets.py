@@ -174,4 +174,6 @@ def test_a_run_on_other_emoji_refuses_to_resume_and_old_workdirs_mean_all_of_goo
   folder = rgb_configs.get_config("emoji_crvaegan,cpu")
   with folder.unlocked():
     folder.data.source = "folder"
-  assert checkpoints.config_differences(legacy, folder) == []  # emoji keys not read
+  # Not an emoji run: the emoji keys are not read, but the changed source is refused.
+  assert checkpoints.config_differences(legacy, folder) == [
+      "data.source: 'emoji' (workdir) != 'folder' (now)"]

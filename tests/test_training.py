@@ -132,6 +132,29 @@ def test_workdir_of_another_config_refuses_to_resume(tmp_path, tiny_config, tiny
                                         more_epochs) == []
 
 
+def test_trajectory_settings_may_not_change_on_resume_unless_asked(tmp_path, tiny_config):
+  from crvae_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  checkpoints.write_config(workdir, tiny_config)
+  other = tiny_config.copy_and_resolve_references()
+  other.optim.learning_rate = tiny_config.optim.learning_rate * 2
+  other.train.seed = tiny_config.train.seed + 1
+  with pytest.raises(ConfigError, match=r"optim.learning_rate: .*\n  train.seed: "):
+    checkpoints.refuse_other_config(workdir, other)
+  # A config.json written before a key existed: that key is not compared.
+  saved = checkpoints.read_config_json(workdir)
+  del saved["optim"]["learning_rate"]
+  assert checkpoints.config_differences(saved, other) == [
+      f"train.seed: {tiny_config.train.seed} (workdir) != {other.train.seed} (now)"]
+  # Asked for: the run goes on, and config.json now describes it (the old one is kept).
+  other.train.resume_other_config = True
+  checkpoints.refuse_other_config(workdir, other)
+  assert checkpoints.read_config_json(workdir)["train"]["seed"] == other.train.seed
+  with open(tmp_path / "config.previous.json", encoding="utf-8") as f:
+    assert json.load(f)["train"]["seed"] == tiny_config.train.seed
+  assert checkpoints.config_differences(checkpoints.read_config_json(workdir), other) == []
+
+
 def test_nonfinite_steps_are_skipped_and_too_many_stop_the_run(tmp_path, tiny_config,
                                                                 tiny_data, monkeypatch,
                                                                 absl_logs):

@@ -412,6 +412,13 @@ IDENTITY_SECTIONS = ("dataset", "model", "objective")
 # Data keys that define what a run learns from, with the value a workdir saved before
 # the key existed had.
 DATA_IDENTITY_KEYS = {"emoji_sets": "google", "emoji_split": "all"}
+# Settings that shape the training trajectory (a run is a function of config and step):
+# changed between two runs on one workdir, the resumed run would not be the run that
+# was started. Whole sections, or "section.key". A key missing from an older
+# config.json is not compared.
+TRAJECTORY_KEYS = ("optim", "train.seed", "train.batch_size", "data.num_valid",
+                   "data.source", "data.tfds_name", "data.tfds_split", "data.flip",
+                   "data.random_crop", "data.load_size", "data.skip_bad_images")
 
 
 def config_differences(saved: dict, config) -> list:
@@ -435,12 +442,22 @@ def config_differences(saved: dict, config) -> list:
     b = now.get("data", {}).get(key)
     if b is not None and a != b:
       diffs.append(f"data.{key}: {a!r} (workdir) != {b!r} (now)")
+  for name in TRAJECTORY_KEYS:
+    section, _, key = name.partition(".")
+    a, b = saved.get(section), now.get(section)
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+      continue
+    for k in ([key] if key else sorted(set(a) & set(b))):
+      if k in a and k in b and a[k] != b[k]:
+        diffs.append(f"{section}.{k}: {a[k]!r} (workdir) != {b[k]!r} (now)")
   return sorted(diffs)
 
 
 def refuse_other_config(workdir: str, config) -> None:
-  """Raise ConfigError if `workdir` holds a run whose dataset/model/objective differ
-  (unless config.train.resume_other_config)."""
+  """Raise ConfigError if `workdir` holds a run whose identity (dataset, model,
+  objective) or trajectory settings (TRAJECTORY_KEYS) differ. With
+  config.train.resume_other_config the run goes on, and config.json is replaced by the
+  new config (the old one kept as config.previous.json)."""
   from crvae_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
   saved = read_config_json(workdir)
   diffs = [] if saved is None else config_differences(saved, config)
@@ -449,3 +466,9 @@ def refuse_other_config(workdir: str, config) -> None:
         f"{workdir} holds a run of another config; refusing to resume it:\n  "
         + "\n  ".join(diffs) + "\nUse a new --workdir, or pass "
         "--config.train.resume_other_config=True to resume anyway.")
+  if diffs and jax.process_index() == 0:
+    # Resumed under another config on purpose: config.json describes what the
+    # checkpoints written from now on hold; the old one is kept beside it.
+    os.replace(os.path.join(workdir, "config.json"),
+               os.path.join(workdir, "config.previous.json"))
+    write_config(workdir, config)
