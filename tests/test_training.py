@@ -69,6 +69,13 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_work
   assert step_a == step_b == 8
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
+  # Killed after its last checkpoint, before its summary: a rerun validates the final
+  # state and writes the summary the uninterrupted run wrote.
+  os.remove(os.path.join(straight, "train_summary.json"))
+  again = mnist_family.train_and_evaluate(config, straight, data=tiny_data)
+  assert again["elbo"] == result["elbo"]
+  assert os.path.exists(os.path.join(straight, "train_summary.json"))
+
   # Artifacts a researcher looks for.
   assert os.path.exists(os.path.join(straight, "config.json"))
   assert checkpoints.read_config_json(straight)["model"]["variant"] == "crvae"

@@ -199,8 +199,11 @@ def train(family: Family, workdir: str) -> dict:
         return finished
       distributed.info(f"{family.describe(state)}; {mesh.size} device(s) "
                        f"({distributed.describe()}); {sched.total_steps} steps")
-      last_train, last_valid, skipped = _run(family, state, start, sched, workdir, ckpts,
-                                             restored_step, t_start)
+      if start >= sched.total_steps:  # killed after its last save, before its summary
+        last_train, last_valid, skipped = {}, family.validate(state), 0
+      else:
+        last_train, last_valid, skipped = _run(family, state, start, sched, workdir,
+                                               ckpts, restored_step, t_start)
     out = family.summarize(last_train, last_valid)
     out.update(skipped_steps=skipped, train_seconds=time.time() - t_start)
     if distributed.is_main():
