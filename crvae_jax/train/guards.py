@@ -18,6 +18,15 @@ def keep_if(ok: jax.Array, new, old):
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
+def all_finite(*scalars) -> jax.Array:
+  """[] bool: every one of `scalars` (losses, gradient norms) is finite; the `ok` of
+  `keep_if` in every train step."""
+  ok = jnp.isfinite(scalars[0])
+  for x in scalars[1:]:
+    ok = ok & jnp.isfinite(x)
+  return ok
+
+
 class NonFiniteError(RuntimeError):
   """Training stopped: too many consecutive steps had a non-finite loss or gradient."""
 

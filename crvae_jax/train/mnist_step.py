@@ -21,7 +21,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from crvae_jax import objectives, randomness
 from crvae_jax.sharding import (BATCH_AXIS, data_parallel, global_indices, map_batches,
                                 replicate)
-from crvae_jax.train.guards import keep_if
+from crvae_jax.train.guards import all_finite, keep_if
 
 
 @flax.struct.dataclass
@@ -78,7 +78,7 @@ def _train_step_per_device(state: TrainState, images, rng, *, model, tx, objecti
   # A non-finite loss or gradient (on any device: both are averaged) never reaches the
   # state: parameters, BN statistics and optimizer state (Adam moments and count) keep
   # their old values; only the step advances, so the next step sees the next batch.
-  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  finite = all_finite(metrics["loss"], grad_norm)
   params = keep_if(finite, params, state.params)
   opt_state = keep_if(finite, opt_state, state.opt_state)
   batch_stats = keep_if(finite, batch_stats, state.batch_stats)

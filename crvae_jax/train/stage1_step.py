@@ -38,7 +38,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from crvae_jax import objectives, randomness
 from crvae_jax.sharding import BATCH_AXIS, data_parallel, global_indices
-from crvae_jax.train.guards import keep_if
+from crvae_jax.train.guards import all_finite, keep_if
 
 
 @flax.struct.dataclass
@@ -138,8 +138,7 @@ def _per_device(state: GanState, images, rng, *, model, disc, mi_head, g_tx, d_t
   d_params = optax.apply_updates(state.disc["params"], d_updates)
 
   grad_norms = (optax.tree.norm(grads_g), optax.tree.norm(grads_d))
-  finite = (jnp.isfinite(metrics["loss_g"]) & jnp.isfinite(metrics["loss_d"])
-            & jnp.isfinite(grad_norms[0]) & jnp.isfinite(grad_norms[1]))
+  finite = all_finite(metrics["loss_g"], metrics["loss_d"], *grad_norms)
   new_state = GanState(
       step=state.step + 1,
       gen=keep_if(finite, {"params": new_gm["gen"], **aux["gen_stats"]}, state.gen),

@@ -39,7 +39,7 @@ from crvae_jax import randomness
 from crvae_jax.models import perceptual
 from crvae_jax.models.stage2 import INPUT_SIZE
 from crvae_jax.sharding import BATCH_AXIS, data_parallel, global_indices
-from crvae_jax.train.guards import keep_if
+from crvae_jax.train.guards import all_finite, keep_if
 
 ADVERSARIAL = ("saturating", "non_saturating")
 
@@ -126,8 +126,7 @@ def _per_device(state: Stage2State, frozen, images, rng, *, stage1, gen, disc, f
   g_params = optax.apply_updates(state.gen["params"], g_updates)
   d_params = optax.apply_updates(state.disc["params"], d_updates)
   grad_norms = (optax.tree.norm(grads_g), optax.tree.norm(grads_d))
-  finite = (jnp.isfinite(metrics["loss_g"]) & jnp.isfinite(metrics["loss_d"])
-            & jnp.isfinite(grad_norms[0]) & jnp.isfinite(grad_norms[1]))
+  finite = all_finite(metrics["loss_g"], metrics["loss_d"], *grad_norms)
   new_state = Stage2State(
       step=state.step + 1,
       gen=keep_if(finite, {"params": g_params, **aux["g_stats"]}, state.gen),
