@@ -68,9 +68,10 @@ def _free_port() -> int:
 
 
 def _run(workdir, num_processes: int, devices_per_process: int, expect_rc: int = 0,
-         **extra_env):
-  """Start the processes of one launch, wait for all (bounded); return the wall time and
-  their outputs."""
+         child: str = CHILD, **extra_env):
+  """Start the processes of one launch (each runs the script `child` with arguments
+  process_id, num_processes, port, workdir), wait for all (bounded); return the wall
+  time and their outputs."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", **extra_env,
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -82,7 +83,7 @@ def _run(workdir, num_processes: int, devices_per_process: int, expect_rc: int =
                  f"xla_force_host_platform_device_count={devices_per_process}"))
   port = str(_free_port())
   t0 = time.time()
-  procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(i), str(num_processes), port,
+  procs = [subprocess.Popen([sys.executable, "-c", child, str(i), str(num_processes), port,
                              str(workdir)], env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
            for i in range(num_processes)]

@@ -23,9 +23,11 @@ import weakref
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from crvae_jax.train import checkpoint_integrity as integrity
 
@@ -99,6 +101,31 @@ def _reason(error) -> str:
     return f"{error.strerror} (errno {error.errno}){where}"
   first = text.splitlines()[0] if text else ""
   return f"{type(error).__name__}: {first[:300]}"
+
+
+def _any_process(flag: bool) -> bool:
+  """True on every process if `flag` is True on any (a collective: every process calls
+  it at the same point)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+_TEXT_BYTES = 1024
+
+
+def _from_process_0(text: Optional[str]) -> Optional[str]:
+  """Process 0's `text` (None or a string) on every process (a collective)."""
+  if jax.process_count() == 1:
+    return text
+  raw = (text or "").encode("utf-8")[:_TEXT_BYTES - 1]
+  buf = np.zeros(_TEXT_BYTES, np.uint8)  # [0]: 1 if text is not None; then the bytes
+  buf[0] = text is not None
+  buf[1:1 + len(raw)] = np.frombuffer(raw, np.uint8)
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  if not buf[0]:
+    return None
+  return bytes(buf[1:]).rstrip(b"\0").decode("utf-8", "replace")
 
 
 _OPEN = weakref.WeakSet()  # Checkpoints not closed yet: closed quietly at exit
@@ -178,30 +205,47 @@ class Checkpoints:
         f"{tidy}. Free disk space (or fix the cause) and rerun the same command"
         + (f" to resume from step {earlier[-1]}." if earlier and name == "latest" else "."))
 
-  def _settle(self, name: str) -> None:
+  def _settle(self, name: str, agree: bool = False) -> None:
     """Wait for `name`'s save in flight; raise CheckpointSaveError if it failed, else
-    write its digest (process 0)."""
+    write its digest (process 0). agree (multi-process; every process must call it at
+    the same point): the processes decide together, so a save that failed on one of them
+    stops all of them at once instead of leaving the others waiting in their next
+    collective."""
     manager = self._named_managers()[name]
     step = self._pending.pop(name, None)
+    error = None
     try:
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(name, step, e) from None
-    if step is None or jax.process_index() != 0:
-      return
-    step_dir = os.path.join(str(manager.directory), str(step))
-    if not os.path.isdir(step_dir):
-      raise self._save_error(name, step, "Orbax did not finalise it (its log above says why)")
-    try:
-      integrity.write_digest(step_dir)
-    except OSError as e:
-      raise CheckpointSaveError(
-          f"checkpoint step {step} in {step_dir} was written but its digest could not be "
-          f"({_reason(e)}); it will restore unverified. Free disk space and rerun.") from None
+      error = self._save_error(name, step, e)
+    if error is None and step is not None and jax.process_index() == 0:
+      step_dir = os.path.join(str(manager.directory), str(step))
+      if not os.path.isdir(step_dir):
+        error = self._save_error(name, step,
+                                 "Orbax did not finalise it (its log above says why)")
+      else:
+        try:
+          integrity.write_digest(step_dir)
+        except OSError as e:
+          error = CheckpointSaveError(
+              f"checkpoint step {step} in {step_dir} was written but its digest could "
+              f"not be ({_reason(e)}); it will restore unverified. Free disk space and "
+              "rerun.")
+    if agree and step is not None and _any_process(error is not None) and error is None:
+      error = CheckpointSaveError(
+          f"saving {'best checkpoint' if name == 'best' else 'checkpoint'} step {step} in "
+          f"{manager.directory} failed on another process (its log says why); rerun the "
+          "same command once the cause is fixed")
+    if error is not None:
+      raise error
 
   def check(self) -> None:
     """Raise CheckpointSaveError if a background save has failed; never waits for one
-    that is still running. Cheap enough to call after every step."""
+    that is still running. Cheap enough to call after every step. Multi-process: does
+    nothing (whether a save has finished differs between processes); every process
+    settles its save together at the next save or `wait()`."""
+    if jax.process_count() > 1:
+      return
     for name, manager in self._named_managers().items():
       if name in self._pending and not manager.is_saving_in_progress():
         self._settle(name)
@@ -307,18 +351,28 @@ class Checkpoints:
             f"checkpoint {step_dir} does not fit this model ({len(diffs)} "
             "difference(s)); was it written with another config?\n  "
             + "\n  ".join(diffs[:20]))
+      # Process 0 verifies the digest and every process follows its verdict; then a
+      # step that any process cannot read is damaged for all (multi-process runs must
+      # take the same branch, or they wait in different barriers).
       problem = None
-      if integrity.has_digest(step_dir):
-        problem = integrity.verify(step_dir)
-      elif str(manager.directory) not in _NOTED_UNVERIFIED:
-        _NOTED_UNVERIFIED.add(str(manager.directory))
-        logging.warning("checkpoint %s has no digest (written before checkpoints carried "
-                        "one): restored without verification", step_dir)
+      if jax.process_index() == 0:
+        if integrity.has_digest(step_dir):
+          problem = integrity.verify(step_dir)
+        elif str(manager.directory) not in _NOTED_UNVERIFIED:
+          _NOTED_UNVERIFIED.add(str(manager.directory))
+          logging.warning("checkpoint %s has no digest (written before checkpoints "
+                          "carried one): restored without verification", step_dir)
+      problem = _from_process_0(problem)
       if problem is None:
+        restored = None
         try:
-          return manager.restore(s, args=ocp.args.StandardRestore(abstract)), s
+          restored = manager.restore(s, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # pylint: disable=broad-except
           problem = _reason(e)
+        if _any_process(problem is not None) and problem is None:
+          problem = "another process could not read it (its log says why)"
+        if problem is None:
+          return restored, s
       where = self._set_aside(manager, s, problem)
       if which == "best" or step is not None:
         name = "best checkpoint" if which == "best" else f"checkpoint step {s}"
@@ -333,9 +387,10 @@ class Checkpoints:
   # Ending.
 
   def wait(self) -> None:
-    """Wait for the saves in flight; CheckpointSaveError if one failed."""
+    """Wait for the saves in flight; CheckpointSaveError if one failed (on any process:
+    every process calls this at the same step)."""
     for name in self._named_managers():
-      self._settle(name)
+      self._settle(name, agree=True)
 
   def close(self) -> None:
     """Wait for the saves in flight and close the managers (every manager is closed even
