@@ -5,6 +5,7 @@ through experiments.main."""
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -195,7 +196,18 @@ def test_stage2_trains_resumes_and_samples_from_a_stage1_checkpoint(tmp_path, ab
   # config.json any more (and never loads a config script).
   assert json.loads((workdir / "stage1_config.json").read_text())["model"] == \
       json.loads((stage1_dir / "config.json").read_text())["model"]
-  os.remove(stage1_dir / "config.json")
+  # Stage1's checkpoint is untouched; the Stage2 run pinned its step and copied it.
+  s1_ckpts = checkpoints.Checkpoints(str(stage1_dir), best=False)
+  s1_after, step = s1_ckpts.restore(stage1.init_state(s1_config, abstract=True))
+  s1_ckpts.close()
+  assert step == 2 and json.loads((workdir / "stage1.json").read_text())["step"] == 2
+  jax.tree.map(np.testing.assert_array_equal, s1_before.gen, jax.device_get(s1_after.gen))
+  _, frozen, _ = stage2.restore_stage1(config, str(workdir))
+  jax.tree.map(np.testing.assert_array_equal, stage1.generator_variables(s1_before),
+               jax.device_get(frozen))
+  # Stage1 trains on and rotates that step away (here: all of Stage1 is gone): the
+  # Stage2 run resumes and samples from its own copy.
+  shutil.rmtree(stage1_dir)
   absl_logs.clear()
   absl_logs.set_level("INFO", logger="absl")  # unparsing main's flags reset the verbosity
   config.train.num_steps = 3
@@ -212,12 +224,13 @@ def test_stage2_trains_resumes_and_samples_from_a_stage1_checkpoint(tmp_path, ab
   recon = Image.open(samples / "stage2_reconstructions_sampled_0000003.png")
   assert prior.size == (4 * 130 + 2, 2 * 130 + 2)  # 2 (Stage1 | Stage2) pairs per row
   assert recon.size == (6 * 130 + 2, 2 * 130 + 2)  # (real | Stage1 | Stage2) triples
-  # Stage1's checkpoint is untouched and pinned.
-  s1_ckpts = checkpoints.Checkpoints(str(stage1_dir), best=False)
-  s1_after, step = s1_ckpts.restore(stage1.init_state(s1_config, abstract=True))
-  s1_ckpts.close()
-  assert step == 2 and (workdir / "stage1.json").exists()
-  jax.tree.map(np.testing.assert_array_equal, s1_before.gen, jax.device_get(s1_after.gen))
+  # A damaged copy is refused, naming the file.
+  frozen_path = workdir / stage2.FROZEN_FILE
+  data = bytearray(frozen_path.read_bytes())
+  data[len(data) // 2] ^= 1
+  frozen_path.write_bytes(bytes(data))
+  with pytest.raises(checkpoints.CheckpointDamagedError, match="stage1_frozen.msgpack"):
+    stage2.restore_stage1(config, str(workdir))
 
 
 def test_stage2_configs():

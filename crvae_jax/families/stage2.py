@@ -1,10 +1,13 @@
 """The Stage2 super-resolution GAN on a frozen Stage1, and its hooks on the engine.
 
 Stage1 is restored from `config.stage1.workdir` with the Stage1 family's own machinery,
-from the config that run was trained with (its config.json). Both travel with the Stage2
-run: at the first start the Stage1 config is saved as <workdir>/stage1_config.json and
-the Stage1 step pinned in <workdir>/stage1.json, so a resumed Stage2 run and `sample`
-use the same Stage1 even if Stage1 trains on. Stage2 keeps its own Orbax checkpoints,
+from the config that run was trained with (its config.json). All three travel with the
+Stage2 run: at the first start the Stage1 config is saved as <workdir>/stage1_config.json,
+the frozen Stage1 generator's variables as <workdir>/stage1_frozen.msgpack (flax
+serialization) and the Stage1 step, with the copy's sha256, pinned in
+<workdir>/stage1.json. A resumed Stage2 run and `sample` read the copy, so they use the
+same Stage1 even if Stage1 trains on and its checkpoint of that step is rotated away or
+deleted (runs pinned before the copy existed read the Stage1 workdir). Stage2 keeps its own Orbax checkpoints,
 metrics and grids in its workdir and resumes, saves on SIGTERM and skips non-finite
 steps like every family on the engine.
 
@@ -13,6 +16,7 @@ by nearest neighbour | Stage2); stage2_reconstructions_<tag>.png, fixed images a
 (ground truth | Stage1 reconstruction, upscaled | Stage2).
 """
 
+import hashlib
 import json
 import os
 from typing import NamedTuple, Optional
@@ -21,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from flax import serialization
 
 from crvae_jax import compiled, config_checks, distributed, images, sharding
 from crvae_jax.data import rgb as rgb_data
@@ -32,6 +37,7 @@ from crvae_jax.train import checkpoints, engine, stage2_step, workdir_lock
 
 MODES = ("train", "sample")
 PIN_FILE, STAGE1_CONFIG_FILE = "stage1.json", "stage1_config.json"
+FROZEN_FILE = "stage1_frozen.msgpack"
 
 
 class Parts(NamedTuple):
@@ -84,10 +90,33 @@ def stage1_config(config, workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
+def _frozen_copy(workdir: str, pinned: dict, s1_config, pin_path: str):
+  """The pinned Stage1 generator variables from the Stage2 workdir's copy; None for runs
+  pinned before the copy existed."""
+  if "sha256" not in pinned:
+    return None
+  path = os.path.join(workdir, FROZEN_FILE)
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise checkpoints.CheckpointDamagedError(
+        f"{path} (the frozen Stage1 pinned in {pin_path}) cannot be read ({e}); restore "
+        "it from a backup, or start Stage2 in a new --workdir") from None
+  if hashlib.sha256(data).hexdigest() != pinned["sha256"]:
+    raise checkpoints.CheckpointDamagedError(
+        f"{path} (the frozen Stage1 pinned in {pin_path}) does not match its sha256: the "
+        "file is damaged; restore it from a backup, or start Stage2 in a new --workdir")
+  target = stage1.generator_variables(stage1.init_state(s1_config, abstract=True))
+  target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), target)
+  return serialization.from_bytes(target, data)
+
+
 def restore_stage1(config, workdir: str, *, pin: bool = False):
-  """(Stage1 model, its generator variables, step) from config.stage1.workdir; the step
-  is stage1.checkpoint_step, else the one pinned in <workdir>/stage1.json, else the
-  latest. pin=True records the step and the Stage1 config in the Stage2 workdir."""
+  """(Stage1 model, its generator variables, step): the Stage2 workdir's frozen copy when
+  the run is pinned, else config.stage1.workdir's stage1.checkpoint_step (default: the
+  latest). pin=True (the first start) records the Stage1 config, a copy of its
+  generator's variables and the step in the Stage2 workdir."""
   s1_dir, step = config.stage1.workdir, config.stage1.checkpoint_step
   pin_path = os.path.join(workdir, PIN_FILE)
   pinned = _read_json(pin_path)
@@ -104,18 +133,26 @@ def restore_stage1(config, workdir: str, *, pin: bool = False):
           "or use a new Stage2 --workdir")
     step = pinned["step"]
   s1_config = stage1_config(config, workdir)
+  if pinned is not None:
+    frozen = _frozen_copy(workdir, pinned, s1_config, pin_path)
+    if frozen is not None:
+      return stage1.build(s1_config, axis_name=None).model, frozen, pinned["step"]
   try:
     parts, state, restored = stage1.restore(s1_config, s1_dir, step)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"config.stage1.workdir={s1_dir!r}: {e}"
                             + (f" (step pinned in {pin_path})" if pinned else "")) from e
+  variables = stage1.generator_variables(state)
   if pin and distributed.is_main() and pinned is None:
-    # The config first: a pin is never left without the config it refers to.
+    # The config and the copy first: a pin is never left without what it refers to.
     checkpoints.write_file_atomic(os.path.join(workdir, STAGE1_CONFIG_FILE),
                                   s1_config.to_json_best_effort(indent=2, sort_keys=True))
+    data = serialization.to_bytes(jax.device_get(variables))
+    checkpoints.write_bytes_atomic(os.path.join(workdir, FROZEN_FILE), data)
     checkpoints.write_file_atomic(pin_path, json.dumps(
-        {"workdir": os.path.abspath(s1_dir), "step": int(restored)}))
-  return parts.model, stage1.generator_variables(state), restored
+        {"workdir": os.path.abspath(s1_dir), "step": int(restored),
+         "sha256": hashlib.sha256(data).hexdigest()}))
+  return parts.model, variables, restored
 
 
 def load_features(config):

@@ -425,10 +425,15 @@ class Checkpoints:
 def write_file_atomic(path: str, text: str) -> str:
   """Write `text` to `path` so that a reader (or a rerun after a kill) sees the old file
   or the new one, never a truncated one: a temporary file, fsync, then os.replace."""
+  return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> str:
+  """`write_file_atomic` for bytes."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+  with open(tmp, "wb") as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
