@@ -230,6 +230,57 @@ def check_completion_config(config) -> tuple:
     raise ConfigError(f"config.{e}") from e
 
 
+class Trained(NamedTuple):
+  """A restored Stage1 run, built outside a mesh (eval mode)."""
+  label: str  # its name in tables: the model variant ('vaegan_a', ... when repeated)
+  config: object  # the config it was trained with
+  workdir: str
+  model: object
+  disc: object
+  gen_vars: dict  # generator {'params', 'batch_stats'}
+  disc_vars: dict  # discriminator {'params'}
+  step: int  # the restored checkpoint's step
+
+
+def run_labels(configs) -> list:
+  """Each run's model variant; all suffixed _a, _b, ... when one repeats."""
+  labels = [c.model.variant for c in configs]
+  if len(set(labels)) < len(labels):
+    labels = [f"{label}_{chr(ord('a') + i)}" for i, label in enumerate(labels)]
+  return labels
+
+
+def restore_runs(runs) -> list:
+  """[Trained] of the latest checkpoint of every (config, workdir) in `runs`."""
+  labels = run_labels([c for c, _ in runs])
+  return [Trained(label, c, w, *restore_stage1(c, w)) for label, (c, w) in zip(labels, runs)]
+
+
+def complete_with_each(trained, x: np.ndarray, kinds, cc, mesh: Mesh) -> dict:
+  """Complete images x [N, 64, 64, 3] under every mask kind in `kinds` with each run in
+  `trained` (the same images and masks for all; masks seeded by cc.seed; cc: a
+  config.completion section). Returns {kind: {'mask': [N, 64, 64, 1], 'hidden_fraction':
+  float, 'completed', 'psnr', 'ssim', 'trace': {label: [N, 64, 64, 3] / [N] / [N] /
+  [N, steps + 1]}}}: PSNR and SSIM over the hidden pixels, per image."""
+  fns = [make_completion_fn(t.model, t.disc, mesh, steps=cc.steps,
+                            learning_rate=cc.learning_rate, gamma=cc.gamma, tau=cc.tau)
+         for t in trained]
+  variables = [sharding.replicate(mesh, (t.gen_vars, t.disc_vars)) for t in trained]
+  out = {}
+  for kind in tqdm(kinds, desc="masks", disable=not distributed.is_main()):
+    m = make_masks(kind, len(x), seed=cc.seed)  # [N, 64, 64, 1]
+    entry = {"mask": m, "hidden_fraction": float(1 - m.mean()), "completed": {},
+             "psnr": {}, "ssim": {}, "trace": {}}
+    for t, fn, (g, d) in zip(trained, fns, variables):
+      done = complete_images(fn, g, d, x, m, mesh, cc.batch_size)
+      entry["completed"][t.label] = done.completed
+      entry["psnr"][t.label] = image_metrics.masked_psnr(x, done.completed, 1 - m)
+      entry["ssim"][t.label] = image_metrics.masked_ssim(x, done.completed, 1 - m)
+      entry["trace"][t.label] = done.trace
+    out[kind] = entry
+  return out
+
+
 def complete(config, workdir: str, *, source=None, out_dir: Optional[str] = None,
              compare=None) -> dict:
   """Complete `completion.num_images` images (chosen by completion.seed) under every
@@ -240,64 +291,63 @@ def complete(config, workdir: str, *, source=None, out_dir: Optional[str] = None
   image (rows: ground truth, occluded, then each model's completion; one column per
   mask kind), completion_metrics.json and completion_metrics.md (mean PSNR and SSIM
   over the hidden pixels, objective before the first and after the last step). Returns
-  the metrics dict."""
+  the metrics dict. (`experiments.completion_table` compares runs with standard
+  errors.)"""
   kinds = check_completion_config(config)
   cc = config.completion
   out_dir = out_dir or os.path.join(workdir, "completion")
   mesh = sharding.make_mesh(config.train.num_devices)
-  runs = [(config, workdir)] + ([tuple(compare)] if compare else [])
-  models = [restore_stage1(c, w) for c, w in runs]
-  labels = [c.model.variant for c, _ in runs]
-  if len(set(labels)) < len(labels):
-    labels = [f"{label}_{'ab'[i]}" for i, label in enumerate(labels)]
-  fns = [make_completion_fn(model, disc, mesh, steps=cc.steps,
-                            learning_rate=cc.learning_rate, gamma=cc.gamma, tau=cc.tau)
-         for model, disc, *_ in models]
-  variables = [sharding.replicate(mesh, (g, d)) for _, _, g, d, _ in models]
+  trained = restore_runs([(config, workdir)] + ([tuple(compare)] if compare else []))
+  labels = [t.label for t in trained]
   source = source or completion_source(config)
   x = stage1.fixed_images(source, cc.num_images, cc.seed)  # [N, 64, 64, 3]
   distributed.info(f"completing {len(x)} images x {len(kinds)} masks with {', '.join(labels)} "
                    f"({cc.steps} Adam steps of lr {cc.learning_rate})")
-  results, hidden = {label: {} for label in labels}, {}
-  columns = {"truth": [], "occluded": [], **{label: [] for label in labels}}
-  for kind in tqdm(kinds, desc="masks", disable=not distributed.is_main()):
-    m = make_masks(kind, len(x), seed=cc.seed)  # [N, 64, 64, 1]
-    hidden[kind] = float(1 - m.mean())
-    columns["truth"].append(x)
-    columns["occluded"].append(x * m)
-    for label, fn, (g, d) in zip(labels, fns, variables):
-      out = complete_images(fn, g, d, x, m, mesh, cc.batch_size)
-      columns[label].append(out.completed)
-      psnr = image_metrics.masked_psnr(x, out.completed, 1 - m)
-      ssim = image_metrics.masked_ssim(x, out.completed, 1 - m)
+  done = complete_with_each(trained, x, kinds, cc, mesh)
+  results = {label: {} for label in labels}
+  for kind, entry in done.items():
+    for label in labels:
+      psnr, ssim, trace = (entry[k][label] for k in ("psnr", "ssim", "trace"))
       results[label][kind] = {
           "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
-          "objective_first": float(out.trace[:, 0].mean()),
-          "objective_last": float(out.trace[:, -1].mean()),
+          "objective_first": float(trace[:, 0].mean()),
+          "objective_last": float(trace[:, -1].mean()),
           "psnr_per_image": psnr.tolist(), "ssim_per_image": ssim.tolist()}
   summary = {
-      "models": {label: {"workdir": os.path.abspath(w), "step": int(step),
-                         "variant": c.model.variant, "row": c.get("row", "")}
-                 for label, (c, w), (*_, step) in zip(labels, runs, models)},
-      "masks": list(kinds), "hidden_fraction": hidden,
+      "models": {t.label: {"workdir": os.path.abspath(t.workdir), "step": int(t.step),
+                           "variant": t.config.model.variant, "row": t.config.get("row", "")}
+                 for t in trained},
+      "masks": list(kinds),
+      "hidden_fraction": {kind: done[kind]["hidden_fraction"] for kind in kinds},
       "settings": {k: cc[k] for k in ("num_images", "seed", "steps", "learning_rate",
                                       "gamma", "tau")},
       "results": results}
   if distributed.is_main():
     with workdir_lock.hold(workdir):
-      _write_outputs(out_dir, columns, labels, summary)
+      _write_outputs(out_dir, x, done, labels, summary)
     distributed.info(f"wrote {len(x)} grids and completion_metrics.json/.md to {out_dir}")
   return summary
 
 
-def _write_outputs(out_dir: str, columns: dict, labels: list, summary: dict) -> None:
+def completion_grid(x: np.ndarray, done: dict, labels, indices) -> np.ndarray:
+  """Images in [0, 1] for a grid of `indices` of x [N, 64, 64, 3] (`done` from
+  `complete_with_each`): per image the rows truth, occluded, each label's completion;
+  a column per mask kind. Returns [len(indices) * (2 + len(labels)) * kinds, 64, 64, 3],
+  row-major (for `images.save_grid(..., num_cols=kinds)`)."""
+  kinds = list(done)
+  rows = [np.stack([x] * len(kinds), 1),
+          np.stack([x * done[k]["mask"] for k in kinds], 1)]
+  rows += [np.stack([done[k]["completed"][label] for k in kinds], 1) for label in labels]
+  grid = np.stack(rows, 1)[np.asarray(indices)]  # [n, rows, kinds, 64, 64, 3]
+  return image_metrics.to_unit(grid).reshape((-1,) + x.shape[1:])
+
+
+def _write_outputs(out_dir: str, x: np.ndarray, done: dict, labels: list,
+                   summary: dict) -> None:
   os.makedirs(out_dir, exist_ok=True)
-  rows = [np.stack(columns[name], 1) for name in ("truth", "occluded", *labels)]
-  grid = image_metrics.to_unit(np.stack(rows, 1))  # [N, rows, masks, 64, 64, 3]
-  n, r, k = grid.shape[:3]
-  for i in range(n):
+  for i in range(len(x)):
     images.save_grid(os.path.join(out_dir, f"image_{i:03d}.png"),
-                     grid[i].reshape((r * k,) + grid.shape[3:]), num_cols=k)
+                     completion_grid(x, done, labels, [i]), num_cols=len(done))
   with open(os.path.join(out_dir, "completion_metrics.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
   lines = ["| mask | hidden | model | PSNR (dB) | SSIM | objective first -> last |",

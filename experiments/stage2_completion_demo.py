@@ -10,12 +10,11 @@ Runs `experiments/main.py` (the same command lines a user types) for:
             no ImageNet weights offline) -> runs/emoji_crvaegan_stage2_randvgg_cpu
             (train, then sample; an interrupted run resumes, a finished one is only
             sampled);
-  complete  experiments/configs/rgb.py:emoji_vaegan,cpu --compare_workdir=
-            runs/emoji_crvaegan_cpu (VAE-GAN vs crVAE-GAN on the same images and masks)
-            -> runs/emoji_vaegan_cpu/completion/;
-then copies the grids and metrics to results/emoji_crvaegan_stage2_cpu/ and
-results/emoji_completion_cpu/, each with summary.md (command, date, machine, commit,
-wall time).
+then copies the grids and metrics to results/emoji_crvaegan_stage2_cpu/ with summary.md
+(command, date, machine, commit, wall time); and for
+  complete  `python -m experiments.completion_table` on runs/emoji_vaegan_cpu and
+            runs/emoji_crvaegan_cpu (VAE-GAN vs crVAE-GAN on the same held-out images
+            and masks, paired standard errors) -> results/emoji_completion.{md,json,png}.
 """
 
 import datetime
@@ -26,7 +25,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -40,22 +38,18 @@ flags.DEFINE_string("results_dir", "results", "Where the grids and summaries go.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(*args: str) -> float:
-  """Runs experiments.main with args; returns its wall time in seconds."""
-  t = time.perf_counter()
+def run_main(*args: str) -> None:
+  """Runs experiments.main with args."""
   subprocess.run([sys.executable, "-m", "experiments.main", *args], check=True, cwd=ROOT)
-  return time.perf_counter() - t
 
 
-def header(title: str, command: str, seconds) -> list:
+def header(title: str, command: str) -> list:
   return [f"# {title}", "",
           f"Command: `python -m experiments.stage2_completion_demo` (runs `{command}`)  ",
           f"Date: {datetime.date.today().isoformat()}  ",
           f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           "CPU only, 1 device  ",
-          f"Commit: {git_commit()}  "] + ([
-          f"Wall time of that command: {seconds / 60:.1f} min (with compilation; other "
-          "jobs may have shared the cores)"] if seconds is not None else []) + ["",
+          f"Commit: {git_commit()}  ", "",
           "Data: Noto emoji, 3,786 drawings of 64x64 (npm emoji-datasource-google@16.0.0). "
           "Drawings, not photographs, at CPU scale: this shows that the pipeline works; it "
           "is not the paper's experiment.", ""]
@@ -118,7 +112,7 @@ def stage2_demo() -> None:
         "Fixed training images: real | Stage1 reconstruction | Stage2 output.", ""]
   with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(header("Stage2 on the emoji crVAE-GAN, CPU scale",
-                             "experiments/main.py, twice, below", None) + [
+                             "experiments/main.py, twice, below") + [
         "What these grids show: the code path (frozen Stage1 -> Stage2 -> grids, with "
         "and without the perceptual term) runs end to end. At 300 steps of width 8, "
         "with no pretrained features, the discriminator dominates (its accuracy in the "
@@ -129,27 +123,12 @@ def stage2_demo() -> None:
 
 
 def completion_demo() -> None:
-  a, b = (os.path.join(FLAGS.runs_dir, f"emoji_{m}_cpu") for m in ("vaegan", "crvaegan"))
-  args = ["--config=experiments/configs/rgb.py:emoji_vaegan,cpu", f"--workdir={a}",
-          f"--compare_workdir={b}", "--mode=complete"]
-  seconds = run_main(*args)
-  src, out = os.path.join(a, "completion"), os.path.join(FLAGS.results_dir,
-                                                          "emoji_completion_cpu")
-  os.makedirs(out, exist_ok=True)
-  grids = sorted(glob.glob(os.path.join(src, "image_*.png")))
-  for path in grids + [os.path.join(src, "completion_metrics.json")]:
-    shutil.copyfile(path, os.path.join(out, os.path.basename(path)))
-  with open(os.path.join(src, "completion_metrics.md"), encoding="utf-8") as f:
-    metrics = f.read()
-  lines = header("Image completion, emoji VAE-GAN vs crVAE-GAN, CPU scale",
-                 "python -m experiments.main " + " ".join(args), seconds) + [
-      "The images are training images (the emoji set has no held-out split).", "",
-      metrics, "Each grid: rows ground truth, occluded, VAE-GAN, crVAE-GAN; one column "
-      "per mask (centre, left, right, top, bottom, random blocks).", ""] + [
-      f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in grids[:4]]
-  with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  print(f"complete: {out}/summary.md")
+  """The held-out comparison (`experiments.completion_table`) of the two emoji runs."""
+  workdirs = [os.path.join(FLAGS.runs_dir, f"emoji_{m}_cpu") for m in ("vaegan", "crvaegan")]
+  out = os.path.join(FLAGS.results_dir, "emoji_completion.md")
+  subprocess.run([sys.executable, "-m", "experiments.completion_table",
+                  f"--workdirs={','.join(workdirs)}", f"--out={out}"], check=True, cwd=ROOT)
+  print(f"complete: {out}")
 
 
 def main(argv):
