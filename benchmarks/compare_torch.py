@@ -1,16 +1,23 @@
-r"""JAX vs the best PyTorch on the same MNIST crVAE and the same CPU, in one run.
+r"""JAX vs the best PyTorch on the same model and the same CPU, in one run.
 
   pip install -r requirements-torch.txt  # PyTorch 2.13 CPU (not a crvae_jax dependency)
   python -m benchmarks.compare_torch --scales=cpu,paper --rounds=5 --torch_variants=eager,compile
+  python -m benchmarks.compare_torch --step=gan --scales=cpu,paper --rounds=5
+
+--step chooses the model: 'mnist' (default; --row an MNIST row, default crvae: training
+and IS-NLL evaluation) or 'gan' (the Stage1 train step; --row crvaegan (default) or
+vaegan; scale cpu = experiments/configs/rgb.py:emoji_ROW,cpu, paper = rgb.py:celeba_ROW,
+benchmarks/gan_throughput.py; training only: the GAN has no likelihood evaluation).
 
 Per scale, one worker process per framework variant is started, one after the other,
 each finishing its set-up before the next starts (so no start-up runs alongside another
 worker's), each building the model of that scale:
   jax            crvae_jax's data-parallel train step and IS-NLL estimator
-                 (benchmarks/train_throughput.py, nll_eval.py), conv_impl from the
-                 config ('auto': the CPU kernels on CPU);
-  torch          benchmarks/torch_reference.py, eager: nn.LSTM, fused Adam,
-                 channels_last, inference_mode for evaluation;
+                 (benchmarks/train_throughput.py, nll_eval.py; GAN: the Stage1 step,
+                 benchmarks/gan_throughput.py), conv_impl from the config ('auto': the
+                 CPU kernels on CPU);
+  torch          benchmarks/torch_reference.py (GAN: torch_gan_reference.py), eager:
+                 nn.LSTM, fused Adam, channels_last, inference_mode for evaluation;
   torch-compile, torch-compile-autotune
                  the same under torch.compile (modes default and
                  max-autotune-no-cudagraphs; `--torch_variants`).
@@ -25,13 +32,16 @@ figure is the median over the rounds (>= 5 for a claim).
 Columns: start-up = seconds from starting the worker process to the end of its first
 training step (imports, init, compilation: torch.compile's compile time is here), +
 the evaluator's set-up (JAX's compile; torch's first batch, with its compilation);
-train img/s at global batch 128 (one latent sample, Adam); eval = decoder samples/s of
+train img/s at global batch 128 (one latent sample, Adam; GAN: real images per second
+at train.batch_size, generator + discriminator updates, the fraction of steps whose
+discriminator update the gate skipped in its own column); eval = decoder samples/s of
 the IS-NLL estimator on the same images, K, chunk and batch (--eval_samples defaults to
 the chunk so a whole chunk is decoded); ratio = JAX / the best torch variant's median
 (> 1: JAX faster), training and evaluation each against their own best; "of peak" =
 FLOP rate / JAX's matmul peak, with FLOPs counted from the traced plain formulation
 (benchmarks/flops.py: scans counted T times; train = forward + backward of the
-objective; eval = decoder per sample + encoder / K). Below the table, one line per
+objective, GAN: forward + both backward passes, gan_throughput.train_flops_per_image;
+eval = decoder per sample + encoder / K). Below the table, one line per
 ratio repeats it next to the machine line and the matmul peaks of that scale's run.
 --write_results appends the whole block, with command, date and commit, to
 benchmarks/RESULTS.md (every run, never replacing an earlier one).
@@ -48,12 +58,24 @@ import time
 from crvae_jax import host_memory
 from experiments.configs import mnist as mnist_configs
 
+STEPS = ("mnist", "gan")
+DEFAULT_ROWS = {"mnist": "crvae", "gan": "crvaegan"}
+# What each step's workers time, per round (the matmul peak last).
+MEASURES = {"mnist": ("train", "eval", "peak"), "gan": ("train", "peak")}
 EVAL_IMAGES = {"cpu": 200, "paper": 32}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "RESULTS.md")
 RESULTS_SECTION = ("## JAX vs the best PyTorch, every run "
                    "(python -m benchmarks.compare_torch --write_results; issue 22)")
 RESULTS_MARKER = "<!-- compare_torch --write_results appends its runs above this line -->"
+
+
+def config_at_scale(step: str, row: str, scale: str):
+  """The config that --step/--row/--scales time at `scale`."""
+  if step == "gan":
+    from benchmarks import gan_throughput  # imports jax; starts no backend
+    return gan_throughput.config_at_scale(row, scale)
+  return mnist_configs.config_at_scale(row, scale)
 
 
 def torch_variant(worker: str) -> str:
@@ -114,12 +136,52 @@ def _torch_worker(config, args, variant: str):
     yield handlers[(yield)]()
 
 
+def _jax_gan_worker(config, args):
+  from benchmarks import gan_throughput
+  from benchmarks.nll_eval import machine_line, matmul_gflops
+  trainer = gan_throughput.JaxGanTrainer(config)
+  yield {"ready": True}
+  handlers = {
+      "train": lambda: trainer.run(args.steps, warmup=1),
+      "peak": matmul_gflops,
+      "info": lambda: {
+          "runtime": machine_line(), "conv_impl": config.model.conv_impl,
+          "params": trainer.param_counts()["all"], "param_counts": trainer.param_counts(),
+          "train_flops": gan_throughput.train_flops_per_image(config),
+          "gated": statistics.mean(trainer.gated)}}
+  while True:
+    yield handlers[(yield)]()
+
+
+def _torch_gan_worker(config, args, variant: str):
+  import torch
+  from benchmarks import torch_gan_reference as gan_ref
+  from benchmarks import torch_reference as ref
+  ref.fresh_compile_cache()  # start-up includes a first-time compilation, as JAX's
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  model = gan_ref.model_from_config(config)
+  trainer = gan_ref.GanTrainer(model, config, variant)
+  yield {"ready": True}
+  handlers = {
+      "train": lambda: trainer.run(args.steps),
+      "peak": ref.matmul_gflops,
+      "info": lambda: {"runtime": ref.runtime_line(variant),
+                       "params": gan_ref.param_counts(model)["all"],
+                       "gated": statistics.mean(trainer.gated)}}
+  while True:
+    yield handlers[(yield)]()
+
+
 def worker_main(args):
   """(In a worker process.) Reads one command per stdin line, answers one JSON line."""
-  config = mnist_configs.config_at_scale(args.row, args.scale)
+  config = config_at_scale(args.step, args.row, args.scale)
   if args.conv_impl:
     config.model.conv_impl = args.conv_impl
-  if args.worker == "jax":
+  if args.step == "gan":
+    gen = (_jax_gan_worker(config, args) if args.worker == "jax" else
+           _torch_gan_worker(config, args, torch_variant(args.worker)))
+  elif args.worker == "jax":
     gen = _jax_worker(config, args)
   else:
     gen = _torch_worker(config, args, torch_variant(args.worker))
@@ -141,7 +203,9 @@ class Worker:
 
   def __init__(self, framework: str, scale: str, args, env=None):
     cmd = [sys.executable, "-m", "benchmarks.compare_torch", f"--worker={framework}",
-           f"--scale={scale}", f"--row={args.row}", f"--steps={args.steps}",
+           f"--step={getattr(args, 'step', 'mnist')}",  # (ab_host_memory: MNIST only)
+           f"--scale={scale}", f"--row={args.row}",
+           f"--steps={args.steps}",
            f"--eval_images={args.eval_images}", f"--eval_samples={args.eval_samples}",
            f"--chunk={args.chunk}", f"--conv_impl={args.conv_impl}"]
     self.name = framework
@@ -178,10 +242,13 @@ def compare(scale: str, args) -> dict:
   workers = [Worker("jax", scale, args)]
   workers += [Worker(worker_name(v), scale, args) for v in args.torch_variants]
   names = [w.name for w in workers]
-  runs = {(w, m): [] for w in names for m in ("train", "eval", "peak")}
+  measures = MEASURES[args.step]
+  runs = {(w, m): [] for w in names for m in measures}
   for r in range(args.rounds):
     order = workers if r % 2 == 0 else workers[::-1]
     for what, ws in (("train", order), ("eval", order[::-1]), ("peak", order)):
+      if what not in measures:
+        continue
       for w in ws:
         runs[(w.name, what)].append(w.ask(what))
         print(f"  [{scale} round {r + 1}] {w.name:22s} {what:5s} "
@@ -189,13 +256,15 @@ def compare(scale: str, args) -> dict:
   info = {w.name: w.ask("info") for w in workers}
   for w in workers:
     w.close()
-  batch = mnist_configs.config_at_scale(args.row, scale).eval.batch_size
-  return {"scale": scale, "names": names,
-          "startup": {w.name: (w.startup_s, w.setup_s) for w in workers},
-          "median": {k: statistics.median(v) for k, v in runs.items()},
-          "runs": runs, "info": info,
-          "eval": f"{args.eval_samples}, {min(args.chunk, args.eval_samples)} x {batch}, "
-                  f"{args.eval_images} images"}
+  res = {"scale": scale, "names": names, "measures": measures,
+         "startup": {w.name: (w.startup_s, w.setup_s) for w in workers},
+         "median": {k: statistics.median(v) for k, v in runs.items()},
+         "runs": runs, "info": info}
+  if "eval" in measures:
+    batch = mnist_configs.config_at_scale(args.row, scale).eval.batch_size
+    res["eval"] = (f"{args.eval_samples}, {min(args.chunk, args.eval_samples)} x {batch}, "
+                   f"{args.eval_images} images")
+  return res
 
 
 def best_torch(res: dict, what: str) -> str:
@@ -208,54 +277,79 @@ def command_line() -> str:
 
 
 def report(results) -> str:
-  """The result block: header, table, one line per ratio with the machine line."""
+  """The result block: header, table, one line per ratio with the machine line. The
+  measures are those of the results (MNIST: train and eval; GAN: train, with the
+  fraction of gated discriminator updates per worker)."""
   names = results[0]["names"]
   torch_names = [n for n in names if n != "jax"]
   info = results[0]["info"]
+  measures = [w for w in results[0].get("measures", MEASURES["mnist"]) if w != "peak"]
+  gan = "gated" in info["jax"]
   cols = " / ".join(names)
+  header = ["scale", "params", "matmul peak GFLOP/s jax / torch",
+            f"start-up s + {'set-up' if gan else 'eval set-up'} s {cols}"]
+  header += [f"train img/s {cols}", "best torch train", "train ratio",
+             "train of peak jax / best torch"]
+  if gan:
+    header.append(f"D updates gated {cols}")
+  if "eval" in measures:
+    header += ["eval K, chunk x batch, images", f"eval samples/s {cols}",
+               "best torch eval", "eval ratio", "eval of peak jax / best torch"]
   lines = [f"# {info['jax']['runtime']} | " + " | ".join(
                f"{n}: {info[n]['runtime']}" for n in torch_names),
            f"# command: {command_line()}",
            "",
-           f"| scale | params | matmul peak GFLOP/s jax / torch | start-up s + eval set-up "
-           f"s {cols} | train img/s {cols} | best torch train | train ratio | train of "
-           f"peak jax / best torch | eval K, chunk x batch, images | eval samples/s {cols} "
-           f"| best torch eval | eval ratio | eval of peak jax / best torch |",
-           "|---" * 13 + "|"]
+           "| " + " | ".join(header) + " |",
+           "|---" * len(header) + "|"]
   ratio_lines = []
   for res in results:
     m, inf, s = res["median"], res["info"], res["startup"]
     assert all(inf[n]["params"] == inf["jax"]["params"] for n in names), inf
     peak = m[("jax", "peak")]
     torch_peak = statistics.median(m[(n, "peak")] for n in torch_names)
-    flops = {"train": inf["jax"]["train_flops"], "eval": inf["jax"]["eval_flops"]}
-    pct = lambda rate, what: f"{rate * flops[what] / 1e9 / peak:.0%}"
-    cells = {}
+    pct = lambda rate, what: f"{rate * inf['jax'][what + '_flops'] / 1e9 / peak:.0%}"
+    row = [res["scale"], f"{inf['jax']['params'] / 1e6:.2f} M",
+           f"{peak:.0f} / {torch_peak:.0f}",
+           " / ".join(f"{s[n][0]:.1f} + {s[n][1]:.1f}" for n in names)]
     for what, fmt in (("train", "{:.1f}"), ("eval", "{:.0f}")):
+      if what not in measures:
+        continue
       best = best_torch(res, what)
       ratio = m[("jax", what)] / m[(best, what)]
-      cells[what] = (" / ".join(fmt.format(m[(n, what)]) for n in names) + f" | {best} | "
-                     f"**{ratio:.2f}x** | {pct(m[('jax', what)], what)} / "
-                     f"{pct(m[(best, what)], what)}")
+      if what == "eval":
+        row.append(res["eval"])
+      row += [" / ".join(fmt.format(m[(n, what)]) for n in names), best,
+              f"**{ratio:.2f}x**",
+              f"{pct(m[('jax', what)], what)} / {pct(m[(best, what)], what)}"]
+      if what == "train" and gan:
+        row.append(" / ".join(f"{inf[n]['gated']:.0%}" for n in names))
       unit = "img/s" if what == "train" else "samples/s"
       ratio_lines.append(
           f"{res['scale']} {what}: jax {fmt.format(m[('jax', what)])} / {best} "
           f"{fmt.format(m[(best, what)])} {unit} = **{ratio:.2f}x** | matmul peak jax "
           f"{peak:.0f} / torch {torch_peak:.0f} GFLOP/s | {inf['jax']['runtime']}")
-    lines.append(
-        f"| {res['scale']} | {inf['jax']['params'] / 1e6:.2f} M | {peak:.0f} / "
-        f"{torch_peak:.0f} | " + " / ".join(f"{s[n][0]:.1f} + {s[n][1]:.1f}" for n in names)
-        + f" | {cells['train']} | {res['eval']} | {cells['eval']} |")
+    lines.append("| " + " | ".join(row) + " |")
   lines += ["", "Ratios (JAX / best torch variant), each with its machine line:"]
   lines += [f"- {line}" for line in ratio_lines]
   lines.append("")
-  lines.append("FLOPs per train image / eval sample (counted, plain formulation): " + "; ".join(
-      f"{r['scale']} {r['info']['jax']['train_flops'] / 1e9:.2f} GFLOP / "
-      f"{r['info']['jax']['eval_flops'] / 1e6:.0f} MFLOP" for r in results))
+  if gan:
+    lines.append("FLOPs per train image (counted, plain formulation; forward + both "
+                 "backward passes): " + "; ".join(
+                     f"{r['scale']} {r['info']['jax']['train_flops'] / 1e9:.2f} GFLOP"
+                     for r in results))
+    lines.append("Parameters (JAX = every torch worker's): " + "; ".join(
+        f"{r['scale']} " + ", ".join(f"{k} {v:,}" for k, v in
+                                     r["info"]["jax"]["param_counts"].items())
+        for r in results))
+  else:
+    lines.append("FLOPs per train image / eval sample (counted, plain formulation): "
+                 + "; ".join(f"{r['scale']} {r['info']['jax']['train_flops'] / 1e9:.2f} "
+                             f"GFLOP / {r['info']['jax']['eval_flops'] / 1e6:.0f} MFLOP"
+                             for r in results))
   lines.append("Every timing (the rounds in order): " + "; ".join(
       f"{r['scale']} " + ", ".join(
           f"{n} {w} " + "/".join(f"{v:.0f}" for v in r["runs"][(n, w)])
-          for n in names for w in ("train", "eval", "peak"))
+          for n in names for w in r.get("measures", MEASURES["mnist"]))
       for r in results))
   return "\n".join(lines)
 
@@ -287,12 +381,16 @@ def write_results(block: str, path: str = RESULTS) -> None:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--step", default="mnist", choices=STEPS,
+                 help="mnist: the MNIST crVAE (train + IS-NLL eval); gan: the Stage1 "
+                      "VAE-GAN / crVAE-GAN train step")
   p.add_argument("--scales", default="cpu,paper")
-  p.add_argument("--row", default="crvae")
+  p.add_argument("--row", default="", help="MNIST row (default crvae) or, with "
+                 "--step=gan, crvaegan (default) or vaegan")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
   p.add_argument("--torch_variants", default="eager,compile",
-                 help="torch_reference variants, each its own worker "
+                 help="torch_reference (torch_gan_reference) variants, each its own worker "
                       "(eager, compile, compile-autotune)")
   p.add_argument("--eval_images", type=int, default=0,
                  help="test images per eval round (default: cpu 200, paper 32)")
@@ -305,6 +403,7 @@ def main():
   p.add_argument("--scale", default="", help=argparse.SUPPRESS)
   p.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args()
+  args.row = args.row or DEFAULT_ROWS[args.step]
   if args.worker:
     worker_main(args)
     return
@@ -315,9 +414,11 @@ def main():
   results = []
   for scale in args.scales.split(","):
     a = argparse.Namespace(**vars(args))
-    a.chunk = mnist_configs.config_at_scale(args.row, scale).eval.chunk_size
-    a.eval_samples = args.eval_samples or a.chunk
-    a.eval_images = args.eval_images or EVAL_IMAGES.get(scale, 32)
+    config = config_at_scale(args.step, args.row, scale)  # (an unknown row fails here)
+    if args.step == "mnist":
+      a.chunk = config.eval.chunk_size
+      a.eval_samples = args.eval_samples or a.chunk
+      a.eval_images = args.eval_images or EVAL_IMAGES.get(scale, 32)
     results.append(compare(scale, a))
   block = report(results)
   print(block)

@@ -12,11 +12,17 @@ those with the inserted zeros. Element-wise work is not counted (the usual conve
 import math
 
 import jax
+from jax._src.interpreters import partial_eval as pe  # dce_jaxpr has no public alias
 
 
-def count_flops(fn, *args, **kwargs) -> float:
-  """FLOPs of one call fn(*args, **kwargs), from its jaxpr."""
-  return _jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
+def count_flops(fn, *args, live_only: bool = False, **kwargs) -> float:
+  """FLOPs of one call fn(*args, **kwargs), from its jaxpr. live_only: first drop the
+  work whose results are unused (`dce_jaxpr`, as XLA does), e.g. the halves of the GAN
+  steps' two `vjp` passes that compute gradients the step does not keep."""
+  jaxpr = jax.make_jaxpr(fn)(*args, **kwargs).jaxpr
+  if live_only:
+    jaxpr, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+  return _jaxpr_flops(jaxpr)
 
 
 def _conv_flops(eqn) -> float:

@@ -1,6 +1,13 @@
-r"""Where the MNIST crVAE's JAX train step spends its time on this machine (issue 7).
+r"""Where a JAX train step spends its time on this machine (issues 7 and 19).
 
   python -m benchmarks.profile_step --scale=paper --steps=3
+  python -m benchmarks.profile_step \
+      --config=experiments/configs/rgb.py:emoji_crvaegan,cpu --steps=3
+
+Without --config: the MNIST crVAE step of --row at --scale. With --config: the Stage1
+(experiments/configs/rgb.py:ROW[,cpu]) or Stage2 (experiments/configs/stage2.py:...)
+GAN step on random images (`benchmarks.ab_gan_step.GanTrainer`; --width and --batch
+override the config).
 
 Traces --steps train steps (after compilation and 2 warm-up steps) with jax.profiler and
 prints the share of each kind of XLA CPU operation: 'ynn_fusion' are the matmuls and
@@ -21,25 +28,104 @@ import tempfile
 import jax
 
 from crvae_jax import host_memory
+from benchmarks.ab_gan_step import GanTrainer, apply_overrides, load_config
 from benchmarks.nll_eval import machine_line
 from benchmarks.train_throughput import JaxTrainer
 from experiments.configs import mnist as mnist_configs
 
 
-def op_kinds(trace_dir: str) -> collections.Counter:
-  """Microseconds per operation kind (the XLA op name without its '.N' suffix)."""
+def op_times(trace_dir: str) -> collections.Counter:
+  """Microseconds per XLA operation (its HLO instruction name, e.g. 'convolution.5')."""
   path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"),
                           recursive=True))[-1]
   with gzip.open(path) as f:
     events = json.load(f)["traceEvents"]
-  kinds = collections.Counter()
+  times = collections.Counter()
   for e in events:
     name = e.get("name", "")
     if e.get("ph") != "X" or name.startswith("$") or "ThunkExecutor" in name \
-        or "Await" in name:
-      continue  # Python frames and the executor's own waiting, not XLA operations
-    kinds[re.sub(r"\.\d+$", "", name)] += e["dur"]
+        or "Await" in name or "PjRt" in name or "PjitFunction" in name:
+      continue  # Python frames and the executor's own work, not XLA operations
+    times[name] += e["dur"]
+  return times
+
+
+def op_kinds(trace_dir: str) -> collections.Counter:
+  """Microseconds per operation kind (the XLA op name without its '.N' suffix)."""
+  kinds = collections.Counter()
+  for name, us in op_times(trace_dir).items():
+    kinds[re.sub(r"\.\d+$", "", name)] += us
   return kinds
+
+
+_CONTAINERS = ("while", "call", "conditional", "cond")  # their bodies are traced too
+
+
+def op_scopes(hlo_text: str) -> dict:
+  """HLO instruction name -> the model scope it comes from: the `op_name` of its own
+  metadata or, for fusions without one, of the first instruction of the computation it
+  calls; 'bwd ' marks the backward pass (a transpose(jvp(...)) scope)."""
+  first_meta, current, scopes, calls = {}, None, {}, {}
+  op_name = re.compile(r'op_name="([^"]*)"')
+  for line in hlo_text.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.-]+) .*\{$", line)
+    if head:
+      current = head.group(1)
+      continue
+    inst = re.match(r"^\s*(?:ROOT )?%?([\w.-]+) = ", line)
+    if not inst:
+      continue
+    meta = op_name.search(line)
+    if meta and current not in first_meta:
+      first_meta[current] = meta.group(1)
+    called = re.search(r"calls=%?([\w.-]+)", line)
+    scopes[inst.group(1)] = meta.group(1) if meta else None
+    if called:
+      calls[inst.group(1)] = called.group(1)
+  out = {}
+  for name, scope in scopes.items():
+    scope = scope or first_meta.get(calls.get(name), "")
+    out[name] = _short_scope(scope)
+  return out
+
+
+def _short_scope(op_name: str) -> str:
+  """'jit(_per_device)/transpose(jvp(RgbVAE))/RgbVAE.decode_code/decoder/Conv_2/pad' ->
+  'bwd RgbVAE.decode_code/decoder/Conv_2'."""
+  if not op_name:
+    return "(no scope)"
+  backward = "transpose(" in op_name
+  parts = [p for p in op_name.split("/")[1:] if not p.startswith(("jvp(", "transpose(",
+                                                                   "jit(", "vmap("))]
+  layers = [p for p in parts[:-1] if not p.startswith(("while", "body", "cond", "checkpoint",
+                                                        "remat"))]
+  scope = "/".join(layers) or (parts[-1] if parts else op_name)
+  return ("bwd " if backward else "fwd ") + scope
+
+
+def scope_times(times: collections.Counter, scopes: dict, depth: int) -> collections.Counter:
+  """Microseconds per scope, cut to its first `depth` path components; containers
+  (while, call) are left out because their bodies' operations are counted."""
+  out = collections.Counter()
+  for name, us in times.items():
+    kind = re.sub(r"\.\d+$", "", name)
+    if kind in _CONTAINERS:
+      continue
+    scope = scopes.get(name, "(not in the entry module)")
+    if depth == 0:  # each operation on its own
+      out[f"{name}: {scope}"] += us
+      continue
+    head, _, path = scope.partition(" ")
+    out[f"{head} {'/'.join(path.split('/')[:depth])}" if path else f"{scope} {kind}"] += us
+  return out
+
+
+def compiled_text(trainer) -> str:
+  """The HLO of the trainer's compiled step."""
+  if isinstance(trainer, GanTrainer):
+    return trainer.hlo_text()
+  return trainer.step_fn.lower(trainer.state, trainer.batches[0],
+                               trainer.key).compile().as_text()
 
 
 def main():
@@ -48,18 +134,35 @@ def main():
   p.add_argument("--row", default="crvae")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--top", type=int, default=15)
+  p.add_argument("--config", default="", help="a GAN config (Stage1 or Stage2)")
+  p.add_argument("--width", type=int, default=0)
+  p.add_argument("--batch", type=int, default=0)
+  p.add_argument("--by", default="kind", choices=("kind", "scope"),
+                 help="group by XLA operation kind or by model scope (fwd/bwd)")
+  p.add_argument("--depth", type=int, default=2, help="--by=scope: path components kept "
+                 "(0: list single operations with their scopes)")
   args = p.parse_args()
-  trainer = JaxTrainer(mnist_configs.config_at_scale(args.row, args.scale))
+  if args.config:
+    trainer = GanTrainer(apply_overrides(load_config(args.config), args))
+    what = f"{args.config} (width {trainer.config.model.width}, batch " \
+           f"{trainer.config.train.batch_size})"
+  else:
+    trainer = JaxTrainer(mnist_configs.config_at_scale(args.row, args.scale))
+    what = f"{args.row}, {args.scale} scale"
   trainer.run(2)
   trace_dir = tempfile.mkdtemp(prefix="crvae_profile_")
   jax.profiler.start_trace(trace_dir)
   trainer.run(args.steps, warmup=0)
   jax.profiler.stop_trace()
-  kinds = op_kinds(trace_dir)
+  if args.by == "kind":
+    kinds = op_kinds(trace_dir)
+  else:
+    scopes = op_scopes(compiled_text(trainer))
+    kinds = scope_times(op_times(trace_dir), scopes, args.depth)
   total = sum(kinds.values())
   print(f"# {machine_line()}")
-  print(f"# {args.row}, {args.scale} scale, {args.steps} steps; trace in {trace_dir}")
-  print("| share | ms/step | operation kind |")
+  print(f"# {what}, {args.steps} steps; trace in {trace_dir}")
+  print(f"| share | ms/step | operation {args.by} |")
   print("|---|---|---|")
   for name, us in kinds.most_common(args.top):
     print(f"| {us / total:.1%} | {us / 1e3 / args.steps:.1f} | {name} |")

@@ -3,8 +3,9 @@ r"""PyTorch port of the MNIST crVAE (variant `crvae`), as the speed reference.
   pip install -r requirements-torch.txt
   python -m benchmarks.torch_reference --scales=cpu,paper --steps=10 --variants=eager,compile
 
-torch is not a dependency of crvae_jax; only the benchmarks and their tests need it. It
-builds the same network as `crvae_jax.models.mnist.MnistVAE(variant='crvae')` (checked:
+torch is not a dependency of crvae_jax; only the benchmarks and their tests need it.
+(The Stage1 VAE-GAN / crVAE-GAN port, benchmarks/torch_gan_reference.py, imports its
+building blocks from here.) It builds the same network as `crvae_jax.models.mnist.MnistVAE(variant='crvae')` (checked:
 the trainable parameter count equals the Flax model's) written as a PyTorch practitioner
 writes it for speed on a CPU (PyTorch 2.13):
 
@@ -183,7 +184,8 @@ def lstm_flax_params(lstm: nn.LSTM) -> dict:
   return out
 
 
-def _conv(cin, cout, kernel, stride=1, padding=0, bias=False):
+def make_conv(cin, cout, kernel, stride=1, padding=0, bias=False):
+  """nn.Conv2d, LeCun-normal weights (as crvae_jax's convs), zero bias."""
   conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=bias)
   nn.init.normal_(conv.weight, std=1.0 / math.sqrt(cin * kernel * kernel))  # ~LeCun
   if bias:
@@ -191,7 +193,8 @@ def _conv(cin, cout, kernel, stride=1, padding=0, bias=False):
   return conv
 
 
-def _bn(channels):
+def make_bn(channels):
+  """BatchNorm2d with crvae_jax's settings (layers.batch_norm)."""
   return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.1)  # = Flax momentum 0.9
 
 
@@ -218,8 +221,8 @@ class Encoder(nn.Module):
             (4 * c, 4 * c, 3, 1, 1, leaky_relu),
             (4 * c, 4 * c, k, 2, k // 2, crelu),  # 4x4, 8c
             (8 * c, 8 * c, 3, 1, 1, leaky_relu)]
-    self.convs = nn.ModuleList(_conv(i, o, kk, s, p) for i, o, kk, s, p, _ in spec)
-    self.bns = nn.ModuleList(_bn(o) for _, o, *_ in spec)
+    self.convs = nn.ModuleList(make_conv(i, o, kk, s, p) for i, o, kk, s, p, _ in spec)
+    self.bns = nn.ModuleList(make_bn(o) for _, o, *_ in spec)
     self.acts = [a for *_, a in spec]
 
   def forward(self, x):
@@ -234,7 +237,7 @@ class Decoder(nn.Module):
   def __init__(self, width: int):
     super().__init__()
     c = width
-    self.bn_in = _bn(8 * c)
+    self.bn_in = make_bn(8 * c)
     self.deconvs, self.deconv_bns = nn.ModuleList(), nn.ModuleList()
     self.convs, self.conv_bns = nn.ModuleList(), nn.ModuleList()
     cin = 8 * c
@@ -242,11 +245,11 @@ class Decoder(nn.Module):
       deconv = nn.ConvTranspose2d(cin, out, 4, 2, pad, bias=False)
       nn.init.normal_(deconv.weight, std=1.0 / math.sqrt(cin * 16))
       self.deconvs.append(deconv)
-      self.deconv_bns.append(_bn(out))
-      self.convs.append(_conv(out, out, 3, 1, 1))
-      self.conv_bns.append(_bn(out))
+      self.deconv_bns.append(make_bn(out))
+      self.convs.append(make_conv(out, out, 3, 1, 1))
+      self.conv_bns.append(make_bn(out))
       cin = out
-    self.out = _conv(2 * c, 1, 3, 1, 0, bias=True)  # 30x30 -> 28x28
+    self.out = make_conv(2 * c, 1, 3, 1, 0, bias=True)  # 30x30 -> 28x28
 
   def forward(self, h):
     h = leaky_relu(self.bn_in(h))
@@ -320,7 +323,7 @@ class CrVAE(nn.Module):
                                                lstm_hidden)
     self.generator = ChannelRecurrentGenerator(num_blocks, latent_channels, lstm_hidden)
     self.b_dec = nn.Parameter(torch.zeros(LATENT_HW, LATENT_HW, latent_channels))
-    self.dec_in = _conv(latent_channels, 8 * width, 3, 1, 1)
+    self.dec_in = make_conv(latent_channels, 8 * width, 3, 1, 1)
     self.decoder = Decoder(width)
 
   @property

@@ -46,3 +46,39 @@ def test_write_results_appends_every_run_and_keeps_the_rest(tmp_path):
       compare_torch.RESULTS_MARKER)
   assert text.count(f"- Machine: {MACHINE}") == 2 and text.count("- Command: `python -m "
                                                                  "benchmarks.compare_torch") == 2
+
+
+def fake_gan_result(scale="cpu"):
+  res = fake_result(scale)
+  res["measures"] = compare_torch.MEASURES["gan"]
+  for key in [k for k in res["median"] if k[1] == "eval"]:
+    del res["median"][key], res["runs"][key]
+  del res["eval"]
+  for n, gated in zip(res["names"], (0.25, 0.5, 0.0)):
+    res["info"][n]["gated"] = gated
+  res["info"]["jax"]["param_counts"] = {"gen": 1, "mi": 2, "disc": 3, "all": 6}
+  del res["info"]["jax"]["eval_flops"]
+  return res
+
+
+def test_gan_report_has_the_train_ratio_the_gate_and_no_evaluation():
+  text = compare_torch.report([fake_gan_result()])
+  ratio_lines = [l for l in text.splitlines() if l.startswith("- cpu ")]
+  assert len(ratio_lines) == 1
+  assert "torch-compile 125.0 img/s = **0.80x**" in ratio_lines[0]
+  assert ratio_lines[0].endswith(MACHINE)
+  header, _, row = [l for l in text.splitlines() if l.startswith("|")]
+  assert "eval" not in header and "D updates gated jax / torch / torch-compile" in header
+  assert len(header.split("|")) == len(row.split("|"))
+  assert "| 25% / 50% / 0% |" in row
+  assert "1.74 GFLOP" in text and "eval" not in text.split("Every timing")[1]
+
+
+def test_gan_step_times_the_stage1_configs():
+  cpu = compare_torch.config_at_scale("gan", "crvaegan", "cpu")
+  paper = compare_torch.config_at_scale("gan", "vaegan", "paper")
+  assert (cpu.model.width, cpu.model.lstm_hidden, cpu.train.batch_size) == (8, 64, 32)
+  assert cpu.row == "emoji_crvaegan" and cpu.scale == "cpu"
+  assert (paper.model.width, paper.model.latent_channels, paper.train.batch_size) == (
+      32, 64, 64)
+  assert paper.row == "celeba_vaegan"

@@ -2,6 +2,7 @@
 section 4, shapes, the global-batch minibatch discrimination, and the gated
 discriminator optimizer."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from crvae_jax.models.rgb import Discriminator, MIHead, MinibatchDiscrimination, RgbVAE
+from crvae_jax.models.rgb import (Discriminator, MIHead, MinibatchDiscrimination, RgbVAE,
+                                  max_pool2)
 from crvae_jax import sharding
 from crvae_jax.train import optimizer
 
@@ -111,6 +113,27 @@ def test_discriminator_outputs_and_dropout():
                                method=lambda m, a: m.spatial_dropout(a, deterministic=False)))
   assert set(np.unique(dropped)) == {0.0, 2.0}
   assert np.all(dropped.min(axis=(1, 2)) == dropped.max(axis=(1, 2)))  # per channel
+
+
+def test_max_pool2_value_and_gradient_are_nn_max_pool_bit_for_bit():
+  # Integer-valued input: many ties, where the gradient's choice (the first maximum of
+  # each window, row-major) matters.
+  x = jax.random.randint(jax.random.key(0), (3, 8, 6, 5), -2, 3).astype(jnp.float32)
+  x = x.at[0, :4, :4].set(1.0)  # whole windows tied
+  g = jax.random.normal(jax.random.key(1), (3, 4, 3, 5))
+  grad = lambda pool: jax.jit(lambda x, g: jax.vjp(pool, x)[1](g)[0])(x, g)
+  reference = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  np.testing.assert_array_equal(max_pool2(x), reference(x))
+  np.testing.assert_array_equal(grad(max_pool2), grad(reference))
+
+
+def test_discriminator_split_trunk_gives_the_same_features_and_masks():
+  d = Discriminator(width=2, hidden=8, num_kernels=4, kernel_dim=2)
+  x = jax.random.uniform(jax.random.key(0), (6, 64, 64, 3), minval=-1, maxval=1)
+  variables = d.init(jax.random.key(1), x)
+  features = lambda split: d.apply(variables, x, True, split, method=d.features,
+                                   rngs={"dropout": jax.random.key(2)})
+  np.testing.assert_allclose(features(4), features(0), rtol=1e-5, atol=1e-6)
 
 
 def test_minibatch_discrimination_spans_the_global_batch():

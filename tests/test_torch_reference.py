@@ -82,3 +82,104 @@ def test_compiled_evaluator_computes_the_eager_log_px():
     got[variant] = ref.Evaluator(model, variant).log_px(x, num_samples=5, chunk=2)
   assert torch.isfinite(got["eager"]).all()
   np.testing.assert_allclose(got["compile"].numpy(), got["eager"].numpy(), rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- Stage1 GAN
+# benchmarks/torch_gan_reference.py: the VAE-GAN / crVAE-GAN step.
+# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+from benchmarks import gan_throughput
+from benchmarks import torch_gan_reference as gan_ref
+from test_rgb_training import tiny_rgb_config
+
+
+@pytest.mark.parametrize("row", ["crvaegan", "vaegan"])
+def test_gan_port_has_the_flax_parameter_counts_per_network_and_optimizer_group(row):
+  for scale in ("cpu", "paper"):
+    counts = gan_ref.check_param_counts(gan_throughput.config_at_scale(row, scale))
+    assert counts["all"] == counts["gen"] + counts["mi"] + counts["disc"]
+    assert (counts["mi"] > 0) == (row == "crvaegan")
+    assert (counts["g_lstm"] > 0) == (row == "crvaegan")
+
+
+@pytest.fixture(scope="module")
+def jax_crvaegan_step():
+  return gan_ref.jax_reference_step(tiny_rgb_config("crvaegan", num_devices=1))
+
+
+def test_crvaegan_step_computes_the_jax_step_with_copied_weights(jax_crvaegan_step):
+  # One step each, the JAX state copied into torch: losses, accuracy, gate, gradient
+  # norms and every updated parameter agree (a wrong layout, loss term or lr fails).
+  metrics = gan_ref.check_step_against_jax(tiny_rgb_config("crvaegan"),
+                                           reference=jax_crvaegan_step)
+  assert metrics["d_update_skipped"] == 0.0  # the discriminator's update was compared too
+
+
+def test_vaegan_step_computes_the_jax_step_with_copied_weights():
+  metrics = gan_ref.check_step_against_jax(tiny_rgb_config("vaegan"))
+  assert metrics["mi"] == 0.0 and metrics["d_update_skipped"] == 0.0
+
+
+def test_gan_step_check_fails_when_the_lstms_have_the_wrong_learning_rate(
+    jax_crvaegan_step, monkeypatch):
+  make = gan_ref.make_optimizers
+
+  def wrong_lstm_lr(model, config):
+    opt_g, opt_d = make(model, config)
+    opt_g.param_groups[1]["lr"] *= config.optim.lstm_lr_divisor  # LSTMs at lr
+    return opt_g, opt_d
+
+  monkeypatch.setattr(gan_ref, "make_optimizers", wrong_lstm_lr)
+  with pytest.raises(AssertionError, match="lstm"):
+    gan_ref.check_step_against_jax(tiny_rgb_config("crvaegan"),
+                                   reference=jax_crvaegan_step)
+
+
+def test_gan_optimizers_are_fused_adam_with_the_jax_groups():
+  config = tiny_rgb_config("crvaegan")
+  model = gan_ref.model_from_config(config)
+  opt_g, opt_d = gan_ref.make_optimizers(model, config)
+  assert opt_g.defaults["fused"] and opt_d.defaults["fused"]
+  (default, lstm), (trunk, heads) = opt_g.param_groups, opt_d.param_groups
+  lr = config.optim.learning_rate
+  assert lstm["lr"] == pytest.approx(lr / config.optim.lstm_lr_divisor)
+  assert default["lr"] == heads["lr"] == lr
+  assert trunk["lr"] == lr * config.optim.disc_trunk_lr_factor
+  names = {id(p): n for n, p in model.named_parameters()}
+  # The LSTMs and the posterior's BN over their features (crvae_jax's is_lstm_path).
+  assert {names[id(p)].rsplit(".", 1)[0] for p in lstm["params"]} == {
+      "gen.posterior_block.lstm", "gen.posterior_block.lstm_bn",
+      "gen.generator_block.lstm"}
+  assert all(names[id(p)].startswith("disc.trunk.") for p in trunk["params"])
+  generator_side = default["params"] + lstm["params"]
+  assert not any(names[id(p)].startswith("disc.") for p in generator_side)
+  config.optim.disc_warmup = True
+  with pytest.raises(ValueError, match="disc_warmup"):
+    gan_ref.make_optimizers(model, config)
+
+
+def _tensors(params):
+  return [p.detach().clone() for p in params]
+
+
+def test_gan_gate_keeps_the_discriminator_and_its_adam_state():
+  config = tiny_rgb_config("crvaegan", max_d_accuracy=-1.0)  # always gated
+  config.optim.lstm_grad_clip = 1e-4  # small enough to bind
+  torch.manual_seed(0)
+  model = gan_ref.model_from_config(config)
+  disc0, gen0 = _tensors(model.disc.parameters()), _tensors(model.gen.parameters())
+  trainer = gan_ref.GanTrainer(model, config, warm=False)
+  out = trainer.step(trainer.batches[0])
+  out = trainer.step(trainer.batches[1])
+  assert float(out["d_update_skipped"]) == 1.0 and trainer.gated == [1.0, 1.0]
+  assert all(torch.equal(a, b) for a, b in zip(disc0, model.disc.parameters()))
+  assert not trainer.opt_d.state  # Adam never stepped: no moments, no count
+  assert all(p.grad is not None for p in trainer.d_params)  # its backward still ran
+  assert not all(torch.equal(a, b) for a, b in zip(gen0, model.gen.parameters()))
+  grads = torch.cat([p.grad.flatten() for p in trainer.lstm_params])
+  assert grads.abs().max() == pytest.approx(1e-4)  # LSTM gradients clipped
+  config.objective.max_d_accuracy = 1.0  # never gated
+  trainer = gan_ref.GanTrainer(model, config, warm=False)
+  trainer.step(trainer.batches[0])
+  assert trainer.gated == [0.0] and trainer.opt_d.state
+  assert not all(torch.equal(a, b) for a, b in zip(disc0, model.disc.parameters()))
+  assert math.isfinite(trainer.run(steps=1))

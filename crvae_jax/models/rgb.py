@@ -148,6 +148,48 @@ class Stage1Output(NamedTuple):
   code_prior: jax.Array  # u of the prior sample's z
 
 
+@jax.custom_vjp
+def max_pool2(x):
+  """2x2 max pooling with stride 2 (`nn.max_pool(x, (2, 2), (2, 2))`, same values and
+  gradient): [B, H, W, C] -> [B, H/2, W/2, C], H and W even.
+
+  The gradient goes to the first maximum of each window in row-major order, as the
+  select-and-scatter of `nn.max_pool`'s gradient sends it, but as a few element-wise
+  selects: XLA:CPU expands select-and-scatter into a reduce-window that tracks each
+  element's four indices and a scatter, a quarter of the Stage1 step at CPU scale
+  (`benchmarks/ab_gan_step.py`; figures in benchmarks/RESULTS.md).
+  """
+  return _window_corners(x).max(0)
+
+
+def _window_corners(x):
+  """[B, H, W, C] -> [4, B, H/2, W/2, C]: each 2x2 window's elements in row-major order."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c)  # [B, H/2, dy, W/2, dx, C]
+  return x.transpose(2, 4, 0, 1, 3, 5).reshape(4, b, h // 2, w // 2, c)
+
+
+def _max_pool2_fwd(x):
+  y = max_pool2(x)
+  return y, (x, y)
+
+
+def _max_pool2_bwd(res, g):
+  x, y = res
+  b, h, w, c = x.shape
+  taken = jnp.zeros(y.shape, bool)
+  parts = []
+  for corner in _window_corners(x):  # the first maximum of its window takes g
+    first = (corner == y) & ~taken
+    taken = taken | first
+    parts.append(jnp.where(first, g, jnp.zeros_like(g)))
+  dx = jnp.stack(parts).reshape(2, 2, b, h // 2, w // 2, c)  # [dy, dx, B, H/2, W/2, C]
+  return (dx.transpose(2, 3, 0, 4, 1, 5).reshape(b, h, w, c),)
+
+
+max_pool2.defvjp(_max_pool2_fwd, _max_pool2_bwd)
+
+
 class MinibatchDiscrimination(nn.Module):
   """Salimans et al. (2016): features [b, A] -> [b, K] with
   o(x_i)_k = sum_j exp(-||M_i,k - M_j,k||_1), M = x T reshaped to [b, K, D].
@@ -167,8 +209,11 @@ class MinibatchDiscrimination(nn.Module):
     m = (h @ t).reshape(h.shape[0], self.num_kernels, self.kernel_dim)  # [b, K, D]
     others = m if self.axis_name is None else jax.lax.all_gather(
         m, self.axis_name, tiled=True)  # [B, K, D] (global batch)
-    distance = jnp.abs(m[:, None] - others[None]).sum(-1)  # [b, B, K]
-    return jnp.exp(-distance).sum(1)  # [b, K]
+    # Kernels first, batches last: the sums and their gradients then reduce over the
+    # innermost (contiguous) axis, several times faster on CPU than over [b, B, K, D].
+    m_t, others_t = m.transpose(1, 2, 0), others.transpose(1, 2, 0)  # [K, D, b], [K, D, B]
+    distance = jnp.abs(m_t[..., None] - others_t[:, :, None]).sum(1)  # [K, b, B]
+    return jnp.exp(-distance).sum(-1).T  # [b, K]
 
 
 class MIHead(nn.Module):
@@ -215,10 +260,19 @@ class Discriminator(nn.Module):
                                              self.axis_name)
     self.out = nn.Dense(1)
 
-  def features(self, x, train: bool = False):
-    """Trunk: [B, 64, 64, 3] -> [B, 4, 4, 8c]."""
+  def features(self, x, train: bool = False, split: int = 0):
+    """Trunk: [B, 64, 64, 3] -> [B, 4, 4, 8c].
+
+    split > 0: rows [:split] and [split:] (e.g. real and generated images) go through
+    each conv and pool as two batches, joined for the ReLU and dropout (the same masks),
+    so a gradient through one part only (the generator's) runs no backward pass of
+    the other. The values are those of split=0 (to float rounding).
+    """
     for conv in self.trunk:
-      x = nn.max_pool(conv(x), (2, 2), (2, 2))  # halves H and W
+      if split:
+        x = jnp.concatenate([max_pool2(conv(x[:split])), max_pool2(conv(x[split:]))])
+      else:
+        x = max_pool2(conv(x))  # halves H and W
       x = self.spatial_dropout(nn.relu(x), deterministic=not train)
     return x
 

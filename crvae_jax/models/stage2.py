@@ -101,6 +101,10 @@ class Stage2Generator(nn.Module):
     start, num_down, num_up = generator_plan(self.image_size, self.encode_to)
     bn = lambda: layers.batch_norm(train, self.bn_axis_name)
     conv = functools.partial(layers.conv, impl=self.conv_impl)
+    # Convs with Cout < 8 (the last one; the last up-steps at CPU scale) run XLA's own
+    # kernel: at 128x128 the 'cpu' kernels' matmul + shift-add form for them is several
+    # times slower (`benchmarks/ab_gan_step.py`); the same parameters either way.
+    narrow_impl = lambda out: "xla" if out < 8 else self.conv_impl
     c = self.width
     if start != INPUT_SIZE:
       x = jax.image.resize(x, (x.shape[0], start, start, 3), "linear")  # [B, 56, 56, 3]
@@ -114,11 +118,11 @@ class Stage2Generator(nn.Module):
       out = max(4 * c // 2 ** (i + 1), 1)
       if self.upsample == "nearest":
         h = h.repeat(2, axis=1).repeat(2, axis=2)  # [B, 2h, 2w, C]
-        h = conv(out, 3, 1, 1)(h)
+        h = conv(out, 3, 1, 1, impl=narrow_impl(out))(h)
       else:
         h = layers.ConvTranspose(out, 4, 2, 1, impl=self.conv_impl)(h)  # [B, 2h, 2w, out]
       h = nn.relu(bn()(h))
-    return jnp.tanh(conv(3, 3, 1, 1, use_bias=True)(h))  # [B, size, size, 3]
+    return jnp.tanh(conv(3, 3, 1, 1, use_bias=True, impl=narrow_impl(3))(h))  # [B, S, S, 3]
 
 
 class Stage2Discriminator(nn.Module):

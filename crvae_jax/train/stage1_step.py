@@ -100,7 +100,10 @@ def _per_device(state: GanState, images, rng, *, model, disc, mi_head, g_tx, d_t
     out, gen_stats = model.apply({"params": gm["gen"], **_stats(state.gen)}, images,
                                  eps_q, eps_p, train=True, mutable=["batch_stats"])
     d_batch, labels = discriminator_batch(images, out.prior_sample, out.reconstruction)
-    features_and_logits = lambda m, x: (f := m.features(x, True), m.logit(f, True))
+    # The trunk runs the real and the generated rows as two batches (`features`' split)
+    # so the generator's backward pass skips the real images' half.
+    features_and_logits = lambda m, x: (f := m.features(x, True, split=b),
+                                        m.logit(f, True))
     f, logits = disc.apply({"params": d_params}, d_batch, method=features_and_logits,
                            rngs={"dropout": dropout_key})  # [2b, 4, 4, 8c], [2b]
     loss_d = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
