@@ -20,6 +20,8 @@ import numpy as np
 from absl import app, flags
 
 from crvae_jax import host_memory
+from crvae_jax.data import emoji
+from crvae_jax.data import rgb as rgb_data
 from crvae_jax.families import stage1
 from experiments.configs import rgb as rgb_configs
 from experiments.provenance import git_commit
@@ -43,9 +45,19 @@ def throughput(workdir: str) -> dict:
           "last": rows[-1]}
 
 
-def write_summary(row: str, workdir: str, out_dir: str, seconds: float) -> str:
+def data_line(config) -> str:
+  """What the run trained on, e.g. "6,898 emoji of 64x64 (split 'train' of the google,
+  twitter sets: npm emoji-datasource-<set>@16.0.0)"."""
+  d = config.data
+  n = len(rgb_data.open_source(d))
+  return (f"{n:,} emoji of 64x64 (split '{d.emoji_split}' of the {d.emoji_sets} sets: npm "
+          f"emoji-datasource-<set>@{emoji.EMOJI_VERSION})")
+
+
+def write_summary(row: str, workdir: str, out_dir: str, seconds: float,
+                  invocations: int = 1) -> str:
   config = rgb_configs.get_config(row + ",cpu")
-  t = throughput(workdir)
+  t = dict(throughput(workdir), invocations=invocations)
   last = t["last"]
   m = config.model
   lines = [
@@ -56,9 +68,8 @@ def write_summary(row: str, workdir: str, out_dir: str, seconds: float) -> str:
       f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
       f"CPU only, 1 device  ",
       f"Commit: {git_commit()}", "",
-      "Data: Noto emoji, 3,786 images of 64x64 (npm emoji-datasource-google@16.0.0), "
-      "random horizontal flips. Drawings, not photographs: this checks that the model "
-      "trains; it is not the paper's experiment.", "",
+      f"Data: {data_line(config)}, random horizontal flips. Drawings, not photographs: "
+      "this checks that the model trains; it is not the paper's experiment.", "",
       f"Model: {m.variant}, width {m.width}, latent 4x4x{m.latent_channels} "
       f"(T={m.num_blocks}), LSTM {m.lstm_hidden}; weights alpha1 "
       f"{config.objective.alpha1}, alpha2 {config.objective.alpha2}, beta "
@@ -70,8 +81,10 @@ def write_summary(row: str, workdir: str, out_dir: str, seconds: float) -> str:
       f"| {t['steps']} steps x batch {config.train.batch_size} | {seconds / 60:.1f} min | "
       f"{t['images_per_s']:.1f} | {100 * t['gated']:.1f}% | {last['loss_g']:.4f} | "
       f"{last['loss_d']:.4f} | {last['d_accuracy']:.3f} | {last['recon_mse']:.4f} |", "",
-      "The wall time includes compilation and the grids; the machine may have been "
-      "running other jobs (see the note of the stop that committed this).", "",
+      f"The wall time is summed over the run's {t['invocations']} invocation(s) (it was "
+      "resumed across sessions if more than one) and includes compilation and the grids; "
+      "the machine may have been running other jobs (see the note of the stop that "
+      "committed this).", "",
       "![prior samples](prior.png)", "",
       "Prior samples (z ~ N(0, I)), BatchNorm with running averages.", "",
       "![reconstructions](reconstructions.png)", "",
@@ -92,13 +105,14 @@ def main(argv):
     if not os.path.exists(summary_file):
       stage1.train(config, workdir)
     with open(summary_file, encoding="utf-8") as f:
-      seconds = json.load(f)["train_seconds"]
+      summary = json.load(f)
+    seconds, invocations = summary["train_seconds"], summary.get("invocations", 1)
     prior, recon = stage1.sample(config, workdir)
     out_dir = os.path.join(FLAGS.results_dir, f"{row}_cpu")
     os.makedirs(out_dir, exist_ok=True)
     shutil.copyfile(prior, os.path.join(out_dir, "prior.png"))
     shutil.copyfile(recon, os.path.join(out_dir, "reconstructions.png"))
-    print(f"{row}: {write_summary(row, workdir, out_dir, seconds)}")
+    print(f"{row}: {write_summary(row, workdir, out_dir, seconds, invocations)}")
 
 
 if __name__ == "__main__":

@@ -62,9 +62,16 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_work
   # Run the 2-epoch config on the one-epoch workdir: it resumes at step 4 and must end
   # where the uninterrupted run ended.
   assert _params_of(resumed, config, tiny_data)[1] == 4
+  with open(os.path.join(cli_dir, "train_summary.json"), encoding="utf-8") as f:
+    first_summary = json.load(f)
   absl_logs.clear()
   mnist_family.train_and_evaluate(config, resumed, data=tiny_data)
   assert any("Resuming from step 4" in line for line in absl_logs.messages)
+  # The summary's time counts both invocations (train_time.json carried the first).
+  with open(os.path.join(resumed, "train_summary.json"), encoding="utf-8") as f:
+    resumed_summary = json.load(f)
+  assert first_summary["invocations"] == 1 and resumed_summary["invocations"] == 2
+  assert resumed_summary["train_seconds"] > first_summary["train_seconds"] > 0
   (a, step_a), (b, step_b) = (_params_of(d, config, tiny_data) for d in (straight, resumed))
   assert step_a == step_b == 8
   jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -14,7 +14,9 @@ step goes (`Family`); `train` does the rest the same way for all of them:
   `sample_every` steps; a save-and-exit on SIGTERM/SIGINT (`guards.StopSignals`). The
   last step always logs, saves and draws;
 - train_summary.json at the end; a workdir already trained to its last step returns
-  its saved summary.
+  its saved summary. Its train_seconds and skipped_steps count every invocation of the
+  run (train_time.json, updated at every checkpoint, carries them across resumes: time
+  after a killed invocation's last checkpoint is not counted, its steps are redone).
 
 A run is a function of (config, step): batch order and every random draw follow the
 step, so a resumed run continues exactly where the previous one stopped.
@@ -38,6 +40,41 @@ from crvae_jax.train.guards import NonFiniteError  # noqa: F401 (re-exported)
 from crvae_jax.train.metrics import MetricWriter, mean_metrics
 
 SUMMARY_FILE = "train_summary.json"
+TIME_FILE = "train_time.json"
+
+
+@dataclasses.dataclass
+class RunTime:
+  """Wall seconds and skipped non-finite steps over every invocation of a run, as of
+  its last checkpoint (<workdir>/train_time.json)."""
+  seconds: float = 0.0
+  skipped_steps: int = 0
+  invocations: int = 0
+
+  @classmethod
+  def read(cls, workdir: str) -> "RunTime":
+    path = os.path.join(workdir, TIME_FILE)
+    try:
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+      return cls(float(saved["seconds"]), int(saved["skipped_steps"]),
+                 int(saved["invocations"]))
+    except FileNotFoundError:
+      return cls()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise checkpoints.ConfigJsonDamagedError(
+          f"{path} cannot be read ({e}); it only holds the run's cumulative training "
+          "time: delete it to count from this invocation on") from None
+
+  def plus(self, seconds: float, skipped: int) -> "RunTime":
+    """This record with one more invocation's seconds and skipped steps."""
+    return RunTime(self.seconds + seconds, self.skipped_steps + skipped,
+                   self.invocations + 1)
+
+  def write(self, workdir: str, step: int) -> None:
+    if distributed.is_main():
+      checkpoints.write_file_atomic(os.path.join(workdir, TIME_FILE), json.dumps(
+          dict(dataclasses.asdict(self), step=step), indent=2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +218,8 @@ def saved_summary(workdir: str) -> Optional[dict]:
 
 def train(family: Family, workdir: str) -> dict:
   """Train (or resume) `family` in `workdir`; returns its summary (also written to
-  train_summary.json) with skipped_steps and train_seconds added."""
+  train_summary.json) with skipped_steps and train_seconds (over every invocation of
+  the run, see RunTime) added."""
   t_start = time.time()
   config, mesh = family.config, family.mesh
   family.check(config, mesh.size)
@@ -199,13 +237,17 @@ def train(family: Family, workdir: str) -> dict:
         return finished
       distributed.info(f"{family.describe(state)}; {mesh.size} device(s) "
                        f"({distributed.describe()}); {sched.total_steps} steps")
+      before = RunTime.read(workdir)
       if start >= sched.total_steps:  # killed after its last save, before its summary
         last_train, last_valid, skipped = {}, family.validate(state), 0
       else:
         last_train, last_valid, skipped = _run(family, state, start, sched, workdir,
-                                               ckpts, restored_step, t_start)
+                                               ckpts, restored_step, t_start, before)
+    total = before.plus(time.time() - t_start, skipped)
+    total.write(workdir, start if start >= sched.total_steps else sched.total_steps)
     out = family.summarize(last_train, last_valid)
-    out.update(skipped_steps=skipped, train_seconds=time.time() - t_start)
+    out.update(skipped_steps=total.skipped_steps, train_seconds=total.seconds,
+               invocations=total.invocations)
     if distributed.is_main():
       checkpoints.write_file_atomic(os.path.join(workdir, SUMMARY_FILE),
                                     json.dumps(out, indent=2))
@@ -213,9 +255,10 @@ def train(family: Family, workdir: str) -> dict:
 
 
 def _run(family: Family, state, start: int, sched: Schedule, workdir: str, ckpts,
-         restored_step, t_start: float):
+         restored_step, t_start: float, before: RunTime):
   """Steps start .. total_steps - 1; returns (last logged train summary, last validation
-  metrics, number of skipped non-finite steps)."""
+  metrics, number of skipped non-finite steps). `before`: the run's time up to this
+  invocation (train_time.json is rewritten at every checkpoint)."""
   config, mesh, main_process = family.config, family.mesh, distributed.is_main()
   batch_size, total = config.train.batch_size, sched.total_steps
   step_fn = family.make_step()
@@ -252,6 +295,8 @@ def _run(family: Family, state, start: int, sched: Schedule, workdir: str, ckpts
           watch.flush()
           last_valid = _checkpoint(family, state, done, sched, ckpts, writer)
           watch.last_saved = done
+          if done < total:  # (the last step's record is written with the summary)
+            before.plus(time.time() - t_start, watch.total).write(workdir, done)
         if done % sched.sample_every == 0 or done == total:
           family.draw(state, workdir, f"{done:07d}")
         bar.update(1)
