@@ -127,7 +127,7 @@ def test_bad_input_is_refused_before_compilation(runs, tmp_path, monkeypatch):
     check([runs[0], _write_run(tmp_path / "load72", bigger)])
   other = tiny_rgb_config("crvaegan")
   other.data.emoji_sets = "twitter"
-  with pytest.raises(table.BadInput, match="differ in emoji_sets 'google' != 'twitter'"):
+  with pytest.raises(table.BadInput, match="differ in emoji_sets 'google,twitter' != 'twitter'"):
     check([runs[0], _write_run(tmp_path / "twitter", other)])
 
   configs, kinds = check(runs)

@@ -136,7 +136,8 @@ def test_emoji_config_keys_are_checked_by_name():
   for changes, key in (({"data__emoji_sets": "google,apple"}, "data.emoji_sets='google,apple'"),
                        ({"data__emoji_sets": "google,google"}, "data.emoji_sets"),
                        ({"data__emoji_split": "test"}, "data.emoji_split='test'"),
-                       ({"data__emoji_tarball": "a.tgz,b.tgz"}, "data.emoji_tarball"),
+                       ({"data__emoji_sets": "google", "data__emoji_tarball": "a.tgz,b.tgz"},
+                        "data.emoji_tarball"),
                        ({"completion__emoji_split": "val"}, "completion.emoji_split='val'")):
     with pytest.raises(config_checks.ConfigError, match=key):
       check(**changes)
@@ -167,9 +168,10 @@ def test_a_run_on_other_emoji_refuses_to_resume_and_old_workdirs_mean_all_of_goo
   legacy = json.loads(config.to_json_best_effort())
   del legacy["data"]["emoji_sets"], legacy["data"]["emoji_split"]
   assert checkpoints.config_differences(legacy, config) == [
+      "data.emoji_sets: 'google' (workdir) != 'google,twitter' (now)",
       "data.emoji_split: 'all' (workdir) != 'train' (now)"]
   with config.unlocked():
-    config.data.emoji_split = "all"
+    config.data.emoji_sets, config.data.emoji_split = "google", "all"
   assert checkpoints.config_differences(legacy, config) == []
   folder = rgb_configs.get_config("emoji_crvaegan,cpu")
   with folder.unlocked():

@@ -112,7 +112,8 @@ def test_the_real_emoji_set_from_npm_is_verified_and_cached(tmp_path, monkeypatc
       "4d7dcb6041f5b93d54200590ac8934be94b5320ee30c23a1ab5c292f0b019612")
   c = rgb_configs.get_config("emoji_crvaegan,cpu")
   c.data.cache_dir = str(tmp_path)
-  assert (c.data.emoji_sets, c.data.emoji_split) == ("google", "train")
+  c.data.emoji_sets = "google"  # (the CPU config trains on google and twitter)
+  assert c.data.emoji_split == "train"
   train = rgb.open_source(c.data)
   c.data.emoji_split = "all"
   every = rgb.open_source(c.data)
