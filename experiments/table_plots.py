@@ -18,8 +18,10 @@ def _save(fig, path: str) -> str:
 
 
 def _zoom(ax, values, span: float) -> None:
-  """y-limits from the best value down by `span` nats (early epochs run off the plot)."""
+  """y-limits from the best value down by `span` nats, or further if a curve's last
+  value lies below that (every curve's end stays visible; early epochs run off)."""
   top = max(np.max(v) for v in values)
+  span = max(span, 1.1 * (top - min(v[-1] for v in values)))
   ax.set_ylim(top - span, top + 0.08 * span)
 
 
