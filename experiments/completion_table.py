@@ -27,7 +27,7 @@ configs' 200 steps that is 6.4-8.6 s per image, mask and run (random-init emoji 
 configs, 20-step completions of 8 and 16 images extrapolated to 200, one device of a
 shared 2-core x86_64 VM, commit 6c2514e), ~90 s per image for 6 masks x 2 runs: 32
 images take ~50 min, and give a paired standard error of 1/sqrt(32) ~ 0.18 of the spread
-of the per-image differences (16 images: 0.25; all 337 held-out emoji: ~8 h). The table
+of the per-image differences (16 images: 0.25; all 337 held-out emoji of one set: ~8 h). The table
 records its own wall time.
 
 Refused before anything compiles (one line each): fewer than two workdirs, a workdir
@@ -89,17 +89,19 @@ def data_identity(config) -> dict:
           "load_size": d.get("load_size", 64)}
 
 
-def training_overlap(config) -> str:
-  """Why the images completed for `config` were in its training data ('' if they were
-  not): the held-out split `completion.completion_source` reads is the training one."""
-  d, cc = config.data, config.completion
+def training_overlap(config, reference=None) -> str:
+  """Why the images completed (those of `reference`'s held-out split, `config`'s own by
+  default: `completion.completion_source` reads the first run's) were in `config`'s
+  training data ('' if they were not)."""
+  d, cc = config.data, (reference or config).completion
   if d.source == "emoji" and d.get("emoji_split", "all") != "train":
     return (f"data.emoji_split={d.get('emoji_split', 'all')!r} (trained on the "
             f"{cc.emoji_split!r} emoji too)")
   if d.source == "emoji" and cc.emoji_split != "heldout":
     return f"completion.emoji_split={cc.emoji_split!r} is not 'heldout'"
-  if d.source == "tfds" and (not cc.tfds_split or cc.tfds_split == d.tfds_split):
-    return f"completion.tfds_split={cc.tfds_split!r}: the training split"
+  completed = cc.tfds_split or (reference or config).data.tfds_split
+  if d.source == "tfds" and completed == d.tfds_split:
+    return f"the completed split {completed!r} is its training split"
   if d.source == "folder":
     return "data.source='folder' has no held-out split"
   return ""
@@ -219,7 +221,7 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
   from crvae_jax import completion, distributed, images, reconstruction, sharding
   from crvae_jax.families import stage1
   t0 = time.time()
-  overlap = [training_overlap(c) for c in configs]
+  overlap = [training_overlap(c, configs[0]) for c in configs]
   if any(overlap) and not allow_training_images:
     bad = next(i for i, o in enumerate(overlap) if o)
     raise BadInput(f"--workdirs: {workdirs[bad]}: the images to complete are in its "

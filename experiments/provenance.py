@@ -1,4 +1,4 @@
-"""Where a result came from: the commit of the code that produced it."""
+"""Where a result came from: the commit of the code that produced it, the data it read."""
 
 import os
 import subprocess
@@ -18,3 +18,12 @@ def git_commit() -> str:
     return commit + ("+uncommitted" if dirty.strip() else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
+
+
+def emoji_data_line(config) -> str:
+  """What an emoji run trained on, e.g. "6,898 emoji of 64x64 (split 'train' of the
+  google,twitter sets: npm emoji-datasource-<set>@16.0.0)"."""
+  from crvae_jax.data import emoji, rgb  # pylint: disable=g-import-not-at-top
+  d = config.data
+  return (f"{len(rgb.open_source(d)):,} emoji of 64x64 (split '{d.emoji_split}' of the "
+          f"{d.emoji_sets} sets: npm emoji-datasource-<set>@{emoji.EMOJI_VERSION})")

@@ -20,11 +20,9 @@ import numpy as np
 from absl import app, flags
 
 from crvae_jax import host_memory
-from crvae_jax.data import emoji
-from crvae_jax.data import rgb as rgb_data
 from crvae_jax.families import stage1
 from experiments.configs import rgb as rgb_configs
-from experiments.provenance import git_commit
+from experiments.provenance import emoji_data_line, git_commit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["emoji_vaegan", "emoji_crvaegan"], "RGB config rows to train.")
@@ -45,15 +43,6 @@ def throughput(workdir: str) -> dict:
           "last": rows[-1]}
 
 
-def data_line(config) -> str:
-  """What the run trained on, e.g. "6,898 emoji of 64x64 (split 'train' of the google,
-  twitter sets: npm emoji-datasource-<set>@16.0.0)"."""
-  d = config.data
-  n = len(rgb_data.open_source(d))
-  return (f"{n:,} emoji of 64x64 (split '{d.emoji_split}' of the {d.emoji_sets} sets: npm "
-          f"emoji-datasource-<set>@{emoji.EMOJI_VERSION})")
-
-
 def write_summary(row: str, workdir: str, out_dir: str, seconds: float,
                   invocations: int = 1) -> str:
   config = rgb_configs.get_config(row + ",cpu")
@@ -68,7 +57,7 @@ def write_summary(row: str, workdir: str, out_dir: str, seconds: float,
       f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
       f"CPU only, 1 device  ",
       f"Commit: {git_commit()}", "",
-      f"Data: {data_line(config)}, random horizontal flips. Drawings, not photographs: "
+      f"Data: {emoji_data_line(config)}, random horizontal flips. Drawings, not photographs: "
       "this checks that the model trains; it is not the paper's experiment.", "",
       f"Model: {m.variant}, width {m.width}, latent 4x4x{m.latent_channels} "
       f"(T={m.num_blocks}), LSTM {m.lstm_hidden}; weights alpha1 "

@@ -28,7 +28,8 @@ import sys
 
 from absl import app, flags
 
-from experiments.provenance import git_commit
+from experiments.configs import rgb as rgb_configs
+from experiments.provenance import emoji_data_line, git_commit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("parts", ["stage2", "complete"], "Which demos to run.")
@@ -50,7 +51,7 @@ def header(title: str, command: str) -> list:
           f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           "CPU only, 1 device  ",
           f"Commit: {git_commit()}  ", "",
-          "Data: Noto emoji, 3,786 drawings of 64x64 (npm emoji-datasource-google@16.0.0). "
+          f"Data: {emoji_data_line(rgb_configs.get_config('emoji_crvaegan,cpu'))}. "
           "Drawings, not photographs, at CPU scale: this shows that the pipeline works; it "
           "is not the paper's experiment.", ""]
 

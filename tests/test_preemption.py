@@ -2,6 +2,7 @@
 killed by SIGKILL, then killed while writing a checkpoint, and restarted each time with
 the same command, ends bit-identical to an uninterrupted run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -108,6 +109,11 @@ def test_sigterm_sigint_sigkill_and_kill_in_save_then_rerun_end_bit_identical(tm
   rc, out = _signal_after(_start(work), work, signal.SIGTERM, min_step=2)
   assert rc == 128 + signal.SIGTERM, out
   assert "SIGTERM: saved a checkpoint at step" in out, out
+  # The run's time so far is recorded with the state it saved on the way out.
+  with open(os.path.join(work, "train_time.json"), encoding="utf-8") as f:
+    record = json.load(f)
+  assert record["step"] == max(_saved_steps(work)) and record["invocations"] == 1, record
+  assert record["seconds"] > 0, record
   rc, out = _signal_after(_start(work), work, signal.SIGINT, min_step=newer())  # Ctrl-C
   assert rc != 0 and "SIGINT: saved a checkpoint at step" in out, (rc, out)
   assert "KeyboardInterrupt" in out, out

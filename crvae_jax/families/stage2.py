@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import serialization
+from jax.experimental import multihost_utils
 
 from crvae_jax import compiled, config_checks, distributed, images, sharding
 from crvae_jax.data import rgb as rgb_data
@@ -152,6 +153,13 @@ def restore_stage1(config, workdir: str, *, pin: bool = False):
     checkpoints.write_file_atomic(pin_path, json.dumps(
         {"workdir": os.path.abspath(s1_dir), "step": int(restored),
          "sha256": hashlib.sha256(data).hexdigest()}))
+  if pin and pinned is None and jax.process_count() > 1:
+    # Each process restored Stage1's latest step itself, and Stage1 may have saved a
+    # newer one in between: every process takes the copy process 0 pinned.
+    multihost_utils.sync_global_devices("crvae_jax_stage1_pin")
+    pinned = _read_json(pin_path)
+    return (parts.model, _frozen_copy(workdir, pinned, s1_config, pin_path),
+            pinned["step"])
   return parts.model, variables, restored
 
 

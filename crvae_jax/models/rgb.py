@@ -165,6 +165,8 @@ def max_pool2(x):
 def _window_corners(x):
   """[B, H, W, C] -> [4, B, H/2, W/2, C]: each 2x2 window's elements in row-major order."""
   b, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"max_pool2 needs an even height and width, got input {x.shape}")
   x = x.reshape(b, h // 2, 2, w // 2, 2, c)  # [B, H/2, dy, W/2, dx, C]
   return x.transpose(2, 4, 0, 1, 3, 5).reshape(4, b, h // 2, w // 2, c)
 
@@ -209,8 +211,9 @@ class MinibatchDiscrimination(nn.Module):
     m = (h @ t).reshape(h.shape[0], self.num_kernels, self.kernel_dim)  # [b, K, D]
     others = m if self.axis_name is None else jax.lax.all_gather(
         m, self.axis_name, tiled=True)  # [B, K, D] (global batch)
-    # Kernels first, batches last: the sums and their gradients then reduce over the
-    # innermost (contiguous) axis, several times faster on CPU than over [b, B, K, D].
+    # Kernels first, batches last ([K, D, b, B]): the exp-sum over the batch and its
+    # gradient reduce over the innermost (contiguous) axis, the L1 sum over D over
+    # whole [b, B] planes; several times faster on CPU than [b, B, K, D].
     m_t, others_t = m.transpose(1, 2, 0), others.transpose(1, 2, 0)  # [K, D, b], [K, D, B]
     distance = jnp.abs(m_t[..., None] - others_t[:, :, None]).sum(1)  # [K, b, B]
     return jnp.exp(-distance).sum(-1).T  # [b, K]

@@ -143,8 +143,12 @@ class Checkpoints:
   only, for runs without a validation metric such as the GANs).
 
   Saves run in the background. A failed save raises CheckpointSaveError at the next call
-  to `check()` (cheap: call it every step), `save_*`, `wait()` or `close()`; the
-  unfinished files of that save are removed. Use as a context manager:
+  to `check()` (cheap: call it every step; with several processes it does nothing),
+  `save_*`, `wait()` or `close()`; the unfinished files of that save are removed. With
+  several processes, the decisions that branch (a step's digest, a restore that
+  failed, a failed save once Orbax's own barriers are passed, a new best) are taken
+  together; a failure inside Orbax before its own barrier leaves the others waiting
+  there until Orbax's timeout. Use as a context manager:
 
     with Checkpoints(workdir) as ckpts:
       state, step = ckpts.restore(state)
@@ -173,8 +177,8 @@ class Checkpoints:
     return self
 
   def __exit__(self, exc_type, exc, tb) -> bool:
-    if exc_type is None:
-      self.close()
+    if exc_type is None:  # every process gets here at the same point: decide together
+      self.close(agree=True)
     else:  # the error in flight is the one to see; a save error here is one log line
       self.close_quietly()
     return False
@@ -291,8 +295,11 @@ class Checkpoints:
 
   def save_best_if_better(self, step: int, state, valid_elbo: float) -> bool:
     """Start saving `state` as the best checkpoint if valid_elbo beats the kept one."""
-    best = self.best_value()
-    if best is not None and valid_elbo <= best:
+    better = None  # process 0 decides (a misread on one process must not split them)
+    if jax.process_index() == 0:
+      best = self.best_value()
+      better = "yes" if best is None or valid_elbo > best else None
+    if _from_process_0(better) is None:
       return False
     self._save("best", step, state, metrics={BEST_METRIC: float(valid_elbo)})
     return True
@@ -346,7 +353,8 @@ class Checkpoints:
     for s in candidates:
       step_dir = os.path.join(str(manager.directory), str(s))
       diffs = shape_differences(step_dir, target)
-      if diffs:
+      if _any_process(bool(diffs)):
+        diffs = diffs or ["(found by another process; its log names them)"]
         raise CheckpointMismatchError(
             f"checkpoint {step_dir} does not fit this model ({len(diffs)} "
             "difference(s)); was it written with another config?\n  "
@@ -392,9 +400,11 @@ class Checkpoints:
     for name in self._named_managers():
       self._settle(name, agree=True)
 
-  def close(self) -> None:
+  def close(self, agree: bool = False) -> None:
     """Wait for the saves in flight and close the managers (every manager is closed even
-    if a save failed; then CheckpointSaveError is raised). Idempotent."""
+    if a save failed; then CheckpointSaveError is raised). Idempotent. agree: a save that
+    failed on any process raises on all (multi-process; only where every process calls
+    close at the same point, i.e. not on error paths)."""
     if self._closed:
       return
     self._closed = True
@@ -402,7 +412,7 @@ class Checkpoints:
     error = None
     for name in self._named_managers():
       try:
-        self._settle(name)
+        self._settle(name, agree=agree)
       except CheckpointSaveError as e:
         error = error or e
     for manager in self._managers():

@@ -31,6 +31,7 @@ from typing import Iterator, Optional
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -52,19 +53,28 @@ class RunTime:
   invocations: int = 0
 
   @classmethod
-  def read(cls, workdir: str) -> "RunTime":
+  def read(cls, workdir: str, restored_step: Optional[int]) -> "RunTime":
+    """The record of `workdir`, for a run resumed from `restored_step` (None: a fresh
+    start, which counts from zero). A record of another step (the latest checkpoint
+    was set aside and an earlier one restored) is kept, with a warning; a damaged one
+    is replaced, with a warning (it only holds statistics)."""
     path = os.path.join(workdir, TIME_FILE)
+    if restored_step is None or not os.path.exists(path):
+      return cls()
     try:
       with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-      return cls(float(saved["seconds"]), int(saved["skipped_steps"]),
-                 int(saved["invocations"]))
-    except FileNotFoundError:
-      return cls()
+      record = cls(float(saved["seconds"]), int(saved["skipped_steps"]),
+                   int(saved["invocations"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
-      raise checkpoints.ConfigJsonDamagedError(
-          f"{path} cannot be read ({e}); it only holds the run's cumulative training "
-          "time: delete it to count from this invocation on") from None
+      logging.warning("%s cannot be read (%s): the run's training time is counted from "
+                      "this invocation on", path, e)
+      return cls()
+    if saved.get("step") != restored_step:
+      logging.warning("%s was written at step %s but the run resumes from step %s: its "
+                      "time includes steps that will be trained again", path,
+                      saved.get("step"), restored_step)
+    return record
 
   def plus(self, seconds: float, skipped: int) -> "RunTime":
     """This record with one more invocation's seconds and skipped steps."""
@@ -237,7 +247,7 @@ def train(family: Family, workdir: str) -> dict:
         return finished
       distributed.info(f"{family.describe(state)}; {mesh.size} device(s) "
                        f"({distributed.describe()}); {sched.total_steps} steps")
-      before = RunTime.read(workdir)
+      before = RunTime.read(workdir, restored_step)
       if start >= sched.total_steps:  # killed after its last save, before its summary
         last_train, last_valid, skipped = {}, family.validate(state), 0
       else:
@@ -269,6 +279,12 @@ def _run(family: Family, state, start: int, sched: Schedule, workdir: str, ckpts
   t_interval, n_interval = time.time(), 0
   bar = tqdm(total=total, initial=start, unit="step", desc=family.desc,
              disable=not main_process)
+
+  def save_and_exit(done, state):  # on SIGTERM / SIGINT: the state and the time so far
+    watch.flush()
+    ckpts.save_now(done, state, watch.last_saved)
+    before.plus(time.time() - t_start, watch.total).write(workdir, done)
+
   try:
     with guards.StopSignals() as stop:
       for step, rows in zip(range(start, total), family.batches(start)):
@@ -295,14 +311,12 @@ def _run(family: Family, state, start: int, sched: Schedule, workdir: str, ckpts
           watch.flush()
           last_valid = _checkpoint(family, state, done, sched, ckpts, writer)
           watch.last_saved = done
-          if done < total:  # (the last step's record is written with the summary)
-            before.plus(time.time() - t_start, watch.total).write(workdir, done)
+          before.plus(time.time() - t_start, watch.total).write(workdir, done)
         if done % sched.sample_every == 0 or done == total:
           family.draw(state, workdir, f"{done:07d}")
         bar.update(1)
         ckpts.check()  # a failed background save stops the run (CheckpointSaveError)
-        stop.exit_if_asked(done, total,
-                           lambda: ckpts.save_now(done, state, watch.last_saved))
+        stop.exit_if_asked(done, total, lambda: save_and_exit(done, state))
       watch.flush()
   finally:
     bar.close()
