@@ -1,32 +1,52 @@
-r"""Per-layer forward and backward time of the paper-scale MNIST crVAE's convolutions:
-crvae_jax's kernels (conv_impl 'cpu' and 'xla', each compiled with its
-`compiled.compiler_options`, as in the model) vs PyTorch channels_last (issue 7).
+r"""Per-layer forward and backward time of a model's layers, crvae_jax vs PyTorch.
+
+crvae_jax's kernels against PyTorch channels_last (issue 7), one layer call at a time:
 
   pip install -r requirements-torch.txt
   python -m benchmarks.layers_vs_torch --batch=128 --repeats=5
+  python -m benchmarks.layers_vs_torch --model=gan --scale=cpu --repeats=5
+  python -m benchmarks.layers_vs_torch --model=gan --scale=paper --repeats=5
 
-Each row is one convolution of the model at batch 128 (encoder: conv; decoder: 4x4/2
-transposed conv 'deconv' and conv), timed as the best of --repeats after a warm-up:
-forward alone, and the backward pass (gradients w.r.t. input and kernel) as
-(forward + backward) - forward. JAX and PyTorch run in this one process, one after the
-other, with a pause between them (PyTorch's OpenMP threads spin for a while after work).
-Where the CPU formulation is slower than torch, the model's step is too: the sum over
-rows shows how much of the train-step gap the convolutions explain.
+--model=mnist (default): each row is one convolution of the paper-scale MNIST crVAE at
+--batch (encoder: conv; decoder: 4x4/2 transposed conv 'deconv' and conv), with conv_impl
+'cpu' and 'xla', each compiled with its `compiled.compiler_options`, as in the model.
+
+--model=gan: the Stage1 networks of `gan_throughput.config_at_scale(--row, --scale)` (cpu:
+width 8, batch 32; paper: width 32, batch 64), their layers found by tracing the forward
+pass of the train step (`train.stage1_step`: the generator on the batch, the
+discriminator on [real | generated] with the trunk's real/generated split, the MI head on
+the generated rows) and run as the model runs them: the crvae_jax modules with the
+config's conv_impl (--conv_impl overrides it) and its compiler options. Rows: every conv
+and transposed conv, the BatchNorms at 64x64, `max_pool2` after each trunk conv (vs
+F.max_pool2d), minibatch discrimination (vs the PyTorch port's torch.cdist form) and the
+stacked LSTMs (vs nn.LSTM). 'calls' is how often the step's forward runs the row; the sum
+row weighs each row by it. The backward differentiates w.r.t. the input and the
+parameters, as the MNIST rows do (the step needs no input gradient for the first
+encoder conv or the real images' trunk).
+
+Each row is timed as the best of --repeats after a warm-up: forward alone, and the
+backward pass as (forward + backward) - forward. JAX and PyTorch run in this one process,
+one after the other, with a pause between them (PyTorch's OpenMP threads spin for a while
+after work). Where the JAX row is slower than torch, the model's step is too: the sum
+over rows shows how much of the train-step gap these layers explain.
 """
 
 import argparse
 import os
 import time
+from typing import Any, NamedTuple
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import gan_throughput
 from crvae_jax import host_memory
 from crvae_jax import compiled
-from crvae_jax.models import fast_conv, layers
+from crvae_jax.models import fast_conv, layers, lstm, rgb
 
-# (name, kind, Cin, Cout, H=W of the input, kernel, stride, padding): paper width 32.
+# MNIST: (name, kind, Cin, Cout, H=W of the input, kernel, stride, padding), width 32.
 LAYERS = (
     ("enc conv5x5/2 1->32 @28", "conv", 1, 32, 28, 5, 2, 3),
     ("enc conv3x3 64->64 @15", "conv", 64, 64, 15, 3, 1, 1),
@@ -87,30 +107,22 @@ def torch_times(torch, kind, x, w, s, p, dy, repeats):
   return a, b
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--repeats", type=int, default=5)
-  args = p.parse_args()
-  import torch
-  torch.set_num_threads(os.cpu_count())
-  from benchmarks.nll_eval import machine_line
-  print(f"# {machine_line()} | torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads, channels_last; batch {args.batch}; best of {args.repeats}; ms")
+def mnist_table(torch, batch: int, repeats: int) -> None:
+  """Prints the MNIST rows (cpu and xla kernels vs torch) at `batch`."""
   print("| layer | fwd cpu | fwd xla | fwd torch | bwd cpu | bwd xla | bwd torch | "
         "fwd+bwd torch / cpu |")
   print("|---|---|---|---|---|---|---|---|")
   rng = np.random.default_rng(0)
   total = np.zeros(6)
   for name, kind, cin, cout, hw, k, s, pad in LAYERS:
-    x = rng.standard_normal((args.batch, hw, hw, cin), np.float32)
+    x = rng.standard_normal((batch, hw, hw, cin), np.float32)
     w = (rng.standard_normal((k, k, cin, cout)) * 0.05).astype(np.float32)
     out = (hw + 2 * pad - k) // s + 1 if kind == "conv" else (hw - 1) * s + k - 2 * pad
-    dy = rng.standard_normal((args.batch, out, out, cout), np.float32)
-    cf, cb = jax_times("cpu", kind, x, w, s, pad, dy, args.repeats)
-    xf, xb = jax_times("xla", kind, x, w, s, pad, dy, args.repeats)
+    dy = rng.standard_normal((batch, out, out, cout), np.float32)
+    cf, cb = jax_times("cpu", kind, x, w, s, pad, dy, repeats)
+    xf, xb = jax_times("xla", kind, x, w, s, pad, dy, repeats)
     time.sleep(0.5)
-    tf, tb = torch_times(torch, kind, x, w, s, pad, dy, args.repeats)
+    tf, tb = torch_times(torch, kind, x, w, s, pad, dy, repeats)
     time.sleep(0.5)
     row = np.array([cf, xf, tf, cb - cf, xb - xf, tb - tf])
     total += row
@@ -118,6 +130,209 @@ def main():
           f" | {tb / cb:.2f} |", flush=True)
   print("| **sum** | " + " | ".join(f"{v:.0f}" for v in total) +
         f" | {(total[2] + total[5]) / (total[0] + total[3]):.2f} |")
+
+
+# --- Stage1 GAN (--model=gan) ---------------------------------------------------------
+
+
+class GanLayer(NamedTuple):
+  """One row of the GAN table: a layer call of the train step's forward pass."""
+  name: str  # module path and what it computes
+  kind: str  # 'conv', 'deconv', 'bn', 'max_pool2', 'minibatch', 'lstm'
+  module: Any  # the unbound crvae_jax module (None for max_pool2)
+  in_shape: tuple
+  out_shape: tuple
+  calls: int  # how often the step's forward runs it at this shape
+
+
+_KINDS = ((layers.Conv, "conv"), (layers.ConvTranspose, "deconv"), (nn.BatchNorm, "bn"),
+          (rgb.MinibatchDiscrimination, "minibatch"), (lstm.StackedLSTM, "lstm"))
+
+
+def _describe(kind: str, module, in_shape: tuple, out_shape: tuple) -> str:
+  if kind in ("conv", "deconv"):
+    k, s = module.kernel_size, module.stride
+    return (f"{kind}{k}x{k}{f'/{s}' if s > 1 else ''} {in_shape[-1]}->{out_shape[-1]} "
+            f"@{in_shape[1]}")
+  if kind in ("bn", "max_pool2"):
+    return f"{kind} {in_shape[-1]} @{in_shape[1]}"
+  if kind == "minibatch":
+    return f"minibatch {in_shape[-1]}->{module.num_kernels}x{module.kernel_dim}"
+  return f"lstm T={in_shape[1]} {in_shape[2]}->{module.hidden}"  # lstm
+
+
+def gan_layers(config) -> list:
+  """The rows of `config`'s Stage1 step (see the module doc), in call order, at the
+  per-device batch config.train.batch_size. Shapes come from tracing the modules of
+  `families.stage1.build(config)` with `jax.eval_shape`; nothing is computed."""
+  from crvae_jax.families import stage1  # pylint: disable=g-import-not-at-top
+  parts = stage1.build(config, axis_name=None)
+  b = config.train.batch_size
+  if b % 2:
+    raise ValueError(f"train.batch_size must be even (the step's 50/25/25 split), got {b}")
+  calls = {}  # (path, in_shape) -> GanLayer
+  network = [""]  # the traced network's name, prefixed to its module paths
+
+  def record(name, kind, module, in_shape, out_shape):
+    key = (name, in_shape)
+    row = calls.get(key)
+    calls[key] = row._replace(calls=row.calls + 1) if row else GanLayer(
+        f"{name} {_describe(kind, module, in_shape, out_shape)}", kind,
+        module, in_shape, out_shape, 1)
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    kind = next((k for t, k in _KINDS if isinstance(context.module, t)), None)
+    if context.method_name != "__call__" or kind is None:
+      return out
+    in_shape, out_shape = tuple(args[0].shape), tuple(out.shape)
+    if kind == "bn" and (len(in_shape) != 4 or in_shape[1] != rgb.IMAGE_SIZE):
+      return out  # only the BatchNorms at 64x64
+    name = "/".join((network[0], *context.module.scope.path))
+    record(name, kind, context.module.clone(parent=None), in_shape, out_shape)
+    if name.startswith("disc/trunk"):  # each trunk conv is followed by max_pool2
+      record(f"{name}+pool", "max_pool2", None, out_shape,
+             (out_shape[0], out_shape[1] // 2, out_shape[2] // 2, out_shape[3]))
+    return out
+
+  key = jax.random.key(0)
+  model, disc, mi_head = parts.model, parts.disc, parts.mi_head
+  images = jnp.zeros((b, rgb.IMAGE_SIZE, rgb.IMAGE_SIZE, 3))
+  eps = jnp.zeros((b, *model.latent_shape))
+  features_and_logits = lambda m, x: (f := m.features(x, True, split=b), m.logit(f, True))
+  with nn.intercept_methods(interceptor):
+    network[0] = "gen"
+    jax.eval_shape(lambda: model.init(key, images, eps, eps, train=True))
+    network[0] = "disc"
+    d_batch = jnp.zeros((2 * b, *images.shape[1:]))  # [real | generated]
+    jax.eval_shape(lambda: disc.init({"params": key, "dropout": key}, d_batch,
+                                     method=features_and_logits))
+    if config.objective.kappa:
+      network[0] = "mi"
+      feats = jnp.zeros((b, 4, 4, 8 * disc.width))  # the generated rows' trunk features
+      jax.eval_shape(lambda: mi_head.init(key, feats, train=True))
+  return list(calls.values())
+
+
+def gan_jax_times(layer: GanLayer, x, dy, repeats: int, conv_impl: str):
+  """(forward ms, forward + backward ms) of the crvae_jax module, w.r.t. x and params."""
+  if layer.kind == "max_pool2":
+    apply, params = (lambda x, params: rgb.max_pool2(x)), {}
+  else:
+    variables = layer.module.init(jax.random.key(0), x)
+    params = variables.pop("params", {})
+    state = list(variables)  # BatchNorm's batch_stats (training mode)
+
+    def apply(x, params):
+      out = layer.module.apply({"params": params, **variables}, x, mutable=state or False)
+      return out[0] if state else out
+  opts = compiled.compiler_options(conv_impl)  # as the model's programs compile them
+  fwd = jax.jit(apply, compiler_options=opts)
+  both = jax.jit(lambda x, p, dy: jax.vjp(apply, x, p)[1](dy), compiler_options=opts)
+  x, dy = jnp.asarray(x), jnp.asarray(dy)
+  a = best_ms(lambda: fwd(x, params).block_until_ready(), repeats)
+  b = best_ms(lambda: jax.block_until_ready(both(x, params, dy)), repeats)
+  return a, b
+
+
+def gan_torch_times(torch, layer: GanLayer, x, dy, repeats: int):
+  """(forward ms, forward + backward ms) of the layer in PyTorch, channels_last."""
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_gan_reference, torch_reference  # pylint: disable=g-import-not-at-top
+  cl = torch.channels_last
+  nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+  image_like = len(layer.in_shape) == 4
+  tx = (nchw(x) if image_like else torch.from_numpy(x)).requires_grad_()
+  tdy = nchw(dy) if len(layer.out_shape) == 4 else torch.from_numpy(dy)
+  m, c = layer.module, layer.in_shape[-1]
+  rng = np.random.default_rng(1)
+  param = lambda *shape: torch.from_numpy(
+      (rng.standard_normal(shape) * 0.05).astype(np.float32)).requires_grad_()
+  params = []
+  if layer.kind in ("conv", "deconv"):
+    k, s, p = m.kernel_size, m.stride, m.padding
+    shape = (m.features, c, k, k) if layer.kind == "conv" else (c, m.features, k, k)
+    w = param(*shape).detach().contiguous(memory_format=cl).requires_grad_()
+    bias = param(m.features) if getattr(m, "use_bias", False) else None
+    params = [w] + ([bias] if bias is not None else [])
+    f = ((lambda: F.conv2d(tx, w, bias, stride=s, padding=p)) if layer.kind == "conv"
+         else (lambda: F.conv_transpose2d(tx, w, stride=s, padding=p)))
+  elif layer.kind == "bn":
+    params = [param(c), param(c)]
+    f = lambda: F.batch_norm(tx, None, None, params[0], params[1], training=True,
+                             eps=m.epsilon)
+  elif layer.kind == "max_pool2":
+    f = lambda: F.max_pool2d(tx, 2)
+  elif layer.kind == "minibatch":  # the PyTorch port's own form (torch.cdist)
+    d = torch_gan_reference.Discriminator(1, c, m.num_kernels, m.kernel_dim)
+    params = [d.minibatch_kernel]
+    f = lambda: d.minibatch(tx)
+  elif layer.kind == "lstm":  # one nn.LSTM call (oneDNN), as in the port
+    net = torch_reference.make_lstm(c, m.hidden, m.num_layers)
+    params = [q for q in net.parameters() if q.requires_grad]
+    f = lambda: net(tx)[0]
+  else:
+    raise ValueError(f"unknown layer kind {layer.kind!r}")
+  with torch.no_grad():
+    a = best_ms(f, repeats)
+  b = best_ms(lambda: torch.autograd.grad(f(), [tx] + params, tdy), repeats)
+  return a, b
+
+
+def gan_table(torch, config, repeats: int) -> None:
+  """Prints the Stage1 rows of `config` (the model's conv_impl vs torch)."""
+  impl = layers.resolve_conv_impl(config.model.conv_impl)
+  print(f"# {config.row} {config.scale} scale: width {config.model.width}, batch "
+        f"{config.train.batch_size}; jax conv_impl {impl!r}")
+  print("| layer | calls | fwd jax | fwd torch | bwd jax | bwd torch | "
+        "fwd+bwd torch / jax |")
+  print("|---|---|---|---|---|---|---|")
+  rng = np.random.default_rng(0)
+  total = np.zeros(4)
+  for layer in gan_layers(config):
+    x = rng.standard_normal(layer.in_shape, np.float32)
+    dy = rng.standard_normal(layer.out_shape, np.float32)
+    jf, jb = gan_jax_times(layer, x, dy, repeats, impl)
+    time.sleep(0.5)
+    tf, tb = gan_torch_times(torch, layer, x, dy, repeats)
+    time.sleep(0.5)
+    row = np.array([jf, tf, jb - jf, tb - tf])
+    total += layer.calls * row
+    print(f"| {layer.name} | {layer.calls} | " + " | ".join(f"{v:.2f}" for v in row) +
+          f" | {tb / jb:.2f} |", flush=True)
+  print("| **sum (x calls)** | | " + " | ".join(f"{v:.1f}" for v in total) +
+        f" | {(total[1] + total[3]) / (total[0] + total[2]):.2f} |")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model", choices=("mnist", "gan"), default="mnist")
+  p.add_argument("--batch", type=int, default=None,
+                 help="mnist: default 128; gan: default the config's train.batch_size")
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--scale", choices=("cpu", "paper"), default="cpu", help="gan only")
+  p.add_argument("--row", choices=gan_throughput.GAN_ROWS, default="crvaegan",
+                 help="gan only")
+  p.add_argument("--conv_impl", choices=layers.CONV_IMPLS, default=None,
+                 help="gan only: overrides the config's model.conv_impl")
+  args = p.parse_args()
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  from benchmarks.nll_eval import machine_line  # pylint: disable=g-import-not-at-top
+  config = None
+  if args.model == "gan":
+    config = gan_throughput.config_at_scale(args.row, args.scale)
+    if args.batch is not None:
+      config.train.batch_size = args.batch
+    if args.conv_impl is not None:
+      config.model.conv_impl = args.conv_impl
+  batch = config.train.batch_size if config else args.batch or 128
+  print(f"# {machine_line()} | torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, channels_last; batch {batch}; best of {args.repeats}; ms")
+  if config is None:
+    mnist_table(torch, batch, args.repeats)
+  else:
+    gan_table(torch, config, args.repeats)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""benchmarks/layers_vs_torch.py --model=gan finds the Stage1 step's layers from the
+config (shapes as the model runs them) and times each kind in JAX and PyTorch."""
+
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import gan_throughput
+
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is a test-only dependency; install torch==2.13.0 (CPU) to "
+    "check the benchmarks' PyTorch reference")
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import layers_vs_torch as lvt
+
+
+def by_name(rows, name):
+  (row,) = [r for r in rows if r.name.startswith(name + " ")]
+  return row
+
+
+def test_gan_layers_follow_the_config_and_the_step():
+  config = gan_throughput.config_at_scale("crvaegan", "cpu")
+  b, c = config.train.batch_size, config.model.width
+  rows = lvt.gan_layers(config)
+  assert {r.kind for r in rows} == {"conv", "deconv", "bn", "max_pool2", "minibatch",
+                                    "lstm"}
+  first = by_name(rows, "gen/encoder/Conv_0")  # CReLU doubles the 3 image channels
+  assert (first.in_shape, first.out_shape, first.calls) == ((b, 64, 64, 6),
+                                                            (b, 32, 32, c), 1)
+  last = by_name(rows, "gen/decoder/Conv_2")  # runs for reconstructions and samples
+  assert (last.out_shape, last.calls) == ((b, 64, 64, 3), 2)
+  assert all(r.in_shape[1:3] == (64, 64) for r in rows if r.kind == "bn")
+  assert len([r for r in rows if r.kind == "bn"]) == 2
+  pools = [r for r in rows if r.kind == "max_pool2"]
+  assert len(pools) == 4 and all(
+      r.out_shape[1] * 2 == r.in_shape[1] and r.calls == 2 for r in pools)
+  mb = by_name(rows, "disc/minibatch")  # [real | generated] rows
+  assert mb.in_shape == (2 * b, config.model.disc_hidden)
+  assert by_name(rows, "gen/generator_block/lstm").calls == 2
+  assert any(r.name.startswith("mi/") for r in rows)
+  paper = lvt.gan_layers(gan_throughput.config_at_scale("vaegan", "paper"))
+  trunk = by_name(paper, "disc/trunk_0")
+  assert trunk.out_shape == (64, 64, 64, 64)
+  assert not any(r.kind == "lstm" or r.name.startswith("mi/") for r in paper)
+
+
+def test_every_gan_layer_kind_times_in_jax_and_torch():
+  config = gan_throughput.config_at_scale("crvaegan", "cpu")
+  config.model.width, config.train.batch_size = 2, 4
+  config.model.lstm_hidden, config.model.disc_hidden = 8, 16
+  rows = lvt.gan_layers(config)
+  rng = np.random.default_rng(0)
+  for kind in ("conv", "deconv", "bn", "max_pool2", "minibatch", "lstm"):
+    row = min((r for r in rows if r.kind == kind), key=lambda r: math.prod(r.in_shape))
+    x = rng.standard_normal(row.in_shape, np.float32)
+    dy = rng.standard_normal(row.out_shape, np.float32)
+    for fwd, both in (lvt.gan_jax_times(row, x, dy, 1, "cpu"),
+                      lvt.gan_torch_times(torch, row, x, dy, 1)):
+      assert 0 < fwd < 1e4 and 0 < both < 1e4, (row.name, fwd, both)
