@@ -41,6 +41,7 @@ import optax
 # pylint: disable=g-import-not-at-top
 from benchmarks.flops import count_flops
 from benchmarks.nll_eval import machine_line, matmul_gflops
+from benchmarks.train_throughput import timed_images_per_s
 from crvae_jax import host_memory, sharding
 from crvae_jax.families import model_kwargs
 from crvae_jax.train import optimizer
@@ -181,14 +182,8 @@ class GanTrainer:
 
   def run(self, steps: int, warmup: int = 1) -> float:
     """Train images/s over `steps` steps after `warmup` untimed ones."""
-    if warmup:
-      self._steps(warmup)
-    t = time.perf_counter()
-    m = self._steps(steps, first=1)
-    per_s = steps * self.config.train.batch_size / (time.perf_counter() - t)
-    if not np.isfinite(float(m["loss_g"])):
-      raise FloatingPointError(f"non-finite generator loss {float(m['loss_g'])}")
-    return per_s
+    return timed_images_per_s(self._steps, steps, warmup, self.config.train.batch_size,
+                              ("loss_g",))
 
   def hlo_text(self) -> str:
     """The compiled step's HLO (what runs; op names match the profiler's)."""

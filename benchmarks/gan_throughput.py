@@ -19,6 +19,7 @@ import numpy as np
 
 from benchmarks.flops import count_flops
 from benchmarks.nll_eval import machine_line, matmul_gflops
+from benchmarks.train_throughput import timed_images_per_s
 from crvae_jax import host_memory, sharding
 from crvae_jax.families import stage1
 from experiments.configs import rgb as rgb_configs
@@ -73,17 +74,8 @@ class JaxGanTrainer:
   def run(self, steps: int, warmup: int = 1) -> float:
     """Train images/s (real images per step = train.batch_size) over `steps` steps
     after `warmup` untimed ones."""
-    if steps < 1:
-      raise ValueError(f"steps must be >= 1, got {steps}")
-    if warmup:
-      self._steps(warmup)
-    t = time.perf_counter()
-    m = self._steps(steps, first=1)
-    per_s = steps * self.config.train.batch_size / (time.perf_counter() - t)
-    if not (np.isfinite(float(m["loss_g"])) and np.isfinite(float(m["loss_d"]))):
-      raise FloatingPointError(f"non-finite losses {float(m['loss_g'])}, "
-                               f"{float(m['loss_d'])}")
-    return per_s
+    return timed_images_per_s(self._steps, steps, warmup, self.config.train.batch_size,
+                              ("loss_g", "loss_d"))
 
   def param_counts(self) -> dict:
     return param_counts(self.state)

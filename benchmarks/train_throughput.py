@@ -21,6 +21,24 @@ from crvae_jax.train import mnist_step
 from experiments.configs import mnist as mnist_configs
 
 
+def timed_images_per_s(run_steps, steps: int, warmup: int, batch_size: int,
+                       loss_names=("loss",)) -> float:
+  """Images/s of `run_steps(n, first) -> last metrics` over `steps` steps after `warmup`
+  untimed ones (the batches cycle from `first`); FloatingPointError if a loss in
+  `loss_names` of the last step is not finite. The benchmarks' trainers all time this."""
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}")
+  if warmup:
+    run_steps(warmup, 0)
+  t = time.perf_counter()
+  m = run_steps(steps, 1)
+  per_s = steps * batch_size / (time.perf_counter() - t)
+  losses = {k: float(m[k]) for k in loss_names}
+  if not all(np.isfinite(v) for v in losses.values()):
+    raise FloatingPointError(f"non-finite loss(es) {losses}")
+  return per_s
+
+
 class JaxTrainer:
   """The MNIST train step of `config` on all local devices, built and compiled on
   construction (`startup_s`: init + compile + the first step), then timed by `run`."""
@@ -49,14 +67,7 @@ class JaxTrainer:
 
   def run(self, steps: int, warmup: int = 1) -> float:
     """Train images/s over `steps` steps after `warmup` untimed ones."""
-    if warmup:
-      self._steps(warmup)
-    t = time.perf_counter()
-    m = self._steps(steps, first=1)
-    per_s = steps * self.config.train.batch_size / (time.perf_counter() - t)
-    if not np.isfinite(float(m["loss"])):
-      raise FloatingPointError(f"non-finite training loss {float(m['loss'])}")
-    return per_s
+    return timed_images_per_s(self._steps, steps, warmup, self.config.train.batch_size)
 
   def variables(self) -> dict:
     return {"params": self.state.params, "batch_stats": self.state.batch_stats}
