@@ -40,7 +40,6 @@ larger than the held-out split.
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -49,7 +48,7 @@ from absl import app, flags, logging
 from crvae_jax import host_memory
 from crvae_jax.config_checks import ConfigError
 from experiments import launch
-from experiments.provenance import git_commit
+from experiments.provenance import cpu_description, git_commit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Two or more trained Stage1 workdirs; the first is "
@@ -258,7 +257,7 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
       "provenance": {
           "command": command, "date": datetime.datetime.now(datetime.timezone.utc)
           .strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
-          "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} "
+          "machine": f"{cpu_description()}, "
                      f"cores, {distributed.describe()}, {mesh.size} used, jax "
                      f"{_jax_version()}",
           "wall_s": time.time() - t0},

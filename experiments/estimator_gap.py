@@ -15,9 +15,14 @@ For one or two trained MNIST workdirs, on the first --num_images images of the t
 Writes --out (markdown: command, date, commit, machine, every number of the run, and,
 for two runs, whether IS ranks them as AIS does and how much of the IS difference is
 estimator bias) and per-image .npy files (nats, NLL = -log p(x)) under --npy_dir.
+
+Each finished estimate (one model, one K or T) is kept under --npy_dir/cache with the
+settings it used; a rerun of the same command reuses them, so a run killed part-way (the
+end of a session) resumes where it stopped, and a second model can be added later.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -59,34 +64,91 @@ def _mean_se(values):
   return likelihood.mean_and_stderr(values)
 
 
-def measure(label, run, images, args, mesh):
+def _settings_key(args, workdir: str, run) -> dict:
+  """What an estimate depends on besides its own K or T: a cached entry is reused only
+  when all of this matches."""
+  return {"workdir": os.path.abspath(workdir), "step": int(run.step),
+          "num_images": args.num_images, "bdmc_images": args.bdmc_images,
+          "chains": args.chains, "leapfrog": args.leapfrog, "step_size": args.step_size,
+          "init": args.init, "batch_size": args.batch_size,
+          "chunk_size": args.chunk_size, "seed": args.seed}
+
+
+class EntryCache:
+  """One file per (model, estimate) under `directory`: a run killed part-way (a session
+  ends, a job is preempted) resumes from the estimates it finished. An entry is reused
+  only if its stored settings equal `key` (else it is recomputed and overwritten)."""
+
+  def __init__(self, directory: str, label: str, key: dict):
+    self.directory, self.label, self.key = directory, label, key
+    os.makedirs(directory, exist_ok=True)
+
+  def _path(self, entry: str) -> str:
+    return os.path.join(self.directory, f"{self.label}_{entry.replace(' ', '_')}.npz")
+
+  def get(self, entry: str, compute):
+    """compute() -> (arrays: dict of np arrays, scalars: dict of floats); cached."""
+    path = self._path(entry)
+    if os.path.exists(path):
+      try:
+        with np.load(path, allow_pickle=False) as f:
+          meta = json.loads(str(f["meta"]))
+          arrays = {k: f[k] for k in f.files if k != "meta"}
+        if meta["key"] == self.key:
+          print(f"{self.label} {entry}: reusing {path}", flush=True)
+          return arrays, meta["scalars"]
+        print(f"{self.label} {entry}: {path} has other settings; recomputing", flush=True)
+      except (OSError, ValueError, KeyError) as e:
+        print(f"{self.label} {entry}: {path} unreadable ({e}); recomputing", flush=True)
+    arrays, scalars = compute()
+    meta = json.dumps({"key": self.key, "scalars": scalars})
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, meta=np.asarray(meta), **arrays)
+    os.replace(tmp, path)
+    return arrays, scalars
+
+
+def measure(label, run, images, args, mesh, cache: EntryCache):
   """{'is': {K: nll [N]}, 'ais': {T: (nll [N], acceptance)}, 'bdmc': {T: (lower, upper)},
-  'seconds': {...}} for one restored run (`trained.TrainedModel`)."""
+  'seconds': {...}} for one restored run (`trained.TrainedModel`); every estimate goes
+  through `cache`."""
   model, variables = run.model, run.variables
   out = {"label": label, "is": {}, "ais": {}, "bdmc": {}, "seconds": {}}
-  common = dict(batch_size=args.batch_size, seed=args.seed, progress=False)
+  common = dict(batch_size=args.batch_size, seed=args.seed, progress=True)
   for k in _ints(args.is_k):
-    t = time.perf_counter()
-    res = likelihood.estimate_log_likelihood(
-        model, variables, images, mesh, num_samples=k, chunk_size=min(k, args.chunk_size),
-        report_k=k, **common)
-    out["is"][k], out["seconds"][f"IS K={k}"] = -res.log_px, time.perf_counter() - t
+    def is_k(k=k):
+      t = time.perf_counter()
+      res = likelihood.estimate_log_likelihood(
+          model, variables, images, mesh, num_samples=k,
+          chunk_size=min(k, args.chunk_size), report_k=k, **common)
+      return {"nll": -res.log_px}, {"seconds": time.perf_counter() - t}
+    arrays, scalars = cache.get(f"IS K={k}", is_k)
+    out["is"][k], out["seconds"][f"IS K={k}"] = arrays["nll"], scalars["seconds"]
   settings = lambda steps: ais.Settings(steps, args.chains, args.leapfrog, args.step_size,
                                         0.65, args.init)
   for steps in _ints(args.ais_steps):
-    t = time.perf_counter()
-    res = ais.estimate_log_likelihood(model, variables, images, mesh, settings(steps),
-                                      report_k=args.chains, **common)
-    out["ais"][steps] = (-res.log_px, float(res.acceptance.mean()))
-    out["seconds"][f"AIS T={steps}"] = time.perf_counter() - t
+    def ais_t(steps=steps):
+      t = time.perf_counter()
+      res = ais.estimate_log_likelihood(model, variables, images, mesh, settings(steps),
+                                        report_k=args.chains, **common)
+      return {"nll": -res.log_px}, {"seconds": time.perf_counter() - t,
+                                    "acceptance": float(res.acceptance.mean())}
+    arrays, scalars = cache.get(f"AIS T={steps}", ais_t)
+    out["ais"][steps] = (arrays["nll"], scalars["acceptance"])
+    out["seconds"][f"AIS T={steps}"] = scalars["seconds"]
   if args.bdmc_images:
     sim, z = ais.simulate(model, variables, args.bdmc_images, seed=args.seed)
     for steps in _ints(args.bdmc_steps):
-      t = time.perf_counter()
-      res = ais.bdmc(model, variables, sim, z, mesh, settings(steps), report_k=args.chains,
-                     **common)
-      out["bdmc"][steps] = (-res.lower.log_px, -res.upper.log_px)  # NLL: lower >= upper
-      out["seconds"][f"BDMC T={steps}"] = time.perf_counter() - t
+      def bdmc_t(steps=steps):
+        t = time.perf_counter()
+        res = ais.bdmc(model, variables, sim, z, mesh, settings(steps),
+                       report_k=args.chains, **common)
+        # NLL: the forward (lower-bound) estimate is >= the reverse one.
+        return ({"lower": -res.lower.log_px, "upper": -res.upper.log_px},
+                {"seconds": time.perf_counter() - t})
+      arrays, scalars = cache.get(f"BDMC T={steps}", bdmc_t)
+      out["bdmc"][steps] = (arrays["lower"], arrays["upper"])
+      out["seconds"][f"BDMC T={steps}"] = scalars["seconds"]
   return out
 
 
@@ -189,8 +251,10 @@ def main(argv=None):
   images = mnist_family.load_data(runs[0].config).test_binary[:args.num_images]
   mesh = sharding.make_mesh()
   results = []
-  for label, run in zip(labels, runs):
-    results.append(measure(label, run, images, args, mesh))
+  for label, workdir, run in zip(labels, workdirs, runs):
+    cache = EntryCache(os.path.join(args.npy_dir, "cache"), label,
+                       _settings_key(args, workdir, run))
+    results.append(measure(label, run, images, args, mesh, cache))
     print(f"{label}: done after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
   save_per_image(results, args.npy_dir)
   command = "python -m experiments.estimator_gap " + " ".join(

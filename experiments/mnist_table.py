@@ -31,7 +31,6 @@ import glob
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -48,7 +47,7 @@ from experiments import launch
 from experiments import table_protocol as tp
 from experiments import table_report
 from experiments.configs import mnist as mnist_configs
-from experiments.provenance import git_commit
+from experiments.provenance import cpu_description, git_commit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_EVERY_EPOCHS = 10.0  # prior-sample PNGs during training
@@ -142,7 +141,7 @@ def overrides(setting: tp.Setting, num_blocks: int) -> dict:
 
 def provenance(commit: str) -> dict:
   return {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-          "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}"
+          "machine": f"{cpu_description()}, jax {jax.__version__}"
                      f" {jax.devices()[0].device_kind} x{jax.device_count()}",
           "load": os.getloadavg()[0], "command": command_line()}
 

@@ -1,6 +1,7 @@
 """Where a result came from: the commit of the code that produced it, the data it read."""
 
 import os
+import platform
 import subprocess
 
 
@@ -18,6 +19,25 @@ def git_commit() -> str:
     return commit + ("+uncommitted" if dirty.strip() else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
+
+
+def cpu_description() -> str:
+  """The processor this process runs on, e.g. "Intel(R) Xeon(R) Processor (x86_64), 2
+  cores": /proc/cpuinfo's model name where Linux gives one. This project's machine is a
+  VM whose host changes between sessions (an AMD EPYC one day, an Intel Xeon the next),
+  so every timing carries the model, not only the architecture."""
+  model = ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  arch = platform.machine() or "unknown architecture"
+  return f"{model} ({arch}), {os.cpu_count()} cores" if model else \
+      f"{arch}, {os.cpu_count()} cores"
 
 
 def emoji_data_line(config) -> str:

@@ -13,7 +13,6 @@ all read from the run's own metrics.jsonl.
 import datetime
 import json
 import os
-import platform
 import shutil
 
 import numpy as np
@@ -22,7 +21,7 @@ from absl import app, flags
 from crvae_jax import host_memory
 from crvae_jax.families import stage1
 from experiments.configs import rgb as rgb_configs
-from experiments.provenance import emoji_data_line, git_commit
+from experiments.provenance import cpu_description, emoji_data_line, git_commit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["emoji_vaegan", "emoji_crvaegan"], "RGB config rows to train.")
@@ -54,7 +53,7 @@ def write_summary(row: str, workdir: str, out_dir: str, seconds: float,
       f"Command: `python -m experiments.rgb_demo --rows={row}` (trains "
       f"`experiments/configs/rgb.py:{row},cpu`)  ",
       f"Date: {datetime.date.today().isoformat()}  ",
-      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+      f"Machine: {cpu_description()}, "
       f"CPU only, 1 device  ",
       f"Commit: {git_commit()}", "",
       f"Data: {emoji_data_line(config)}, random horizontal flips. Drawings, not photographs: "

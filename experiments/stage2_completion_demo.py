@@ -21,7 +21,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import sys
 from absl import app, flags
 
 from experiments.configs import rgb as rgb_configs
-from experiments.provenance import emoji_data_line, git_commit
+from experiments.provenance import cpu_description, emoji_data_line, git_commit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("parts", ["stage2", "complete"], "Which demos to run.")
@@ -48,7 +47,7 @@ def header(title: str, command: str) -> list:
   return [f"# {title}", "",
           f"Command: `python -m experiments.stage2_completion_demo` (runs `{command}`)  ",
           f"Date: {datetime.date.today().isoformat()}  ",
-          f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Machine: {cpu_description()}, "
           "CPU only, 1 device  ",
           f"Commit: {git_commit()}  ", "",
           f"Data: {emoji_data_line(rgb_configs.get_config('emoji_crvaegan,cpu'))}. "

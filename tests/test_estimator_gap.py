@@ -6,6 +6,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from crvae_jax import ais
 from crvae_jax.families import mnist as mnist_family
@@ -56,3 +57,50 @@ def test_estimator_gap_smoke(cli_workdir, tmp_path, monkeypatch):
   # The same run under two labels: identical estimates (the randomness is keyed).
   np.testing.assert_array_equal(results[0]["ais"][3][0], results[1]["ais"][3][0])
   assert os.path.exists(tmp_path / "npy" / "a_AIS_T3_nll.npy")
+
+
+def test_estimator_gap_resumes_from_finished_estimates(cli_workdir, tmp_path, monkeypatch):
+  """A rerun reuses every estimate a killed run finished; other settings recompute."""
+  workdir, _ = cli_workdir
+  monkeypatch.setattr(mnist_family, "load_data", lambda cfg: make_tiny_data())
+  argv = [f"--workdirs={workdir}", "--labels=a", "--num_images=3", "--is_k=4",
+          "--ais_steps=3", "--bdmc_images=2", "--bdmc_steps=3", "--chains=2",
+          "--leapfrog=2", "--batch_size=2", f"--out={tmp_path / 'gap.md'}",
+          f"--npy_dir={tmp_path / 'npy'}"]
+  real_bdmc = ais.bdmc
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt("the session ended")
+  monkeypatch.setattr(ais, "bdmc", killed)
+  with pytest.raises(KeyboardInterrupt):
+    estimator_gap.main(argv)
+  cached = sorted(os.listdir(tmp_path / "npy" / "cache"))
+  assert cached == ["a_AIS_T=3.npz", "a_IS_K=4.npz"], cached
+
+  # The rerun must not recompute IS or forward AIS (BDMC runs AIS itself: allowed there).
+  real_ais, inside_bdmc = ais.estimate_log_likelihood, []
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("recomputed a cached estimate")
+
+  def ais_only_inside_bdmc(*args, **kwargs):
+    if not inside_bdmc:
+      must_not_run()
+    return real_ais(*args, **kwargs)
+
+  def bdmc(*args, **kwargs):
+    inside_bdmc.append(True)
+    try:
+      return real_bdmc(*args, **kwargs)
+    finally:
+      inside_bdmc.clear()
+  monkeypatch.setattr(ais, "bdmc", bdmc)
+  monkeypatch.setattr(ais, "estimate_log_likelihood", ais_only_inside_bdmc)
+  monkeypatch.setattr(estimator_gap.likelihood, "estimate_log_likelihood", must_not_run)
+  results = estimator_gap.main(argv)
+  assert results[0]["is"][4].shape == (3,) and 3 in results[0]["bdmc"]
+  assert "a_BDMC_T=3.npz" in os.listdir(tmp_path / "npy" / "cache")
+
+  # Another seed is another experiment: the cached entries are not reused.
+  with pytest.raises(AssertionError, match="recomputed a cached estimate"):
+    estimator_gap.main(argv + ["--seed=1"])
