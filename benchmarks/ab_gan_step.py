@@ -16,7 +16,8 @@ Variants:
   <dir>      (starting with '/' or '.') the same modules from copies under <dir> (at
              their paths in the repository), e.g. a snapshot of an intermediate change.
   Either may end in '+xla' (model.conv_impl='xla': the plain XLA ops with XLA's default
-  compiler options).
+  compiler options) or '+matmul_deconv' (every transposed conv in fast_conv's matmul
+  + overlap-add form, whatever its input size).
 
 `--config` takes a Stage1 (experiments/configs/rgb.py:ROW[,cpu]) or Stage2
 (experiments/configs/stage2.py:ROW[,cpu]) config; overrides: --width, --batch. Images
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import time
 import types
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +46,7 @@ from benchmarks.nll_eval import machine_line, matmul_gflops
 from benchmarks.train_throughput import timed_images_per_s
 from crvae_jax import host_memory, sharding
 from crvae_jax.families import model_kwargs
+from crvae_jax.models import fast_conv
 from crvae_jax.train import optimizer
 from experiments.configs import rgb as rgb_configs
 
@@ -207,10 +210,13 @@ def apply_overrides(config, args):
 
 
 def build(variant: str, args) -> GanTrainer:
-  ref, _, impl = variant.partition("+")
+  ref, _, suffix = variant.partition("+")
   config = apply_overrides(load_config(args.config), args)
-  if impl:
-    config.model.conv_impl = impl
+  if suffix == "matmul_deconv":  # every transposed conv in its matmul form (compiled now)
+    with mock.patch.object(fast_conv, "_PHASE_MIN_PIXELS", 10**9):
+      return GanTrainer(config, ref)
+  if suffix:
+    config.model.conv_impl = suffix
   return GanTrainer(config, ref)
 
 

@@ -1,6 +1,8 @@
 r"""A/B of the MNIST crVAE's train step under different CPU kernel choices (issue 7).
 
   python -m benchmarks.ab_train_step --scale=paper --variants=default,ynn_convs,xla
+  python -m benchmarks.ab_train_step --scale=cpu --variants=default,matmul_deconv \
+      --measure=eval --eval_k=1000
 
 Builds one train step per variant in this process, then times them alternately
 (--rounds rounds of --steps steps each, the order flipping every round) and prints the
@@ -13,36 +15,53 @@ Variants:
             convolutions).
   xla       conv_impl='xla': the plain XLA ops with XLA's default options (the GPU/TPU
             formulation).
+  matmul_deconv  as default, but every transposed conv in fast_conv's matmul +
+            overlap-add form, whatever its input size (default: the sub-pixel form from
+            8x8 inputs up).
 """
 
 import argparse
+import contextlib
+import types
 from unittest import mock
 
 import numpy as np
 
 # pylint: disable=g-import-not-at-top
-from benchmarks.nll_eval import machine_line
+from benchmarks.nll_eval import eval_runner, machine_line, random_variables
 from benchmarks.train_throughput import JaxTrainer
 from crvae_jax import host_memory
 from crvae_jax import compiled
+from crvae_jax.models import fast_conv
 from experiments.configs import mnist as mnist_configs
 
-VARIANTS = ("default", "ynn_convs", "xla")
+VARIANTS = ("default", "ynn_convs", "xla", "matmul_deconv")
 
 
-def build(variant: str, scale: str, row: str) -> JaxTrainer:
-  config = mnist_configs.config_at_scale(row, scale)
-  if variant == "xla":
-    config.model.conv_impl = "xla"
-  elif variant == "ynn_convs":
-    config.model.conv_impl = "cpu"
-    with mock.patch.object(compiled, "compiler_options", lambda conv_impl="auto": None):
-      return JaxTrainer(config)  # compiles its step on construction
-  elif variant == "default":
-    config.model.conv_impl = "cpu"
-  else:
+def variant_config(variant: str, scale: str, row: str):
+  """(config, context): build and compile the variant's program inside `context`."""
+  if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-  return JaxTrainer(config)
+  config = mnist_configs.config_at_scale(row, scale)
+  config.model.conv_impl = "xla" if variant == "xla" else "cpu"
+  if variant == "ynn_convs":
+    return config, mock.patch.object(compiled, "compiler_options",
+                                     lambda conv_impl="auto": None)
+  if variant == "matmul_deconv":
+    return config, mock.patch.object(fast_conv, "_PHASE_MIN_PIXELS", 10**9)
+  return config, contextlib.nullcontext()
+
+
+def build(variant: str, scale: str, row: str, measure: str, eval_k: int):
+  """A timer of the variant: `run(steps) -> img/s` (train) or `run(_) -> decoder
+  samples/s` (eval: the IS estimator on 32 random images at K=eval_k), compiled now."""
+  config, context = variant_config(variant, scale, row)
+  with context:
+    if measure == "train":
+      return JaxTrainer(config)  # compiles its step on construction
+    model, variables = random_variables(config)
+    timed = eval_runner(config, model, variables, 32, eval_k)
+  return types.SimpleNamespace(run=lambda steps: timed(), startup_s=float("nan"))
 
 
 def main():
@@ -52,9 +71,14 @@ def main():
   p.add_argument("--variants", default="default,ynn_convs")
   p.add_argument("--rounds", type=int, default=4)
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--measure", choices=("train", "eval"), default="train",
+                 help="eval: the IS estimator's decoder samples/s (config's chunk and "
+                 "batch) instead of train img/s")
+  p.add_argument("--eval_k", type=int, default=1000, help="--measure=eval: K")
   args = p.parse_args()
   names = args.variants.split(",")
-  trainers = {n: build(n, args.scale, args.row) for n in names}
+  trainers = {n: build(n, args.scale, args.row, args.measure, args.eval_k)
+              for n in names}
   times = {n: [] for n in names}
   for r in range(args.rounds):
     for n in (names if r % 2 == 0 else names[::-1]):
@@ -62,8 +86,10 @@ def main():
   print(f"# {machine_line()}")
   print(f"# command: python -m benchmarks.ab_train_step --scale={args.scale} "
         f"--row={args.row} --variants={args.variants} --rounds={args.rounds} "
-        f"--steps={args.steps}")
-  print("| variant | start-up s | train img/s (median) | rounds |")
+        f"--steps={args.steps} --measure={args.measure}"
+        + (f" --eval_k={args.eval_k}" if args.measure == "eval" else ""))
+  unit = "train img/s" if args.measure == "train" else "eval samples/s"
+  print(f"| variant | start-up s | {unit} (median) | rounds |")
   print("|---|---|---|---|")
   for n in names:
     print(f"| {n} | {trainers[n].startup_s:.1f} | {np.median(times[n]):.1f} | "

@@ -128,12 +128,14 @@ def naive_conv_transpose(x, kernel, stride, padding):
   return full[:, padding:full.shape[1] - padding, padding:full.shape[2] - padding]
 
 
-@pytest.mark.parametrize("padding,size,cin", [(1, 4, 3), (1, 8, 9), (2, 16, 3), (0, 3, 9)])
-@pytest.mark.parametrize("chunk_bytes", [None, 1])
-def test_conv_transpose_implementations_agree(padding, size, cin, chunk_bytes,
-                                               monkeypatch):
-  if chunk_bytes is not None:  # one image per chunk: a scan over the whole batch
-    monkeypatch.setattr(fast_conv, "_CHUNK_BYTES", chunk_bytes)
+@pytest.mark.parametrize("padding,size,cin", [(1, 4, 3), (1, 8, 9), (2, 16, 3), (0, 3, 9),
+                                              (2, 5, 4)])
+@pytest.mark.parametrize("form", ["matmul", "matmul_one_image_chunks", "phases"])
+def test_conv_transpose_implementations_agree(padding, size, cin, form, monkeypatch):
+  # Each forward form on every size (the size threshold picks one in the model).
+  monkeypatch.setattr(fast_conv, "_PHASE_MIN_PIXELS", 0 if form == "phases" else 10**9)
+  if form == "matmul_one_image_chunks":  # a scan over the whole batch
+    monkeypatch.setattr(fast_conv, "_CHUNK_BYTES", 1)
   kx, kw = jax.random.split(jax.random.key(0))
   x = jax.random.normal(kx, (4, size, size, cin))
   kernel = jax.random.normal(kw, (4, 4, cin, 5))

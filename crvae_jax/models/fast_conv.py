@@ -9,8 +9,9 @@ train step and evaluator of this package is:
   last conv), where one matmul to the K*K taps and a sum of shifted slices is faster
   both ways.
 :func:`conv_transpose2d`: XLA's conv_transpose backward pass is far slower than its
-  forward on CPU and its forward writes a dilated input. Here the forward is a matmul +
-  overlap-add in a scan over cache-sized batch chunks, and the backward pass uses that
+  forward on CPU and its forward writes a dilated input. Here the forward is one 2x2
+  conv to all output phases plus a pixel shuffle (inputs of 8x8 and up), or a matmul +
+  overlap-add in a scan over cache-sized batch chunks (4x4 inputs); the backward pass uses that
   the transposed conv is the adjoint of a strided conv: dX is that conv of the
   cotangent and dW its kernel gradient, both XLA's own fast kernels.
 
@@ -27,6 +28,7 @@ from jax import lax
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
 _CHUNK_BYTES = 5 * 2**19  # target size of one chunk's matmul output (~2.5 MB)
+_PHASE_CHUNK_BYTES = 32 * 2**20  # the same for the sub-pixel form's conv output
 _SMALL_COUT = 8  # convs with Cout < this use the matmul + shift-add form
 
 
@@ -34,9 +36,11 @@ def _out_size(n, k, stride, padding):
   return (n + 2 * padding - k) // stride + 1
 
 
-def _chunk_size(batch, rows_per_sample, cols, itemsize):
-  """Largest divisor g of `batch` whose chunk (g*rows x cols) fits _CHUNK_BYTES."""
-  g = max(1, _CHUNK_BYTES // max(1, rows_per_sample * cols * itemsize))
+def _chunk_size(batch, rows_per_sample, cols, itemsize, target=None):
+  """Largest divisor g of `batch` whose chunk (g*rows x cols) fits `target` bytes
+  (default _CHUNK_BYTES)."""
+  target = _CHUNK_BYTES if target is None else target
+  g = max(1, target // max(1, rows_per_sample * cols * itemsize))
   g = min(g, batch)
   while batch % g:
     g -= 1
@@ -104,19 +108,59 @@ def _overlap_add(cols, stride, padding):
   return full[:, p:full.shape[1] - p, p:full.shape[2] - p, :]
 
 
+_PHASE_MIN_PIXELS = 64  # inputs with H*W >= this use the sub-pixel (phase) form
+
+
+def _phases_chunk(xc, kernel, stride, padding):
+  """Sub-pixel form of the transposed conv for K = 2s on one chunk: one ordinary 2x2
+  conv (XLA's kernel) computes all s*s output phases, then a pixel shuffle interleaves
+  them.
+
+  With k = s*q + r, the full (uncropped) output row s*m + r receives
+  x[m] * kernel[r] + x[m-1] * kernel[s + r], m in [0, H]: a 2-tap correlation over x
+  padded by one pixel on each side with taps [kernel[s + r], kernel[r]].  -> [g, Ho, Wo, C]
+  """
+  _, _, cin, cout = kernel.shape
+  s, (g, h, w, _) = stride, xc.shape
+  # [q_y, r_y, q_x, r_x, Cin, Cout], tap t = 1 - q -> [t_y, t_x, Cin, (r_y, r_x, Cout)]
+  taps = kernel.reshape(2, s, 2, s, cin, cout)[::-1, :, ::-1]
+  taps = taps.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, s * s * cout)
+  xp = jnp.pad(xc, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [g, H+2, W+2, Cin]
+  y = lax.conv_general_dilated(xp, taps, (1, 1), "VALID", dimension_numbers=_DN)
+  # [g, H+1, W+1, (r_y, r_x, Cout)] -> [g, (H+1)*s, (W+1)*s, Cout]
+  y = y.reshape(g, h + 1, w + 1, s, s, cout).transpose(0, 1, 3, 2, 4, 5)
+  y = y.reshape(g, (h + 1) * s, (w + 1) * s, cout)
+  p = padding
+  return y[:, p:y.shape[1] - p, p:y.shape[2] - p, :]
+
+
+def _matmul_chunk(xc, kernel, stride, padding):
+  """Matmul-and-overlap-add form of the transposed conv for K = 2s on one chunk: one
+  matmul [g*H*W, Cin] x [Cin, K*K*Cout] to every kernel offset, then `_overlap_add`.
+  -> [g, Ho, Wo, Cout]"""
+  k, _, cin, cout = kernel.shape
+  s, (g, h, w, _) = stride, xc.shape
+  weight = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)  # [Cin, K*K*Cout]
+  cols = (xc.reshape(g * h * w, cin) @ weight).reshape(g, h, w, 2, s, 2, s, cout)
+  return _overlap_add(cols, s, padding)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_transpose2d(x, kernel, stride=2, padding=1):
   """Torch-semantics transposed convolution (``out[s*i + k - p] += x[i] * kernel[k]``,
   output size (H-1)*s + K - 2p) with CPU-friendly forward and backward passes.
 
   Requires K == 2 * stride (every deconvolution in the paper: 4x4, stride 2).
-  Forward: a scan over cache-sized batch chunks; per chunk one matmul
-  [g*H*W, Cin] x [Cin, K*K*Cout] followed by an overlap-add. Writing the kernel offset
-  k = s*q + r (q in {0, 1}), the full output row s*(i + q) + r receives
-  x[i] * kernel[k], so the overlap-add is a sum of two shifted copies per axis and a
-  pixel shuffle. Chunking keeps the K*K-times larger matmul output in cache: on the
-  paper's 16x16 128->64 layer the unchunked form spent most of its time writing and
-  re-reading it.
+  Forward: a scan over batch chunks, each chunk in one of two forms by input size:
+  - H*W >= _PHASE_MIN_PIXELS: the sub-pixel form (`_phases_chunk`): one 2x2 conv to
+    all s*s output phases and a pixel shuffle; its intermediate is only ((H+1)/H)^2
+    the size of the output. Chunks of about _PHASE_CHUNK_BYTES of conv output.
+  - smaller inputs (4x4): the matmul form (`_matmul_chunk`): one matmul to every
+    kernel offset (an intermediate K*K/s^2 = 4 times the output) and an overlap-add;
+    there the sub-pixel form's one-pixel border would cost (5/4)^2 of the work. Chunks
+    of about _CHUNK_BYTES of matmul output, which stays in cache.
+  The choices are measured (benchmarks/RESULTS.md, "Transposed convolutions: two
+  forward forms").
   Backward: the transposed conv is the adjoint of ``conv(., kernel^T, s, p)``, so dX is
   that strided conv of the cotangent and dW its kernel gradient (XLA's kernels).
 
@@ -125,18 +169,18 @@ def conv_transpose2d(x, kernel, stride=2, padding=1):
   Returns:
     [B, (H-1)*s + K - 2p, (W-1)*s + K - 2p, Cout].
   """
-  k, _, cin, cout = kernel.shape
-  s = stride
-  if k != 2 * s:
-    raise ValueError(f"conv_transpose2d needs kernel == 2*stride, got {k} and {s}")
-  b, h, w, _ = x.shape
-  weight = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)  # [Cin, K*K*Cout]
-  g = _chunk_size(b, h * w, k * k * cout, x.dtype.itemsize)
-
-  def body(_, xc):  # xc: [g, H, W, Cin]
-    cols = (xc.reshape(g * h * w, cin) @ weight).reshape(g, h, w, 2, s, 2, s, cout)
-    return None, _overlap_add(cols, s, padding)
-  _, y = lax.scan(body, None, x.reshape(b // g, g, h, w, cin))  # [B/g, g, Ho, Wo, C]
+  k, _, _, cout = kernel.shape
+  if k != 2 * stride:
+    raise ValueError(f"conv_transpose2d needs kernel == 2*stride, got {k} and {stride}")
+  b, h, w, cin = x.shape
+  if h * w >= _PHASE_MIN_PIXELS:
+    chunk, target = _phases_chunk, _PHASE_CHUNK_BYTES
+    out_per_pixel = (1 + 1 / h) * (1 + 1 / w) * stride ** 2 * cout
+  else:
+    chunk, target, out_per_pixel = _matmul_chunk, _CHUNK_BYTES, k * k * cout
+  g = _chunk_size(b, h * w, int(out_per_pixel), x.dtype.itemsize, target)
+  _, y = lax.scan(lambda _, xc: (None, chunk(xc, kernel, stride, padding)), None,
+                  x.reshape(b // g, g, h, w, cin))  # [B/g, g, Ho, Wo, Cout]
   return y.reshape(b, *y.shape[2:])
 
 
