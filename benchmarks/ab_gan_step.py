@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 import types
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -41,12 +40,12 @@ import numpy as np
 import optax
 
 # pylint: disable=g-import-not-at-top
+from benchmarks.ab_train_step import matmul_transposed_convs
 from benchmarks.flops import count_flops
 from benchmarks.nll_eval import machine_line, matmul_gflops
 from benchmarks.train_throughput import timed_images_per_s
 from crvae_jax import host_memory, sharding
 from crvae_jax.families import model_kwargs
-from crvae_jax.models import fast_conv
 from crvae_jax.train import optimizer
 from experiments.configs import rgb as rgb_configs
 
@@ -213,7 +212,7 @@ def build(variant: str, args) -> GanTrainer:
   ref, _, suffix = variant.partition("+")
   config = apply_overrides(load_config(args.config), args)
   if suffix == "matmul_deconv":  # every transposed conv in its matmul form (compiled now)
-    with mock.patch.object(fast_conv, "_PHASE_MIN_PIXELS", 10**9):
+    with matmul_transposed_convs():
       return GanTrainer(config, ref)
   if suffix:
     config.model.conv_impl = suffix

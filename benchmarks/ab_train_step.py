@@ -22,6 +22,7 @@ Variants:
 
 import argparse
 import contextlib
+import time
 import types
 from unittest import mock
 
@@ -38,7 +39,14 @@ from experiments.configs import mnist as mnist_configs
 VARIANTS = ("default", "ynn_convs", "xla", "matmul_deconv")
 
 
-def variant_config(variant: str, scale: str, row: str):
+def matmul_transposed_convs():
+  """Context: `fast_conv.conv_transpose2d` in its matmul form for every input size
+  (variant matmul_deconv). It acts on programs traced inside it: the trainers here
+  trace and compile on construction, and are not retraced afterwards."""
+  return mock.patch.object(fast_conv, "_PHASE_MIN_PIXELS", 10**9)
+
+
+def variant_config_and_context(variant: str, scale: str, row: str):
   """(config, context): build and compile the variant's program inside `context`."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
@@ -48,20 +56,22 @@ def variant_config(variant: str, scale: str, row: str):
     return config, mock.patch.object(compiled, "compiler_options",
                                      lambda conv_impl="auto": None)
   if variant == "matmul_deconv":
-    return config, mock.patch.object(fast_conv, "_PHASE_MIN_PIXELS", 10**9)
+    return config, matmul_transposed_convs()
   return config, contextlib.nullcontext()
 
 
 def build(variant: str, scale: str, row: str, measure: str, eval_k: int):
   """A timer of the variant: `run(steps) -> img/s` (train) or `run(_) -> decoder
   samples/s` (eval: the IS estimator on 32 random images at K=eval_k), compiled now."""
-  config, context = variant_config(variant, scale, row)
+  config, context = variant_config_and_context(variant, scale, row)
   with context:
     if measure == "train":
       return JaxTrainer(config)  # compiles its step on construction
+    t0 = time.perf_counter()
     model, variables = random_variables(config)
-    timed = eval_runner(config, model, variables, 32, eval_k)
-  return types.SimpleNamespace(run=lambda steps: timed(), startup_s=float("nan"))
+    timed = eval_runner(config, model, variables, 32, eval_k)  # compiles
+  return types.SimpleNamespace(run=lambda steps: timed(),
+                               startup_s=time.perf_counter() - t0)
 
 
 def main():
@@ -70,13 +80,17 @@ def main():
   p.add_argument("--row", default="crvae")
   p.add_argument("--variants", default="default,ynn_convs")
   p.add_argument("--rounds", type=int, default=4)
-  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--steps", type=int, default=5, help="train steps per round (train)")
   p.add_argument("--measure", choices=("train", "eval"), default="train",
                  help="eval: the IS estimator's decoder samples/s (config's chunk and "
                  "batch) instead of train img/s")
-  p.add_argument("--eval_k", type=int, default=1000, help="--measure=eval: K")
+  p.add_argument("--eval_k", type=int, default=1000,
+                 help="--measure=eval: K (one round: one pass over 32 images)")
   args = p.parse_args()
   names = args.variants.split(",")
+  unknown = [n for n in names if n not in VARIANTS]
+  if unknown:
+    p.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
   trainers = {n: build(n, args.scale, args.row, args.measure, args.eval_k)
               for n in names}
   times = {n: [] for n in names}
@@ -86,8 +100,8 @@ def main():
   print(f"# {machine_line()}")
   print(f"# command: python -m benchmarks.ab_train_step --scale={args.scale} "
         f"--row={args.row} --variants={args.variants} --rounds={args.rounds} "
-        f"--steps={args.steps} --measure={args.measure}"
-        + (f" --eval_k={args.eval_k}" if args.measure == "eval" else ""))
+        + (f"--steps={args.steps}" if args.measure == "train" else
+           f"--measure=eval --eval_k={args.eval_k}"))
   unit = "train img/s" if args.measure == "train" else "eval samples/s"
   print(f"| variant | start-up s | {unit} (median) | rounds |")
   print("|---|---|---|---|")

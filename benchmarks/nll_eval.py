@@ -28,7 +28,7 @@ from crvae_jax import host_memory, likelihood, randomness
 from crvae_jax import sharding
 from crvae_jax.families import mnist as mnist_family
 from experiments.configs import mnist as mnist_configs
-from experiments.provenance import cpu_description
+from experiments.provenance import cpu_fields
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # cwd of workers
 
@@ -53,7 +53,7 @@ def machine_line(runtime: str | None = None) -> str:
   runtime = runtime or f"jax {jax.__version__} {jax.default_backend()} x{len(jax.devices())}"
   memory = "malloc THP on" if host_memory.active() else "malloc THP off"
   return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | "
-          f"{cpu_description().replace(', ', ' | ')} | "
+          f"{' | '.join(cpu_fields())} | "
           f"{memory} | {runtime}")
 
 

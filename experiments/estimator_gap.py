@@ -22,11 +22,14 @@ end of a session) resumes where it stopped, and a second model can be added late
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 
+import jax
 import numpy as np
 
 from benchmarks.nll_eval import machine_line
@@ -64,20 +67,44 @@ def _mean_se(values):
   return likelihood.mean_and_stderr(values)
 
 
-def _settings_key(args, workdir: str, run) -> dict:
-  """What an estimate depends on besides its own K or T: a cached entry is reused only
-  when all of this matches."""
+def _sha256(*arrays) -> str:
+  h = hashlib.sha256()
+  for a in arrays:
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()[:16]
+
+
+def _estimator_code_hash() -> str:
+  """Hash of the estimators' source (crvae_jax/likelihood.py and ais.py): a change of
+  either invalidates every cached estimate."""
+  h = hashlib.sha256()
+  for module in (likelihood, ais):
+    with open(module.__file__, "rb") as f:
+      h.update(f.read())
+  return h.hexdigest()[:16]
+
+
+def common_key(args, workdir: str, run, images) -> dict:
+  """What every estimate of one model depends on: the trained weights (hashed, so a
+  workdir retrained to the same step is not mistaken for the old one), the images, the
+  estimator code, and the seed and batching."""
   return {"workdir": os.path.abspath(workdir), "step": int(run.step),
-          "num_images": args.num_images, "bdmc_images": args.bdmc_images,
-          "chains": args.chains, "leapfrog": args.leapfrog, "step_size": args.step_size,
-          "init": args.init, "batch_size": args.batch_size,
-          "chunk_size": args.chunk_size, "seed": args.seed}
+          "variables": _sha256(*jax.tree_util.tree_leaves(run.variables)),
+          "images": _sha256(images), "estimator_code": _estimator_code_hash(),
+          "batch_size": args.batch_size, "seed": args.seed}
+
+
+def _ais_key(args) -> dict:
+  return {"chains": args.chains, "leapfrog": args.leapfrog, "step_size": args.step_size,
+          "init": args.init}
 
 
 class EntryCache:
   """One file per (model, estimate) under `directory`: a run killed part-way (a session
   ends, a job is preempted) resumes from the estimates it finished. An entry is reused
-  only if its stored settings equal `key` (else it is recomputed and overwritten)."""
+  only if its stored settings equal the common key plus the estimate's own settings;
+  otherwise (or if the file is unreadable) it is recomputed and overwritten. Each entry
+  keeps the commit, date and machine it was measured on, for the report."""
 
   def __init__(self, directory: str, label: str, key: dict):
     self.directory, self.label, self.key = directory, label, key
@@ -86,35 +113,55 @@ class EntryCache:
   def _path(self, entry: str) -> str:
     return os.path.join(self.directory, f"{self.label}_{entry.replace(' ', '_')}.npz")
 
-  def get(self, entry: str, compute):
-    """compute() -> (arrays: dict of np arrays, scalars: dict of floats); cached."""
-    path = self._path(entry)
+  def get(self, entry: str, own_key: dict, compute):
+    """compute() -> (arrays: dict of np arrays, scalars: dict of floats). Returns
+    (arrays, scalars, provenance) where provenance is None for a fresh estimate and
+    {'commit', 'date', 'machine'} for a reused one."""
+    path, key = self._path(entry), {**self.key, **own_key}
     if os.path.exists(path):
       try:
         with np.load(path, allow_pickle=False) as f:
           meta = json.loads(str(f["meta"]))
           arrays = {k: f[k] for k in f.files if k != "meta"}
-        if meta["key"] == self.key:
-          print(f"{self.label} {entry}: reusing {path}", flush=True)
-          return arrays, meta["scalars"]
-        print(f"{self.label} {entry}: {path} has other settings; recomputing", flush=True)
-      except (OSError, ValueError, KeyError) as e:
-        print(f"{self.label} {entry}: {path} unreadable ({e}); recomputing", flush=True)
+        if meta["key"] == key:
+          print(f"{self.label} {entry}: reusing {path} (measured {meta['date']}, "
+                f"commit {meta['commit']})", flush=True)
+          return arrays, meta["scalars"], {k: meta[k] for k in ("commit", "date",
+                                                                 "machine")}
+        changed = sorted(k for k in key if meta["key"].get(k) != key[k])
+        print(f"{self.label} {entry}: {path} was made with other {changed}; "
+              "recomputing", flush=True)
+      except Exception as e:  # pylint: disable=broad-except  # truncated, empty, old
+        print(f"{self.label} {entry}: {path} is unreadable ({type(e).__name__}: {e}); "
+              "recomputing", flush=True)
     arrays, scalars = compute()
-    meta = json.dumps({"key": self.key, "scalars": scalars})
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, meta=np.asarray(meta), **arrays)
+    meta = json.dumps({"key": key, "scalars": scalars, "commit": git_commit(),
+                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "machine": machine_line()})
+    fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, meta=np.asarray(meta), **arrays)
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, path)
-    return arrays, scalars
+    return arrays, scalars, None
 
 
 def measure(label, run, images, args, mesh, cache: EntryCache):
   """{'is': {K: nll [N]}, 'ais': {T: (nll [N], acceptance)}, 'bdmc': {T: (lower, upper)},
-  'seconds': {...}} for one restored run (`trained.TrainedModel`); every estimate goes
-  through `cache`."""
+  'seconds': {...}, 'reused': {entry: provenance}} for one restored run
+  (`trained.TrainedModel`); every estimate goes through `cache`."""
   model, variables = run.model, run.variables
-  out = {"label": label, "is": {}, "ais": {}, "bdmc": {}, "seconds": {}}
+  out = {"label": label, "is": {}, "ais": {}, "bdmc": {}, "seconds": {}, "reused": {}}
   common = dict(batch_size=args.batch_size, seed=args.seed, progress=True)
+
+  def get(entry, own_key, compute):
+    arrays, scalars, provenance = cache.get(entry, own_key, compute)
+    out["seconds"][entry] = scalars["seconds"]
+    if provenance:
+      out["reused"][entry] = provenance
+    return arrays, scalars
+
   for k in _ints(args.is_k):
     def is_k(k=k):
       t = time.perf_counter()
@@ -122,8 +169,8 @@ def measure(label, run, images, args, mesh, cache: EntryCache):
           model, variables, images, mesh, num_samples=k,
           chunk_size=min(k, args.chunk_size), report_k=k, **common)
       return {"nll": -res.log_px}, {"seconds": time.perf_counter() - t}
-    arrays, scalars = cache.get(f"IS K={k}", is_k)
-    out["is"][k], out["seconds"][f"IS K={k}"] = arrays["nll"], scalars["seconds"]
+    arrays, _ = get(f"IS K={k}", {"chunk_size": min(k, args.chunk_size)}, is_k)
+    out["is"][k] = arrays["nll"]
   settings = lambda steps: ais.Settings(steps, args.chains, args.leapfrog, args.step_size,
                                         0.65, args.init)
   for steps in _ints(args.ais_steps):
@@ -133,9 +180,8 @@ def measure(label, run, images, args, mesh, cache: EntryCache):
                                         report_k=args.chains, **common)
       return {"nll": -res.log_px}, {"seconds": time.perf_counter() - t,
                                     "acceptance": float(res.acceptance.mean())}
-    arrays, scalars = cache.get(f"AIS T={steps}", ais_t)
+    arrays, scalars = get(f"AIS T={steps}", _ais_key(args), ais_t)
     out["ais"][steps] = (arrays["nll"], scalars["acceptance"])
-    out["seconds"][f"AIS T={steps}"] = scalars["seconds"]
   if args.bdmc_images:
     sim, z = ais.simulate(model, variables, args.bdmc_images, seed=args.seed)
     for steps in _ints(args.bdmc_steps):
@@ -146,9 +192,9 @@ def measure(label, run, images, args, mesh, cache: EntryCache):
         # NLL: the forward (lower-bound) estimate is >= the reverse one.
         return ({"lower": -res.lower.log_px, "upper": -res.upper.log_px},
                 {"seconds": time.perf_counter() - t})
-      arrays, scalars = cache.get(f"BDMC T={steps}", bdmc_t)
+      arrays, _ = get(f"BDMC T={steps}", {**_ais_key(args),
+                                          "bdmc_images": args.bdmc_images}, bdmc_t)
       out["bdmc"][steps] = (arrays["lower"], arrays["upper"])
-      out["seconds"][f"BDMC T={steps}"] = scalars["seconds"]
   return out
 
 
@@ -170,7 +216,7 @@ def report(results, args, command: str, seconds_total: float) -> str:
   lines = ["# How far is the IS NLL from the truth? IS vs AIS vs BDMC", "",
            f"- Command: `{command}`",
            f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit "
-           f"{git_commit()}; total {seconds_total / 60:.1f} min",
+           f"{git_commit()}; this invocation {seconds_total / 60:.1f} min",
            f"- Machine: {machine_line()}",
            f"- Test images: the first {args.num_images} of the test set; AIS: "
            f"{args.chains} chains, {args.leapfrog} leapfrog steps, initial step "
@@ -180,16 +226,18 @@ def report(results, args, command: str, seconds_total: float) -> str:
            "- NLL in nats (mean +- standard error over images). Every estimate is an upper "
            "bound on the true NLL in expectation, except BDMC's reverse one (a lower "
            "bound, on simulated data): lower is closer to the truth.", ""]
+  seconds = lambda r, entry: f"{r['seconds'][entry]:.0f}" + (
+      " *" if entry in r["reused"] else "")
   lines += ["| model | estimator | NLL | seconds |", "|---|---|---|---|"]
   for r in results:
     for k, v in r["is"].items():
       m, se = _mean_se(v)
       lines.append(f"| {r['label']} | IS K={k} | {m:.2f} +- {se:.2f} | "
-                   f"{r['seconds'][f'IS K={k}']:.0f} |")
+                   f"{seconds(r, f'IS K={k}')} |")
     for t, (v, acc) in r["ais"].items():
       m, se = _mean_se(v)
       lines.append(f"| {r['label']} | AIS T={t} (acceptance {acc:.2f}) | {m:.2f} +- "
-                   f"{se:.2f} | {r['seconds'][f'AIS T={t}']:.0f} |")
+                   f"{se:.2f} | {seconds(r, f'AIS T={t}')} |")
   lines += ["", "BDMC on simulated data (NLL; the truth lies between the two, the gap "
             "bounds AIS's error at that T):", "",
             "| model | T | forward AIS (upper NLL) | reverse AIS (lower NLL) | gap | "
@@ -198,7 +246,13 @@ def report(results, args, command: str, seconds_total: float) -> str:
     for t, (lo, up) in r["bdmc"].items():
       gap = _mean_se(lo - up)
       lines.append(f"| {r['label']} | {t} | {lo.mean():.2f} | {up.mean():.2f} | "
-                   f"{gap[0]:.2f} +- {gap[1]:.2f} | {r['seconds'][f'BDMC T={t}']:.0f} |")
+                   f"{gap[0]:.2f} +- {gap[1]:.2f} | {seconds(r, f'BDMC T={t}')} |")
+  reused = [(r["label"], entry, p) for r in results for entry, p in r["reused"].items()]
+  if reused:
+    lines += ["", "\\* measured by an earlier invocation of this command (same weights, "
+              "images, settings and estimator code), reused from the cache:", ""]
+    lines += [f"- {label} {entry}: {p['date']}, commit {p['commit']}, machine "
+              f"`{p['machine']}`" for label, entry, p in reused]
   for r in results:
     if r["ais"] and r["is"]:
       best_t, k_max = max(r["ais"]), max(r["is"])
@@ -253,7 +307,7 @@ def main(argv=None):
   results = []
   for label, workdir, run in zip(labels, workdirs, runs):
     cache = EntryCache(os.path.join(args.npy_dir, "cache"), label,
-                       _settings_key(args, workdir, run))
+                       common_key(args, workdir, run, images))
     results.append(measure(label, run, images, args, mesh, cache))
     print(f"{label}: done after {(time.perf_counter() - start) / 60:.1f} min", flush=True)
   save_per_image(results, args.npy_dir)

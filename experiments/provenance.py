@@ -21,14 +21,14 @@ def git_commit() -> str:
     return "unknown"
 
 
-def cpu_description() -> str:
-  """The processor this process runs on, e.g. "Intel(R) Xeon(R) Processor (x86_64), 2
-  cores": /proc/cpuinfo's model name where Linux gives one. This project's machine is a
-  VM whose host changes between sessions (an AMD EPYC one day, an Intel Xeon the next),
-  so every timing carries the model, not only the architecture."""
+def cpu_fields() -> tuple:
+  """(processor, cores) of this machine, e.g. ("Intel(R) Xeon(R) Processor (x86_64)",
+  "2 cores"): /proc/cpuinfo's model name where Linux gives one. This project's machine
+  is a VM whose host changes between sessions (an AMD EPYC one day, an Intel Xeon the
+  next), so every timing carries the model, not only the architecture."""
   model = ""
   try:
-    with open("/proc/cpuinfo") as f:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
         if line.startswith("model name"):
           model = line.split(":", 1)[1].strip()
@@ -36,8 +36,12 @@ def cpu_description() -> str:
   except OSError:
     pass
   arch = platform.machine() or "unknown architecture"
-  return f"{model} ({arch}), {os.cpu_count()} cores" if model else \
-      f"{arch}, {os.cpu_count()} cores"
+  return (f"{model} ({arch})" if model else arch), f"{os.cpu_count()} cores"
+
+
+def cpu_description() -> str:
+  """`cpu_fields` as one phrase: "Intel(R) Xeon(R) Processor (x86_64), 2 cores"."""
+  return ", ".join(cpu_fields())
 
 
 def emoji_data_line(config) -> str:

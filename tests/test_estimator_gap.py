@@ -104,3 +104,23 @@ def test_estimator_gap_resumes_from_finished_estimates(cli_workdir, tmp_path, mo
   # Another seed is another experiment: the cached entries are not reused.
   with pytest.raises(AssertionError, match="recomputed a cached estimate"):
     estimator_gap.main(argv + ["--seed=1"])
+
+
+def test_estimator_gap_recomputes_a_damaged_cache_entry(cli_workdir, tmp_path, monkeypatch):
+  workdir, _ = cli_workdir
+  monkeypatch.setattr(mnist_family, "load_data", lambda cfg: make_tiny_data())
+  argv = [f"--workdirs={workdir}", "--labels=a", "--num_images=2", "--is_k=4",
+          "--ais_steps=", "--bdmc_images=0", "--batch_size=2",
+          f"--out={tmp_path / 'gap.md'}", f"--npy_dir={tmp_path / 'npy'}"]
+  first = estimator_gap.main(argv)[0]["is"][4]
+  entry = tmp_path / "npy" / "cache" / "a_IS_K=4.npz"
+  for damage in (b"", entry.read_bytes()[:100]):  # empty; truncated
+    entry.write_bytes(damage)
+    again = estimator_gap.main(argv)[0]["is"][4]
+    np.testing.assert_array_equal(again, first)  # recomputed (the randomness is keyed)
+    with np.load(entry) as f:  # and rewritten whole
+      assert "meta" in f.files
+  # A reused entry is marked in the report, with when and where it was measured.
+  estimator_gap.main(argv)
+  text = (tmp_path / "gap.md").read_text()
+  assert "| a | IS K=4 |" in text and " * |" in text and "- a IS K=4: " in text

@@ -128,28 +128,40 @@ def naive_conv_transpose(x, kernel, stride, padding):
   return full[:, padding:full.shape[1] - padding, padding:full.shape[2] - padding]
 
 
-@pytest.mark.parametrize("padding,size,cin", [(1, 4, 3), (1, 8, 9), (2, 16, 3), (0, 3, 9),
-                                              (2, 5, 4)])
-@pytest.mark.parametrize("form", ["matmul", "matmul_one_image_chunks", "phases"])
-def test_conv_transpose_implementations_agree(padding, size, cin, form, monkeypatch):
-  # Each forward form on every size (the size threshold picks one in the model).
-  monkeypatch.setattr(fast_conv, "_PHASE_MIN_PIXELS", 0 if form == "phases" else 10**9)
-  if form == "matmul_one_image_chunks":  # a scan over the whole batch
-    monkeypatch.setattr(fast_conv, "_CHUNK_BYTES", 1)
+@pytest.mark.parametrize("stride,padding,size,cin", [
+    (2, 1, (4, 4), 3), (2, 1, (8, 8), 9), (2, 2, (16, 16), 3), (2, 0, (3, 3), 9),
+    (2, 2, (5, 7), 4), (3, 1, (4, 6), 3)])
+@pytest.mark.parametrize("form,chunk", [("auto", None), ("matmul", None), ("matmul", 1),
+                                        ("phases", None), ("phases", 1)])
+def test_conv_transpose_implementations_agree(stride, padding, size, cin, form, chunk,
+                                               monkeypatch):
+  # Each forward form on every size (form 'auto' picks by size in the model), in one
+  # chunk and (chunk=1 byte) one image per chunk: a scan over the whole batch.
+  if chunk is not None:
+    monkeypatch.setattr(fast_conv, "_MATMUL_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(fast_conv, "_PHASE_CHUNK_BYTES", chunk)
+  k = 2 * stride
   kx, kw = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(kx, (4, size, size, cin))
-  kernel = jax.random.normal(kw, (4, 4, cin, 5))
+  x = jax.random.normal(kx, (4, *size, cin))
+  kernel = jax.random.normal(kw, (k, k, cin, 5))
   ref = naive_conv_transpose(np.asarray(x, np.float64), np.asarray(kernel, np.float64),
-                             2, padding)
-  for fn in (fast_conv.conv_transpose2d, layers.conv_transpose_xla):
-    np.testing.assert_allclose(fn(x, kernel, 2, padding), ref, rtol=1e-4, atol=1e-4)
+                             stride, padding)
+  fast = lambda x, w, s, p: fast_conv.conv_transpose2d(x, w, s, p, form)
+  for fn in (fast, layers.conv_transpose_xla):
+    np.testing.assert_allclose(fn(x, kernel, stride, padding), ref, rtol=1e-4, atol=1e-4)
   # Gradients agree too (the CPU form exists for its fast backward pass: dx and dW of
-  # the adjoint strided conv, here with a 3- and a 9-channel input).
-  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k, 2, padding)))
-  g1 = jax.grad(loss(fast_conv.conv_transpose2d), argnums=(0, 1))(x, kernel)
+  # the adjoint strided conv).
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k, stride, padding)))
+  g1 = jax.grad(loss(fast), argnums=(0, 1))(x, kernel)
   g2 = jax.grad(loss(layers.conv_transpose_xla), argnums=(0, 1))(x, kernel)
   for a, b in zip(g1, g2):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose_form_is_checked():
+  x, kernel = jnp.zeros((1, 4, 4, 2)), jnp.zeros((4, 4, 2, 3))
+  with pytest.raises(ValueError, match="form must be one of"):
+    fast_conv.conv_transpose2d(x, kernel, 2, 1, "winograd")
 
 
 def test_lstm_forget_gate_bias_starts_at_one():

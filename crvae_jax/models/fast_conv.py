@@ -9,11 +9,11 @@ train step and evaluator of this package is:
   last conv), where one matmul to the K*K taps and a sum of shifted slices is faster
   both ways.
 :func:`conv_transpose2d`: XLA's conv_transpose backward pass is far slower than its
-  forward on CPU and its forward writes a dilated input. Here the forward is one 2x2
-  conv to all output phases plus a pixel shuffle (inputs of 8x8 and up), or a matmul +
-  overlap-add in a scan over cache-sized batch chunks (4x4 inputs); the backward pass uses that
-  the transposed conv is the adjoint of a strided conv: dX is that conv of the
-  cotangent and dW its kernel gradient, both XLA's own fast kernels.
+  forward on CPU and its forward writes a dilated input. Here the forward runs in a
+  scan over batch chunks, each chunk either as one 2x2 conv to all output phases plus a
+  pixel shuffle (inputs of 8x8 and up) or as a matmul + overlap-add (4x4 inputs). The
+  backward pass uses that the transposed conv is the adjoint of a strided conv: dX is
+  that conv of the cotangent and dW its kernel gradient, both XLA's own fast kernels.
 
 Measured by ``benchmarks/layers_vs_torch.py`` (per layer) and ``compare_torch.py`` (model):
 benchmarks/RESULTS.md, sections "Where the rest is" and "JAX vs PyTorch on the same model
@@ -27,19 +27,21 @@ import jax.numpy as jnp
 from jax import lax
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
-_CHUNK_BYTES = 5 * 2**19  # target size of one chunk's matmul output (~2.5 MB)
-_PHASE_CHUNK_BYTES = 32 * 2**20  # the same for the sub-pixel form's conv output
 _SMALL_COUT = 8  # convs with Cout < this use the matmul + shift-add form
+# Transposed convs: inputs with H*W >= _PHASE_MIN_PIXELS use the sub-pixel form, smaller
+# ones the matmul form; each in batch chunks of about this many bytes of intermediate.
+_PHASE_MIN_PIXELS = 64
+_PHASE_CHUNK_BYTES = 32 * 2**20  # the sub-pixel form's conv output
+_MATMUL_CHUNK_BYTES = 5 * 2**19  # the matmul form's matmul output (~2.5 MB, in cache)
+CONV_TRANSPOSE_FORMS = ("auto", "phases", "matmul")
 
 
 def _out_size(n, k, stride, padding):
   return (n + 2 * padding - k) // stride + 1
 
 
-def _chunk_size(batch, rows_per_sample, cols, itemsize, target=None):
-  """Largest divisor g of `batch` whose chunk (g*rows x cols) fits `target` bytes
-  (default _CHUNK_BYTES)."""
-  target = _CHUNK_BYTES if target is None else target
+def _chunk_size(batch, rows_per_sample, cols, itemsize, target):
+  """Largest divisor g of `batch` whose chunk (g*rows x cols) fits `target` bytes."""
   g = max(1, target // max(1, rows_per_sample * cols * itemsize))
   g = min(g, batch)
   while batch % g:
@@ -108,9 +110,6 @@ def _overlap_add(cols, stride, padding):
   return full[:, p:full.shape[1] - p, p:full.shape[2] - p, :]
 
 
-_PHASE_MIN_PIXELS = 64  # inputs with H*W >= this use the sub-pixel (phase) form
-
-
 def _phases_chunk(xc, kernel, stride, padding):
   """Sub-pixel form of the transposed conv for K = 2s on one chunk: one ordinary 2x2
   conv (XLA's kernel) computes all s*s output phases, then a pixel shuffle interleaves
@@ -145,50 +144,58 @@ def _matmul_chunk(xc, kernel, stride, padding):
   return _overlap_add(cols, s, padding)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_transpose2d(x, kernel, stride=2, padding=1):
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_transpose2d(x, kernel, stride=2, padding=1, form="auto"):
   """Torch-semantics transposed convolution (``out[s*i + k - p] += x[i] * kernel[k]``,
   output size (H-1)*s + K - 2p) with CPU-friendly forward and backward passes.
 
   Requires K == 2 * stride (every deconvolution in the paper: 4x4, stride 2).
-  Forward: a scan over batch chunks, each chunk in one of two forms by input size:
-  - H*W >= _PHASE_MIN_PIXELS: the sub-pixel form (`_phases_chunk`): one 2x2 conv to
-    all s*s output phases and a pixel shuffle; its intermediate is only ((H+1)/H)^2
-    the size of the output. Chunks of about _PHASE_CHUNK_BYTES of conv output.
+  Forward: a scan over batch chunks, each chunk in one of two forms (`form` 'auto'
+  picks by input size, the rule measured in benchmarks/RESULTS.md, "Transposed
+  convolutions: two forward forms"; 'phases' and 'matmul' force one):
+  - H*W >= _PHASE_MIN_PIXELS (8x8 and larger in these models): the sub-pixel form
+    (`_phases_chunk`): one 2x2 conv to all s*s output phases and a pixel shuffle. Its
+    intermediate holds (H+1)(W+1)s^2 pixels, against H*W*s^2 before the crop of p.
+    Chunks of about _PHASE_CHUNK_BYTES of conv output.
   - smaller inputs (4x4): the matmul form (`_matmul_chunk`): one matmul to every
-    kernel offset (an intermediate K*K/s^2 = 4 times the output) and an overlap-add;
-    there the sub-pixel form's one-pixel border would cost (5/4)^2 of the work. Chunks
-    of about _CHUNK_BYTES of matmul output, which stays in cache.
-  The choices are measured (benchmarks/RESULTS.md, "Transposed convolutions: two
-  forward forms").
+    kernel offset (an intermediate of K*K = 4s^2 values per input pixel) and an
+    overlap-add; there the sub-pixel form's one-pixel border would add (5/4)^2 of the
+    work. Chunks of about _MATMUL_CHUNK_BYTES of matmul output, which stays in cache.
   Backward: the transposed conv is the adjoint of ``conv(., kernel^T, s, p)``, so dX is
   that strided conv of the cotangent and dW its kernel gradient (XLA's kernels).
 
   Args:
-    x: [B, H, W, Cin]; kernel: [K, K, Cin, Cout]; stride, padding: ints.
+    x: [B, H, W, Cin]; kernel: [K, K, Cin, Cout]; stride, padding: ints; form: one of
+    CONV_TRANSPOSE_FORMS.
   Returns:
     [B, (H-1)*s + K - 2p, (W-1)*s + K - 2p, Cout].
   """
   k, _, _, cout = kernel.shape
   if k != 2 * stride:
     raise ValueError(f"conv_transpose2d needs kernel == 2*stride, got {k} and {stride}")
+  if form not in CONV_TRANSPOSE_FORMS:
+    raise ValueError(f"conv_transpose2d form must be one of {CONV_TRANSPOSE_FORMS}, "
+                     f"got {form!r}")
   b, h, w, cin = x.shape
-  if h * w >= _PHASE_MIN_PIXELS:
+  if form == "auto":
+    form = "phases" if h * w >= _PHASE_MIN_PIXELS else "matmul"
+  if form == "phases":  # per image: [(H+1)*(W+1) rows, s*s*Cout] of conv output
     chunk, target = _phases_chunk, _PHASE_CHUNK_BYTES
-    out_per_pixel = (1 + 1 / h) * (1 + 1 / w) * stride ** 2 * cout
-  else:
-    chunk, target, out_per_pixel = _matmul_chunk, _CHUNK_BYTES, k * k * cout
-  g = _chunk_size(b, h * w, int(out_per_pixel), x.dtype.itemsize, target)
+    rows, cols = (h + 1) * (w + 1), stride * stride * cout
+  else:  # per image: [H*W rows, K*K*Cout] of matmul output
+    chunk, target, rows, cols = _matmul_chunk, _MATMUL_CHUNK_BYTES, h * w, k * k * cout
+  g = _chunk_size(b, rows, cols, x.dtype.itemsize, target)
   _, y = lax.scan(lambda _, xc: (None, chunk(xc, kernel, stride, padding)), None,
                   x.reshape(b // g, g, h, w, cin))  # [B/g, g, Ho, Wo, Cout]
   return y.reshape(b, *y.shape[2:])
 
 
-def _conv_transpose2d_fwd(x, kernel, stride, padding):
-  return conv_transpose2d(x, kernel, stride, padding), (x, kernel)
+def _conv_transpose2d_fwd(x, kernel, stride, padding, form):
+  return conv_transpose2d(x, kernel, stride, padding, form), (x, kernel)
 
 
-def _conv_transpose2d_bwd(stride, padding, res, dy):
+def _conv_transpose2d_bwd(stride, padding, form, res, dy):
+  del form  # the backward pass is the same for both forward forms
   x, kernel = res  # x: [B, H, W, Cin], kernel: [K, K, Cin, Cout]; dy: [B, Ho, Wo, Cout]
   # The transposed conv is the adjoint of conv(., kernel^T, stride, padding):
   #   dx = conv(dy, kernel^T)  and  dW^T = that conv's kernel gradient for cotangent x.

@@ -28,9 +28,9 @@ def resolve_conv_impl(impl: str) -> str:
   """Which kernels the (transposed) convolutions use: 'auto' picks 'cpu' on the CPU
   backend and 'xla' on GPU/TPU.
 
-  'cpu': `fast_conv`'s transposed convs (chunked matmul + overlap-add forward; XLA's
-  CPU conv_transpose backward is far slower than its forward: benchmarks/RESULTS.md,
-  section "Where the rest is"), its matmul + shift-add form for convs with Cout < 8, and
+  'cpu': `fast_conv`'s transposed convs (a chunked sub-pixel or matmul + overlap-add
+  forward and an adjoint-conv backward; XLA's CPU conv_transpose backward is far slower
+  than its forward: benchmarks/RESULTS.md, section "Where the rest is"), its matmul + shift-add form for convs with Cout < 8, and
   `crvae_jax.compiled.compiler_options` (XLA's own CPU conv kernels rather than
   YNNPACK's); 'xla': the plain XLA ops, which cuDNN/TPU run natively.
   Both give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py).
