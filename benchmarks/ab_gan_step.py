@@ -16,8 +16,9 @@ Variants:
   <dir>      (starting with '/' or '.') the same modules from copies under <dir> (at
              their paths in the repository), e.g. a snapshot of an intermediate change.
   Either may end in '+xla' (model.conv_impl='xla': the plain XLA ops with XLA's default
-  compiler options) or '+matmul_deconv' (every transposed conv in fast_conv's matmul
-  + overlap-add form, whatever its input size).
+  compiler options) or a kernel variant of `ab_train_step.KERNEL_VARIANTS`:
+  '+matmul_deconv' (every transposed conv in fast_conv's matmul + overlap-add form,
+  whatever its input size).
 
 `--config` takes a Stage1 (experiments/configs/rgb.py:ROW[,cpu]) or Stage2
 (experiments/configs/stage2.py:ROW[,cpu]) config; overrides: --width, --batch. Images
@@ -40,7 +41,7 @@ import numpy as np
 import optax
 
 # pylint: disable=g-import-not-at-top
-from benchmarks.ab_train_step import matmul_transposed_convs
+from benchmarks.ab_train_step import KERNEL_VARIANTS, kernel_variant
 from benchmarks.flops import count_flops
 from benchmarks.nll_eval import machine_line, matmul_gflops
 from benchmarks.train_throughput import timed_images_per_s
@@ -211,8 +212,8 @@ def apply_overrides(config, args):
 def build(variant: str, args) -> GanTrainer:
   ref, _, suffix = variant.partition("+")
   config = apply_overrides(load_config(args.config), args)
-  if suffix == "matmul_deconv":  # every transposed conv in its matmul form (compiled now)
-    with matmul_transposed_convs():
+  if suffix in KERNEL_VARIANTS:  # an earlier form of one kernel (compiled now)
+    with kernel_variant(suffix):
       return GanTrainer(config, ref)
   if suffix:
     config.model.conv_impl = suffix

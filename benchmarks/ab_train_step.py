@@ -36,14 +36,20 @@ from crvae_jax import compiled
 from crvae_jax.models import fast_conv
 from experiments.configs import mnist as mnist_configs
 
-VARIANTS = ("default", "ynn_convs", "xla", "matmul_deconv")
+# Earlier forms of one kernel, each a patch of the library while a program is traced.
+KERNEL_VARIANTS = {
+    # every transposed conv in fast_conv's matmul + overlap-add form, whatever its size
+    "matmul_deconv": lambda: mock.patch.object(fast_conv, "_PHASE_MIN_PIXELS", 10**9),
+}
 
 
-def matmul_transposed_convs():
-  """Context: `fast_conv.conv_transpose2d` in its matmul form for every input size
-  (variant matmul_deconv). It acts on programs traced inside it: the trainers here
-  trace and compile on construction, and are not retraced afterwards."""
-  return mock.patch.object(fast_conv, "_PHASE_MIN_PIXELS", 10**9)
+def kernel_variant(name: str):
+  """Context of KERNEL_VARIANTS[name]. It acts on programs traced inside it: the
+  trainers here trace and compile on construction, and are not retraced afterwards."""
+  return KERNEL_VARIANTS[name]()
+
+
+VARIANTS = ("default", "ynn_convs", "xla", *KERNEL_VARIANTS)
 
 
 def variant_config_and_context(variant: str, scale: str, row: str):
@@ -55,8 +61,8 @@ def variant_config_and_context(variant: str, scale: str, row: str):
   if variant == "ynn_convs":
     return config, mock.patch.object(compiled, "compiler_options",
                                      lambda conv_impl="auto": None)
-  if variant == "matmul_deconv":
-    return config, matmul_transposed_convs()
+  if variant in KERNEL_VARIANTS:
+    return config, kernel_variant(variant)
   return config, contextlib.nullcontext()
 
 
