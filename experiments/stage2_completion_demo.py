@@ -107,7 +107,7 @@ def stage2_demo() -> None:
         "Last logged step: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()
                                          if isinstance(v, float)), "",
         f"![prior]({names['prior']})", "",
-        "Prior samples: Stage1 output (nearest-upscaled) next to its Stage2 output.", "",
+        "Prior samples: Stage1 output (bicubic upscale) next to its Stage2 output.", "",
         f"![reconstructions]({names['reconstructions']})", "",
         "Fixed training images: real | Stage1 reconstruction | Stage2 output.", ""]
   with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:

@@ -262,3 +262,18 @@ def test_a_resumed_stage2_run_refuses_another_stage1_than_its_pin(tmp_path):
   c.stage1.workdir, c.stage1.checkpoint_step = str(tmp_path / "stage1_a"), 7
   with pytest.raises(config_checks.ConfigError, match="checkpoint_step=7 differs from"):
     stage2_family.restore_stage1(c, str(workdir))
+
+
+def test_bicubic_upscale_is_the_baseline_beside_stage2():
+  from crvae_jax.families import stage2 as stage2_family
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(2, 8, 8, 3)).astype(np.float32)
+  up = stage2_family.bicubic_upscale(x, 16)
+  assert up.shape == (2, 16, 16, 3) and up.min() >= 0.0 and up.max() <= 1.0
+  flat = stage2_family.bicubic_upscale(np.full((1, 8, 8, 3), 0.25, np.float32), 16)
+  np.testing.assert_allclose(flat, 0.25, atol=1e-6)  # a constant image stays constant
+  nearest = x.repeat(2, axis=1).repeat(2, axis=2)
+  assert np.abs(up - nearest).max() > 1e-2  # interpolated, not repeated pixels
+  # Downsampling the upscale by averaging 2x2 blocks returns close to the input.
+  back = up.reshape(2, 8, 2, 8, 2, 3).mean(axis=(2, 4))
+  assert np.abs(back - x).mean() < 0.1

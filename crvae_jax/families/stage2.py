@@ -12,8 +12,9 @@ metrics and grids in its workdir and resumes, saves on SIGTERM and skips non-fin
 steps like every family on the engine.
 
 Grids (samples/): stage2_prior_<tag>.png, prior samples as pairs (Stage1 64x64 upscaled
-by nearest neighbour | Stage2); stage2_reconstructions_<tag>.png, fixed images as triples
-(ground truth | Stage1 reconstruction, upscaled | Stage2).
+bicubically | Stage2); stage2_reconstructions_<tag>.png, fixed images as triples
+(ground truth | Stage1 reconstruction, upscaled bicubically | Stage2). Stage2 earns its
+place only where it beats the bicubic upscale beside it.
 """
 
 import hashlib
@@ -171,10 +172,12 @@ def load_features(config):
   return perceptual.load_perceptual(p.network, p.weights, p.layer or None)
 
 
-def nearest_resize(x: np.ndarray, size: int) -> np.ndarray:
-  """[n, s, s, C] -> [n, size, size, C], nearest neighbour (for side-by-side grids)."""
-  idx = np.arange(size) * x.shape[1] // size
-  return x[:, idx][:, :, idx]
+def bicubic_upscale(x: np.ndarray, size: int) -> np.ndarray:
+  """[n, s, s, C] in [0, 1] -> [n, size, size, C], bicubic, clipped to [0, 1]: the
+  baseline a Stage2 output is shown beside (the same Stage1 image, upscaled)."""
+  up = jax.image.resize(np.asarray(x, np.float32), (x.shape[0], size, size, x.shape[3]),
+                        "cubic")
+  return np.clip(np.asarray(up), 0.0, 1.0)
 
 
 def grid_fns(stage1_model, gen: Stage2Generator):
@@ -207,10 +210,10 @@ def write_grids(fns, stage1_vars, gen_vars, latent_shape, fixed: np.ndarray, con
   eps = jax.random.normal(jax.random.key(config.sample.seed),
                           (config.sample.num_images,) + tuple(latent_shape))
   low, high = map(unit, fns[0](stage1_vars, gen_vars, eps))
-  pairs = images.interleave_pairs(nearest_resize(low, size), high)
+  pairs = images.interleave_pairs(bicubic_upscale(low, size), high)
   images.save_grid(paths[0], pairs, num_cols=2 * side(len(eps)), scale=1)
   low, high = map(unit, fns[1](stage1_vars, gen_vars, fixed))
-  triples = np.stack([unit(fixed), nearest_resize(low, size), high], 1)  # [n, 3, S, S, 3]
+  triples = np.stack([unit(fixed), bicubic_upscale(low, size), high], 1)  # [n, 3, S, S, 3]
   images.save_grid(paths[1], triples.reshape((-1,) + triples.shape[2:]),
                    num_cols=3 * side(len(fixed)), scale=1)
   return paths
