@@ -45,7 +45,7 @@ from crvae_jax.families import mnist as mnist_family
 from crvae_jax.train.guards import NonFiniteError
 from experiments import launch
 from experiments import table_protocol as tp
-from experiments import table_report
+from experiments import table_records, table_report
 from experiments.configs import mnist as mnist_configs
 from experiments.provenance import cpu_description, git_commit
 
@@ -65,6 +65,10 @@ flags.DEFINE_string("root", None, "Workdir root; default ../runs/mnist_table_<sc
                     "beside the checkout (kept between sessions).")
 flags.DEFINE_string("pilot_root", None, "The pilot learning curves (the budget rule); "
                     "default ../runs/mnist_pilots beside the checkout.")
+flags.DEFINE_string("records", None, "Copies of each finished job's small records "
+                    "(experiments/table_records.py), read by the report where a workdir "
+                    "is lost; default results/mnist_table_records (paper scale: "
+                    "results/mnist_table_paper_records); '' turns them off.")
 flags.DEFINE_string("output", None, "Markdown table; default results/mnist_table.md "
                     "(paper scale: results/mnist_table_paper.md). PNGs go beside it.")
 flags.DEFINE_float("num_epochs", None, "The budget, equal for every row; default: the "
@@ -271,7 +275,8 @@ def now() -> float:
   return time.monotonic()
 
 
-def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str) -> None:
+def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
+        records: str) -> None:
   t_start, n, data, last = now(), 0, None, None
   while FLAGS.max_jobs is None or n < FLAGS.max_jobs:
     jobs = [j for j in tp.plan(p, root) if FLAGS.stage in ("all", j.stage)
@@ -305,18 +310,23 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str) ->
     else:
       run_eval(p, job, root, data, commit)
     n += 1
-    try:  # a report that cannot be written must not stop a background run
-      report(p, root, pilot_root, output, commit)
+    try:  # records or a report that cannot be written must not stop a background run
+      report(p, root, pilot_root, output, commit, records)
     except Exception:  # pylint: disable=broad-except
-      logging.warning("report failed:\n%s", traceback.format_exc())
+      logging.warning("records or report failed:\n%s", traceback.format_exc())
 
 
-def report(p, root, pilot_root, output, commit) -> None:
-  paths = table_report.write_report(
-      p, root, pilot_root, output, commit=commit, note=FLAGS.note,
-      command="python -m experiments.mnist_table --stage=report" + "".join(
-          f" --{k}={FLAGS[k].value}" for k in ("root", "pilot_root", "output", "scale")
-          if FLAGS[k].present))
+def report(p, root, pilot_root, output, commit, records) -> None:
+  """Copies every workdir's records (unless records is ''), then writes the report."""
+  if records:
+    table_records.save_all(root, records)
+  with table_records.merged_root(root, records) as (view, from_records):
+    paths = table_report.write_report(
+        p, view, pilot_root, output, commit=commit, note=FLAGS.note,
+        root_label=root, records=records, from_records=from_records,
+        command="python -m experiments.mnist_table --stage=report" + "".join(
+            f" --{k}={FLAGS[k].value}" for k in ("root", "pilot_root", "output", "scale",
+                                                   "records") if FLAGS[k].present))
   print(f"wrote {', '.join(paths)}", flush=True)
 
 
@@ -372,6 +382,9 @@ def main(argv):
   pilot_root = FLAGS.pilot_root or beside("mnist_pilots")
   output = FLAGS.output or os.path.join(
       REPO, "results", "mnist_table.md" if FLAGS.scale == "cpu" else "mnist_table_paper.md")
+  records = FLAGS.records if FLAGS.records is not None else os.path.join(
+      REPO, "results", "mnist_table_records" if FLAGS.scale == "cpu"
+      else "mnist_table_paper_records")
   saved = {}
   if os.path.exists(os.path.join(root, "protocol.json")):
     with open(os.path.join(root, "protocol.json"), encoding="utf-8") as f:
@@ -400,8 +413,8 @@ def main(argv):
       check_protocol_file(root, p, write=True)
       print(f"root {root}; budget: {epochs and f'{epochs:g} epochs'} ({how}); code "
             f"{commit}", flush=True)
-      run(p, root, pilot_root, output, commit)
-  report(p, root, pilot_root, output, commit)
+      run(p, root, pilot_root, output, commit, records)
+  report(p, root, pilot_root, output, commit, records)
 
 
 if __name__ == "__main__":

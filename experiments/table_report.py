@@ -1,7 +1,8 @@
 """results/mnist_table.md and its PNGs, from the Table 1 experiment's finished work.
 
 Every number is read from the workdirs of `experiments/table_protocol.py` (job.json,
-metrics.jsonl, evaluate's JSON and per-image arrays) and from the pilot learning curves;
+metrics.jsonl, evaluate's JSON and per-image arrays; for a lost workdir, its copied
+records: `experiments/table_records.py`) and from the pilot learning curves;
 unfinished parts are listed as pending. `experiments/mnist_table.py --stage=report`
 calls `write_report`.
 """
@@ -18,6 +19,9 @@ from crvae_jax.families import mnist as mnist_family
 from experiments import table_choices, table_plots, table_stats
 from experiments import table_protocol as tp
 from experiments.configs import mnist as mnist_configs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @dataclasses.dataclass
 class Entry:
@@ -268,10 +272,11 @@ def release_section(p, entries: dict) -> list:
   return lines + [""]
 
 
-def runs_section(p, root: str) -> list:
-  lines = ["## Runs", "", "Every workdir under `" + root + "`: training segments (epochs "
-           "from -> to, wall time, commit, date, load average at start, command) and "
-           "evaluations.", "",
+def runs_section(p, root: str, root_label: str, from_records=frozenset()) -> list:
+  lines = ["## Runs", "", "Every workdir under `" + root_label + "`: training segments "
+           "(epochs from -> to, wall time, commit, date, load average at start, command) "
+           "and evaluations. A workdir marked (record) is no longer on disk: its numbers "
+           "are read from its copied records (experiments/table_records.py).", "",
            "| workdir | training | evaluations | machine |", "|---|---|---|---|"]
   commands, seen = [], set()
   cmd = lambda c: (commands.append(c) if c not in commands else None,
@@ -291,14 +296,21 @@ def runs_section(p, root: str) -> list:
     evals = "<br>".join(f"{k}: {v['seconds'] / 60:.1f} min, {v['commit']}, {v['date']} "
                         f"{cmd(v['command'])}" for k, v in rec["evals"].items())
     machines = sorted({s["machine"] for s in rec["train"] + list(rec["evals"].values())})
-    lines.append(f"| `{job.setting.name}` | {train} | {evals} | {'; '.join(machines)} |")
+    mark = " (record)" if job.setting.name in from_records else ""
+    lines.append(f"| `{job.setting.name}`{mark} | {train} | {evals} | "
+                 f"{'; '.join(machines)} |")
   lines += [""] + [f"- [c{i + 1}] `{c}`" for i, c in enumerate(commands)]
   return lines + [""]
 
 
 def write_report(p: tp.Protocol, root: str, pilot_root: str, output: str, *,
-                 command: str, commit: str, note: str = "") -> list:
-  """Writes the markdown `output` and its PNGs (<output stem>_*.png); returns the paths."""
+                 command: str, commit: str, note: str = "", root_label: str = "",
+                 records: str = "", from_records=frozenset()) -> list:
+  """Writes the markdown `output` and its PNGs (<output stem>_*.png); returns the paths.
+  `root` is read (table_records.merged_root's view); `root_label` is the runs' directory
+  as the report names it (default root), `from_records` the workdirs read from copies
+  under `records`."""
+  root_label = root_label or root
   entries = collect(p, root)
   stem = os.path.splitext(output)[0]
   png = {k: f"{stem}_{k}.png" for k in ("budget", "valid_elbo", "nll_vs_k")}
@@ -320,10 +332,13 @@ def write_report(p: tp.Protocol, root: str, pilot_root: str, output: str, *,
       f"# Table 1 (MNIST NLL), {p.scale.upper()} scale: tuned learning rates, seeds, "
       f"K={p.num_samples}", "",
       f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
-      f"(code {commit}) from the runs under `{root}` and the pilot curves under "
-      f"`{pilot_root}`. Every number is read from those runs; each run's command, "
-      "commit, date and machine are listed under Runs. Finished so far: " + status + ".",
-      ""]
+      f"(code {commit}) from the runs under `{root_label}` and the pilot curves under "
+      f"`{pilot_root}`. Every number is read from those runs"
+      + (f" (or, for the {len(from_records)} marked (record) under Runs, whose workdirs "
+         f"are gone, from their copies in `{os.path.relpath(records, REPO)}`)"
+         if from_records else "")
+      + "; each run's command, commit, date and machine are listed under Runs. "
+      "Finished so far: " + status + ".", ""]
   if note:
     lines += [f"Note: {note}", ""]
   lines += [
@@ -349,7 +364,7 @@ def write_report(p: tp.Protocol, root: str, pilot_root: str, output: str, *,
   lines += curves_section(p, root, entries, order, png["valid_elbo"])
   lines += release_section(p, entries)
   lines += table_choices.cost_section(p, root, pilot_root)
-  lines += runs_section(p, root)
+  lines += runs_section(p, root, root_label, from_records)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))

@@ -5,6 +5,7 @@ and one tiny real run through the library."""
 import json
 import math
 import os
+import shutil
 
 from absl.testing import flagsaver
 import numpy as np
@@ -26,6 +27,7 @@ def _flags(tmp_path):
     flags.mark_as_parsed()
   with flagsaver.flagsaver(root=str(tmp_path / "runs"), pilot_root=str(tmp_path / "pilots"),
                            output=str(tmp_path / "results" / "table.md"),
+                           records=str(tmp_path / "results" / "records"),
                            compilation_cache_dir=""):
     yield flags
 
@@ -310,3 +312,47 @@ def test_one_tiny_real_job_through_the_library(flags, monkeypatch):
   assert nll.shape == (6,) and np.isfinite(nll).all()
   text = open(flags.output, encoding="utf-8").read()
   assert f"| VAE | 0.001 | - | 1 of 1 | {likelihood.mean_and_stderr(nll)[0]:.2f} |" in text
+
+
+def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypatch):
+  calls = []
+  _fake_library(monkeypatch, calls)
+  settings = dict(rows=["vae"], lrs=["1e-3"], grid_epochs=2.0, num_epochs=3.0,
+                  num_seeds=1, release=False, k_curve_rows=[], num_samples=20,
+                  epoch_seconds=60.0)
+  with flagsaver.flagsaver(**settings):
+    mnist_table.main(["mnist_table"])
+  assert [c[0] for c in calls] == ["train", "train", "eval"]
+  name = "vae_lr0.001_b1_s0"
+  record = os.path.join(flags.records, name)
+  assert sorted(os.listdir(record)) == sorted(
+      ["job.json", "metrics.jsonl", "eval_test_K20.json"]  # (the fake writes no config)
+      + [os.path.basename(mnist_family.per_image_path(record, 20, n))
+         for n in mnist_family.PER_IMAGE_NAMES])
+  # The record's metrics hold the validation curve (and the epoch scale) only.
+  kept = [json.loads(l)["split"] for l in open(os.path.join(record, "metrics.jsonl"))]
+  assert kept.count("train") == 1 and set(kept) == {"train", "valid"}
+  np.testing.assert_array_equal(tp.valid_curve(record)[1],
+                                tp.valid_curve(os.path.join(flags.root, name))[1])
+  before = open(flags.output, encoding="utf-8").read()
+  row = "| VAE | 0.001 | - | 1 of 1 | 95.00 |"
+  assert row in before and "` (record) |" not in before
+  shutil.rmtree(flags.root)  # the runs directory is lost between sessions
+  with flagsaver.flagsaver(stage="report", **settings):
+    mnist_table.main(["mnist_table"])
+  after = open(flags.output, encoding="utf-8").read()
+  assert row in after  # the finished row survives, read from its record ...
+  assert f"| `{name}` (record) |" in after  # ... and says so
+  assert "from their copies in" in after and "mnist_table_view_" not in after
+  calls.clear()
+  with flagsaver.flagsaver(max_jobs=1, **settings):  # the runner retrains (it schedules
+    mnist_table.main(["mnist_table"])  # from workdirs): its first, partial job ...
+  partial = open(flags.output, encoding="utf-8").read()
+  assert row in partial and f"| `{name}` (record) |" in partial  # ... leaves the record
+  assert tp.trained_epochs(tp.read_job(record)) == 3.0
+  calls.clear()
+  with flagsaver.flagsaver(**settings):
+    mnist_table.main(["mnist_table"])
+  assert [c[0] for c in calls] == ["train", "eval"]
+  assert "` (record) |" not in open(flags.output, encoding="utf-8").read()
+  assert tp.read_job(record) == tp.read_job(os.path.join(flags.root, name))  # in step
