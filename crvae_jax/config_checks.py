@@ -131,7 +131,8 @@ def _check_gan_steps_and_source(t, d) -> None:
 
 
 def _check_emoji_data(d) -> None:
-  """data.emoji_sets, data.emoji_split and data.emoji_tarball (one tarball per set)."""
+  """data.emoji_sets, data.emoji_split, data.emoji_categories and data.emoji_tarball (one
+  tarball per set)."""
   from crvae_jax.data import emoji  # pylint: disable=g-import-not-at-top
   try:
     sets = emoji.parse_sets(d.emoji_sets)
@@ -139,6 +140,10 @@ def _check_emoji_data(d) -> None:
     raise ConfigError(f"config.{e}") from e
   _require(d.emoji_split in emoji.SPLITS, "data.emoji_split", d.emoji_split,
            f"one of {emoji.SPLITS}")
+  try:
+    emoji.parse_categories(d.get("emoji_categories", ""))
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from e
   tarballs = [p for p in d.emoji_tarball.split(",") if p.strip()]
   _require(len(tarballs) in (0, len(sets)), "data.emoji_tarball", d.emoji_tarball,
            f"one tarball per set of data.emoji_sets={d.emoji_sets!r}, comma-separated in "

@@ -85,6 +85,7 @@ def data_identity(config) -> dict:
   return {"image_size": config.model.get("image_size", 64), "source": d.source,
           "dataset": config.get("dataset", ""), "tfds_name": d.get("tfds_name", ""),
           "image_dir": d.get("image_dir", ""), "emoji_sets": d.get("emoji_sets", ""),
+          "emoji_categories": d.get("emoji_categories", ""),
           "load_size": d.get("load_size", 64)}
 
 
@@ -295,16 +296,21 @@ def _images_completed(config) -> str:
   """Which images `completion.completion_source` reads for `config`."""
   d, cc = config.data, config.completion
   if d.source == "emoji":
-    return f"emoji {d.emoji_sets}, split {cc.emoji_split}"
+    return f"emoji {d.emoji_sets}, split {cc.emoji_split}{_categories(d)}"
   if d.source == "tfds":
     return f"{d.tfds_name} split {cc.get('tfds_split', '') or d.tfds_split}"
   return f"{d.source} {d.get('image_dir', '')}"
 
 
+def _categories(d) -> str:
+  categories = d.get("emoji_categories", "")
+  return f", categories {categories}" if categories else ""
+
+
 def _training_data(config) -> str:
   d = config.data
   if d.source == "emoji":
-    return f"emoji {d.emoji_sets}, split {d.get('emoji_split', 'all')}"
+    return f"emoji {d.emoji_sets}, split {d.get('emoji_split', 'all')}{_categories(d)}"
   if d.source == "tfds":
     return f"{d.tfds_name} {d.tfds_split}"
   return f"{d.source} {d.get('image_dir', '')}"

@@ -49,5 +49,8 @@ def emoji_data_line(config) -> str:
   google,twitter sets: npm emoji-datasource-<set>@16.0.0)"."""
   from crvae_jax.data import emoji, rgb  # pylint: disable=g-import-not-at-top
   d = config.data
-  return (f"{len(rgb.open_source(d)):,} emoji of 64x64 (split '{d.emoji_split}' of the "
-          f"{d.emoji_sets} sets: npm emoji-datasource-<set>@{emoji.EMOJI_VERSION})")
+  categories = d.get("emoji_categories", "")
+  return (f"{len(rgb.open_source(d)):,} emoji of 64x64 (split '{d.emoji_split}'"
+          + (f", categories '{categories}'" if categories else "")
+          + f" of the {d.emoji_sets} sets: npm emoji-datasource-<set>@"
+          f"{emoji.EMOJI_VERSION})")

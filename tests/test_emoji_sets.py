@@ -138,7 +138,10 @@ def test_emoji_config_keys_are_checked_by_name():
                        ({"data__emoji_split": "test"}, "data.emoji_split='test'"),
                        ({"data__emoji_sets": "google", "data__emoji_tarball": "a.tgz,b.tgz"},
                         "data.emoji_tarball"),
-                       ({"completion__emoji_split": "val"}, "completion.emoji_split='val'")):
+                       ({"completion__emoji_split": "val"}, "completion.emoji_split='val'"),
+                       ({"data__emoji_categories": "Smileys"},
+                        "data.emoji_categories='Smileys'"),
+                       ({"data__emoji_categories": "flags,Flags"}, "data.emoji_categories")):
     with pytest.raises(config_checks.ConfigError, match=key):
       check(**changes)
 
@@ -149,6 +152,7 @@ def test_completion_reads_the_heldout_emoji_and_training_the_rest(tmp_path, monk
   paths = _synthetic_sets(tmp_path, monkeypatch, names)
   c = rgb_configs.get_config("emoji_vaegan,cpu")
   c.data.emoji_sets = "twitter"
+  c.data.emoji_categories = ""  # synthetic names have no category
   c.data.emoji_tarball = str(paths["twitter"])
   held = sum(map(emoji.is_heldout, names))
   assert len(completion.completion_source(c)) == held
@@ -167,11 +171,14 @@ def test_a_run_on_other_emoji_refuses_to_resume_and_old_workdirs_mean_all_of_goo
   # A config.json written before the keys existed trained on all of the Noto set.
   legacy = json.loads(config.to_json_best_effort())
   del legacy["data"]["emoji_sets"], legacy["data"]["emoji_split"]
+  del legacy["data"]["emoji_categories"]
   assert checkpoints.config_differences(legacy, config) == [
+      "data.emoji_categories: '' (workdir) != 'Smileys & Emotion' (now)",
       "data.emoji_sets: 'google' (workdir) != 'google,twitter' (now)",
       "data.emoji_split: 'all' (workdir) != 'train' (now)"]
   with config.unlocked():
     config.data.emoji_sets, config.data.emoji_split = "google", "all"
+    config.data.emoji_categories = ""
   assert checkpoints.config_differences(legacy, config) == []
   folder = rgb_configs.get_config("emoji_crvaegan,cpu")
   with folder.unlocked():
@@ -179,3 +186,52 @@ def test_a_run_on_other_emoji_refuses_to_resume_and_old_workdirs_mean_all_of_goo
   # Not an emoji run: the emoji keys are not read, but the changed source is refused.
   assert checkpoints.config_differences(legacy, folder) == [
       "data.source: 'emoji' (workdir) != 'folder' (now)"]
+
+
+def test_the_category_table_names_every_emoji_once():
+  table = json.loads(emoji.CATEGORY_TABLE.read_text(encoding="utf-8"))
+  assert set(table["categories"]) == set(emoji.CATEGORIES)
+  names = [n for members in table["categories"].values() for n in members]
+  assert len(names) == len(set(names)) == emoji.EMOJI_SETS["google"].count
+  # In the decoder's order (by file name), they are exactly the sets' pinned names.
+  ordered = [f[:-len(".png")] for f in sorted(n + ".png" for n in names)]
+  assert emoji.names_sha256(ordered) == emoji.EMOJI_SETS["google"].names_sha256
+  assert len(table["categories"]["Smileys & Emotion"]) == 169
+  assert emoji.categories_of(["1f600", "1f44b-1f3fb", "1f1e6-1f1e8"]).tolist() == [
+      "Smileys & Emotion", "People & Body", "Flags"]  # skin tones: their base's category
+  with pytest.raises(emoji.EmojiDataError, match="no category for"):
+    emoji.categories_of(["1f600", "zzzz"])
+  # category_table reads emoji-data's format.
+  sample = [{"image": "1f44b.png", "category": "People & Body",
+             "skin_variations": {"1F3FB": {"image": "1f44b-1f3fb.png"}}},
+            {"image": "1f600.png", "category": "Smileys & Emotion"}]
+  assert emoji.category_table(json.dumps(sample).encode()) == {
+      "1f44b": "People & Body", "1f44b-1f3fb": "People & Body",
+      "1f600": "Smileys & Emotion"}
+
+
+def test_categories_filter_each_set_after_the_split(tmp_path, monkeypatch):
+  table = json.loads(emoji.CATEGORY_TABLE.read_text(encoding="utf-8"))["categories"]
+  smileys, flags = table["Smileys & Emotion"][:30], table["Flags"][:30]
+  names = sorted(smileys + flags, key=lambda n: n + ".png")
+  paths = _synthetic_sets(tmp_path, monkeypatch, names)
+  assert emoji.parse_categories(" smileys & emotion,FLAGS ") == ("Smileys & Emotion", "Flags")
+  assert emoji.parse_categories("") == ()
+  with pytest.raises(ValueError, match="data.emoji_categories='Smileys'"):
+    emoji.parse_categories("Smileys")
+  tarballs = f"{paths['google']},{paths['twitter']}"
+  for split in ("train", "heldout"):
+    got = emoji.load_emoji_split("google,twitter", split, tarballs=tarballs,
+                                 categories="Smileys & Emotion")
+    want = [n for n in names if n in smileys and emoji.is_heldout(n) == (split == "heldout")]
+    assert got.names.tolist() == want * 2 and got.sets.tolist() == (
+        ["google"] * len(want) + ["twitter"] * len(want))
+  both = emoji.load_emoji_split("google", "all", tarballs=str(paths["google"]),
+                                categories="Flags,Smileys & Emotion")
+  assert both.names.tolist() == names
+  c = rgb_configs.get_config("emoji_crvaegan,cpu")
+  assert c.data.emoji_categories == "Smileys & Emotion"  # the CPU budget
+  c.data.emoji_tarball = tarballs
+  source = rgb.open_source(c.data)
+  assert "categories Smileys & Emotion" in source.description
+  assert len(source) == 2 * sum(not emoji.is_heldout(n) for n in smileys)

@@ -114,11 +114,14 @@ def test_the_real_emoji_set_from_npm_is_verified_and_cached(tmp_path, monkeypatc
   c.data.cache_dir = str(tmp_path)
   c.data.emoji_sets = "google"  # (the CPU config trains on google and twitter)
   assert c.data.emoji_split == "train"
+  smileys = rgb.open_source(c.data)  # (and on the smileys only)
+  c.data.emoji_categories = ""
   train = rgb.open_source(c.data)
   c.data.emoji_split = "all"
   every = rgb.open_source(c.data)
   np.testing.assert_array_equal(every.images, images)
   assert len(train) == 3786 - 337 and len(every) == 3786
+  assert len(smileys) == 150  # of the 169 'Smileys & Emotion' emoji, 19 are held out
 
 
 def test_a_prepared_tfds_dataset_is_read_and_a_missing_one_is_named(tmp_path):

@@ -28,6 +28,15 @@ modifiers 1f3fb-1f3ff), read as a big-endian integer, are 0 mod 10. The rule dep
 on the name, so the same emoji is held out in every set, and the skin tones of one emoji
 (the same drawing recoloured) are held out together: 337 of the 3,786 images (8.9%).
 
+Categories (``data.emoji_categories``, comma-separated; empty = all): the Unicode
+categories of emoji-data's ``emoji.json`` ('Smileys & Emotion', 'People & Body', ...,
+``CATEGORIES``), a skin-tone variant in the category of its base emoji. The table
+``emoji_categories.json`` beside this file is ``category_table`` of the ``emoji.json``
+in ``emoji-datasource@16.0.0`` (MIT), written by ``write_category_table``; it names
+every image of the sets exactly once (checked against the names' sha256). A category
+is a narrower, more uniform set of drawings: the CPU budget trains on 'Smileys &
+Emotion', whose prior samples a small model learns to draw (results/emoji_*_cpu).
+
 ``load_emoji`` tries, in order: a tarball the user names, the cache
 (``$XDG_CACHE_HOME/crvae_jax/emoji/``), then ``npm pack`` (only the tarball is read, with
 ``tarfile``; no package code runs). The tarball's sha256 is checked before it is read,
@@ -39,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import tarfile
 import tempfile
@@ -99,6 +109,11 @@ EMOJI_SETS = {
 }
 
 
+CATEGORIES = ("Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink",
+              "Travel & Places", "Activities", "Objects", "Symbols", "Flags", "Component")
+CATEGORY_TABLE = Path(__file__).with_name("emoji_categories.json")
+
+
 class EmojiDataError(DataError):
     """The emoji tarball or its cached array is missing, corrupt or unexpected."""
 
@@ -133,6 +148,60 @@ def parse_sets(text: str) -> tuple:
                          f"{tuple(EMOJI_SETS)}, comma-separated ('apple' and 'facebook' are "
                          "left out: their images are not licensed for this use)")
     return tuple(chosen)
+
+
+def parse_categories(text: str) -> tuple:
+    """'Smileys & Emotion, Animals & Nature' -> the CATEGORIES they name (case is
+    ignored); '' -> () (every category). ValueError naming data.emoji_categories for an
+    unknown or repeated one."""
+    by_lower = {c.lower(): c for c in CATEGORIES}
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in chosen if c.lower() not in by_lower]
+    if unknown or len({c.lower() for c in chosen}) != len(chosen):
+        raise ValueError(f"data.emoji_categories={text!r}: give distinct categories from "
+                         f"{CATEGORIES}, comma-separated (empty: all)")
+    return tuple(by_lower[c.lower()] for c in chosen)
+
+
+def category_table(emoji_json: bytes) -> dict:
+    """{image name: category} from emoji-data's ``emoji.json``; skin-tone variants take
+    their base emoji's category."""
+    table = {}
+    for entry in json.loads(emoji_json):
+        for image in [entry["image"]] + [v["image"] for v in
+                                         (entry.get("skin_variations") or {}).values()]:
+            table[image.removesuffix(".png")] = entry["category"]
+    return table
+
+
+def write_category_table(tarball: str | os.PathLike, path: Path = CATEGORY_TABLE) -> Path:
+    """Writes ``emoji_categories.json`` from an ``emoji-datasource-<any>-16.0.0.tgz``
+    (``npm pack emoji-datasource@16.0.0``): {category: sorted names} and the sha256 of
+    the ``emoji.json`` it was read from."""
+    with tarfile.open(tarball, "r:gz") as tar:
+        data = tar.extractfile("package/emoji.json").read()
+    by_category = {}
+    for name, category in category_table(data).items():
+        by_category.setdefault(category, []).append(name)
+    head = {"source": f"package/emoji.json of {Path(tarball).name}",
+            "emoji_json_sha256": _sha256(data)}
+    lines = [f"{json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    lines += ['"categories": {'] + [
+        f"  {json.dumps(c)}: {json.dumps(sorted(n))}," for c, n in sorted(by_category.items())]
+    lines[-1] = lines[-1].rstrip(",")
+    path.write_text("{\n" + "\n".join(lines) + "\n}}\n", encoding="utf-8")
+    return path  # one category per line
+
+
+def categories_of(names: Sequence[str]) -> np.ndarray:
+    """The category of each image name (``CATEGORY_TABLE``), [N] str."""
+    with open(CATEGORY_TABLE, encoding="utf-8") as f:
+        table = {n: c for c, names_ in json.load(f)["categories"].items() for n in names_}
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise EmojiDataError(f"{CATEGORY_TABLE} names no category for {missing[:5]} "
+                             f"({len(missing)} images)")
+    return np.array([table[n] for n in names])
 
 
 def split_key(name: str) -> str:
@@ -265,15 +334,18 @@ def load_emoji(emoji_set: str = "google", *, tarball: str | os.PathLike | None =
 
 
 def load_emoji_split(sets: str = "google", split: str = "all", *, tarballs: str = "",
+                     categories: str = "",
                      cache_dir: str | os.PathLike | None = None,
                      allow_download: bool = True) -> EmojiImages:
     """The images of `split` from every set of `sets` ('google', 'google,twitter'),
-    set after set in that order, each set sorted by name.
+    set after set in that order, each set sorted by name; only those of `categories`
+    (comma-separated CATEGORIES, ``data.emoji_categories``; "" = all).
 
     tarballs: "" or comma-separated tarballs, one per set of `sets` in that order
     (``data.emoji_tarball``).
     """
     chosen = parse_sets(sets)
+    wanted = parse_categories(categories)
     paths = [p.strip() for p in tarballs.split(",") if p.strip()]
     if paths and len(paths) != len(chosen):
         raise EmojiDataError(f"data.emoji_tarball names {len(paths)} tarball(s) for the "
@@ -284,7 +356,10 @@ def load_emoji_split(sets: str = "google", split: str = "all", *, tarballs: str 
         loaded = load_emoji(emoji_set, tarball=paths[i] if paths else None,
                             cache_dir=cache_dir, allow_download=allow_download)
         keep = split_indices(loaded.names.tolist(), split)
+        if wanted:
+            keep = keep[np.isin(categories_of(loaded.names[keep].tolist()), wanted)]
         parts.append(EmojiImages(*(a[keep] for a in loaded)))
-        logging.info("emoji set %s (%s): %d of %d images, split %s", emoji_set,
-                     EMOJI_SETS[emoji_set].licence, len(keep), len(loaded.names), split)
+        logging.info("emoji set %s (%s): %d of %d images, split %s%s", emoji_set,
+                     EMOJI_SETS[emoji_set].licence, len(keep), len(loaded.names), split,
+                     f", categories {', '.join(wanted)}" if wanted else "")
     return EmojiImages(*(np.concatenate(arrays) for arrays in zip(*parts)))

@@ -102,10 +102,13 @@ def open_source(data_config) -> RandomAccessImages:
                            verify_images=d.get("verify_images", False),
                            skip_bad_images=d.get("skip_bad_images", False))
     if d.source == "emoji":
+        categories = d.get("emoji_categories", "")
         images = load_emoji_split(d.emoji_sets, d.emoji_split, tarballs=d.emoji_tarball,
-                                  cache_dir=d.cache_dir or None,
+                                  categories=categories, cache_dir=d.cache_dir or None,
                                   allow_download=d.allow_download).images
-        what = f"emoji {d.emoji_sets}, split {d.emoji_split}: {len(images)} images"
+        what = (f"emoji {d.emoji_sets}, split {d.emoji_split}"
+                + (f", categories {categories}" if categories else "")
+                + f": {len(images)} images")
         size = images.shape[1]
         if d.load_size > size and d.get("allow_upscaling", False):
             # Stage2 demo: bicubic upscaling, so the high-res targets hold no detail the

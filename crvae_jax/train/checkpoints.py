@@ -481,7 +481,7 @@ def read_config_json(workdir: str) -> Optional[dict]:
 IDENTITY_SECTIONS = ("dataset", "model", "objective")
 # Data keys that define what a run learns from, with the value a workdir saved before
 # the key existed had.
-DATA_IDENTITY_KEYS = {"emoji_sets": "google", "emoji_split": "all"}
+DATA_IDENTITY_KEYS = {"emoji_sets": "google", "emoji_split": "all", "emoji_categories": ""}
 # Settings that shape the training trajectory (a run is a function of config and step):
 # changed between two runs on one workdir, the resumed run would not be the run that
 # was started. Whole sections, or "section.key". A key missing from an older
