@@ -19,9 +19,11 @@ Stages (experiments/table_protocol.py has the job list and the workdir layout):
 after each. Finished work is skipped and a killed job resumes (training from its last
 epoch's checkpoint). --stop_after_minutes stops before a job that would not finish in
 time (training is cut to the whole epochs that fit); --max_jobs after that many jobs.
-Workdirs live outside the checkout (--root), so they survive between sessions; the
-protocol's numbers are kept in <root>/protocol.json and a run with other numbers on the
-same root is refused.
+Workdirs live outside the checkout (--root), so that a later session can resume them;
+the protocol's numbers are kept in <root>/protocol.json and a run with other numbers on
+the same root is refused. Each report first copies every workdir's small records into
+the checkout (--records, experiments/table_records.py): if the root is lost, finished
+numbers stay in the report, and the runs are trained again.
 """
 
 import contextlib
@@ -317,7 +319,9 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
 
 
 def report(p, root, pilot_root, output, commit, records) -> None:
-  """Copies every workdir's records (unless records is ''), then writes the report."""
+  """Copies every workdir's records (unless records is '' or of another protocol), then
+  writes the report."""
+  records = table_records.matching(root, records)
   if records:
     table_records.save_all(root, records)
   with table_records.merged_root(root, records) as (view, from_records):

@@ -45,8 +45,8 @@ def cpu_description() -> str:
 
 
 def emoji_data_line(config) -> str:
-  """What an emoji run trained on, e.g. "6,898 emoji of 64x64 (split 'train' of the
-  google,twitter sets: npm emoji-datasource-<set>@16.0.0)"."""
+  """What an emoji run trained on, e.g. "300 emoji of 64x64 (split 'train', categories
+  'Smileys & Emotion' of the google,twitter sets: npm emoji-datasource-<set>@16.0.0)"."""
   from crvae_jax.data import emoji, rgb  # pylint: disable=g-import-not-at-top
   d = config.data
   categories = d.get("emoji_categories", "")

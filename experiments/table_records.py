@@ -13,9 +13,11 @@ report):
 - every evaluation's JSON and per-image arrays (`eval_test_K*`, also under the K check's
   `test_first*/`): the paired per-image differences of the report.
 
-The report reads the union (`merged_root`): for each workdir name, the workdir's own
-files, or its record where the workdir is gone or holds less finished work (fewer
-epochs, or fewer evaluations). The runner itself schedules from the workdirs only, so a
+The root's protocol.json goes along; records of another protocol (budget, grid, scale)
+are neither read nor overwritten (`matching`), so a smoke run on another root cannot
+touch them. The report reads the union (`merged_root`): for each workdir name, the
+workdir's own files, or its record where the workdir is gone or lacks finished work the
+record has (fewer epochs, or an evaluation missing). The runner itself schedules from the workdirs only, so a
 job whose workdir is lost runs again; its record is kept until the new workdir has
 caught up, then replaced. The report marks the workdirs read from records.
 """
@@ -28,55 +30,55 @@ import shutil
 import tempfile
 from typing import Iterator, Optional
 
+from absl import logging
+
 from experiments import table_protocol as tp
 
-SMALL_FILES = ("job.json", "config.json", "train_summary.json")
+SMALL_FILES = ("config.json", "train_summary.json", "job.json")
+PROTOCOL = "protocol.json"  # the table's numbers (mnist_table.check_protocol_file)
 EVAL_PATTERNS = ("eval_test_K*", os.path.join("test_first*", "eval_test_K*"))
 
 
 def _write_atomic(path: str, data: bytes) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  with os.fdopen(fd, "wb") as f:
     f.write(data)
   os.replace(tmp, path)
 
 
 def _metrics_lines(path: str) -> bytes:
-  """metrics.jsonl cut to its validation lines and its first training line."""
+  """metrics.jsonl cut to its validation lines and its first training line (a line that
+  does not parse, such as one half-written by a running job, is left out)."""
   keep, seen_train = [], False
   with open(path, encoding="utf-8") as f:
     for line in filter(str.strip, f):
-      split = json.loads(line).get("split")
+      try:
+        split = json.loads(line).get("split")
+      except ValueError:
+        continue
       if split == "valid" or (split == "train" and not seen_train):
         keep.append(line if line.endswith("\n") else line + "\n")
         seen_train |= split == "train"
   return "".join(keep).encode("utf-8")
 
 
-def progress(path: str) -> tuple:
-  """(trained epochs, finished evaluations) of the workdir or record at `path`."""
-  rec = tp.read_job(path)
-  return tp.trained_epochs(rec), len(rec["evals"])
-
-
 def _behind(a: str, b: str) -> bool:
-  """Whether `a` holds less finished work than `b` (fewer epochs, or as many and fewer
-  evaluations)."""
-  return progress(a) < progress(b)
+  """Whether workdir or record `a` lacks finished work that `b` has: fewer trained
+  epochs, or an evaluation of `b` that `a` does not hold."""
+  ra, rb = tp.read_job(a), tp.read_job(b)
+  return (tp.trained_epochs(ra) < tp.trained_epochs(rb)
+          or not set(rb["evals"]) <= set(ra["evals"]))
 
 
 def save(wd: str, records: str) -> str:
   """Copies workdir `wd`'s records to `<records>/<basename(wd)>/`; returns that path. A
-  record with more finished work than `wd` (a lost run that is being trained again) is
-  kept as it is."""
+  record holding work that `wd` lacks (a lost run that is being trained again) is kept
+  as it is. job.json is written last, so an interrupted copy never claims an evaluation
+  whose arrays are not there."""
   dst = os.path.join(records, os.path.basename(os.path.normpath(wd)))
   if _has_job(dst) and _behind(wd, dst):
     return dst
-  for name in SMALL_FILES:
-    if os.path.exists(os.path.join(wd, name)):
-      with open(os.path.join(wd, name), "rb") as f:
-        _write_atomic(os.path.join(dst, name), f.read())
   if os.path.exists(os.path.join(wd, "metrics.jsonl")):
     _write_atomic(os.path.join(dst, "metrics.jsonl"),
                   _metrics_lines(os.path.join(wd, "metrics.jsonl")))
@@ -85,15 +87,46 @@ def save(wd: str, records: str) -> str:
       if os.path.isfile(src) and not src.endswith(".tmp"):
         with open(src, "rb") as f:
           _write_atomic(os.path.join(dst, os.path.relpath(src, wd)), f.read())
+  for name in SMALL_FILES:  # job.json last
+    if os.path.exists(os.path.join(wd, name)):
+      with open(os.path.join(wd, name), "rb") as f:
+        _write_atomic(os.path.join(dst, name), f.read())
   return dst
 
 
 def save_all(root: str, records: str) -> list:
-  """`save` for every workdir under root with a job.json; returns the record paths."""
+  """`save` for every workdir under root with a job.json, and root's protocol.json;
+  returns the record paths. A workdir that cannot be copied is logged and skipped."""
   if not os.path.isdir(root):
     return []
-  return [save(os.path.join(root, n), records) for n in sorted(os.listdir(root))
-          if _has_job(os.path.join(root, n))]
+  if os.path.exists(os.path.join(root, PROTOCOL)):
+    with open(os.path.join(root, PROTOCOL), "rb") as f:
+      _write_atomic(os.path.join(records, PROTOCOL), f.read())
+  saved = []
+  for n in sorted(os.listdir(root)):
+    if _has_job(os.path.join(root, n)):
+      try:
+        saved.append(save(os.path.join(root, n), records))
+      except (OSError, ValueError) as e:
+        logging.warning("records of %s not copied: %s", n, e)
+  return saved
+
+
+def matching(root: str, records: Optional[str]) -> Optional[str]:
+  """`records` if it belongs to root's protocol (the same protocol.json, or none yet on
+  either side), else None with a warning: records of another budget, grid or scale are
+  neither read nor overwritten."""
+  if not records:
+    return None
+  paths = [os.path.join(d, PROTOCOL) for d in (root, records)]
+  if not all(os.path.exists(p) for p in paths):
+    return records
+  mine, theirs = (json.load(open(p, encoding="utf-8")) for p in paths)
+  if mine != theirs:
+    logging.warning("%s belongs to another protocol (%s, root: %s): not used", records,
+                    theirs, mine)
+    return None
+  return records
 
 
 def _has_job(path: str) -> bool:

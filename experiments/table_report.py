@@ -275,8 +275,9 @@ def release_section(p, entries: dict) -> list:
 def runs_section(p, root: str, root_label: str, from_records=frozenset()) -> list:
   lines = ["## Runs", "", "Every workdir under `" + root_label + "`: training segments "
            "(epochs from -> to, wall time, commit, date, load average at start, command) "
-           "and evaluations. A workdir marked (record) is no longer on disk: its numbers "
-           "are read from its copied records (experiments/table_records.py).", "",
+           "and evaluations. A workdir marked (record) is gone or lacks work its copied "
+           "records hold: its numbers are read from those records "
+           "(experiments/table_records.py).", "",
            "| workdir | training | evaluations | machine |", "|---|---|---|---|"]
   commands, seen = [], set()
   cmd = lambda c: (commands.append(c) if c not in commands else None,
@@ -334,8 +335,8 @@ def write_report(p: tp.Protocol, root: str, pilot_root: str, output: str, *,
       f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
       f"(code {commit}) from the runs under `{root_label}` and the pilot curves under "
       f"`{pilot_root}`. Every number is read from those runs"
-      + (f" (or, for the {len(from_records)} marked (record) under Runs, whose workdirs "
-         f"are gone, from their copies in `{os.path.relpath(records, REPO)}`)"
+      + (f" (or, for the workdirs marked (record) under Runs, which are gone or behind "
+         f"their records, from the copies in `{os.path.relpath(records, REPO)}`)"
          if from_records else "")
       + "; each run's command, commit, date and machine are listed under Runs. "
       "Finished so far: " + status + ".", ""]

@@ -226,6 +226,9 @@ def test_categories_filter_each_set_after_the_split(tmp_path, monkeypatch):
     want = [n for n in names if n in smileys and emoji.is_heldout(n) == (split == "heldout")]
     assert got.names.tolist() == want * 2 and got.sets.tolist() == (
         ["google"] * len(want) + ["twitter"] * len(want))
+  with pytest.raises(emoji.EmojiDataError, match="no google emoji of those categories"):
+    emoji.load_emoji_split("google", "all", tarballs=str(paths["google"]),
+                           categories="Objects")
   both = emoji.load_emoji_split("google", "all", tarballs=str(paths["google"]),
                                 categories="Flags,Smileys & Emotion")
   assert both.names.tolist() == names

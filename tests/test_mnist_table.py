@@ -343,7 +343,7 @@ def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypat
   after = open(flags.output, encoding="utf-8").read()
   assert row in after  # the finished row survives, read from its record ...
   assert f"| `{name}` (record) |" in after  # ... and says so
-  assert "from their copies in" in after and "mnist_table_view_" not in after
+  assert "from the copies in" in after and "mnist_table_view_" not in after
   calls.clear()
   with flagsaver.flagsaver(max_jobs=1, **settings):  # the runner retrains (it schedules
     mnist_table.main(["mnist_table"])  # from workdirs): its first, partial job ...
@@ -356,3 +356,13 @@ def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypat
   assert [c[0] for c in calls] == ["train", "eval"]
   assert "` (record) |" not in open(flags.output, encoding="utf-8").read()
   assert tp.read_job(record) == tp.read_job(os.path.join(flags.root, name))  # in step
+  # A root of another protocol (here another budget) neither reads nor writes them.
+  kept = open(os.path.join(record, "job.json"), encoding="utf-8").read()
+  assert os.path.exists(os.path.join(flags.records, "protocol.json"))
+  calls.clear()
+  other = os.path.join(os.path.dirname(flags.root), "other_root")
+  with flagsaver.flagsaver(root=other, **{**settings, "num_epochs": 2.0}):
+    mnist_table.main(["mnist_table"])
+  assert [c[0] for c in calls] == ["train", "eval"]
+  assert open(os.path.join(record, "job.json"), encoding="utf-8").read() == kept
+  assert "` (record) |" not in open(flags.output, encoding="utf-8").read()

@@ -358,6 +358,10 @@ def load_emoji_split(sets: str = "google", split: str = "all", *, tarballs: str 
         keep = split_indices(loaded.names.tolist(), split)
         if wanted:
             keep = keep[np.isin(categories_of(loaded.names[keep].tolist()), wanted)]
+            if not len(keep):
+                raise EmojiDataError(
+                    f"data.emoji_categories={categories!r}: no {emoji_set} emoji of "
+                    f"those categories in split {split!r}")
         parts.append(EmojiImages(*(a[keep] for a in loaded)))
         logging.info("emoji set %s (%s): %d of %d images, split %s%s", emoji_set,
                      EMOJI_SETS[emoji_set].licence, len(keep), len(loaded.names), split,

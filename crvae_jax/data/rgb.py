@@ -8,8 +8,9 @@ Sources (``data.source`` in the config):
 - ``folder``: any folder of JPEG/PNG images (``ImageFolder``), e.g. CelebA's
   ``img_align_celeba/``.
 - ``emoji``: the emoji image sets of the npm registry (``emoji.load_emoji_split``:
-  ``data.emoji_sets``, e.g. 'google,twitter', and ``data.emoji_split``, 'train',
-  'heldout' or 'all'), the offline default of the CPU demo and the tests.
+  ``data.emoji_sets``, e.g. 'google,twitter', ``data.emoji_split``, 'train',
+  'heldout' or 'all', and ``data.emoji_categories``, e.g. 'Smileys & Emotion'), the
+  offline default of the CPU demo and the tests.
 
 Every source gives square RGB images in [-1, 1] at ``data.load_size`` (centre crop and
 bicubic resize). ``augment`` then takes a random ``IMAGE_SIZE`` crop (when

@@ -110,7 +110,6 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
   c.data.emoji_sets = "google"
   # Which emoji: 'train' (default since issue 19: the ~91% not held out, 3,449 of the
   # 3,786 per set), 'heldout' (the rest, for completion and held-out errors) or 'all'.
-  # The committed results/emoji_*_cpu runs trained on 'all' (3,786 images).
   c.data.emoji_split = "train"
   # Unicode categories to keep, comma-separated ("" = all; crvae_jax/data/emoji.py,
   # CATEGORIES), e.g. "Smileys & Emotion" (169 emoji per set).
