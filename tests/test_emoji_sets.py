@@ -212,7 +212,7 @@ def test_the_category_table_names_every_emoji_once():
 
 def test_categories_filter_each_set_after_the_split(tmp_path, monkeypatch):
   table = json.loads(emoji.CATEGORY_TABLE.read_text(encoding="utf-8"))["categories"]
-  smileys, flags = table["Smileys & Emotion"][:30], table["Flags"][:30]
+  smileys, flags = table["Smileys & Emotion"], table["Flags"][:30]  # 19 smileys held out
   names = sorted(smileys + flags, key=lambda n: n + ".png")
   paths = _synthetic_sets(tmp_path, monkeypatch, names)
   assert emoji.parse_categories(" smileys & emotion,FLAGS ") == ("Smileys & Emotion", "Flags")
