@@ -220,6 +220,8 @@ def test_stage2_trains_resumes_and_samples_from_a_stage1_checkpoint(tmp_path, ab
 
   samples = workdir / "samples"
   assert Image.open(samples / "stage2_prior_0000003.png").size == (4 * 130 + 2, 2 * 130 + 2)
+  scores = json.loads((samples / "stage2_vs_bicubic_0000003.json").read_text())
+  assert set(scores) == {"images", "psnr", "ssim"} and np.isfinite(scores["psnr"]["stage2"])
   prior = Image.open(samples / "stage2_prior_sampled_0000003.png")
   recon = Image.open(samples / "stage2_reconstructions_sampled_0000003.png")
   assert prior.size == (4 * 130 + 2, 2 * 130 + 2)  # 2 (Stage1 | Stage2) pairs per row
@@ -277,3 +279,17 @@ def test_bicubic_upscale_is_the_baseline_beside_stage2():
   # Downsampling the upscale by averaging 2x2 blocks returns close to the input.
   back = up.reshape(2, 8, 2, 8, 2, 3).mean(axis=(2, 4))
   assert np.abs(back - x).mean() < 0.1
+
+
+def test_stage2_is_scored_against_the_bicubic_upscale_beside_it():
+  from crvae_jax.families import stage2 as stage2_family
+  rng = np.random.default_rng(1)
+  truth = rng.uniform(-1, 1, size=(4, 16, 16, 3))
+  noisy = np.clip(truth + 0.3 * rng.normal(size=truth.shape), -1, 1)
+  r = stage2_family.versus_bicubic(truth, bicubic=noisy, stage2=truth * 0.99)
+  assert r["images"] == 4
+  assert r["psnr"]["stage2"] > r["psnr"]["bicubic"] and r["psnr"]["difference"] > 0
+  assert r["ssim"]["stage2"] > r["ssim"]["bicubic"]
+  swapped = stage2_family.versus_bicubic(truth, bicubic=truth * 0.99, stage2=noisy)
+  assert swapped["psnr"]["difference"] == pytest.approx(-r["psnr"]["difference"])
+  assert r["psnr"]["difference_se"] > 0
