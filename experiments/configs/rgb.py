@@ -11,7 +11,7 @@ Paper scale (needs a GPU; the dataset prepared for tensorflow-datasets, or a fol
   python -m experiments.main --config=experiments/configs/rgb.py:celeba_crvaegan \
       --config.data.source=folder --config.data.image_dir=~/data/img_align_celeba \
       --workdir=runs/celeba_crvaegan --mode=train,sample
-CPU scale (the smileys of the emoji sets from the npm registry; width 8, 6,000 steps of
+CPU scale (the smileys of the emoji sets from the npm registry; width 8, 4,000 steps of
 batch 32):
   python -m experiments.main --config=experiments/configs/rgb.py:emoji_crvaegan,cpu \
       --workdir=runs/emoji_crvaegan_cpu --mode=train,sample
@@ -167,14 +167,14 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
     c.train.checkpoint_every_steps = 200
     c.train.sample_every_steps = 200
     if dataset == "emoji":  # the CPU budget of issue 19: both vendors' drawings of the
-      # 'Smileys & Emotion' emoji (300 training images, 38 held out), 6,000 steps of 32
-      # (about 1-1.5 h on 2 cores; each run's time is in results/emoji_*_cpu/summary.md).
+      # 'Smileys & Emotion' emoji (300 training images, 38 held out), 4,000 steps of 32
+      # (under an hour on 2 cores; each run's time is in results/emoji_*_cpu/summary.md).
       # On all 6,898 training emoji this model's prior samples stayed coloured blobs
       # after 12,000 steps; on the smileys they are faces within 500 (issue 19's note of
       # 2026-12-04).
       c.data.emoji_sets = "google,twitter"
       c.data.emoji_categories = "Smileys & Emotion"
-      c.train.num_steps = 6_000
+      c.train.num_steps = 4_000
       c.train.log_every_steps = 100
       c.train.checkpoint_every_steps = 500
       c.train.sample_every_steps = 1_000
