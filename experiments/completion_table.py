@@ -259,7 +259,7 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
           "command": command, "date": datetime.datetime.now(datetime.timezone.utc)
           .strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
           "machine": f"{cpu_description()}, "
-                     f"cores, {distributed.describe()}, {mesh.size} used, jax "
+                     f"{distributed.describe()}, {mesh.size} used, jax "
                      f"{_jax_version()}",
           "wall_s": time.time() - t0},
       "settings": {"num_images": len(x), "seed": seed, "split": split,

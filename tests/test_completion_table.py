@@ -60,6 +60,8 @@ def test_table_is_the_paired_statistics_of_the_per_image_json(runs, tmp_path):
       "vaegan", "crvaegan"]
   assert saved["settings"]["num_images"] == 4 and saved["settings"]["split_size"] == 9
   assert saved["reconstruction"]["num_images"] == 9  # the whole held-out split
+  machine = saved["provenance"]["machine"]
+  assert "cores, cores" not in machine and machine.count(" cores") == 1, machine
   for kind in kinds:
     per = saved["completion"][kind]
     for metric, name, digits in (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 3)):
