@@ -10,6 +10,12 @@ of this run's fp32 matmul peak, and the compiled scratch memory of the estimator
 K=100 and K=10,000 (same chunk, min(chunk, 100)). --rss also runs the estimator in fresh
 processes at K=100 and K=10,000 (2 images, chunk 100, CPU scale) and prints their peak
 RSS.
+
+  python -m benchmarks.nll_eval --scales=cpu --samples=1000 --images=40 \
+      --chunks=20x50,50x20,100x10,250x8 --rounds=3
+
+--chunks instead compares decoding chunk x images-per-call settings at one K: every
+setting compiled first, then timed in alternating rounds (median and every round).
 """
 
 import argparse
@@ -139,6 +145,42 @@ def peak_rss_mb(num_samples: int) -> float:
   return float(out.split("PEAK_RSS_MB")[-1].split()[0])
 
 
+def parse_chunks(text: str) -> list:
+  """'20x50,50x20' -> [(20, 50), (50, 20)]; a clear error for anything else."""
+  pairs = []
+  for item in text.split(","):
+    parts = item.strip().split("x")
+    if len(parts) != 2 or not all(q.isdigit() and int(q) > 0 for q in parts):
+      raise SystemExit(f"--chunks: {item!r} is not CHUNKxBATCH with positive integers")
+    pairs.append((int(parts[0]), int(parts[1])))
+  return pairs
+
+
+def compare_chunks(args) -> None:
+  """Decoder samples/s of each chunk x batch setting at K=--samples, alternating rounds."""
+  pairs = parse_chunks(args.chunks)
+  print(f"# {machine_line()}")
+  print(f"# command: python -m benchmarks.nll_eval {' '.join(sys.argv[1:])}")
+  print(f"matmul peak (4096^2 fp32 jnp.dot, best of 5): {matmul_gflops():.0f} GFLOP/s")
+  print(f"| row | scale | K | chunk x batch | decoder samples/s (median) | rounds |")
+  print("|---|---|---|---|---|---|")
+  for scale in args.scales.split(","):
+    config = mnist_configs.config_at_scale(args.row, scale)
+    model, variables = random_variables(config)
+    runners = {}
+    for chunk, batch in pairs:
+      config.eval.batch_size = batch
+      runners[(chunk, batch)] = eval_runner(config, model, variables, args.images,
+                                            args.samples, chunk_size=chunk)
+    rates = {pair: [] for pair in pairs}
+    for r in range(args.rounds):
+      for pair in (pairs if r % 2 == 0 else pairs[::-1]):
+        rates[pair].append(runners[pair]())
+    for (chunk, batch), got in rates.items():
+      print(f"| {args.row} | {scale} | {args.samples} | {chunk} x {batch} | "
+            f"{np.median(got):.0f} | {'/'.join(f'{v:.0f}' for v in got)} |", flush=True)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--scales", default="cpu,paper")
@@ -147,9 +189,15 @@ def main():
   p.add_argument("--samples", type=int, default=100)
   p.add_argument("--rss", action="store_true", help="also measure peak RSS (2 processes)")
   p.add_argument("--child_rss", type=int, default=0, help=argparse.SUPPRESS)
+  p.add_argument("--chunks", default="", help="compare CHUNKxBATCH settings, e.g. "
+                 "20x50,50x20 (samples decoded at once per image x images per call)")
+  p.add_argument("--rounds", type=int, default=3, help="--chunks: alternating rounds")
   args = p.parse_args()
   if args.child_rss:
     child_peak_rss(args.child_rss)
+    return
+  if args.chunks:
+    compare_chunks(args)
     return
   print(f"# {machine_line()}")
   peak = matmul_gflops()
