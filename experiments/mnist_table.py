@@ -164,14 +164,20 @@ def run_train(p, job, root: str, data, epochs: float, commit: str) -> None:
   rec["overrides"] = overrides(job.setting, config.model.num_blocks)
   done, _ = tp.valid_curve(wd)
   start = float(done.max()) if len(done) else 0.0
+  tp.close_interrupted_segment(wd, rec, start)
   print(f"\n=== train {job.setting.name}: epoch {start:g} -> {epochs:g}", flush=True)
   t0, failed = time.time(), None
+  # Written before training: a segment killed before its end (a session's end, a crash)
+  # is closed by the next run_train from this entry (tp.close_interrupted_segment).
+  rec["running"] = {"epochs_from": start, "started": t0, **provenance(commit)}
+  tp.write_job(wd, rec)
   try:
     train(config, wd, data)
   except NonFiniteError as e:  # recorded; the grid scores what the run reached
     failed = str(e)
   done, _ = tp.valid_curve(wd)
   reached = epochs if failed is None else (float(done.max()) if len(done) else 0.0)
+  del rec["running"]
   rec["train"].append({"epochs_from": start, "epochs_to": reached,
                        "seconds": time.time() - t0, **provenance(commit)})
   if failed:

@@ -167,6 +167,22 @@ def write_job(wd: str, record: dict) -> None:
   os.replace(tmp, os.path.join(wd, "job.json"))
 
 
+def close_interrupted_segment(wd: str, record: dict, reached: float) -> None:
+  """A training segment that never finished (killed: the session ended, the process
+  crashed) left record["running"]; turn it into a segment marked interrupted, from its
+  start epoch to `reached` (the last validated epoch, where training resumes), its
+  seconds up to the last line of metrics.jsonl (the work after that is repeated)."""
+  running = record.pop("running", None)
+  if running is None:
+    return
+  started = running.pop("started")
+  path = os.path.join(wd, "metrics.jsonl")
+  last = os.path.getmtime(path) if os.path.exists(path) else started
+  record["train"].append({**running, "epochs_to": max(reached, running["epochs_from"]),
+                          "seconds": max(last - started, 0.0), "interrupted": True})
+  write_job(wd, record)
+
+
 def trained_epochs(record: dict) -> float:
   return max([s["epochs_to"] for s in record["train"]], default=0.0)
 
@@ -341,7 +357,7 @@ def measured_rates(root: str, pilot_root: Optional[str] = None):
     row = rec["setting"]["row"]
     for s in rec["train"]:
       epochs = s["epochs_to"] - s["epochs_from"]
-      if epochs > 0:
+      if epochs > 0 and not s.get("interrupted"):  # an interrupted one's end is a guess
         t = train.setdefault(row, [0.0, 0.0])
         t[0], t[1] = t[0] + s["seconds"], t[1] + epochs
     for e in rec["evals"].values():

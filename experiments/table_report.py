@@ -289,7 +289,8 @@ def runs_section(p, root: str, root_label: str, from_records=frozenset()) -> lis
     rec = tp.read_job(tp.workdir(root, job.setting))
     if not rec["train"]:
       continue
-    train = "<br>".join(f"{s['epochs_from']:g}->{s['epochs_to']:g} ep, "
+    train = "<br>".join(f"{s['epochs_from']:g}->{s['epochs_to']:g} ep"
+                        f"{' (interrupted; time to its last logged epoch)' if s.get('interrupted') else ''}, "
                         f"{s['seconds'] / 60:.1f} min, {s['commit']}, {s['date']}, load "
                         f"{s['load']:.1f} {cmd(s['command'])}" for s in rec["train"])
     if rec.get("failed"):

@@ -366,3 +366,41 @@ def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypat
   assert [c[0] for c in calls] == ["train", "eval"]
   assert open(os.path.join(record, "job.json"), encoding="utf-8").read() == kept
   assert "` (record) |" not in open(flags.output, encoding="utf-8").read()
+
+
+def test_a_killed_training_segment_is_kept_as_interrupted(flags, monkeypatch):
+  real_rates = tp.measured_rates
+  calls = []
+  _fake_library(monkeypatch, calls)
+  fake_train = mnist_table.train
+
+  def killed(config, wd, data):  # one epoch, then the session ends
+    del data
+    calls.append(("train", os.path.basename(wd), config.train.num_epochs))
+    _write_curve(wd, [-101.0])
+    raise KeyboardInterrupt
+
+  settings = dict(rows=["vae"], lrs=["1e-3"], grid_epochs=2.0, num_epochs=3.0, num_seeds=1,
+                  release=False, k_curve_rows=[], num_samples=20, max_jobs=1)
+  monkeypatch.setattr(mnist_table, "train", killed)
+  with flagsaver.flagsaver(**settings), pytest.raises(KeyboardInterrupt):
+    mnist_table.main(["mnist_table"])
+  wd = os.path.join(flags.root, "vae_lr0.001_b1_s0")
+  rec = tp.read_job(wd)
+  assert rec["train"] == [] and rec["running"]["epochs_from"] == 0.0
+  monkeypatch.setattr(mnist_table, "train", fake_train)
+  with flagsaver.flagsaver(**settings):
+    mnist_table.main(["mnist_table"])
+  rec = tp.read_job(wd)
+  assert "running" not in rec
+  assert [(s["epochs_from"], s["epochs_to"], s.get("interrupted", False))
+          for s in rec["train"]] == [(0, 1, True), (1, 2, False)]
+  assert rec["train"][0]["commit"] and rec["train"][0]["seconds"] >= 0
+  text = open(flags.output, encoding="utf-8").read()
+  assert "0->1 ep (interrupted; time to its last logged epoch)" in text
+  assert "1->2 ep, " in text
+  # The interrupted segment's guessed end is not a throughput measurement.
+  rec["train"][1]["seconds"] = 30.0
+  tp.write_job(wd, rec)
+  per_epoch, _ = real_rates(flags.root)
+  assert per_epoch == {"vae": 30.0}
