@@ -18,6 +18,8 @@ Variants:
   matmul_deconv  as default, but every transposed conv in fast_conv's matmul +
             overlap-add form, whatever its input size (default: the sub-pixel form from
             8x8 inputs up).
+  +KEY=VALUE[+KEY=VALUE...]  as default, plus these XLA compiler options (VALUE true,
+            false, an integer or a string), e.g. +xla_cpu_use_multi_output_fusion=true.
 """
 
 import argparse
@@ -52,8 +54,27 @@ def kernel_variant(name: str):
 VARIANTS = ("default", "ynn_convs", "xla", *KERNEL_VARIANTS)
 
 
+def extra_compiler_options(variant: str) -> dict:
+  """'+a=true+b=3' -> {'a': True, 'b': 3}; a clear error for anything else."""
+  options = {}
+  for item in variant.split("+")[1:]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.startswith("xla_"):
+      raise ValueError(f"variant {variant!r}: {item!r} is not xla_KEY=VALUE")
+    low = value.lower()
+    options[key] = (low == "true") if low in ("true", "false") else (
+        int(value) if value.lstrip("-").isdigit() else value)
+  return options
+
+
 def variant_config_and_context(variant: str, scale: str, row: str):
   """(config, context): build and compile the variant's program inside `context`."""
+  if variant.startswith("+"):
+    config = mnist_configs.config_at_scale(row, scale)
+    config.model.conv_impl = "cpu"
+    options = {**compiled._CPU_COMPILER_OPTIONS,  # pylint: disable=protected-access
+               **extra_compiler_options(variant)}
+    return config, mock.patch.object(compiled, "_CPU_COMPILER_OPTIONS", options)
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
   config = mnist_configs.config_at_scale(row, scale)
@@ -94,7 +115,13 @@ def main():
                  help="--measure=eval: K (one round: one pass over 32 images)")
   args = p.parse_args()
   names = args.variants.split(",")
-  unknown = [n for n in names if n not in VARIANTS]
+  for n in names:
+    if n.startswith("+"):
+      try:
+        extra_compiler_options(n)
+      except ValueError as e:
+        p.error(f"--variants: {e}")
+  unknown = [n for n in names if n not in VARIANTS and not n.startswith("+")]
   if unknown:
     p.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
   trainers = {n: build(n, args.scale, args.row, args.measure, args.eval_k)

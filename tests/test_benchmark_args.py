@@ -1,0 +1,28 @@
+"""Argument parsing of the benchmark scripts' comparison options."""
+
+import pytest
+
+from benchmarks import ab_train_step, nll_eval
+
+
+def test_compiler_option_variants_parse_values_and_refuse_other_text():
+  assert ab_train_step.extra_compiler_options(
+      "+xla_cpu_prefer_vector_width=512+xla_a=true+xla_b=False+xla_c=NAME") == {
+          "xla_cpu_prefer_vector_width": 512, "xla_a": True, "xla_b": False,
+          "xla_c": "NAME"}
+  for bad in ("+foo", "+xla_a", "+vector=3"):
+    with pytest.raises(ValueError, match="not xla_KEY=VALUE"):
+      ab_train_step.extra_compiler_options(bad)
+  config, context = ab_train_step.variant_config_and_context("+xla_a=1", "cpu", "crvae")
+  assert config.model.conv_impl == "cpu"
+  with context:
+    options = ab_train_step.compiled.compiler_options("cpu")
+  assert options["xla_a"] == 1 and len(options) == 2  # the default's option kept
+  assert "xla_a" not in ab_train_step.compiled.compiler_options("cpu")
+
+
+def test_chunk_settings_parse_and_refuse_bad_text():
+  assert nll_eval.parse_chunks("20x50, 50x20") == [(20, 50), (50, 20)]
+  for bad in ("20", "20x0", "ax5", "20x50x2"):
+    with pytest.raises(SystemExit, match="CHUNKxBATCH"):
+      nll_eval.parse_chunks(bad)
