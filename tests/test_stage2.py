@@ -293,3 +293,23 @@ def test_stage2_is_scored_against_the_bicubic_upscale_beside_it():
   swapped = stage2_family.versus_bicubic(truth, bicubic=truth * 0.99, stage2=noisy)
   assert swapped["psnr"]["difference"] == pytest.approx(-r["psnr"]["difference"])
   assert r["psnr"]["difference_se"] > 0
+
+
+def test_stage2_refuses_other_data_than_its_stage1_learned_from(tmp_path):
+  from experiments.configs import rgb as rgb_configs  # pylint: disable=g-import-not-at-top
+  stage1_dir = tmp_path / "stage1"
+  checkpoints.write_config(str(stage1_dir), rgb_configs.get_config("emoji_crvaegan,cpu"))
+  c = stage2_configs.get_config("emoji_crvaegan,cpu")
+  c.stage1.workdir = str(stage1_dir)
+  assert stage2.data_differences(c, stage2.stage1_config(c, str(tmp_path / "s2"))) == []
+  with pytest.raises(FileNotFoundError, match="stage1"):  # data agree: on to the checkpoint
+    stage2.restore_stage1(c, str(tmp_path / "s2"))
+  c.data.emoji_categories = ""
+  c.data.emoji_sets = "google"
+  with pytest.raises(config_checks.ConfigError, match=r"other data than the Stage1.*"
+                     r"emoji_sets: 'google' \(Stage2\) != 'google,twitter' \(Stage1\); "
+                     r"data.emoji_categories: '' \(Stage2\) != 'Smileys & Emotion'"):
+    stage2.restore_stage1(c, str(tmp_path / "s2"))
+  # A folder may hold the same images as the dataset Stage1 read: not compared.
+  c.data.source = "folder"
+  assert stage2.data_differences(c, stage2.stage1_config(c, str(tmp_path / "s2"))) == []

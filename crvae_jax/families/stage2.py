@@ -115,6 +115,25 @@ def _frozen_copy(workdir: str, pinned: dict, s1_config, pin_path: str):
   return serialization.from_bytes(target, data)
 
 
+def data_differences(config, s1_config) -> list:
+  """['data.emoji_categories: ...'] where Stage2's data is not what Stage1 trained on.
+  Compared only when both read the same kind of source: emoji (its sets, split and
+  categories) or tfds (the dataset's name); a folder may hold the same images as a
+  tfds dataset, so other pairs cannot be told apart and pass."""
+  now, then = config.data, s1_config.get("data", {})
+  source = now.get("source")
+  if then.get("source") != source:
+    return []
+  if source == "emoji":
+    keys = checkpoints.DATA_IDENTITY_KEYS
+  elif source == "tfds":
+    keys = {"tfds_name": None}
+  else:
+    return []
+  return [f"data.{k}: {now.get(k, legacy)!r} (Stage2) != {then.get(k, legacy)!r} (Stage1)"
+          for k, legacy in keys.items() if now.get(k, legacy) != then.get(k, legacy)]
+
+
 def restore_stage1(config, workdir: str, *, pin: bool = False):
   """(Stage1 model, its generator variables, step): the Stage2 workdir's frozen copy when
   the run is pinned, else config.stage1.workdir's stage1.checkpoint_step (default: the
@@ -136,6 +155,12 @@ def restore_stage1(config, workdir: str, *, pin: bool = False):
           "or use a new Stage2 --workdir")
     step = pinned["step"]
   s1_config = stage1_config(config, workdir)
+  differences = data_differences(config, s1_config)
+  if differences:
+    raise config_checks.ConfigError(
+        f"Stage2 would train on other data than the Stage1 run at "
+        f"config.stage1.workdir={s1_dir!r} learned from: {'; '.join(differences)}. Set "
+        "those keys to Stage1's values (its config.json)")
   if pinned is not None:
     frozen = _frozen_copy(workdir, pinned, s1_config, pin_path)
     if frozen is not None:
