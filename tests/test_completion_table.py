@@ -131,6 +131,11 @@ def test_bad_input_is_refused_before_compilation(runs, tmp_path, monkeypatch):
   other.data.emoji_sets = "twitter"
   with pytest.raises(table.BadInput, match="differ in emoji_sets 'google,twitter' != 'twitter'"):
     check([runs[0], _write_run(tmp_path / "twitter", other)])
+  animals = tiny_rgb_config("crvaegan")
+  animals.data.emoji_categories = "Animals & Nature"
+  with pytest.raises(table.BadInput, match="differ in emoji_categories 'Smileys & Emotion' "
+                     "!= 'Animals & Nature': a paired"):
+    check([runs[0], _write_run(tmp_path / "animals", animals)])
 
   configs, kinds = check(runs)
   kwargs = dict(seed=0, steps=2, out=str(tmp_path / "t.md"), num_devices=1)
