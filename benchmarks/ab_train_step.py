@@ -19,7 +19,8 @@ Variants:
             overlap-add form, whatever its input size (default: the sub-pixel form from
             8x8 inputs up).
   +KEY=VALUE[+KEY=VALUE...]  as default, plus these XLA compiler options (VALUE true,
-            false, an integer or a string), e.g. +xla_cpu_use_multi_output_fusion=true.
+            false, an integer or a string), e.g. +xla_cpu_prefer_vector_width=512.
+            Separate the variants with ';' when a value holds commas.
 """
 
 import argparse
@@ -114,7 +115,7 @@ def main():
   p.add_argument("--eval_k", type=int, default=1000,
                  help="--measure=eval: K (one round: one pass over 32 images)")
   args = p.parse_args()
-  names = args.variants.split(",")
+  names = args.variants.split(";" if ";" in args.variants else ",")
   for n in names:
     if n.startswith("+"):
       try:
