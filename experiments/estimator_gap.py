@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from benchmarks.nll_eval import machine_line
-from crvae_jax import ais, likelihood, sharding, trained
+from crvae_jax import ais, host_memory, likelihood, sharding, trained
 from crvae_jax.families import mnist as mnist_family
 from experiments.provenance import git_commit
 
@@ -322,4 +322,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()  # before JAX runs anything; see crvae_jax.host_memory
   main()
