@@ -105,7 +105,9 @@ def cost_section(p, root: str, pilot_root: str) -> list:
     return []
   lines = ["## Cost on this machine", "",
            "Wall time of the finished runs (each segment includes start-up and "
-           "compilation; other work may have shared the CPU: see the load in Runs).", "",
+           "compilation). Where a row has segments that started on a quiet machine (load "
+           f"average <= {tp.busy_load():g}), only those count; otherwise other work shared "
+           "the CPU (see the load in Runs).", "",
            f"| row | s per training epoch | IS decoder samples/s | K={p.num_samples} on "
            "all 10,000 test images, min |", "|---|---|---|---|"]
   for row in tp.TABLE_ORDER:

@@ -346,11 +346,19 @@ def is_ready(job: Job, p: Protocol, root: str) -> bool:
                                  or bool(rec.get("failed")))
 
 
+def busy_load() -> float:
+  """A segment that started with a higher 1-minute load average than this shared the CPU
+  with other work (another training job, a benchmark): 1.5x this machine's cores."""
+  return 1.5 * (os.cpu_count() or 1)
+
+
 def measured_rates(root: str, pilot_root: Optional[str] = None):
   """({row: wall seconds per training epoch}, {row: IS decoder samples per second}) from
   the finished segments in root's job.json files, and for rows with none there, from the
-  pilot curves' train_summary.json (one uninterrupted run each)."""
-  train, evals = {}, {}
+  pilot curves' train_summary.json (one uninterrupted run each). Where a row has
+  segments that started on a quiet machine (load <= busy_load()), only those count:
+  the others shared the CPU and would overstate the cost of running alone."""
+  quiet, busy, evals = {}, {}, {}
   for path in sorted(_glob(root, "job.json")):
     with open(path, encoding="utf-8") as f:
       rec = json.load(f)
@@ -358,11 +366,13 @@ def measured_rates(root: str, pilot_root: Optional[str] = None):
     for s in rec["train"]:
       epochs = s["epochs_to"] - s["epochs_from"]
       if epochs > 0 and not s.get("interrupted"):  # an interrupted one's end is a guess
-        t = train.setdefault(row, [0.0, 0.0])
+        kind = busy if s.get("load", 0.0) > busy_load() else quiet
+        t = kind.setdefault(row, [0.0, 0.0])
         t[0], t[1] = t[0] + s["seconds"], t[1] + epochs
     for e in rec["evals"].values():
       t = evals.setdefault(row, [0.0, 0.0])
       t[0], t[1] = t[0] + e["seconds"], t[1] + e["num_samples"] * e["num_images"]
+  train = {**busy, **quiet}
   for path in sorted(_glob(pilot_root, "train_summary.json")) if pilot_root else []:
     wd = os.path.dirname(path)
     with open(path, encoding="utf-8") as f, open(os.path.join(wd, "config.json"),

@@ -404,3 +404,12 @@ def test_a_killed_training_segment_is_kept_as_interrupted(flags, monkeypatch):
   tp.write_job(wd, rec)
   per_epoch, _ = real_rates(flags.root)
   assert per_epoch == {"vae": 30.0}
+  # A segment that shared the CPU counts only while the row has no quiet one.
+  rec["train"][1]["load"] = tp.busy_load() + 1
+  rec["train"].append({**rec["train"][1], "epochs_from": 2, "epochs_to": 3,
+                       "seconds": 10.0, "load": 0.5})
+  tp.write_job(wd, rec)
+  assert real_rates(flags.root)[0] == {"vae": 10.0}
+  rec["train"].pop()
+  tp.write_job(wd, rec)
+  assert real_rates(flags.root)[0] == {"vae": 30.0}
