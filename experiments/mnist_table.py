@@ -85,8 +85,11 @@ flags.DEFINE_list("k_curve_rows", ["vae", "crvae"], "Rows of the K check (seed 0
 flags.DEFINE_integer("k_curve_samples", 5000, "The K check's largest K.")
 flags.DEFINE_integer("k_curve_images", 1000, "The K check scores the first this many "
                      "test images.")
-flags.DEFINE_bool("criwa_from_crvae", True, "crIWA takes crVAE (T=8)'s grid choice (the "
-                  "two then differ only in the bound) instead of a grid of its own.")
+flags.DEFINE_list("from_crvae_grid", ["criwa"], "Rows that take crVAE (T=8)'s grid "
+                  "choice instead of a grid of their own: crIWA (the two then differ only "
+                  "in the bound); adding crvae_t4, crvae_t16, crvae_inference, "
+                  "crvae_generation, crvae_2layer saves their grids (~5 CPU-hours at CPU "
+                  "scale). '' for none.")
 flags.DEFINE_bool("release", True, "Also train the release's recipe (config lr, LSTMs at "
                   "lr/T, beta 0.784), seed 0, after everything else.")
 flags.DEFINE_integer("max_jobs", None, "Stop after this many jobs.")
@@ -407,7 +410,7 @@ def main(argv):
         seeded_rows=tuple(FLAGS.seeded_rows), other_lstm_seeds=FLAGS.other_lstm_seeds,
         num_samples=FLAGS.num_samples, k_curve_rows=tuple(FLAGS.k_curve_rows),
         k_curve_samples=FLAGS.k_curve_samples, k_curve_images=FLAGS.k_curve_images,
-        criwa_from_crvae=FLAGS.criwa_from_crvae, release=FLAGS.release)
+        from_crvae_grid=tuple(r for r in FLAGS.from_crvae_grid if r), release=FLAGS.release)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   check_protocol_file(root, p, write=False)

@@ -74,7 +74,12 @@ def grid_section(p: tp.Protocol, root: str) -> list:
            "crVAE (T=8) is also trained at the best lr of its other LSTM rate (both are "
            "reported)."
            + (" crIWA takes crVAE (T=8)'s setting, so that the two differ only in the "
-              "bound." if p.criwa_from_crvae and "criwa" in p.rows else "")
+              "bound." if "criwa" in p.from_crvae_grid and "criwa" in p.rows else "")
+           + (" " + ", ".join(tp.ROW_LABELS[r] for r in p.from_crvae_grid
+                              if r != "criwa" and r in p.rows)
+              + " take crVAE (T=8)'s setting instead of a grid of their own "
+              "(--from_crvae_grid)." if any(r != "criwa" and r in p.rows
+                                            for r in p.from_crvae_grid) else "")
            + " Short pilots favour fast starters; the learning curves below show whether "
            "the choice held to the budget.", "",
            "| row | " + " | ".join(f"lr {lr:g}, LSTMs at {tp.LSTM_LABELS[l]}"

@@ -86,8 +86,20 @@ def test_plan_orders_phases_names_workdirs_and_waits_for_the_grid(tmp_path):
   assert tp.Setting("crvae", 1e-3, "full", 1.0, 2).overrides() == {
       "optim.learning_rate": 1e-3, "objective.beta": 1.0, "train.seed": 2,
       "optim.halve_every_epochs": 0.0, "optim.lstm_lr_divisor": 1.0}
-  with pytest.raises(ValueError, match="criwa takes crvae"):
+  with pytest.raises(ValueError, match=r"\['criwa'\] take crvae's grid choice"):
     tp.Protocol(rows=("vae", "criwa"))
+  with pytest.raises(ValueError, match=r"from_crvae_grid: \['vae', 'crvae'\] cannot"):
+    tp.Protocol(from_crvae_grid=("vae", "crvae", "crvae_t4"))
+  # The crVAE variants can share crVAE's choice: no grid of their own, same settings.
+  few = tp.Protocol(num_epochs=20, from_crvae_grid=("criwa", "crvae_t4", "crvae_t16"))
+  grid = {j.row for j in tp.plan(few, str(tmp_path)) if j.stage == "lr_grid"}
+  assert grid == {"vae", "crvae", "cvae", "crvae_inference", "crvae_generation",
+                  "crvae_2layer"}
+  _finish_grid(str(tmp_path), few, "crvae",
+               lambda s, e: -100.0 - (s.lr == 1e-3) * 5 - (s.lstm == "full"))
+  choice = tp.grid_choice(few, str(tmp_path), "crvae_t4")
+  assert (choice.row, choice.lr, choice.lstm) == ("crvae_t4", 3e-4, "T")
+  assert tp.grid_choice(few, str(tmp_path), "crvae_inference") is None  # its own grid
 
 
 def test_grid_picks_the_best_elbo_within_the_pilot_epochs(tmp_path):
