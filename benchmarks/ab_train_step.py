@@ -25,6 +25,7 @@ Variants:
 
 import argparse
 import contextlib
+import shlex
 import time
 import types
 from unittest import mock
@@ -133,7 +134,7 @@ def main():
       times[n].append(trainers[n].run(args.steps))
   print(f"# {machine_line()}")
   print(f"# command: python -m benchmarks.ab_train_step --scale={args.scale} "
-        f"--row={args.row} --variants={args.variants} --rounds={args.rounds} "
+        f"--row={args.row} --variants={shlex.quote(args.variants)} --rounds={args.rounds} "
         + (f"--steps={args.steps}" if args.measure == "train" else
            f"--measure=eval --eval_k={args.eval_k}"))
   unit = "train img/s" if args.measure == "train" else "eval samples/s"

@@ -21,6 +21,7 @@ setting compiled first, then timed in alternating rounds (median and every round
 import argparse
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -78,9 +79,10 @@ def eval_runner(config, model, variables, num_images: int, num_samples: int,
   estimator = likelihood.make_estimator(model, mesh, num_samples=num_samples,
                                         chunk_size=chunk_size or config.eval.chunk_size)
   variables, key = sharding.replicate(mesh, variables), jax.random.key(0)
+  batch = config.eval.batch_size  # read now: the caller may change the config afterwards
   run = lambda data: sharding.map_batches(lambda b, off: estimator(variables, b, off, key),
-                                          data, mesh, config.eval.batch_size)
-  run(images[:config.eval.batch_size])  # compile
+                                          data, mesh, batch)
+  run(images[:batch])  # compile
 
   def timed() -> float:
     t = time.perf_counter()
@@ -160,7 +162,7 @@ def compare_chunks(args) -> None:
   """Decoder samples/s of each chunk x batch setting at K=--samples, alternating rounds."""
   pairs = parse_chunks(args.chunks)
   print(f"# {machine_line()}")
-  print(f"# command: python -m benchmarks.nll_eval {' '.join(sys.argv[1:])}")
+  print(f"# command: python -m benchmarks.nll_eval {shlex.join(sys.argv[1:])}")
   print(f"matmul peak (4096^2 fp32 jnp.dot, best of 5): {matmul_gflops():.0f} GFLOP/s")
   print(f"| row | scale | K | chunk x batch | decoder samples/s (median) | rounds |")
   print("|---|---|---|---|---|---|")

@@ -1,5 +1,8 @@
 """Argument parsing of the benchmark scripts' comparison options."""
 
+import types
+
+import numpy as np
 import pytest
 
 from benchmarks import ab_train_step, nll_eval
@@ -26,3 +29,21 @@ def test_chunk_settings_parse_and_refuse_bad_text():
   for bad in ("20", "20x0", "ax5", "20x50x2"):
     with pytest.raises(SystemExit, match="CHUNKxBATCH"):
       nll_eval.parse_chunks(bad)
+
+
+def test_each_chunk_setting_is_timed_at_its_own_batch_size(monkeypatch, capsys):
+  calls = []
+
+  def fake_map_batches(fn, data, mesh, batch):
+    del fn, mesh
+    calls.append((len(data), batch))
+    return np.zeros(len(data))
+
+  monkeypatch.setattr(nll_eval.sharding, "map_batches", fake_map_batches)
+  monkeypatch.setattr(nll_eval, "matmul_gflops", lambda: 1.0)
+  args = types.SimpleNamespace(chunks="20x50,50x20", scales="cpu", row="crvae", images=40,
+                               samples=100, rounds=2)
+  nll_eval.compare_chunks(args)
+  # compiled on one batch of each, then every timing at that setting's own batch size
+  assert calls == [(40, 50), (20, 20), (40, 50), (40, 20), (40, 20), (40, 50)]
+  assert "| crvae | cpu | 100 | 50 x 20 |" in capsys.readouterr().out

@@ -425,3 +425,17 @@ def test_a_killed_training_segment_is_kept_as_interrupted(flags, monkeypatch):
   rec["train"].pop()
   tp.write_job(wd, rec)
   assert real_rates(flags.root)[0] == {"vae": 30.0}
+
+
+def test_cpu_evaluations_decode_in_their_own_chunks_training_keeps_the_config():
+  p = tp.Protocol(rows=("crvae",), num_epochs=20.0)
+  s = tp.Setting("crvae", 1e-3, "T", 1.0, 0)
+  base = mnist_table.base_config("crvae", "cpu")
+  train = mnist_table.job_config(p, tp.Job("train", "crvae", "crvae", s, epochs=20.0))
+  assert (train.eval.chunk_size, train.eval.batch_size) == (
+      base.eval.chunk_size, base.eval.batch_size)
+  ev = mnist_table.job_config(p, tp.Job("eval", "crvae", "crvae", s, num_samples=1000,
+                                        report_k=100))
+  assert (ev.eval.chunk_size, ev.eval.batch_size) == mnist_table.CPU_EVAL_CHUNK_AND_BATCH
+  assert (ev.eval.num_samples, ev.eval.report_k) == (1000, 100)
+  assert ev.optim.learning_rate == 1e-3 and ev.train.num_epochs == 20.0
