@@ -172,14 +172,14 @@ def run_train(p, job, root: str, data, epochs: float, commit: str) -> None:
   rec = tp.read_job(wd)
   rec["setting"] = dataclasses.asdict(job.setting)
   rec["overrides"] = overrides(job.setting, config.model.num_blocks)
-  done, _ = tp.valid_curve(wd)
-  start = float(done.max()) if len(done) else 0.0
-  tp.close_interrupted_segment(wd, rec, start)
+  start, train_seconds = tp.resume_point(wd)
+  tp.close_interrupted_segment(wd, rec, start, train_seconds)
   print(f"\n=== train {job.setting.name}: epoch {start:g} -> {epochs:g}", flush=True)
   t0, failed = time.time(), None
   # Written before training: a segment killed before its end (a session's end, a crash)
   # is closed by the next run_train from this entry (tp.close_interrupted_segment).
-  rec["running"] = {"epochs_from": start, "started": t0, **provenance(commit)}
+  rec["running"] = {"epochs_from": start, "started": t0,
+                    "train_seconds_before": train_seconds, **provenance(commit)}
   tp.write_job(wd, rec)
   try:
     train(config, wd, data)

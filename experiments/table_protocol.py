@@ -176,19 +176,50 @@ def write_job(wd: str, record: dict) -> None:
   os.replace(tmp, os.path.join(wd, "job.json"))
 
 
-def close_interrupted_segment(wd: str, record: dict, reached: float) -> None:
+def resume_point(wd: str) -> tuple:
+  """(epoch, training seconds so far) where a run in `wd` resumes: the step of its last
+  checkpoint (train_time.json, written at every checkpoint and at the save on SIGINT or
+  SIGTERM, which can fall inside an epoch) in epochs, and the wall seconds the engine
+  has counted over all its invocations up to it. Without that file (a run from before
+  it): the last validated epoch, and None; a run that has not started: (0, 0)."""
+  from crvae_jax.train import engine  # pylint: disable=g-import-not-at-top
+  done, _ = valid_curve(wd)
+  last_valid = float(done.max()) if len(done) else 0.0
+  train = read_metrics(wd, "train")
+  if not train and not os.path.exists(os.path.join(wd, engine.TIME_FILE)):
+    return 0.0, 0.0
+  try:
+    with open(os.path.join(wd, engine.TIME_FILE), encoding="utf-8") as f:
+      saved = json.load(f)
+    step, seconds = int(saved["step"]), float(saved["seconds"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return last_valid, None
+  if not train:
+    return last_valid, None
+  steps_per_epoch = train[0]["step"] / train[0]["epoch"]
+  return round(step / steps_per_epoch, 4), seconds
+
+
+def close_interrupted_segment(wd: str, record: dict, reached: float,
+                              train_seconds) -> None:
   """A training segment that never finished (killed: the session ended, the process
   crashed) left record["running"]; turn it into a segment marked interrupted, from its
-  start epoch to `reached` (the last validated epoch, where training resumes), its
-  seconds up to the last line of metrics.jsonl (the work after that is repeated)."""
+  start epoch to `reached` (where training resumes: its last checkpoint), its seconds
+  those the engine counted up to that checkpoint (train_seconds minus the count at the
+  segment's start; the work after the checkpoint is repeated), or, without that count,
+  up to the last line of metrics.jsonl."""
   running = record.pop("running", None)
   if running is None:
     return
   started = running.pop("started")
-  path = os.path.join(wd, "metrics.jsonl")
-  last = os.path.getmtime(path) if os.path.exists(path) else started
+  before = running.pop("train_seconds_before", None)
+  if train_seconds is not None and before is not None:
+    seconds = train_seconds - before
+  else:
+    path = os.path.join(wd, "metrics.jsonl")
+    seconds = (os.path.getmtime(path) if os.path.exists(path) else started) - started
   record["train"].append({**running, "epochs_to": max(reached, running["epochs_from"]),
-                          "seconds": max(last - started, 0.0), "interrupted": True})
+                          "seconds": max(seconds, 0.0), "interrupted": True})
   write_job(wd, record)
 
 

@@ -386,10 +386,12 @@ def test_a_killed_training_segment_is_kept_as_interrupted(flags, monkeypatch):
   _fake_library(monkeypatch, calls)
   fake_train = mnist_table.train
 
-  def killed(config, wd, data):  # one epoch, then the session ends
+  def killed(config, wd, data):  # 1.5 epochs, saved on the signal, then the session ends
     del data
     calls.append(("train", os.path.basename(wd), config.train.num_epochs))
-    _write_curve(wd, [-101.0])
+    _write_curve(wd, [-101.0])  # 10 steps per epoch
+    with open(os.path.join(wd, "train_time.json"), "w", encoding="utf-8") as f:
+      json.dump({"seconds": 42.0, "skipped_steps": 0, "invocations": 1, "step": 15}, f)
     raise KeyboardInterrupt
 
   settings = dict(rows=["vae"], lrs=["1e-3"], grid_epochs=2.0, num_epochs=3.0, num_seeds=1,
@@ -400,22 +402,24 @@ def test_a_killed_training_segment_is_kept_as_interrupted(flags, monkeypatch):
   wd = os.path.join(flags.root, "vae_lr0.001_b1_s0")
   rec = tp.read_job(wd)
   assert rec["train"] == [] and rec["running"]["epochs_from"] == 0.0
+  assert rec["running"]["train_seconds_before"] == 0.0  # a fresh run
   monkeypatch.setattr(mnist_table, "train", fake_train)
   with flagsaver.flagsaver(**settings):
     mnist_table.main(["mnist_table"])
   rec = tp.read_job(wd)
   assert "running" not in rec
+  # The killed segment ends, and the next starts, at the checkpoint saved on the signal.
   assert [(s["epochs_from"], s["epochs_to"], s.get("interrupted", False))
-          for s in rec["train"]] == [(0, 1, True), (1, 2, False)]
-  assert rec["train"][0]["commit"] and rec["train"][0]["seconds"] >= 0
+          for s in rec["train"]] == [(0, 1.5, True), (1.5, 2, False)]
+  assert rec["train"][0]["commit"] and rec["train"][0]["seconds"] == 42.0
   text = open(flags.output, encoding="utf-8").read()
-  assert "0->1 ep (interrupted; time to its last logged epoch)" in text
-  assert "1->2 ep, " in text
+  assert "0->1.5 ep (interrupted; epochs and time to its last checkpoint), 0.7 min" in text
+  assert "1.5->2 ep, " in text
   # The interrupted segment's guessed end is not a throughput measurement.
   rec["train"][1]["seconds"] = 30.0
   tp.write_job(wd, rec)
   per_epoch, _ = real_rates(flags.root)
-  assert per_epoch == {"vae": 30.0}
+  assert per_epoch == {"vae": 60.0}  # 30 s for half an epoch
   # A segment that shared the CPU counts only while the row has no quiet one.
   rec["train"][1]["load"] = tp.busy_load() + 1
   rec["train"].append({**rec["train"][1], "epochs_from": 2, "epochs_to": 3,
@@ -424,7 +428,7 @@ def test_a_killed_training_segment_is_kept_as_interrupted(flags, monkeypatch):
   assert real_rates(flags.root)[0] == {"vae": 10.0}
   rec["train"].pop()
   tp.write_job(wd, rec)
-  assert real_rates(flags.root)[0] == {"vae": 30.0}
+  assert real_rates(flags.root)[0] == {"vae": 60.0}
 
 
 def test_cpu_evaluations_decode_in_their_own_chunks_training_keeps_the_config():
