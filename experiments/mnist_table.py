@@ -93,8 +93,8 @@ flags.DEFINE_integer("k_curve_images", 1000, "The K check scores the first this 
 flags.DEFINE_list("from_crvae_grid", ["criwa"], "Rows that take crVAE (T=8)'s grid "
                   "choice instead of a grid of their own: crIWA (the two then differ only "
                   "in the bound); adding crvae_t4, crvae_t16, crvae_inference, "
-                  "crvae_generation, crvae_2layer saves their grids (~5 CPU-hours at CPU "
-                  "scale). '' for none.")
+                  "crvae_generation, crvae_2layer saves their grids (~5 hours on 2 cores "
+                  "at CPU scale), but those rows are then not tuned. '' for none.")
 flags.DEFINE_bool("release", True, "Also train the release's recipe (config lr, LSTMs at "
                   "lr/T, beta 0.784), seed 0, after everything else.")
 flags.DEFINE_integer("max_jobs", None, "Stop after this many jobs.")
@@ -258,8 +258,9 @@ def print_plan(p: tp.Protocol, root: str, pilot_root: str, budget_note: str) -> 
       if job.setting:
         have = epochs_now.setdefault(name, tp.trained_epochs(tp.read_job(
             tp.workdir(root, job.setting))))
-      else:  # seed 0 continues its grid pilot
-        have = p.grid_epochs if job.seed == 0 and job.stage == "train" else 0.0
+      else:  # seed 0 continues its grid pilot (a row of from_crvae_grid has none)
+        have = (p.grid_epochs if job.seed == 0 and job.stage == "train"
+                and job.row not in p.from_crvae_grid else 0.0)
       est = max(0.0, target - have) * epoch_s(job.row)
       if job.setting:
         epochs_now[name] = max(have, target)
@@ -365,8 +366,8 @@ def check_protocol_file(root: str, p: tp.Protocol, write: bool) -> None:
   """Refuse a root whose runs used other numbers; record this protocol's."""
   path = os.path.join(root, "protocol.json")
   mine = {k: v for k, v in dataclasses.asdict(p).items()
-          if k in ("scale", "lrs", "grid_epochs", "beta", "num_epochs")}
-  mine["lrs"] = list(mine["lrs"])
+          if k in ("scale", "lrs", "grid_epochs", "beta", "num_epochs", "from_crvae_grid")}
+  mine["lrs"], mine["from_crvae_grid"] = list(mine["lrs"]), sorted(mine["from_crvae_grid"])
   saved = {}
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:

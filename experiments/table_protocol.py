@@ -101,7 +101,7 @@ class Protocol:
   k_curve_images: int = 1000
   # Rows that take crVAE (T=8)'s grid choice instead of a grid of their own: crIWA (then
   # it differs from crVAE only in the bound); naming the other crVAE variants too saves
-  # their grids (5 CPU-hours at CPU scale) at the cost of tuning each row.
+  # their grids (~5 hours on 2 cores at CPU scale), but those rows are then not tuned.
   from_crvae_grid: tuple = ("criwa",)
   release: bool = True
 

@@ -113,16 +113,17 @@ def save_all(root: str, records: str) -> list:
 
 
 def matching(root: str, records: Optional[str]) -> Optional[str]:
-  """`records` if it belongs to root's protocol (the same protocol.json, or none yet on
-  either side), else None with a warning: records of another budget, grid or scale are
-  neither read nor overwritten."""
+  """`records` if it belongs to root's protocol (the same values in both protocol.json
+  files for every key both hold: a key one lacks was added to the protocol later; or no
+  protocol.json yet on either side), else None with a warning: records of another
+  budget, grid or scale are neither read nor overwritten."""
   if not records:
     return None
   paths = [os.path.join(d, PROTOCOL) for d in (root, records)]
   if not all(os.path.exists(p) for p in paths):
     return records
   mine, theirs = (json.load(open(p, encoding="utf-8")) for p in paths)
-  if mine != theirs:
+  if any(mine[k] != theirs[k] for k in set(mine) & set(theirs)):
     logging.warning("%s belongs to another protocol (%s, root: %s): not used", records,
                     theirs, mine)
     return None

@@ -307,6 +307,21 @@ def test_runner_continues_the_grid_winner_skips_finished_work_and_stops(flags, m
   with flagsaver.flagsaver(**{**settings, "grid_epochs": 3.0}):
     with pytest.raises(Exception, match="other numbers"):
       mnist_table.main(["mnist_table"])
+  with flagsaver.flagsaver(**{**settings, "from_crvae_grid": ["criwa", "crvae_t4"]}):
+    with pytest.raises(Exception, match="other numbers.*from_crvae_grid"):
+      mnist_table.main(["mnist_table"])
+
+
+def test_records_match_a_protocol_that_gained_a_key(tmp_path):
+  from experiments import table_records  # pylint: disable=g-import-not-at-top
+  root, records = tmp_path / "runs", tmp_path / "records"
+  for d, protocol in ((root, {"lrs": [1e-3], "from_crvae_grid": ["criwa"]}),
+                      (records, {"lrs": [1e-3]})):
+    d.mkdir()
+    (d / "protocol.json").write_text(json.dumps(protocol))
+  assert table_records.matching(str(root), str(records)) == str(records)
+  (records / "protocol.json").write_text(json.dumps({"lrs": [3e-3]}))
+  assert table_records.matching(str(root), str(records)) is None
 
 
 def test_one_tiny_real_job_through_the_library(flags, monkeypatch):
