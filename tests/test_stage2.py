@@ -310,6 +310,15 @@ def test_stage2_refuses_other_data_than_its_stage1_learned_from(tmp_path):
                      r"emoji_sets: 'google' \(Stage2\) != 'google,twitter' \(Stage1\); "
                      r"data.emoji_categories: '' \(Stage2\) != 'Smileys & Emotion'"):
     stage2.restore_stage1(c, str(tmp_path / "s2"))
+  # Spacing, case and order aside, the same sets and categories agree.
+  c.data.emoji_sets, c.data.emoji_categories = " twitter, google", "smileys & emotion"
+  assert stage2.data_differences(c, stage2.stage1_config(c, str(tmp_path / "s2"))) == []
   # A folder may hold the same images as the dataset Stage1 read: not compared.
   c.data.source = "folder"
   assert stage2.data_differences(c, stage2.stage1_config(c, str(tmp_path / "s2"))) == []
+  # tfds: the dataset's name.
+  c.data.source, c.data.tfds_name = "tfds", "celeb_a"
+  s1 = stage2.stage1_config(c, str(tmp_path / "s2")).copy_and_resolve_references()
+  s1.data.source, s1.data.tfds_name = "tfds", "lsun/bedroom"
+  assert stage2.data_differences(c, s1) == [
+      "data.tfds_name: 'celeb_a' (Stage2) != 'lsun/bedroom' (Stage1)"]

@@ -120,6 +120,7 @@ def data_differences(config, s1_config) -> list:
   Compared only when both read the same kind of source: emoji (its sets, split and
   categories) or tfds (the dataset's name); a folder may hold the same images as a
   tfds dataset, so other pairs cannot be told apart and pass."""
+  from crvae_jax.data import emoji  # pylint: disable=g-import-not-at-top
   now, then = config.data, s1_config.get("data", {})
   source = now.get("source")
   if then.get("source") != source:
@@ -130,8 +131,16 @@ def data_differences(config, s1_config) -> list:
     keys = {"tfds_name": None}
   else:
     return []
+  parsers = {"emoji_sets": emoji.parse_sets, "emoji_categories": emoji.parse_categories}
+
+  def same(key, a, b):  # the sets and categories as sets: spacing, case, order aside
+    try:
+      return sorted(parsers[key](a)) == sorted(parsers[key](b))
+    except (KeyError, ValueError):
+      return a == b
   return [f"data.{k}: {now.get(k, legacy)!r} (Stage2) != {then.get(k, legacy)!r} (Stage1)"
-          for k, legacy in keys.items() if now.get(k, legacy) != then.get(k, legacy)]
+          for k, legacy in keys.items() if not same(k, now.get(k, legacy),
+                                                   then.get(k, legacy))]
 
 
 def restore_stage1(config, workdir: str, *, pin: bool = False):
@@ -155,7 +164,9 @@ def restore_stage1(config, workdir: str, *, pin: bool = False):
           "or use a new Stage2 --workdir")
     step = pinned["step"]
   s1_config = stage1_config(config, workdir)
-  differences = data_differences(config, s1_config)
+  # At the first start only: a resumed run's data are held to its own config.json by the
+  # engine's identity check, and an existing run stays loadable for sampling.
+  differences = data_differences(config, s1_config) if pinned is None else []
   if differences:
     raise config_checks.ConfigError(
         f"Stage2 would train on other data than the Stage1 run at "
