@@ -176,6 +176,7 @@ def format_report(record: dict) -> str:
       f"Command: `{p['command']}`  ", f"Date: {p['date']}  ", f"Commit: {p['commit']}  ",
       f"Machine: {p['machine']}  ", f"Wall time: {p['wall_s'] / 60:.1f} min (with "
       "compilation; other jobs may have shared the machine)", "",
+      *([f"Note: {p['note']}", ""] if p.get("note") else []),
       "| run | workdir | step | trained on | completed images held out? |",
       "|---|---|---|---|---|"]
   for label, m in record["models"].items():
