@@ -406,7 +406,9 @@ def measured_rates(root: str, pilot_root: Optional[str] = None):
     row = rec["setting"]["row"]
     for s in rec["train"]:
       epochs = s["epochs_to"] - s["epochs_from"]
-      if epochs > 0 and not s.get("interrupted"):  # an interrupted one's end is a guess
+      # An interrupted segment's time is the engine's count to its last checkpoint
+      # (no start-up, no work after it): not comparable with the finished ones.
+      if epochs > 0 and not s.get("interrupted"):
         kind = busy if s.get("load", 0.0) > busy_load() else quiet
         t = kind.setdefault(row, [0.0, 0.0])
         t[0], t[1] = t[0] + s["seconds"], t[1] + epochs
