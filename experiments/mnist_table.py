@@ -19,8 +19,9 @@ Stages (experiments/table_protocol.py has the job list and the workdir layout):
 after each. Finished work is skipped and a killed job resumes (training from its last
 checkpoint: every epoch, and on SIGINT/SIGTERM where it stands). Each training segment
 is written to the workdir's job.json (epochs, wall time, commit, date, load, command);
-one killed before its end is kept as interrupted, up to its last checkpoint. --stop_after_minutes stops before a job that would not finish in
-time (training is cut to the whole epochs that fit); --max_jobs after that many jobs.
+one killed before its end is kept as interrupted, up to its last checkpoint.
+--stop_after_minutes stops before a job that would not finish in time (training is cut
+to the whole epochs that fit); --max_jobs after that many jobs.
 Workdirs live outside the checkout (--root), so that a later session can resume them;
 the protocol's numbers are kept in <root>/protocol.json and a run with other numbers on
 the same root is refused. Each report first copies every workdir's small records into
