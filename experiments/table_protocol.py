@@ -183,21 +183,20 @@ def resume_point(wd: str) -> tuple:
   has counted over all its invocations up to it. Without that file (a run from before
   it): the last validated epoch, and None; a run that has not started: (0, 0)."""
   from crvae_jax.train import engine  # pylint: disable=g-import-not-at-top
-  done, _ = valid_curve(wd)
-  last_valid = float(done.max()) if len(done) else 0.0
   train = read_metrics(wd, "train")
-  if not train and not os.path.exists(os.path.join(wd, engine.TIME_FILE)):
+  path = os.path.join(wd, engine.TIME_FILE)
+  if not train and not os.path.exists(path):
     return 0.0, 0.0
   try:
-    with open(os.path.join(wd, engine.TIME_FILE), encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
       saved = json.load(f)
     step, seconds = int(saved["step"]), float(saved["seconds"])
   except (OSError, ValueError, KeyError, TypeError):
-    return last_valid, None
-  if not train:
-    return last_valid, None
-  steps_per_epoch = train[0]["step"] / train[0]["epoch"]
-  return round(step / steps_per_epoch, 4), seconds
+    step = seconds = None
+  if step is None or not train:
+    done, _ = valid_curve(wd)
+    return (float(done.max()) if len(done) else 0.0), None
+  return round(step / steps_per_epoch(train), 4), seconds
 
 
 def close_interrupted_segment(wd: str, record: dict, reached: float,
@@ -235,6 +234,11 @@ def read_metrics(wd: str, split: str) -> list:
     return [r for r in map(json.loads, filter(str.strip, f)) if r.get("split") == split]
 
 
+def steps_per_epoch(train_metrics: list) -> float:
+  """Optimiser steps per epoch of a run, from its first train line of metrics.jsonl."""
+  return train_metrics[0]["step"] / train_metrics[0]["epoch"]
+
+
 def valid_curve(wd: str):
   """(epochs [n], validation ELBO [n]) from metrics.jsonl, sorted by step; a resumed
   run's repeated steps keep their last value."""
@@ -242,9 +246,8 @@ def valid_curve(wd: str):
   valid = {r["step"]: r["elbo"] for r in read_metrics(wd, "valid")}
   if not valid or not train:
     return np.zeros(0), np.zeros(0)
-  steps_per_epoch = train[0]["step"] / train[0]["epoch"]
   steps = np.array(sorted(valid))
-  return steps / steps_per_epoch, np.array([valid[s] for s in steps])
+  return steps / steps_per_epoch(train), np.array([valid[s] for s in steps])
 
 
 def best_valid_elbo(wd: str, up_to_epoch: float) -> float:

@@ -17,9 +17,10 @@ The root's protocol.json goes along; records of another protocol (budget, grid, 
 are neither read nor overwritten (`matching`), so a smoke run on another root cannot
 touch them. The report reads the union (`merged_root`): for each workdir name, the
 workdir's own files, or its record where the workdir is gone or lacks finished work the
-record has (fewer epochs, or an evaluation missing). The runner itself schedules from the workdirs only, so a
-job whose workdir is lost runs again; its record is kept until the new workdir has
-caught up, then replaced. The report marks the workdirs read from records.
+record has (fewer epochs, or an evaluation missing). The runner itself schedules from
+the workdirs only, so a job whose workdir is lost runs again; its record is kept until
+the new workdir has caught up, then replaced. The report marks the workdirs read from
+records.
 """
 
 import contextlib
@@ -45,6 +46,11 @@ def _write_atomic(path: str, data: bytes) -> None:
   with os.fdopen(fd, "wb") as f:
     f.write(data)
   os.replace(tmp, path)
+
+
+def _copy_atomic(src: str, dst: str) -> None:
+  with open(src, "rb") as f:
+    _write_atomic(dst, f.read())
 
 
 def _metrics_lines(path: str) -> bytes:
@@ -85,12 +91,10 @@ def save(wd: str, records: str) -> str:
   for pattern in EVAL_PATTERNS:
     for src in glob.glob(os.path.join(wd, pattern)):
       if os.path.isfile(src) and not src.endswith(".tmp"):
-        with open(src, "rb") as f:
-          _write_atomic(os.path.join(dst, os.path.relpath(src, wd)), f.read())
+        _copy_atomic(src, os.path.join(dst, os.path.relpath(src, wd)))
   for name in SMALL_FILES:  # job.json last
     if os.path.exists(os.path.join(wd, name)):
-      with open(os.path.join(wd, name), "rb") as f:
-        _write_atomic(os.path.join(dst, name), f.read())
+      _copy_atomic(os.path.join(wd, name), os.path.join(dst, name))
   return dst
 
 
@@ -100,8 +104,7 @@ def save_all(root: str, records: str) -> list:
   if not os.path.isdir(root):
     return []
   if os.path.exists(os.path.join(root, PROTOCOL)):
-    with open(os.path.join(root, PROTOCOL), "rb") as f:
-      _write_atomic(os.path.join(records, PROTOCOL), f.read())
+    _copy_atomic(os.path.join(root, PROTOCOL), os.path.join(records, PROTOCOL))
   saved = []
   for n in sorted(os.listdir(root)):
     if _has_job(os.path.join(root, n)):

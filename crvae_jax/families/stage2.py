@@ -30,7 +30,8 @@ import optax
 from flax import serialization
 from jax.experimental import multihost_utils
 
-from crvae_jax import compiled, config_checks, distributed, image_metrics, images, sharding
+from crvae_jax import compiled, config_checks, distributed, image_metrics, images
+from crvae_jax import reconstruction, sharding
 from crvae_jax.data import rgb as rgb_data
 from crvae_jax.data.image_source import RandomAccessImages
 from crvae_jax.families import model_kwargs, stage1
@@ -269,11 +270,9 @@ def versus_bicubic(truth, bicubic, stage2) -> dict:
   for name, metric in (("psnr", image_metrics.masked_psnr),
                        ("ssim", image_metrics.masked_ssim)):
     a, b = metric(truth, stage2, everywhere), metric(truth, bicubic, everywhere)
-    d = a - b
+    difference, se = reconstruction.paired_difference(a, b)
     out[name] = {"stage2": float(a.mean()), "bicubic": float(b.mean()),
-                 "difference": float(d.mean()),
-                 "difference_se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1
-                 else float("nan")}
+                 "difference": difference, "difference_se": se}
   return out
 
 
