@@ -26,7 +26,9 @@ Workdirs live outside the checkout (--root), so that a later session can resume 
 the protocol's numbers are kept in <root>/protocol.json and a run with other numbers on
 the same root is refused. Each report first copies every workdir's small records into
 the checkout (--records, experiments/table_records.py): if the root is lost, finished
-numbers stay in the report, and the runs are trained again.
+numbers stay in the report, and the runner schedules from them too
+(table_protocol.is_finished): grid runs and evaluations in the records are not run
+again; a model whose record is trained but whose evaluations are not trains again.
 """
 
 import contextlib
@@ -243,18 +245,21 @@ def rates(root: str, pilot_root: str):
           lambda row: eval_sps.get(row, base_s))
 
 
-def print_plan(p: tp.Protocol, root: str, pilot_root: str, budget_note: str) -> None:
-  jobs = tp.plan(p, root)
-  epoch_s, sps = rates(root, pilot_root)
+def print_plan(p: tp.Protocol, root: str, pilot_root: str, budget_note: str,
+               records: str) -> None:
+  with table_records.merged_root(root, table_records.matching(root, records)) as (
+      view, _):
+    jobs = tp.plan(p, view)
+    epoch_s, sps = rates(view, pilot_root)
+    finished = [tp.is_finished(j, jobs, root, view) for j in jobs]
   epochs_now, seen = {}, {}
   left = release = 0.0
   print(f"root {root}; budget {budget_note}; {len(jobs)} jobs\n"
         f"{'#':>3}  {'stage':8} {'entry':24} {'workdir':32} {'work':18} {'est min':>8} "
         f"{'cum h':>6}  status")
-  for i, job in enumerate(jobs, 1):
+  for i, (job, done) in enumerate(zip(jobs, finished), 1):
     name = job.setting.name if job.setting else f"({job.entry} s{job.seed}: after grid)"
     key = (job.trains, name, job.epochs if job.trains else job.eval_key)
-    done = tp.is_done(job, root)
     if job.trains:
       work = f"-> {job.epochs or PLAN_ASSUMED_EPOCHS:g} ep"
       target = job.epochs or PLAN_ASSUMED_EPOCHS
@@ -301,15 +306,18 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
         records: str) -> None:
   t_start, n, data, last = now(), 0, None, None
   while FLAGS.max_jobs is None or n < FLAGS.max_jobs:
-    jobs = [j for j in tp.plan(p, root) if FLAGS.stage in ("all", j.stage)
-            and not tp.is_done(j, root)]
+    with table_records.merged_root(root, table_records.matching(root, records)) as (
+        view, _):
+      every = tp.plan(p, view)
+      jobs = [j for j in every if FLAGS.stage in ("all", j.stage)
+              and not tp.is_finished(j, every, root, view)]
+      epoch_s, sps = rates(view, pilot_root)
     ready = [j for j in jobs if tp.is_ready(j, p, root)]
     if not ready:
       waiting = sorted({j.entry for j in jobs})
       print("nothing left to run" + (f"; waiting: {waiting}" if waiting else ""), flush=True)
       break
     job, epochs = ready[0], ready[0].epochs
-    epoch_s, sps = rates(root, pilot_root)
     if FLAGS.stop_after_minutes is not None:
       left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
       if job.trains:
@@ -427,7 +435,7 @@ def main(argv):
   check_protocol_file(root, p, write=False)
   if FLAGS.plan:
     print_plan(p, root, pilot_root, f"{epochs:g} epochs ({how})" if epochs else
-               f"undecided (costs assume {PLAN_ASSUMED_EPOCHS:g} epochs)")
+               f"undecided (costs assume {PLAN_ASSUMED_EPOCHS:g} epochs)", records)
     return
   commit = git_commit()  # the code this process runs (read once, at start)
   launch.configure_logging()

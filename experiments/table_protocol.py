@@ -378,6 +378,20 @@ def is_done(job: Job, root: str) -> bool:
   return done is not None and done["trained_epochs"] == trained_epochs(rec)
 
 
+def is_finished(job: Job, jobs: list, root: str, view: str) -> bool:
+  """Whether the job needs no run: done in `root`, or done in `view` (root merged with the
+  committed records of lost workdirs: table_records.merged_root) with no job of `jobs`
+  still needing its checkpoint. A grid run or an evaluation found in a record is
+  finished; a model trained in a record whose workdir is lost trains again while one of
+  its evaluations is still to run, since that needs the weights."""
+  if is_done(job, root):
+    return True
+  if not is_done(job, view):
+    return False
+  return job.stage != "train" or all(
+      is_done(e, view) for e in jobs if not e.trains and e.setting == job.setting)
+
+
 def is_ready(job: Job, p: Protocol, root: str) -> bool:
   """Whether the job can run now: its setting is known (the grid that picks it is
   finished), the budget is decided, and an evaluation's model is fully trained."""

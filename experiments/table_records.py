@@ -17,9 +17,10 @@ The root's protocol.json goes along; records of another protocol (budget, grid, 
 are neither read nor overwritten (`matching`), so a smoke run on another root cannot
 touch them. The report reads the union (`merged_root`): for each workdir name, the
 workdir's own files, or its record where the workdir is gone or lacks finished work the
-record has (fewer epochs, or an evaluation missing). The runner itself schedules from
-the workdirs only, so a job whose workdir is lost runs again; its record is kept until
-the new workdir has caught up, then replaced. The report marks the workdirs read from
+record has (fewer epochs, or an evaluation missing). The runner schedules from the same
+union (`table_protocol.is_finished`): what a record holds is not run again, except the
+training of a model whose evaluations are still to run, which needs its weights; its
+record is kept until the new workdir has caught up, then replaced. The report marks the workdirs read from
 records.
 """
 

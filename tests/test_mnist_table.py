@@ -2,6 +2,7 @@
 budget rule, the verdicts, the report from finished runs, the runner's resume and stop,
 and one tiny real run through the library."""
 
+import glob
 import json
 import math
 import os
@@ -372,15 +373,27 @@ def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypat
   assert f"| `{name}` (record) |" in after  # ... and says so
   assert "from the copies in" in after and "mnist_table_view_" not in after
   calls.clear()
-  with flagsaver.flagsaver(max_jobs=1, **settings):  # the runner retrains (it schedules
-    mnist_table.main(["mnist_table"])  # from workdirs): its first, partial job ...
-  partial = open(flags.output, encoding="utf-8").read()
-  assert row in partial and f"| `{name}` (record) |" in partial  # ... leaves the record
+  with flagsaver.flagsaver(**settings):  # the runner schedules from the records too:
+    mnist_table.main(["mnist_table"])  # nothing is left to run
+  assert not calls and row in open(flags.output, encoding="utf-8").read()
+  # A model trained in its record but not yet evaluated trains again (the evaluation
+  # needs its weights), from scratch to the budget: its grid run is not repeated.
+  with open(os.path.join(record, "job.json"), encoding="utf-8") as f:
+    rec = json.load(f)
+  rec["evals"] = {}
+  tp.write_job(record, rec)
+  for f in glob.glob(os.path.join(record, "eval_test_K*")):
+    os.remove(f)
+  shutil.rmtree(flags.root)
+  with flagsaver.flagsaver(max_jobs=1, **settings):
+    mnist_table.main(["mnist_table"])
+  assert calls == [("train", name, 3.0)]
+  assert tp.valid_curve(os.path.join(flags.root, name))[0].tolist() == [1.0, 2.0, 3.0]
   assert tp.trained_epochs(tp.read_job(record)) == 3.0
   calls.clear()
   with flagsaver.flagsaver(**settings):
     mnist_table.main(["mnist_table"])
-  assert [c[0] for c in calls] == ["train", "eval"]
+  assert [c[0] for c in calls] == ["eval"]
   assert "` (record) |" not in open(flags.output, encoding="utf-8").read()
   assert tp.read_job(record) == tp.read_job(os.path.join(flags.root, name))  # in step
   # A root of another protocol (here another budget) neither reads nor writes them.
