@@ -17,8 +17,11 @@ for two runs, whether IS ranks them as AIS does and how much of the IS differenc
 estimator bias) and per-image .npy files (nats, NLL = -log p(x)) under --npy_dir.
 
 Each finished estimate (one model, one K or T) is kept under --npy_dir/cache with the
-settings it used; a rerun of the same command reuses them, so a run killed part-way (the
-end of a session) resumes where it stopped, and a second model can be added later.
+settings it used and a hash of the weights; a rerun of the same command reuses them, so
+a run killed part-way (the end of a session) resumes where it stopped, and a second
+model can be added later. The cache is small and committed with the results: if the
+runs directory is lost, the Table 1 models train again bit for bit (the same weights
+hash) and the finished estimates still count.
 """
 
 import argparse
