@@ -20,8 +20,8 @@ Each finished estimate (one model, one K or T) is kept under --npy_dir/cache wit
 settings it used and a hash of the weights; a rerun of the same command reuses them, so
 a run killed part-way (the end of a session) resumes where it stopped, and a second
 model can be added later. The cache is small and committed with the results: if the
-runs directory is lost, the Table 1 models train again bit for bit (the same weights
-hash) and the finished estimates still count.
+runs directory is lost and the models train again to the same weights (the same CPU
+model; on another, XLA's code and so the weights differ), the finished estimates count.
 """
 
 import argparse
