@@ -14,14 +14,13 @@ command).
 The jobs, phase by phase (PHASES: VAE and crVAE first; each job skips finished work;
 `plan` lists them in order):
   1. lr grid: each row at every lr x LSTM rate for `grid_epochs`, seed 0, constant lr.
-  2. seed 0 of each row at its best grid setting for `num_epochs` (all of the phase's
-     trainings first), then their test NLLs at K=`num_samples` on all test images;
-     crVAE (T=8) also at its other LSTM rate. The
+  2. row by row, seed 0 at its best grid setting for `num_epochs`, then its test NLL at
+     K=`num_samples` on all test images, then (K-check rows) the K check: the first
+     `k_curve_images` test images at K=`k_curve_samples` (also keeping K=`num_samples`)
+     and K=100 (also keeping K=10); crVAE (T=8) also at its other LSTM rate. The
      grid's workdir is continued: with a constant lr, training to `num_epochs` is the
      pilot run extended (resume is exact), so seed 0 costs num_epochs - grid_epochs.
-  3. the K check: the K-check rows' seed 0 on the first `k_curve_images` test images at
-     K=`k_curve_samples` (also keeping K=`num_samples`) and K=100 (also keeping K=10).
-  4. seeds 1.. of the seeded rows, then of crVAE's other LSTM rate.
+  3. seeds 1.. of the seeded rows, then of crVAE's other LSTM rate.
 After the phases: the release's recipe (the config's lr, LSTMs at lr/T, its beta), seed 0.
 """
 
@@ -342,19 +341,17 @@ def plan(p: Protocol, root: str) -> list:
     rows = [r for r in phase if r in p.rows]
     jobs += [Job("lr_grid", f"grid:{row}", row, s, epochs=p.grid_epochs)
              for row in rows if row in grid_rows(p) for s in grid_settings(p, row)]
-    # Every seed-0 training before the first evaluation: a trained model is then
-    # available to other work (experiments/estimator_gap.py) as soon as possible, and
-    # the end of a session's time, too short for an evaluation, still trains.
-    seed0 = []
+    # Each model's evaluations follow its training: the runs directory may not outlive
+    # a session, and a model trained but not evaluated when it is lost trains again
+    # (is_finished), while an evaluated one is finished in its record.
     for row in rows:
-      seed0 += train_eval(row, row, best[row])
+      jobs += train_eval(row, row, best[row])
+      if row in p.k_curve_rows:
+        for k, report_k in ((p.k_curve_samples, p.num_samples), (100, 10)):
+          jobs.append(Job("eval", f"kcheck:{row}", row, best[row], num_samples=k,
+                          report_k=report_k, num_images=p.k_curve_images))
       if row == "crvae":
-        seed0 += train_eval(OTHER_LSTM, row, other)
-    jobs += [j for j in seed0 if j.trains] + [j for j in seed0 if not j.trains]
-    for row in (r for r in rows if r in p.k_curve_rows):
-      for k, report_k in ((p.k_curve_samples, p.num_samples), (100, 10)):
-        jobs.append(Job("eval", f"kcheck:{row}", row, best[row], num_samples=k,
-                        report_k=report_k, num_images=p.k_curve_images))
+        jobs += train_eval(OTHER_LSTM, row, other)
     for k in range(1, p.num_seeds):
       jobs += [j for row in rows if row in p.seeded_rows
                for j in train_eval(row, row, best[row], k)]

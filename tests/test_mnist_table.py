@@ -73,12 +73,13 @@ def test_plan_orders_phases_names_workdirs_and_waits_for_the_grid(tmp_path):
       (tp.OTHER_LSTM, 0)}
   assert [j.num_images for j in jobs[:first_cvae] if j.entry.startswith("kcheck")] == [
       1000] * 4
-  # Seed 0 of the phase's rows trains before the first of their evaluations.
-  first_eval = next(i for i, j in enumerate(jobs) if j.stage == "eval")
-  assert [(j.entry, j.seed) for j in jobs[:first_eval] if j.stage == "train"] == [
-      ("vae", 0), ("crvae", 0), (tp.OTHER_LSTM, 0)]
-  assert [(j.entry, j.seed) for j in jobs[first_eval:first_eval + 3]] == [
-      ("vae", 0), ("crvae", 0), (tp.OTHER_LSTM, 0)]
+  # Each seed-0 model is evaluated (headline K, then the K check) before the next trains.
+  first_seed1 = next(i for i, j in enumerate(jobs) if j.seed == 1)
+  assert [(j.stage, j.entry, j.num_samples) for j in jobs[9:first_seed1]] == [
+      ("train", "vae", 0), ("eval", "vae", 1000), ("eval", "kcheck:vae", 5000),
+      ("eval", "kcheck:vae", 100), ("train", "crvae", 0), ("eval", "crvae", 1000),
+      ("eval", "kcheck:crvae", 5000), ("eval", "kcheck:crvae", 100),
+      ("train", tp.OTHER_LSTM, 0), ("eval", tp.OTHER_LSTM, 1000)]
   pending = [j for j in jobs if j.stage == "train" and not j.entry.startswith("release")]
   assert all(j.setting is None and not tp.is_ready(j, p, str(tmp_path)) for j in pending)
   release = [j.setting.name for j in jobs if j.entry.startswith("release:")]
