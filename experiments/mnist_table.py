@@ -308,6 +308,7 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
   while FLAGS.max_jobs is None or n < FLAGS.max_jobs:
     with table_records.merged_root(root, table_records.matching(root, records)) as (
         view, _):
+      tp.freeze_grid_scores(p, view, root)  # a grid choice, once made, stays made
       every = tp.plan(p, view)
       jobs = [j for j in every if FLAGS.stage in ("all", j.stage)
               and not tp.is_finished(j, every, root, view)]

@@ -287,15 +287,48 @@ def grid_rows(p: Protocol) -> list:
   return [r for r in p.rows if r not in p.from_crvae_grid]
 
 
+GRID_SCORES = "grid_scores.json"  # in root and records: {workdir name: grid score}
+
+
+def read_grid_scores(root: str) -> dict:
+  path = os.path.join(root, GRID_SCORES)
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def grid_scores(p: Protocol, root: str, row: str) -> dict:
   """{setting: best validation ELBO in its first grid_epochs} of the row's finished grid
-  runs (a run stopped by non-finite steps scores what it reached)."""
-  out = {}
+  runs (a run stopped by non-finite steps scores what it reached). A score kept in
+  root's GRID_SCORES (freeze_grid_scores) is used as kept: a grid run lost with its
+  workdir and trained again (on another CPU model, to other numbers) cannot change the
+  choice made from it."""
+  out, frozen = {}, read_grid_scores(root)
   for s in grid_settings(p, row):
     rec = read_job(workdir(root, s))
-    if trained_epochs(rec) >= p.grid_epochs - 1e-6 or rec.get("failed"):
+    if s.name in frozen:
+      out[s] = frozen[s.name]
+    elif trained_epochs(rec) >= p.grid_epochs - 1e-6 or rec.get("failed"):
       out[s] = best_valid_elbo(workdir(root, s), p.grid_epochs)
   return out
+
+
+def freeze_grid_scores(p: Protocol, source: str, root: str) -> dict:
+  """Adds the scores of the grid runs finished in `source` (root, or a view of root and
+  its records) to root's GRID_SCORES; scores already kept stay as they are. Returns
+  the file's contents."""
+  kept = read_grid_scores(root)
+  new = {s.name: v for row in grid_rows(p) for s, v in grid_scores(p, source, row).items()
+         if s.name not in kept}
+  if new:
+    kept.update(new)
+    os.makedirs(root, exist_ok=True)
+    tmp = os.path.join(root, GRID_SCORES + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(kept, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(root, GRID_SCORES))
+  return kept
 
 
 def grid_choice(p: Protocol, root: str, row: str, lstm: str = "best") -> Optional[Setting]:

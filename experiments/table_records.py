@@ -13,7 +13,9 @@ report):
 - every evaluation's JSON and per-image arrays (`eval_test_K*`, also under the K check's
   `test_first*/`): the paired per-image differences of the report.
 
-The root's protocol.json goes along; records of another protocol (budget, grid, scale)
+The root's protocol.json goes along, and so do the grid scores the runner keeps once a
+grid run has finished (`table_protocol.freeze_grid_scores`), so that a grid choice
+survives its runs; records of another protocol (budget, grid, scale)
 are neither read nor overwritten (`matching`), so a smoke run on another root cannot
 touch them. The report reads the union (`merged_root`): for each workdir name, the
 workdir's own files, or its record where the workdir is gone or lacks finished work the
@@ -106,6 +108,10 @@ def save_all(root: str, records: str) -> list:
     return []
   if os.path.exists(os.path.join(root, PROTOCOL)):
     _copy_atomic(os.path.join(root, PROTOCOL), os.path.join(records, PROTOCOL))
+  scores = _grid_scores(root, records)
+  if scores:
+    _write_atomic(os.path.join(records, tp.GRID_SCORES),
+                  json.dumps(scores, indent=2, sort_keys=True).encode("utf-8"))
   saved = []
   for n in sorted(os.listdir(root)):
     if _has_job(os.path.join(root, n)):
@@ -134,6 +140,12 @@ def matching(root: str, records: Optional[str]) -> Optional[str]:
   return records
 
 
+def _grid_scores(root: str, records: str) -> dict:
+  """The kept grid scores of root and records together; where both hold a workdir's
+  score, the records' (the older decision) stands."""
+  return {**tp.read_grid_scores(root), **tp.read_grid_scores(records)}
+
+
 def _has_job(path: str) -> bool:
   return os.path.isfile(os.path.join(path, "job.json"))
 
@@ -157,6 +169,10 @@ def merged_root(root: str, records: Optional[str]) -> Iterator[tuple]:
         src = rec
         from_records.add(n)
       os.symlink(os.path.abspath(src), os.path.join(view, n))
+    scores = _grid_scores(root, records)
+    if scores:
+      with open(os.path.join(view, tp.GRID_SCORES), "w", encoding="utf-8") as f:
+        json.dump(scores, f)
     yield view, from_records
   finally:
     shutil.rmtree(view, ignore_errors=True)
