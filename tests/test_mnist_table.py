@@ -15,7 +15,7 @@ import pytest
 from conftest import make_tiny_config, make_tiny_data
 from crvae_jax import likelihood
 from crvae_jax.families import mnist as mnist_family
-from experiments import mnist_table, table_report, table_stats
+from experiments import mnist_table, table_records, table_report, table_stats
 from experiments import table_protocol as tp
 
 
@@ -129,6 +129,30 @@ def test_grid_picks_the_best_elbo_within_the_pilot_epochs(tmp_path):
   _write_curve(tp.workdir(root, s), [-125.0])
   _finish_grid(root, p, "vae", lambda s, e: -140.0 + e if s.lr != 3e-3 else -125.0)
   assert tp.grid_scores(p, root, "vae")[s] == -125.0
+
+
+def test_a_grid_choice_survives_its_run_trained_again(tmp_path):
+  root, records = str(tmp_path / "root"), str(tmp_path / "records")
+  p = tp.Protocol(rows=("vae",), num_epochs=10, grid_epochs=2, release=False)
+  _finish_grid(root, p, "vae", lambda s, e: {1e-3: -120.0, 3e-3: -121.0}.get(s.lr, -130.0))
+  assert tp.grid_choice(p, root, "vae").lr == 1e-3
+  kept = tp.freeze_grid_scores(p, root, root)
+  assert kept == {"vae_lr0.0003_b1_s0": -130.0, "vae_lr0.001_b1_s0": -120.0,
+                  "vae_lr0.003_b1_s0": -121.0}
+  table_records.save_all(root, records)
+  # The runs directory is lost; the winner trains again (another CPU model: its first
+  # epochs now score below the runner-up) while the others stay in their records.
+  shutil.rmtree(root)
+  wd = tp.workdir(root, tp.Setting("vae", 1e-3, None, 1.0, 0))
+  _write_curve(wd, [-125.0] * 10)
+  tp.write_job(wd, {"setting": {}, "train": [_segment(0, 10)], "evals": {}})
+  assert tp.best_valid_elbo(wd, 2) == -125.0  # below the runner-up's -121
+  with table_records.merged_root(root, records) as (view, _):
+    assert tp.freeze_grid_scores(p, view, root) == kept  # seeded from the records
+    assert tp.grid_choice(p, view, "vae").lr == 1e-3
+  assert tp.grid_choice(p, root, "vae").lr == 1e-3
+  table_records.save_all(root, records)
+  assert tp.read_grid_scores(records) == kept
 
 
 def test_budget_rule_on_a_learning_curve():
