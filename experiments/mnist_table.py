@@ -270,7 +270,7 @@ def print_plan(p: tp.Protocol, root: str, pilot_root: str, budget_note: str,
         have = (p.grid_epochs if job.seed == 0 and job.stage == "train"
                 and job.row not in p.from_crvae_grid else 0.0)
       est = max(0.0, target - have) * epoch_s(job.row)
-      if job.setting:
+      if job.setting and (not done or tp.is_done(job, root)):  # (not: a record's run)
         epochs_now[name] = max(have, target)
     else:
       n = job.num_images or 10_000
@@ -351,6 +351,9 @@ def report(p, root, pilot_root, output, commit, records) -> None:
   """Copies every workdir's records (unless records is '' or of another protocol), then
   writes the report."""
   records = table_records.matching(root, records)
+  if records and os.path.isdir(root):
+    with table_records.merged_root(root, records) as (view, _):
+      tp.freeze_grid_scores(p, view, root)  # the last grid run's too
   if records:
     table_records.save_all(root, records)
   with table_records.merged_root(root, records) as (view, from_records):

@@ -316,13 +316,13 @@ def grid_scores(p: Protocol, root: str, row: str) -> dict:
 
 def freeze_grid_scores(p: Protocol, source: str, root: str) -> dict:
   """Adds the scores of the grid runs finished in `source` (root, or a view of root and
-  its records) to root's GRID_SCORES; scores already kept stay as they are. Returns
-  the file's contents."""
-  kept = read_grid_scores(root)
-  new = {s.name: v for row in grid_rows(p) for s, v in grid_scores(p, source, row).items()
-         if s.name not in kept}
-  if new:
-    kept.update(new)
+  its records) to root's GRID_SCORES; a score kept already stays as it is (source's
+  where both keep one). Returns the file's contents."""
+  before = read_grid_scores(root)
+  kept = {**before, **read_grid_scores(source)}  # source's (the records') values stand
+  kept.update({s.name: v for row in grid_rows(p)
+               for s, v in grid_scores(p, source, row).items() if s.name not in kept})
+  if kept != before:
     os.makedirs(root, exist_ok=True)
     tmp = os.path.join(root, GRID_SCORES + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -418,8 +418,22 @@ def is_finished(job: Job, jobs: list, root: str, view: str) -> bool:
     return True
   if not is_done(job, view):
     return False
-  return job.stage != "train" or all(
-      is_done(e, view) for e in jobs if not e.trains and e.setting == job.setting)
+  if job.stage == "lr_grid":
+    return True
+  evaluated = lambda e: is_done(e, root) or (is_done(e, view) and same_model(
+      workdir(root, e.setting), workdir(view, e.setting)))
+  if job.stage == "eval":
+    return evaluated(job)
+  return all(evaluated(e) for e in jobs if not e.trains and e.setting == job.setting)
+
+
+def same_model(wd: str, other: str) -> bool:
+  """Whether `other` (a workdir or its record) holds the model that workdir `wd` holds
+  or continues: wd's training segments are the first of other's (none: wd is lost). A
+  model trained again after its workdir was lost is another model, and is evaluated
+  again, so that the record, replaced once the workdir has caught up, is one model's."""
+  mine = read_job(wd)["train"]
+  return read_job(other)["train"][:len(mine)] == mine
 
 
 def is_ready(job: Job, p: Protocol, root: str) -> bool:

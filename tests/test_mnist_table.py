@@ -433,6 +433,35 @@ def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypat
   assert "` (record) |" not in open(flags.output, encoding="utf-8").read()
 
 
+def test_a_model_trained_again_is_evaluated_again_whole(flags, monkeypatch):
+  calls = []
+  _fake_library(monkeypatch, calls)
+  settings = dict(rows=["vae"], lrs=["1e-3"], grid_epochs=2.0, num_epochs=3.0,
+                  num_seeds=1, release=False, k_curve_rows=["vae"], k_curve_samples=40,
+                  k_curve_images=5, num_samples=20, epoch_seconds=60.0)
+  name = "vae_lr0.001_b1_s0"
+  with flagsaver.flagsaver(max_jobs=3, **settings):  # grid, training, headline eval
+    mnist_table.main(["mnist_table"])
+  assert [c[0] for c in calls] == ["train", "train", "eval"]
+  record = os.path.join(flags.records, name)
+  assert list(tp.read_job(record)["evals"]) == ["test_all_K20"]
+  shutil.rmtree(flags.root)  # lost before the K check ran
+  calls.clear()
+  with flagsaver.flagsaver(**settings):
+    mnist_table.main(["mnist_table"])
+  # The K check needs the weights: the model trains again, and its headline evaluation
+  # runs again too (the record's is of the lost model); the record is then replaced.
+  assert calls == [("train", name, 3.0), ("eval", name, 20, 10), ("eval", name, 40, 5),
+                   ("eval", name, 100, 5)]
+  wd = os.path.join(flags.root, name)
+  assert tp.read_job(record) == tp.read_job(wd)
+  assert len(tp.read_job(record)["evals"]) == 3
+  calls.clear()
+  with flagsaver.flagsaver(**settings):
+    mnist_table.main(["mnist_table"])
+  assert not calls
+
+
 def test_a_killed_training_segment_is_kept_as_interrupted(flags, monkeypatch):
   real_rates = tp.measured_rates
   calls = []
