@@ -269,28 +269,51 @@ def report(results, args, command: str, seconds_total: float) -> str:
   return "\n".join(lines) + "\n"
 
 
+SEPARATES = 2.0  # a paired mean difference this many standard errors from 0 separates
+
+
+def _verdict(m: float, se: float) -> str:
+  if abs(m) < SEPARATES * se:
+    return "within noise"
+  return "lower" if m < 0 else "higher"
+
+
 def answers(a, b):
-  """Does IS rank b against a as AIS does; how much of the IS difference is bias."""
+  """Does IS rank b against a as AIS does; how much of the IS difference is bias. Every
+  difference is paired over the same images, with its standard error over images; a
+  difference under SEPARATES standard errors from zero is called within noise."""
   best_t = max(a["ais"])
   d_ais = b["ais"][best_t][0] - a["ais"][best_t][0]
   m_ais, se_ais = _mean_se(d_ais)
-  lines = [f"Paired differences NLL({b['label']}) - NLL({a['label']}), same images:", ""]
+  v_ais = _verdict(m_ais, se_ais)
+  lines = [f"Paired differences NLL({b['label']}) - NLL({a['label']}) on the same "
+           f"{len(d_ais)} images (mean +- standard error; 'within noise': under "
+           f"{SEPARATES:g} standard errors from zero). AIS T={best_t}: {m_ais:+.2f} +- "
+           f"{se_ais:.2f} (" + ("within noise)." if v_ais == "within noise" else
+                                f"{b['label']} {v_ais} than {a['label']})."), ""]
+  lines += ["| estimator | difference | verdict | same ranking as AIS | IS minus AIS "
+            "difference (estimator bias) |", "|---|---|---|---|---|"]
   for k in sorted(a["is"]):
-    m, se = _mean_se(b["is"][k] - a["is"][k])
-    same = "same" if np.sign(m) == np.sign(m_ais) else "OPPOSITE"
-    lines.append(f"- IS K={k}: {m:+.2f} +- {se:.2f}; {same} sign as AIS T={best_t} "
-                 f"({m_ais:+.2f} +- {se_ais:.2f}); IS minus AIS difference: "
-                 f"{m - m_ais:+.2f} nats")
+    d_is = b["is"][k] - a["is"][k]
+    m, se = _mean_se(d_is)
+    v = _verdict(m, se)
+    same = ("both within noise" if v == v_ais == "within noise" else "yes" if v == v_ais
+            else "no (opposite)" if "within noise" not in (v, v_ais) else "cannot tell")
+    bias = _mean_se(d_is - d_ais)
+    lines.append(f"| IS K={k} | {m:+.2f} +- {se:.2f} | {v} | {same} | "
+                 f"{bias[0]:+.2f} +- {bias[1]:.2f} |")
   k_max = max(a["is"])
-  m_is = _mean_se(b["is"][k_max] - a["is"][k_max])[0]
-  gaps = [float(np.mean(r["bdmc"][max(r["bdmc"])][0] - r["bdmc"][max(r["bdmc"])][1]))
+  bias = _mean_se((b["is"][k_max] - a["is"][k_max]) - d_ais)
+  gaps = [(r["label"], max(r["bdmc"]),
+           *_mean_se(r["bdmc"][max(r["bdmc"])][0] - r["bdmc"][max(r["bdmc"])][1]))
           for r in (a, b) if r["bdmc"]]
-  lines += ["", f"Of the IS K={k_max} difference ({m_is:+.2f} nats), "
-            f"{m_is - m_ais:+.2f} nats is the change of estimator bias between the models "
-            f"as seen by AIS T={best_t}, {abs(m_is - m_ais) / max(abs(m_is), 1e-9):.0%} of "
-            "it; AIS's own remaining error is bounded by its BDMC gaps on simulated data "
-            + (f"({', '.join(f'{g:.2f}' for g in gaps)} nats at T={max(a['bdmc'])})."
-               if gaps else "(not run).")]
+  lines += ["", f"Estimator bias in the IS K={k_max} difference: {bias[0]:+.2f} +- "
+            f"{bias[1]:.2f} nats ({_verdict(*bias)}), the part of IS's difference that "
+            f"AIS T={best_t} does not see. AIS is itself an upper bound on the NLL; its "
+            "remaining error is bounded, on data simulated from each model, by the BDMC "
+            "gap: " + ("; ".join(f"{label} {g:.2f} +- {se:.2f} nats at T={t}"
+                                for label, t, g, se in gaps) if gaps else "not run")
+            + "."]
   return lines
 
 

@@ -124,3 +124,26 @@ def test_estimator_gap_recomputes_a_damaged_cache_entry(cli_workdir, tmp_path, m
   estimator_gap.main(argv)
   text = (tmp_path / "gap.md").read_text()
   assert "| a | IS K=4 |" in text and " * |" in text and "- a IS K=4: " in text
+
+
+def test_answers_call_a_difference_within_noise_and_measure_the_bias():
+  rng = np.random.default_rng(0)
+  n, base = 50, 90 + 5 * rng.normal(size=50)
+  noise = lambda sd: sd * rng.normal(size=n)
+  a = {"label": "vae", "ais": {1000: (base + noise(0.1), 0.7)},
+       "is": {100: base + 3 + noise(0.1), 1000: base + 2 + noise(0.1)},
+       "bdmc": {100: (np.full(4, 101.0), np.full(4, 100.0))}}
+  # b is 2 nats better by AIS; IS at K=100 sees only a noisy 0.1, at K=1000 the 2 nats.
+  b = {"label": "crvae", "ais": {1000: (base - 2 + noise(0.1), 0.7)},
+       "is": {100: base + 2.9 + noise(2.0), 1000: base + noise(0.1)},
+       "bdmc": {}}
+  text = "\n".join(estimator_gap.answers(a, b))
+  assert "AIS T=1000: -2.0" in text
+  assert "(crvae lower than vae)" in text
+  k100 = next(l for l in text.splitlines() if l.startswith("| IS K=100 |"))
+  k1000 = next(l for l in text.splitlines() if l.startswith("| IS K=1000 |"))
+  assert "| within noise | cannot tell |" in k100
+  assert "| lower | yes |" in k1000
+  bias = float(k100.split("|")[5].split("+-")[0])
+  assert bias == pytest.approx(1.9, abs=0.8)  # K=100 misses most of the difference
+  assert "vae 1.00 +- 0.00 nats at T=100" in text
