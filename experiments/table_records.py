@@ -22,8 +22,8 @@ workdir's own files, or its record where the workdir is gone or lacks finished w
 record has (fewer epochs, or an evaluation missing). The runner schedules from the same
 union (`table_protocol.is_finished`): what a record holds is not run again, except the
 training of a model whose evaluations are still to run, which needs its weights; its
-record is kept until the new workdir has caught up, then replaced. The report marks the workdirs read from
-records.
+record is kept until the new workdir has caught up (trained and evaluated again), then
+replaced. The report marks the workdirs read from records.
 """
 
 import contextlib
