@@ -38,6 +38,7 @@ import numpy as np
 from benchmarks.nll_eval import machine_line
 from crvae_jax import ais, host_memory, likelihood, sharding, trained
 from crvae_jax.families import mnist as mnist_family
+from experiments import table_stats
 from experiments.provenance import git_commit
 
 
@@ -269,27 +270,25 @@ def report(results, args, command: str, seconds_total: float) -> str:
   return "\n".join(lines) + "\n"
 
 
-SEPARATES = 2.0  # a paired mean difference this many standard errors from 0 separates
-
-
 def _verdict(m: float, se: float) -> str:
-  if abs(m) < SEPARATES * se:
+  if abs(m) < table_stats.NOISE_SE * se:
     return "within noise"
   return "lower" if m < 0 else "higher"
 
 
 def answers(a, b):
   """Does IS rank b against a as AIS does; how much of the IS difference is bias. Every
-  difference is paired over the same images, with its standard error over images; a
-  difference under SEPARATES standard errors from zero is called within noise."""
+  difference is paired over the same images, with its standard error over images; one
+  under table_stats.NOISE_SE standard errors from zero (the table's rule) is called
+  within noise."""
   best_t = max(a["ais"])
   d_ais = b["ais"][best_t][0] - a["ais"][best_t][0]
   m_ais, se_ais = _mean_se(d_ais)
   v_ais = _verdict(m_ais, se_ais)
   lines = [f"Paired differences NLL({b['label']}) - NLL({a['label']}) on the same "
            f"{len(d_ais)} images (mean +- standard error; 'within noise': under "
-           f"{SEPARATES:g} standard errors from zero). AIS T={best_t}: {m_ais:+.2f} +- "
-           f"{se_ais:.2f} (" + ("within noise)." if v_ais == "within noise" else
+           f"{table_stats.NOISE_SE:g} standard errors from zero). AIS T={best_t}: "
+           f"{m_ais:+.2f} +- {se_ais:.2f} (" + ("within noise)." if v_ais == "within noise" else
                                 f"{b['label']} {v_ais} than {a['label']})."), ""]
   lines += ["| estimator | difference | verdict | same ranking as AIS | IS minus AIS "
             "difference (estimator bias) |", "|---|---|---|---|---|"]

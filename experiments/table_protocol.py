@@ -167,12 +167,16 @@ def read_job(wd: str) -> dict:
     return json.load(f)
 
 
+def _write_json(path: str, obj, **dump_kwargs) -> None:
+  """Writes `obj` to `path` through a temporary file: a reader never sees half of it."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, **dump_kwargs)
+  os.replace(path + ".tmp", path)
+
+
 def write_job(wd: str, record: dict) -> None:
-  os.makedirs(wd, exist_ok=True)
-  tmp = os.path.join(wd, "job.json.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2)
-  os.replace(tmp, os.path.join(wd, "job.json"))
+  _write_json(os.path.join(wd, "job.json"), record)
 
 
 def resume_point(wd: str) -> tuple:
@@ -323,11 +327,7 @@ def freeze_grid_scores(p: Protocol, source: str, root: str) -> dict:
   kept.update({s.name: v for row in grid_rows(p)
                for s, v in grid_scores(p, source, row).items() if s.name not in kept})
   if kept != before:
-    os.makedirs(root, exist_ok=True)
-    tmp = os.path.join(root, GRID_SCORES + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(kept, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(root, GRID_SCORES))
+    _write_json(os.path.join(root, GRID_SCORES), kept, sort_keys=True)
   return kept
 
 
