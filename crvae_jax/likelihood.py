@@ -127,9 +127,3 @@ def estimate_log_likelihood(model, variables, images_binary: np.ndarray, mesh, *
                             images_binary, mesh, batch_size, progress=bar)  # [N, 4]
   elbo, k1, report, full = per_image.T
   return LikelihoodResult(elbo, k1, report, full, num_samples, min(report_k, num_samples))
-
-
-def mean_and_stderr(values: np.ndarray):
-  """Mean and standard error of the mean over images."""
-  values = np.asarray(values, np.float64)
-  return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))

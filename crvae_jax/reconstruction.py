@@ -6,19 +6,17 @@ with images mapped from [-1, 1] to [0, 1] (`image_metrics.to_unit`):
 
   MSE = mean over pixels and channels of (x^ - x)^2,   PSNR = 10 log10(1 / MSE) dB.
 
-Over N images: the mean and its standard error std(ddof=1) / sqrt(N). Two models on the
-same images are compared by the mean of their per-image differences and its standard
-error (a paired comparison: how hard each image is cancels out, so the SE is far smaller
-than that of either mean).
+Over N images: the mean and its standard error, and paired differences between models on
+the same images (`crvae_jax.stats`).
 """
 
 import functools
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import jax
 import numpy as np
 
-from crvae_jax import image_metrics
+from crvae_jax import image_metrics, stats
 
 
 @functools.lru_cache(maxsize=16)
@@ -52,23 +50,6 @@ def reconstruction_errors(model, variables, images: np.ndarray, *, batch_size: i
   return {"mse": mse, "psnr": psnr}
 
 
-def mean_and_se(values: Sequence[float]) -> tuple:
-  """(mean, standard error of the mean) of per-image values; SE nan for one value."""
-  values = np.asarray(values, np.float64)
-  if values.ndim != 1 or len(values) == 0:
-    raise ValueError(f"expected per-image values [N], N >= 1, got shape {values.shape}")
-  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-  return float(values.mean()), float(se)
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple:
-  """(mean, SE) of a - b over the same images, e.g. crVAE-GAN's PSNR minus VAE-GAN's."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if a.shape != b.shape:
-    raise ValueError(f"a paired comparison needs the same images: {a.shape} != {b.shape}")
-  return mean_and_se(a - b)
-
-
 def compare_models(models: Mapping[str, tuple], images: np.ndarray, *,
                    batch_size: int = 64) -> dict:
   """Reconstruction errors of each {label: (model, generator variables)} on the same
@@ -82,13 +63,13 @@ def compare_models(models: Mapping[str, tuple], images: np.ndarray, *,
   for label in labels:
     entry = {}
     for metric in ("mse", "psnr"):
-      entry[metric], entry[f"{metric}_se"] = mean_and_se(errors[label][metric])
+      entry[metric], entry[f"{metric}_se"] = stats.mean_and_stderr(errors[label][metric])
       entry[f"{metric}_per_image"] = errors[label][metric].tolist()
     summary["models"][label] = entry
   for label in labels[1:]:
     entry = {}
     for metric in ("mse", "psnr"):
-      entry[metric], entry[f"{metric}_se"] = paired_difference(errors[label][metric],
+      entry[metric], entry[f"{metric}_se"] = stats.paired_difference(errors[label][metric],
                                                                errors[labels[0]][metric])
     summary["paired"][f"{label} - {labels[0]}"] = entry
   return summary

@@ -45,7 +45,7 @@ import time
 
 from absl import app, flags, logging
 
-from crvae_jax import host_memory
+from crvae_jax import host_memory, stats
 from crvae_jax.config_checks import ConfigError
 from experiments import launch
 from experiments.provenance import cpu_description, git_commit
@@ -150,16 +150,15 @@ def completion_settings(config, kinds, *, steps=None, seed: int = 0,
 def paired_rows(per_image: dict, labels: list, specs: dict) -> list:
   """Markdown cells per metric: [name, mean +- SE of each label, then each later label
   minus the first, mean +- paired SE]; per_image {metric: {label: [N]}}."""
-  from crvae_jax import reconstruction  # pylint: disable=g-import-not-at-top
   rows = []
   for metric, (name, digits) in specs.items():
     values = per_image[metric]
     cells = [name]
     for label in labels:
-      mean, se = reconstruction.mean_and_se(values[label])
+      mean, se = stats.mean_and_stderr(values[label])
       cells.append(f"{mean:.{digits}f} ± {se:.{digits}f}")
     for label in labels[1:]:
-      mean, se = reconstruction.paired_difference(values[label], values[labels[0]])
+      mean, se = stats.paired_difference(values[label], values[labels[0]])
       cells.append(f"{mean:+.{digits}f} ± {se:.{digits}f}")
     rows.append(cells)
   return rows

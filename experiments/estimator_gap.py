@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from benchmarks.nll_eval import machine_line
-from crvae_jax import ais, host_memory, likelihood, sharding, trained
+from crvae_jax import ais, host_memory, likelihood, sharding, stats, trained
 from crvae_jax.families import mnist as mnist_family
 from experiments import table_stats
 from experiments.provenance import git_commit
@@ -65,10 +65,6 @@ def parse_args(argv):
   p.add_argument("--out", default="results/estimator_gap.md")
   p.add_argument("--npy_dir", default="results/estimator_gap")
   return p.parse_args(argv)
-
-
-def _mean_se(values):
-  return likelihood.mean_and_stderr(values)
 
 
 def _sha256(*arrays) -> str:
@@ -235,11 +231,11 @@ def report(results, args, command: str, seconds_total: float) -> str:
   lines += ["| model | estimator | NLL | seconds |", "|---|---|---|---|"]
   for r in results:
     for k, v in r["is"].items():
-      m, se = _mean_se(v)
+      m, se = stats.mean_and_stderr(v)
       lines.append(f"| {r['label']} | IS K={k} | {m:.2f} +- {se:.2f} | "
                    f"{seconds(r, f'IS K={k}')} |")
     for t, (v, acc) in r["ais"].items():
-      m, se = _mean_se(v)
+      m, se = stats.mean_and_stderr(v)
       lines.append(f"| {r['label']} | AIS T={t} (acceptance {acc:.2f}) | {m:.2f} +- "
                    f"{se:.2f} | {seconds(r, f'AIS T={t}')} |")
   lines += ["", "BDMC on simulated data (NLL; the truth lies between the two, the gap "
@@ -248,7 +244,7 @@ def report(results, args, command: str, seconds_total: float) -> str:
             "seconds |", "|---|---|---|---|---|---|"]
   for r in results:
     for t, (lo, up) in r["bdmc"].items():
-      gap = _mean_se(lo - up)
+      gap = stats.mean_and_stderr(lo - up)
       lines.append(f"| {r['label']} | {t} | {lo.mean():.2f} | {up.mean():.2f} | "
                    f"{gap[0]:.2f} +- {gap[1]:.2f} | {seconds(r, f'BDMC T={t}')} |")
   reused = [(r["label"], entry, p) for r in results for entry, p in r["reused"].items()]
@@ -264,7 +260,7 @@ def report(results, args, command: str, seconds_total: float) -> str:
       lines.append(f"- {r['label']}: IS K={k_max} minus AIS T={best_t}: "
                    "{:.2f} +- {:.2f} nats per image (a lower bound on IS's bias when "
                    "positive: AIS's NLL is itself an upper bound)".format(
-                       *_mean_se(r["is"][k_max] - r["ais"][best_t][0])))
+                       *stats.mean_and_stderr(r["is"][k_max] - r["ais"][best_t][0])))
   if len(results) == 2 and results[0]["ais"] and results[0]["is"]:
     lines += ["", "## Answers", ""] + answers(*results)
   return "\n".join(lines) + "\n"
@@ -283,7 +279,7 @@ def answers(a, b):
   within noise."""
   best_t = max(a["ais"])
   d_ais = b["ais"][best_t][0] - a["ais"][best_t][0]
-  m_ais, se_ais = _mean_se(d_ais)
+  m_ais, se_ais = stats.mean_and_stderr(d_ais)
   v_ais = _verdict(m_ais, se_ais)
   lines = [f"Paired differences NLL({b['label']}) - NLL({a['label']}) on the same "
            f"{len(d_ais)} images (mean +- standard error; 'within noise': under "
@@ -294,17 +290,17 @@ def answers(a, b):
             "difference (estimator bias) |", "|---|---|---|---|---|"]
   for k in sorted(a["is"]):
     d_is = b["is"][k] - a["is"][k]
-    m, se = _mean_se(d_is)
+    m, se = stats.mean_and_stderr(d_is)
     v = _verdict(m, se)
     same = ("both within noise" if v == v_ais == "within noise" else "yes" if v == v_ais
             else "no (opposite)" if "within noise" not in (v, v_ais) else "cannot tell")
-    bias = _mean_se(d_is - d_ais)
+    bias = stats.mean_and_stderr(d_is - d_ais)
     lines.append(f"| IS K={k} | {m:+.2f} +- {se:.2f} | {v} | {same} | "
                  f"{bias[0]:+.2f} +- {bias[1]:.2f} |")
   k_max = max(a["is"])
-  bias = _mean_se((b["is"][k_max] - a["is"][k_max]) - d_ais)
+  bias = stats.mean_and_stderr((b["is"][k_max] - a["is"][k_max]) - d_ais)
   gaps = [(r["label"], max(r["bdmc"]),
-           *_mean_se(r["bdmc"][max(r["bdmc"])][0] - r["bdmc"][max(r["bdmc"])][1]))
+           *stats.mean_and_stderr(r["bdmc"][max(r["bdmc"])][0] - r["bdmc"][max(r["bdmc"])][1]))
           for r in (a, b) if r["bdmc"]]
   lines += ["", f"Estimator bias in the IS K={k_max} difference: {bias[0]:+.2f} +- "
             f"{bias[1]:.2f} nats ({_verdict(*bias)}), the part of IS's difference that "

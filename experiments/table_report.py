@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from crvae_jax import likelihood
+from crvae_jax import stats
 from crvae_jax.families import mnist as mnist_family
 from experiments import table_choices, table_plots, table_stats
 from experiments import table_protocol as tp
@@ -203,7 +203,7 @@ def kcheck_section(p: tp.Protocol, root: str, entries: dict, png: str) -> list:
               per_image(wd, 100, "nll", n), per_image(wd, big, "nll_report", n),
               per_image(wd, big, "nll", n)]
     per_model[row] = arrays
-    gaps = [likelihood.mean_and_stderr(a - arrays[-1]) for a in arrays]
+    gaps = [stats.mean_and_stderr(a - arrays[-1]) for a in arrays]
     curves[e.label] = (ks, [a.mean() for a in arrays], [g[0] for g in gaps],
                        [g[1] for g in gaps])
     same = "headline K=%d run pending" % p.num_samples
@@ -216,7 +216,7 @@ def kcheck_section(p: tp.Protocol, root: str, entries: dict, png: str) -> list:
     (ra, a), (rb, b) = list(per_model.items())[:2]
     lines += ["", f"Paired difference {entries[ra].label} - {entries[rb].label} on these "
               "images, by K: " + "; ".join(
-                  "K=%d %+.2f +- %.2f" % ((k,) + likelihood.mean_and_stderr(x - y))
+                  "K=%d %+.2f +- %.2f" % ((k,) + stats.mean_and_stderr(x - y))
                   for k, x, y in zip(ks, a, b)) + "."]
   if curves:
     table_plots.nll_vs_k(curves, png, f"Test NLL vs K, first {n} test images, seed 0")
@@ -262,7 +262,7 @@ def release_section(p, entries: dict) -> list:
       lines.append(f"| {e.label} | {s.lr:g} | {tp.LSTM_LABELS[s.lstm]} | {s.beta:g} | "
                    "pending | | | |")
       continue
-    diff = lambda x: "%+.2f +- %.2f" % likelihood.mean_and_stderr(e.nll[0] - x)
+    diff = lambda x: "%+.2f +- %.2f" % stats.mean_and_stderr(e.nll[0] - x)
     head = entries.get(row)
     lines.append(
         f"| {e.label} | {s.lr:g} | {tp.LSTM_LABELS[s.lstm]} | {s.beta:g} | "

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from crvae_jax import likelihood
+from crvae_jax import stats
 
 NOISE_SE = 2.0  # |mean| < NOISE_SE * se: within noise
 
@@ -75,7 +75,7 @@ def compare(a: dict, b: dict, pooled_var: Optional[float]) -> Comparison:
     raise ValueError(f"per-image arrays of different shapes {sorted(shapes)}: the "
                      "entries were scored on different test images")
   diff = np.mean(list(a.values()), axis=0) - np.mean(list(b.values()), axis=0)  # [N]
-  mean, se_images = likelihood.mean_and_stderr(diff)
+  mean, se_images = stats.mean_and_stderr(diff)
   pooled = False
   variances = []
   for side in (a, b):
@@ -87,7 +87,7 @@ def compare(a: dict, b: dict, pooled_var: Optional[float]) -> Comparison:
       pooled = True
     else:
       variances.append(math.nan)
-  per_seed = {s: likelihood.mean_and_stderr(a[s] - b[s]) for s in sorted(set(a) & set(b))}
+  per_seed = {s: stats.mean_and_stderr(a[s] - b[s]) for s in sorted(set(a) & set(b))}
   return Comparison(mean, se_images, float(math.sqrt(sum(variances))), len(a), len(b),
                     pooled, per_seed)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config, make_tiny_data
-from crvae_jax import likelihood
+from crvae_jax import stats
 from crvae_jax.families import mnist as mnist_family
 from experiments import mnist_table, table_records, table_report, table_stats
 from experiments import table_protocol as tp
@@ -364,7 +364,7 @@ def test_one_tiny_real_job_through_the_library(flags, monkeypatch):
   nll = np.load(mnist_family.per_image_path(wd, 2))
   assert nll.shape == (6,) and np.isfinite(nll).all()
   text = open(flags.output, encoding="utf-8").read()
-  assert f"| VAE | 0.001 | - | 1 of 1 | {likelihood.mean_and_stderr(nll)[0]:.2f} |" in text
+  assert f"| VAE | 0.001 | - | 1 of 1 | {stats.mean_and_stderr(nll)[0]:.2f} |" in text
 
 
 def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypatch):

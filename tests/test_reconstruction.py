@@ -35,15 +35,6 @@ def test_mse_and_psnr_of_a_known_reconstruction():
   np.testing.assert_allclose(errors["psnr"], 10 * np.log10(1 / expected), rtol=1e-5)
 
 
-def test_standard_errors_and_the_paired_difference():
-  mean, se = reconstruction.mean_and_se([1.0, 2.0, 3.0, 4.0])
-  assert mean == 2.5 and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
-  mean, se = reconstruction.paired_difference([1.0, 2.0, 3.0], [0.0, 2.0, 1.0])
-  assert mean == 1.0 and se == pytest.approx(1 / np.sqrt(3))  # differences 1, 0, 2
-  with pytest.raises(ValueError, match="same images"):
-    reconstruction.paired_difference([1.0, 2.0], [1.0])
-
-
 def test_a_tiny_random_model_is_scored_per_image_and_compared_pairwise():
   x = _images(7, seed=1)
   model = RgbVAE(variant="crvaegan", num_blocks=2, width=2, lstm_hidden=4, latent_channels=4,

@@ -18,7 +18,7 @@ import numpy as np
 
 from crvae_jax import ais
 from crvae_jax import config_checks, data as mnist_data, distributed, likelihood, sampling
-from crvae_jax import sharding
+from crvae_jax import sharding, stats
 from crvae_jax.families import model_kwargs
 from crvae_jax.models.mnist import MnistVAE
 from crvae_jax.train import checkpoints, engine, mnist_step, optimizer, workdir_lock
@@ -255,7 +255,7 @@ def evaluate(config, workdir: str, *, data: Optional[MnistData] = None) -> dict:
   for name, values in (("nll", -result.log_px), (f"nll_k{result.report_k}",
                                                   -result.log_px_report),
                        ("neg_elbo", -result.elbo)):
-    mean, stderr = likelihood.mean_and_stderr(values)
+    mean, stderr = stats.mean_and_stderr(values)
     summary[name], summary[name + "_stderr"] = mean, stderr
   per_image = {"nll": -result.log_px, "nll_report": -result.log_px_report,
                "neg_elbo": -result.elbo, "nll_k1": -result.log_px_k1}

@@ -31,7 +31,7 @@ from flax import serialization
 from jax.experimental import multihost_utils
 
 from crvae_jax import compiled, config_checks, distributed, image_metrics, images
-from crvae_jax import reconstruction, sharding
+from crvae_jax import reconstruction, sharding, stats
 from crvae_jax.data import rgb as rgb_data
 from crvae_jax.data.image_source import RandomAccessImages
 from crvae_jax.families import model_kwargs, stage1
@@ -270,7 +270,7 @@ def versus_bicubic(truth, bicubic, stage2) -> dict:
   for name, metric in (("psnr", image_metrics.masked_psnr),
                        ("ssim", image_metrics.masked_ssim)):
     a, b = metric(truth, stage2, everywhere), metric(truth, bicubic, everywhere)
-    difference, se = reconstruction.paired_difference(a, b)
+    difference, se = stats.paired_difference(a, b)
     out[name] = {"stage2": float(a.mean()), "bicubic": float(b.mean()),
                  "difference": difference, "difference_se": se}
   return out
