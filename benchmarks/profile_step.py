@@ -1,13 +1,17 @@
-r"""Where a JAX train step spends its time on this machine (issues 7 and 19).
+r"""Where a JAX train step or IS evaluation spends its time on this machine (issues 7,
+19 and 22).
 
   python -m benchmarks.profile_step --scale=paper --steps=3
+  python -m benchmarks.profile_step --scale=cpu --measure=eval --eval_k=1000
   python -m benchmarks.profile_step \
       --config=experiments/configs/rgb.py:emoji_crvaegan,cpu --steps=3
 
 Without --config: the MNIST crVAE step of --row at --scale. With --config: the Stage1
 (experiments/configs/rgb.py:ROW[,cpu]) or Stage2 (experiments/configs/stage2.py:...)
 GAN step on random images (`benchmarks.ab_gan_step.GanTrainer`; --width and --batch
-override the config).
+override the config). --measure=eval traces instead one pass of the MNIST IS-NLL
+estimator (`benchmarks.nll_eval.eval_runner`) over one eval batch of random binary images
+at K=--eval_k with the config's chunk (or --eval_chunk); ms are then per pass.
 
 Traces --steps train steps (after compilation and 2 warm-up steps) with jax.profiler and
 prints the share of each kind of XLA CPU operation: 'ynn_fusion' are the matmuls and
@@ -29,7 +33,7 @@ import jax
 
 from crvae_jax import host_memory
 from benchmarks.ab_gan_step import GanTrainer, apply_overrides, load_config
-from benchmarks.nll_eval import machine_line
+from benchmarks.nll_eval import eval_runner, machine_line, random_variables
 from benchmarks.train_throughput import JaxTrainer
 from experiments.configs import mnist as mnist_configs
 
@@ -122,10 +126,26 @@ def scope_times(times: collections.Counter, scopes: dict, depth: int) -> collect
 
 def compiled_text(trainer) -> str:
   """The HLO of the trainer's compiled step."""
+  if isinstance(trainer, EvalPass):
+    return trainer.timed.hlo_text()
   if isinstance(trainer, GanTrainer):
     return trainer.hlo_text()
   return trainer.step_fn.lower(trainer.state, trainer.batches[0],
                                trainer.key).compile().as_text()
+
+
+class EvalPass:
+  """One pass of the IS-NLL estimator over one eval batch, with the `run` of a trainer."""
+
+  def __init__(self, config, num_samples: int, chunk_size: int):
+    model, variables = random_variables(config)
+    self.timed = eval_runner(config, model, variables, config.eval.batch_size,
+                             num_samples, chunk_size)
+
+  def run(self, steps: int, warmup: int = 0):
+    del warmup  # eval_runner has compiled and run the estimator once
+    for _ in range(steps):
+      self.timed()
 
 
 def main():
@@ -137,6 +157,11 @@ def main():
   p.add_argument("--config", default="", help="a GAN config (Stage1 or Stage2)")
   p.add_argument("--width", type=int, default=0)
   p.add_argument("--batch", type=int, default=0)
+  p.add_argument("--measure", default="train", choices=("train", "eval"),
+                 help="MNIST only: a train step or one IS evaluation pass")
+  p.add_argument("--eval_k", type=int, default=1000, help="--measure=eval: K per image")
+  p.add_argument("--eval_chunk", type=int, default=0,
+                 help="--measure=eval: samples per chunk (0: the config's)")
   p.add_argument("--by", default="kind", choices=("kind", "scope"),
                  help="group by XLA operation kind or by model scope (fwd/bwd)")
   p.add_argument("--depth", type=int, default=2, help="--by=scope: path components kept "
@@ -146,6 +171,12 @@ def main():
     trainer = GanTrainer(apply_overrides(load_config(args.config), args))
     what = f"{args.config} (width {trainer.config.model.width}, batch " \
            f"{trainer.config.train.batch_size})"
+  elif args.measure == "eval":
+    config = mnist_configs.config_at_scale(args.row, args.scale)
+    chunk = args.eval_chunk or config.eval.chunk_size
+    trainer = EvalPass(config, args.eval_k, chunk)
+    what = (f"{args.row}, {args.scale} scale, IS eval K={args.eval_k}, chunk {chunk} x "
+            f"batch {config.eval.batch_size}; ms per pass")
   else:
     trainer = JaxTrainer(mnist_configs.config_at_scale(args.row, args.scale))
     what = f"{args.row}, {args.scale} scale"

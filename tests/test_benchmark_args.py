@@ -47,3 +47,14 @@ def test_each_chunk_setting_is_timed_at_its_own_batch_size(monkeypatch, capsys):
   # compiled on one batch of each, then every timing at that setting's own batch size
   assert calls == [(40, 50), (20, 20), (40, 50), (40, 20), (40, 20), (40, 50)]
   assert "| crvae | cpu | 100 | 50 x 20 |" in capsys.readouterr().out
+
+
+def test_eval_profile_traces_the_estimator_and_names_its_scopes():
+  from conftest import make_tiny_config  # pylint: disable=g-import-not-at-top
+  from benchmarks import profile_step  # pylint: disable=g-import-not-at-top
+  evaluation = profile_step.EvalPass(make_tiny_config(), num_samples=6, chunk_size=4)
+  evaluation.run(1)
+  scopes = profile_step.op_scopes(profile_step.compiled_text(evaluation))
+  # the decoder runs inside the sample loop; nothing of a backward pass is compiled
+  assert any("MnistVAE.decode" in s for s in scopes.values())
+  assert not any(s.startswith("bwd ") for s in scopes.values())
