@@ -8,11 +8,22 @@ is bounded by the chunk size, not by K. Sample k of image i uses
 fold_in(fold_in(seed, i), k): the result does not depend on chunk size, batch size or
 device count. BatchNorm runs in inference mode. Images are split over all devices; the
 last batch is padded and the padding removed, so every image is scored.
+
+A long evaluation can be stopped and resumed (`resume_file`, `deadline`): the per-image
+estimates of finished batches are saved, with a key of everything they depend on (the
+weights, the images and the estimator settings), and a later call with the same key
+scores only the rest. Batches are the same either way, so a resumed estimate equals an
+uninterrupted one bit for bit.
 """
 
 import functools
+import hashlib
+import io
+import json
 import math
-from typing import NamedTuple
+import os
+import time
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +33,7 @@ from tqdm import tqdm
 
 from crvae_jax import objectives, randomness
 from crvae_jax.sharding import BATCH_AXIS, data_parallel, global_indices, map_batches, replicate
+from crvae_jax.train.checkpoints import write_bytes_atomic
 
 
 class LikelihoodResult(NamedTuple):
@@ -32,6 +44,7 @@ class LikelihoodResult(NamedTuple):
   log_px: np.ndarray  # logmeanexp over all K samples
   num_samples: int
   report_k: int
+  resumed: int = 0  # images read from a resume file (scored by an earlier call)
 
 
 def _accumulate(acc, log_w, mask):
@@ -102,10 +115,49 @@ def make_estimator(model, mesh, *, num_samples: int, chunk_size: int, report_k: 
                        model=model)
 
 
+class EvaluationPaused(Exception):
+  """Raised by `estimate_log_likelihood` at its deadline; the finished images are saved in
+  its resume_file, and the same call later scores the rest."""
+
+  def __init__(self, done: int, total: int, resume_file: str):
+    super().__init__(f"IS evaluation paused at its deadline after {done} of {total} "
+                     f"images (saved in {resume_file}; the same call resumes)")
+    self.done, self.total, self.resume_file = done, total, resume_file
+
+
+SAVE_EVERY_S = 60.0  # how often a resumable evaluation saves its finished images
+
+
+def _sha256(*arrays) -> str:
+  h = hashlib.sha256()
+  for a in arrays:
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()[:16]
+
+
+def _load_partial(path: str, key: str) -> np.ndarray:
+  """Finished rows [n, 4] of a saved evaluation with this key; [0, 4] if there is none,
+  or if it is unreadable or was made with other weights, images or settings."""
+  try:
+    with np.load(path) as f:
+      if str(f["key"]) == key:
+        return np.asarray(f["rows"], np.float32)
+  except (OSError, KeyError, ValueError):
+    pass
+  return np.zeros((0, 4), np.float32)
+
+
+def _save_partial(path: str, key: str, rows: np.ndarray) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, key=np.array(key), rows=rows)
+  write_bytes_atomic(path, buf.getvalue())
+
+
 def estimate_log_likelihood(model, variables, images_binary: np.ndarray, mesh, *,
                             num_samples: int, chunk_size: int = 128,
                             batch_size: int = 100, report_k: int = 100, seed: int = 0,
-                            progress: bool = True) -> LikelihoodResult:
+                            progress: bool = True, resume_file: Optional[str] = None,
+                            deadline: Optional[float] = None) -> LikelihoodResult:
   """Importance-sampled log p(x) for every image in images_binary [N, 28, 28] {0, 1}.
 
   Args:
@@ -114,16 +166,58 @@ def estimate_log_likelihood(model, variables, images_binary: np.ndarray, mesh, *
     chunk_size: samples decoded at once per image (memory ~ batch/devices * chunk).
     batch_size: images per call, rounded up to a multiple of the device count.
     report_k: the smaller K also reported (100); seed: the estimate's seed.
+    progress: show a progress bar.
+    resume_file: a .npz path (single process only): finished batches are saved there
+      about every SAVE_EVERY_S seconds and at a pause, and a call with the same weights,
+      images and settings starts after them. The caller deletes it when done.
+    deadline: a `time.monotonic()` time; when a batch ends past it with images left,
+      the finished ones are saved and `EvaluationPaused` is raised (needs resume_file).
   """
   if num_samples < 1 or chunk_size < 1 or batch_size < 1:
     raise ValueError("num_samples, chunk_size and batch_size must be >= 1, got "
                      f"{num_samples}, {chunk_size}, {batch_size}")
+  if deadline is not None and resume_file is None:
+    raise ValueError("an evaluation with a deadline needs a resume_file to save its "
+                     "finished images in")
+  if resume_file is not None and jax.process_count() > 1:
+    raise ValueError("resume_file is for single-process evaluations: in a multi-process "
+                     "run each process would need the same file")
   estimator = make_estimator(model, mesh, num_samples=num_samples,
                              chunk_size=chunk_size, report_k=report_k)
+  batch = -(-batch_size // mesh.size) * mesh.size  # as map_batches rounds it
+  n = len(images_binary)
+  rows, key = np.zeros((0, 4), np.float32), ""  # the estimator's dtype
+  if resume_file is not None:
+    key = json.dumps({
+        "variables": _sha256(*jax.tree_util.tree_leaves(jax.device_get(variables))),
+        "images": _sha256(images_binary), "num_images": n, "num_samples": num_samples,
+        "chunk_size": min(chunk_size, num_samples), "batch_size": batch,
+        "report_k": report_k, "seed": seed, "devices": mesh.size}, sort_keys=True)
+    rows = _load_partial(resume_file, key)
+  done = len(rows)
   variables, seed_key = replicate(mesh, variables), jax.random.key(seed)
-  with tqdm(total=len(images_binary), unit="img", desc=f"IS-NLL K={num_samples}",
+  parts, last_save = [rows], time.monotonic()
+  with tqdm(total=n, initial=done, unit="img", desc=f"IS-NLL K={num_samples}",
             disable=not progress) as bar:
-    per_image = map_batches(lambda b, off: estimator(variables, b, off, seed_key),
-                            images_binary, mesh, batch_size, progress=bar)  # [N, 4]
+    for lo in range(done, n, batch):  # the batches of an uninterrupted run
+      parts.append(map_batches(
+          lambda b, off, lo=lo: estimator(variables, b, off + lo, seed_key),
+          images_binary[lo:lo + batch], mesh, batch, progress=bar))  # [b, 4]
+      finished = min(lo + batch, n)
+      late = deadline is not None and time.monotonic() > deadline and finished < n
+      if resume_file is not None and finished < n and (
+          late or time.monotonic() - last_save > SAVE_EVERY_S):
+        _save_partial(resume_file, key, np.concatenate(parts))
+        last_save = time.monotonic()
+      if late:
+        raise EvaluationPaused(finished, n, resume_file)
+  per_image = np.concatenate(parts)  # [N, 4]
   elbo, k1, report, full = per_image.T
-  return LikelihoodResult(elbo, k1, report, full, num_samples, min(report_k, num_samples))
+  return LikelihoodResult(elbo, k1, report, full, num_samples, min(report_k, num_samples),
+                          done)
+
+
+def remove_resume_file(resume_file: str) -> None:
+  """Delete a finished evaluation's resume file (if there is one)."""
+  if os.path.exists(resume_file):
+    os.remove(resume_file)

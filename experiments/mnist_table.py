@@ -21,7 +21,8 @@ checkpoint: every epoch, and on SIGINT/SIGTERM where it stands). Each training s
 is written to the workdir's job.json (epochs, wall time, commit, date, load, command);
 one killed before its end is kept as interrupted, up to its last checkpoint.
 --stop_after_minutes stops before a job that would not finish in time (training is cut
-to the whole epochs that fit); --max_jobs after that many jobs.
+to the whole epochs that fit; an evaluation scores the images that fit, keeps them in its
+workdir and resumes in the next run, also after a kill); --max_jobs after that many jobs.
 Workdirs live outside the checkout (--root), so that a later session can resume them;
 the protocol's numbers are kept in <root>/protocol.json and a run with other numbers on
 the same root is refused. Each report first copies every workdir's small records into
@@ -47,7 +48,7 @@ from absl import app, flags, logging
 import jax
 import numpy as np
 
-from crvae_jax import host_memory
+from crvae_jax import host_memory, likelihood
 from crvae_jax.families import mnist as mnist_family
 from crvae_jax.train.guards import NonFiniteError
 from experiments import launch
@@ -64,6 +65,8 @@ SAMPLE_EVERY_EPOCHS = 10.0  # prior-sample PNGs during training
 # image i has its own key (crvae_jax/likelihood.py).
 CPU_EVAL_CHUNK_AND_BATCH = (50, 20)
 EVAL_OVERHEAD_S = 30.0  # --plan: start-up and compilation of one evaluation
+MIN_EVAL_MINUTES = 3.0  # --stop_after_minutes: no evaluation starts with less time left
+EVAL_BATCH_MARGIN_S = 30.0  # the deadline is this early: the batch running then ends late
 PLAN_ASSUMED_EPOCHS = 30.0  # --plan's budget while it is undecided
 
 FLAGS = flags.FLAGS
@@ -104,7 +107,8 @@ flags.DEFINE_bool("release", True, "Also train the release's recipe (config lr, 
                   "lr/T, beta 0.784), seed 0, after everything else.")
 flags.DEFINE_integer("max_jobs", None, "Stop after this many jobs.")
 flags.DEFINE_float("stop_after_minutes", None, "Start no job that would not finish within "
-                   "this many minutes of the start (training: the whole epochs that fit).")
+                   "this many minutes of the start (training: the whole epochs that fit; "
+                   "an evaluation: scores the images that fit and resumes next run).")
 flags.DEFINE_float("epoch_seconds", 80.0, "--plan and --stop_after_minutes: seconds per "
                    "crVAE (T=8) training epoch while no run has been timed (the pilot "
                    "curves took about 80 s per epoch on the 2-core VM, 2026-12-03).")
@@ -122,10 +126,12 @@ def train(config, workdir: str, data) -> None:
   mnist_family.train_and_evaluate(config, workdir, data=data)
 
 
-def score(config, workdir: str, data) -> None:
+def score(config, workdir: str, data, deadline=None) -> dict:
   """IS test NLL of the workdir's best checkpoint (config.eval) on data.test_binary;
-  writes eval_test_K<K>.json and eval_test_K<K>_<name>.npy into the workdir."""
-  mnist_family.evaluate(config, workdir, data=data)
+  writes eval_test_K<K>.json and eval_test_K<K>_<name>.npy into the workdir and returns
+  its summary. Past `deadline` (time.monotonic()) it saves the finished images and
+  raises likelihood.EvaluationPaused; the next call resumes."""
+  return mnist_family.evaluate(config, workdir, data=data, deadline=deadline)
 
 
 def load_data(config):
@@ -200,7 +206,9 @@ def run_train(p, job, root: str, data, epochs: float, commit: str) -> None:
   tp.write_job(wd, rec)
 
 
-def run_eval(p, job, root: str, data, commit: str) -> None:
+def run_eval(p, job, root: str, data, commit: str, deadline=None) -> bool:
+  """Evaluates `job`; False if it paused at `deadline` (its finished images are kept in
+  the workdir, and the next run resumes it)."""
   wd = tp.workdir(root, job.setting)
   config = job_config(p, job)
   k, subset = job.num_samples, job.num_images is not None
@@ -215,7 +223,11 @@ def run_eval(p, job, root: str, data, commit: str) -> None:
   print(f"\n=== eval {job.setting.name}: K={k} on {len(data.test_binary)} test images",
         flush=True)
   t0 = time.time()
-  score(config, wd, data)
+  try:
+    summary = score(config, wd, data, deadline)
+  except likelihood.EvaluationPaused as paused:
+    print(f"paused: {paused}", flush=True)
+    return False
   seconds = time.time() - t0
   if subset:
     out = tp.eval_dir(wd, job.num_images)
@@ -223,10 +235,13 @@ def run_eval(p, job, root: str, data, commit: str) -> None:
     for f in (f for g in pattern for f in glob.glob(g)):
       shutil.move(f, os.path.join(out, os.path.basename(f)))
   rec = tp.read_job(wd)
+  # seconds: this run's, for the images it scored (not those an earlier run had saved)
   rec["evals"][job.eval_key] = {
       "num_samples": k, "report_k": job.report_k, "num_images": len(data.test_binary),
+      "resumed_images": int((summary or {}).get("resumed_images", 0)),
       "trained_epochs": tp.trained_epochs(rec), "seconds": seconds, **provenance(commit)}
   tp.write_job(wd, rec)
+  return True
 
 
 # --------------------------------------------------------------------------- costs
@@ -318,7 +333,7 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
       waiting = sorted({j.entry for j in jobs})
       print("nothing left to run" + (f"; waiting: {waiting}" if waiting else ""), flush=True)
       break
-    job, epochs = ready[0], ready[0].epochs
+    job, epochs, deadline = ready[0], ready[0].epochs, None
     if FLAGS.stop_after_minutes is not None:
       left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
       if job.trains:
@@ -328,18 +343,20 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
           print(f"stopping: the next epoch of {job.setting.name} would pass "
                 f"--stop_after_minutes", flush=True)
           break
-      elif job.num_samples * (job.num_images or 10_000) / sps(job.row) > left:
-        print(f"stopping: evaluating {job.setting.name} would pass --stop_after_minutes",
-              flush=True)
+      elif left < MIN_EVAL_MINUTES * 60:
+        print(f"stopping: less than {MIN_EVAL_MINUTES:g} minutes left for evaluating "
+              f"{job.setting.name} before --stop_after_minutes", flush=True)
         break
+      else:  # an evaluation pauses at the limit and resumes in the next run
+        deadline = time.monotonic() + left - EVAL_BATCH_MARGIN_S
     if (job, epochs) == last:
       raise RuntimeError(f"{job} did not finish when run; see its workdir's job.json")
     last = (job, epochs)
     data = data or load_data(job_config(p, job))
     if job.trains:
       run_train(p, job, root, data, epochs, commit)
-    else:
-      run_eval(p, job, root, data, commit)
+    elif not run_eval(p, job, root, data, commit, deadline):
+      break  # paused at --stop_after_minutes
     n += 1
     try:  # records or a report that cannot be written must not stop a background run
       report(p, root, pilot_root, output, commit, records)

@@ -475,7 +475,8 @@ def measured_rates(root: str, pilot_root: Optional[str] = None):
         t[0], t[1] = t[0] + s["seconds"], t[1] + epochs
     for e in rec["evals"].values():
       t = evals.setdefault(row, [0.0, 0.0])
-      t[0], t[1] = t[0] + e["seconds"], t[1] + e["num_samples"] * e["num_images"]
+      scored = e["num_images"] - e.get("resumed_images", 0)  # by the run that timed it
+      t[0], t[1] = t[0] + e["seconds"], t[1] + e["num_samples"] * scored
   train = {**busy, **quiet}
   for path in sorted(_glob(pilot_root, "train_summary.json")) if pilot_root else []:
     wd = os.path.dirname(path)

@@ -1,5 +1,7 @@
 """The importance-sampled estimator does not depend on how the work is cut up."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -40,6 +42,25 @@ def test_chunk_batch_and_device_count_do_not_change_the_estimate(tiny_model, ref
     other = _estimate(tiny_model, **kw)
     for a, b in zip(ref[:4], other[:4]):
       np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=str(kw))
+
+
+def test_a_paused_evaluation_resumes_to_the_same_numbers(tiny_model, reference, tmp_path):
+  resume = str(tmp_path / "eval.partial.npz")
+  # a deadline already passed: the first batch (4 of 7 images) is scored, saved, paused
+  with pytest.raises(likelihood.EvaluationPaused, match="after 4 of 7 images") as paused:
+    _estimate(tiny_model, resume_file=resume, deadline=0.0)
+  assert paused.value.done == 4 and os.path.exists(resume)
+  resumed = _estimate(tiny_model, resume_file=resume)
+  assert resumed.resumed == 4
+  for name in ("elbo", "log_px_k1", "log_px_report", "log_px"):  # bit for bit
+    np.testing.assert_array_equal(getattr(resumed, name), getattr(reference, name))
+  # the file is not read for other settings (here another seed): all 7 are scored anew
+  other = _estimate(tiny_model, resume_file=resume, seed=1)
+  assert other.resumed == 0 and not np.array_equal(other.log_px, reference.log_px)
+  likelihood.remove_resume_file(resume)
+  assert not os.path.exists(resume)
+  with pytest.raises(ValueError, match="needs a resume_file"):
+    _estimate(tiny_model, deadline=0.0)
 
 
 def test_every_image_is_scored_once(reference):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config, make_tiny_data
-from crvae_jax import stats
+from crvae_jax import likelihood, stats
 from crvae_jax.families import mnist as mnist_family
 from experiments import mnist_table, table_records, table_report, table_stats
 from experiments import table_protocol as tp
@@ -279,7 +279,8 @@ def _fake_library(monkeypatch, calls):
     _write_curve(wd, [-100.0 - 1e3 * config.optim.learning_rate
                       for _ in range(done, int(config.train.num_epochs))], start=done)
 
-  def score(config, wd, data):
+  def score(config, wd, data, deadline=None):
+    del deadline  # the fake finishes at once
     k, n = config.eval.num_samples, len(data.test_binary)
     calls.append(("eval", os.path.basename(wd), k, n))
     with open(os.path.join(wd, f"eval_test_K{k}.json"), "w", encoding="utf-8") as f:
@@ -336,6 +337,44 @@ def test_runner_continues_the_grid_winner_skips_finished_work_and_stops(flags, m
   with flagsaver.flagsaver(**{**settings, "from_crvae_grid": ["criwa", "crvae_t4"]}):
     with pytest.raises(Exception, match="other numbers.*from_crvae_grid"):
       mnist_table.main(["mnist_table"])
+
+
+def test_an_evaluation_pauses_at_the_time_limit_and_the_next_run_finishes_it(
+    flags, monkeypatch, capsys):
+  calls, deadlines = [], []
+  _fake_library(monkeypatch, calls)
+  finish = mnist_table.score  # the fake library's
+
+  def score(config, wd, data, deadline=None):
+    deadlines.append(deadline)
+    if deadline is not None:  # as the library does past its deadline
+      raise likelihood.EvaluationPaused(4, len(data.test_binary), "eval.partial.npz")
+    finish(config, wd, data)  # writes the files
+    return {"resumed_images": 4}
+
+  monkeypatch.setattr(mnist_table, "score", score)
+  settings = dict(rows=["vae"], lrs=["1e-3"], grid_epochs=1.0, num_epochs=2.0,
+                  num_seeds=1, release=False, k_curve_rows=[], num_samples=20,
+                  epoch_seconds=60.0)
+  wd = os.path.join(flags.root, "vae_lr0.001_b1_s0")
+  with flagsaver.flagsaver(stop_after_minutes=10.0, **settings):  # 2 epochs: 2 of 10 min
+    mnist_table.main(["mnist_table"])
+  assert [c[0] for c in calls] == ["train", "train"] and deadlines[-1] is not None
+  assert "paused: IS evaluation paused" in capsys.readouterr().out
+  assert not tp.read_job(wd)["evals"]  # not finished, not recorded
+  with flagsaver.flagsaver(stop_after_minutes=2.0, **settings):  # under MIN_EVAL_MINUTES
+    mnist_table.main(["mnist_table"])
+  assert "stopping: less than 3 minutes left" in capsys.readouterr().out
+  for leftover in ("eval_test_K20.partial.npz", "eval_test_K20.json.tmp123"):
+    open(os.path.join(wd, leftover), "wb").close()  # what a paused or killed run leaves
+  with flagsaver.flagsaver(**settings):  # no limit: the evaluation finishes
+    mnist_table.main(["mnist_table"])
+  assert deadlines[-1] is None
+  (done,) = tp.read_job(wd)["evals"].values()
+  assert done["num_images"] == 10 and done["resumed_images"] == 4
+  copied = os.listdir(os.path.join(flags.records, "vae_lr0.001_b1_s0"))
+  assert "eval_test_K20.json" in copied  # the records hold finished work only
+  assert not [f for f in copied if "partial" in f or ".tmp" in f]
 
 
 def test_records_match_a_protocol_that_gained_a_key(tmp_path):

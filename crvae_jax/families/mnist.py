@@ -214,14 +214,23 @@ def per_image_path(workdir: str, num_samples, name: str = "nll") -> str:
   return os.path.join(workdir, f"eval_test_{tag}_{name}.npy")
 
 
-def evaluate(config, workdir: str, *, data: Optional[MnistData] = None) -> dict:
+def resume_path(workdir: str, num_samples: int) -> str:
+  """Where a single-process IS evaluation keeps its finished images until it is done."""
+  return os.path.join(workdir, f"eval_test_K{num_samples}.partial.npz")
+
+
+def evaluate(config, workdir: str, *, data: Optional[MnistData] = None,
+             deadline: Optional[float] = None) -> dict:
   """Test NLL (config.eval): importance sampling, or AIS with eval.estimator='ais'
   (crvae_jax.ais); writes eval_test_<tag>.json and the per-image values (nats, [N]
   float64, test-set order) eval_test_<tag>_<name>.npy into the workdir, tag K<K> or
   AIS<T>x<C>-<init>, name in PER_IMAGE_NAMES, for paired comparisons between models.
 
   In a multi-process run the test images are split over every process's devices, every
-  process returns the same summary, and process 0 writes the files.
+  process returns the same summary, and process 0 writes the files. A single-process IS
+  evaluation saves its finished images as it goes (`resume_path`), so one that is killed
+  or passes `deadline` (a time.monotonic() time; `likelihood.EvaluationPaused` is then
+  raised) resumes where it stopped when run again with the same checkpoint and settings.
   """
   e = config.eval
   model, variables, step = restore_variables(config, workdir, e.checkpoint)
@@ -232,15 +241,22 @@ def evaluate(config, workdir: str, *, data: Optional[MnistData] = None) -> dict:
          else f"K={e.num_samples} importance samples")
   distributed.info(f"Scoring {len(data.test_binary)} test images with {how} "
                    f"({e.checkpoint} checkpoint, step {step}); test set: {data.test_set}")
+  resume = None  # IS only: the finished images of an interrupted run
   if e.get("estimator", "is") == "ais":  # annealed importance sampling: crvae_jax.ais
+    if deadline is not None:
+      raise ValueError("an evaluation deadline is for IS (eval.estimator='is'), not AIS")
     result = ais.estimate_from_config(model, variables, data.test_binary, mesh, e,
                                       progress=distributed.is_main())
     tag = result.settings.tag
   else:
+    resume = resume_path(workdir, e.num_samples) if jax.process_count() == 1 else None
+    if deadline is not None and resume is None:
+      raise ValueError("an evaluation deadline needs a single-process run")
     result = likelihood.estimate_log_likelihood(
         model, variables, data.test_binary, mesh, num_samples=e.num_samples,
         chunk_size=e.chunk_size, batch_size=e.batch_size, report_k=e.report_k,
-        seed=e.seed, progress=distributed.is_main())
+        seed=e.seed, progress=distributed.is_main(), resume_file=resume,
+        deadline=deadline)
     tag = f"K{e.num_samples}"
   summary = {"checkpoint": e.checkpoint, "step": int(step), "test_set": data.test_set,
              "num_images": int(len(data.test_binary)), "num_samples": e.num_samples,
@@ -252,6 +268,8 @@ def evaluate(config, workdir: str, *, data: Optional[MnistData] = None) -> dict:
              "jax": jax.__version__}
   if e.get("estimator", "is") == "ais":  # C chains in the place of K samples
     summary.update(ais.summary_fields(result), num_samples=result.num_samples)
+  else:  # images whose estimates an interrupted earlier run had saved
+    summary["resumed_images"] = int(result.resumed)
   for name, values in (("nll", -result.log_px), (f"nll_k{result.report_k}",
                                                   -result.log_px_report),
                        ("neg_elbo", -result.elbo)):
@@ -271,6 +289,8 @@ def evaluate(config, workdir: str, *, data: Optional[MnistData] = None) -> dict:
                                   json.dumps(summary, indent=2))
     for name, values in per_image.items():
       np.save(per_image_path(workdir, tag, name), np.asarray(values, np.float64))
+    if resume is not None:
+      likelihood.remove_resume_file(resume)
   return summary
 
 
