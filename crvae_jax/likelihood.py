@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from crvae_jax import objectives, randomness
+from crvae_jax import compiled, objectives, randomness
 from crvae_jax.sharding import BATCH_AXIS, data_parallel, global_indices, map_batches, replicate
 from crvae_jax.train.checkpoints import write_bytes_atomic
 
@@ -117,12 +117,13 @@ def make_estimator(model, mesh, *, num_samples: int, chunk_size: int, report_k: 
 
 class EvaluationPaused(Exception):
   """Raised by `estimate_log_likelihood` at its deadline; the finished images are saved in
-  its resume_file, and the same call later scores the rest."""
+  its resume_file, and the same call later scores the rest. done: images finished in
+  all, resumed: of those, the ones an earlier call had saved."""
 
-  def __init__(self, done: int, total: int, resume_file: str):
+  def __init__(self, done: int, total: int, resume_file: str, resumed: int = 0):
     super().__init__(f"IS evaluation paused at its deadline after {done} of {total} "
                      f"images (saved in {resume_file}; the same call resumes)")
-    self.done, self.total, self.resume_file = done, total, resume_file
+    self.done, self.total, self.resume_file, self.resumed = done, total, resume_file, resumed
 
 
 SAVE_EVERY_S = 60.0  # how often a resumable evaluation saves its finished images
@@ -135,16 +136,47 @@ def _sha256(*arrays) -> str:
   return h.hexdigest()[:16]
 
 
-def _load_partial(path: str, key: str) -> np.ndarray:
-  """Finished rows [n, 4] of a saved evaluation with this key; [0, 4] if there is none,
-  or if it is unreadable or was made with other weights, images or settings."""
+def _read_partial(path: str):
+  """(key, rows [n, 4]) of a resume file; None if there is none or it is unreadable
+  (a kill mid-write leaves the old file, but anything else there is ignored too)."""
   try:
     with np.load(path) as f:
-      if str(f["key"]) == key:
-        return np.asarray(f["rows"], np.float32)
-  except (OSError, KeyError, ValueError):
-    pass
-  return np.zeros((0, 4), np.float32)
+      key, rows = str(f["key"]), np.asarray(f["rows"], np.float32)
+  except Exception:  # pylint: disable=broad-except  (missing, empty, truncated, not npz)
+    return None
+  return (key, rows) if rows.ndim == 2 and rows.shape[1] == 4 else None
+
+
+def saved_images(resume_file: str) -> int:
+  """How many images a resume file holds (whatever its key; 0 if none): for estimates."""
+  partial = _read_partial(resume_file)
+  return 0 if partial is None else len(partial[1])
+
+
+def _cpu_model() -> str:
+  """The processor's model name (Linux), '' elsewhere: XLA compiles other code for
+  another CPU model, so rows from two CPU models are not mixed."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return next((line.split(":", 1)[1].strip() for line in f
+                   if line.startswith("model name")), "")
+  except OSError:
+    return ""
+
+
+def _resume_key(model, variables, images_binary, **settings) -> str:
+  """Everything the saved estimates depend on: the weights and images (hashed), the
+  model's definition (its kernels included), the estimator settings, and the software
+  and hardware that compiled it."""
+  device = jax.devices()[0]
+  return json.dumps({
+      "variables": _sha256(*jax.tree_util.tree_leaves(jax.device_get(variables))),
+      "images": _sha256(images_binary), "num_images": len(images_binary),
+      "model": hashlib.sha256(repr(model).encode()).hexdigest()[:16],
+      "compiler_options": compiled.compiler_options(getattr(model, "conv_impl", "auto")),
+      "jax": jax.__version__, "platform": device.platform,
+      "device_kind": device.device_kind, "cpu": _cpu_model(), **settings},
+      sort_keys=True)
 
 
 def _save_partial(path: str, key: str, rows: np.ndarray) -> None:
@@ -170,8 +202,9 @@ def estimate_log_likelihood(model, variables, images_binary: np.ndarray, mesh, *
     resume_file: a .npz path (single process only): finished batches are saved there
       about every SAVE_EVERY_S seconds and at a pause, and a call with the same weights,
       images and settings starts after them. The caller deletes it when done.
-    deadline: a `time.monotonic()` time; when a batch ends past it with images left,
-      the finished ones are saved and `EvaluationPaused` is raised (needs resume_file).
+    deadline: a `time.monotonic()` time; a batch that would end past it (timed by the
+      previous batch) is not started: the finished images are saved and
+      `EvaluationPaused` is raised (needs resume_file). The first batch always runs.
   """
   if num_samples < 1 or chunk_size < 1 or batch_size < 1:
     raise ValueError("num_samples, chunk_size and batch_size must be >= 1, got "
@@ -188,29 +221,33 @@ def estimate_log_likelihood(model, variables, images_binary: np.ndarray, mesh, *
   n = len(images_binary)
   rows, key = np.zeros((0, 4), np.float32), ""  # the estimator's dtype
   if resume_file is not None:
-    key = json.dumps({
-        "variables": _sha256(*jax.tree_util.tree_leaves(jax.device_get(variables))),
-        "images": _sha256(images_binary), "num_images": n, "num_samples": num_samples,
-        "chunk_size": min(chunk_size, num_samples), "batch_size": batch,
-        "report_k": report_k, "seed": seed, "devices": mesh.size}, sort_keys=True)
-    rows = _load_partial(resume_file, key)
+    key = _resume_key(model, variables, images_binary, num_samples=num_samples,
+                      chunk_size=min(chunk_size, num_samples), batch_size=batch,
+                      report_k=report_k, seed=seed, devices=mesh.size)
+    partial = _read_partial(resume_file)
+    if partial is not None and partial[0] == key:
+      rows = partial[1]
   done = len(rows)
   variables, seed_key = replicate(mesh, variables), jax.random.key(seed)
-  parts, last_save = [rows], time.monotonic()
+  parts, last_save, batch_s = [rows], time.monotonic(), None
   with tqdm(total=n, initial=done, unit="img", desc=f"IS-NLL K={num_samples}",
             disable=not progress) as bar:
     for lo in range(done, n, batch):  # the batches of an uninterrupted run
+      # No batch starts that would end past the deadline (timed by the last one; the
+      # first of a call always runs: it includes the compilation).
+      if deadline is not None and batch_s is not None and (
+          time.monotonic() + batch_s > deadline):
+        _save_partial(resume_file, key, np.concatenate(parts))
+        raise EvaluationPaused(lo, n, resume_file, done)
+      t0 = time.monotonic()
       parts.append(map_batches(
           lambda b, off, lo=lo: estimator(variables, b, off + lo, seed_key),
           images_binary[lo:lo + batch], mesh, batch, progress=bar))  # [b, 4]
-      finished = min(lo + batch, n)
-      late = deadline is not None and time.monotonic() > deadline and finished < n
-      if resume_file is not None and finished < n and (
-          late or time.monotonic() - last_save > SAVE_EVERY_S):
+      batch_s = time.monotonic() - t0
+      if resume_file is not None and lo + batch < n and (
+          time.monotonic() - last_save > SAVE_EVERY_S):
         _save_partial(resume_file, key, np.concatenate(parts))
         last_save = time.monotonic()
-      if late:
-        raise EvaluationPaused(finished, n, resume_file)
   per_image = np.concatenate(parts)  # [N, 4]
   elbo, k1, report, full = per_image.T
   return LikelihoodResult(elbo, k1, report, full, num_samples, min(report_k, num_samples),

@@ -227,6 +227,11 @@ def run_eval(p, job, root: str, data, commit: str, deadline=None) -> bool:
     summary = score(config, wd, data, deadline)
   except likelihood.EvaluationPaused as paused:
     print(f"paused: {paused}", flush=True)
+    rec = tp.read_job(wd)  # this run's share, for the evaluation's cost once it finishes
+    rec.setdefault("evals_paused", {}).setdefault(job.eval_key, []).append(
+        {"seconds": time.time() - t0, "images": paused.done - paused.resumed,
+         **provenance(commit)})
+    tp.write_job(wd, rec)
     return False
   seconds = time.time() - t0
   if subset:
@@ -235,11 +240,19 @@ def run_eval(p, job, root: str, data, commit: str, deadline=None) -> bool:
     for f in (f for g in pattern for f in glob.glob(g)):
       shutil.move(f, os.path.join(out, os.path.basename(f)))
   rec = tp.read_job(wd)
-  # seconds: this run's, for the images it scored (not those an earlier run had saved)
+  resumed = int((summary or {}).get("resumed_images", 0))
+  earlier = rec.get("evals_paused", {}).pop(job.eval_key, [])
+  if not rec.get("evals_paused"):
+    rec.pop("evals_paused", None)
+  # One segment per run that scored images (earlier ones paused; unused if nothing was
+  # read back, e.g. the model was trained again): its seconds and the images it scored.
+  segments = (earlier if resumed else []) + [
+      {"seconds": seconds, "images": len(data.test_binary) - resumed, **provenance(commit)}]
   rec["evals"][job.eval_key] = {
       "num_samples": k, "report_k": job.report_k, "num_images": len(data.test_binary),
-      "resumed_images": int((summary or {}).get("resumed_images", 0)),
-      "trained_epochs": tp.trained_epochs(rec), "seconds": seconds, **provenance(commit)}
+      "trained_epochs": tp.trained_epochs(rec),
+      "seconds": sum(s["seconds"] for s in segments), "segments": segments,
+      **provenance(commit)}
   tp.write_job(wd, rec)
   return True
 
@@ -290,7 +303,9 @@ def print_plan(p: tp.Protocol, root: str, pilot_root: str, budget_note: str,
     else:
       n = job.num_images or 10_000
       work = f"K={job.num_samples} x {n} img"
-      est = job.num_samples * n / sps(job.row) + EVAL_OVERHEAD_S
+      saved = 0 if job.setting is None else likelihood.saved_images(  # a paused one's
+          mnist_family.resume_path(tp.workdir(root, job.setting), job.num_samples, "best", n))
+      est = job.num_samples * (n - saved) / sps(job.row) + EVAL_OVERHEAD_S
     if key in seen:
       status, est = f"same as #{seen[key]}", 0.0
     else:

@@ -475,8 +475,9 @@ def measured_rates(root: str, pilot_root: Optional[str] = None):
         t[0], t[1] = t[0] + s["seconds"], t[1] + epochs
     for e in rec["evals"].values():
       t = evals.setdefault(row, [0.0, 0.0])
-      scored = e["num_images"] - e.get("resumed_images", 0)  # by the run that timed it
-      t[0], t[1] = t[0] + e["seconds"], t[1] + e["num_samples"] * scored
+      # each run's seconds and the images it scored (an evaluation can pause and resume)
+      for seg in e.get("segments") or [{"seconds": e["seconds"], "images": e["num_images"]}]:
+        t[0], t[1] = t[0] + seg["seconds"], t[1] + e["num_samples"] * seg["images"]
   train = {**busy, **quiet}
   for path in sorted(_glob(pilot_root, "train_summary.json")) if pilot_root else []:
     wd = os.path.dirname(path)

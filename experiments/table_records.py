@@ -93,10 +93,8 @@ def save(wd: str, records: str) -> str:
                   _metrics_lines(os.path.join(wd, "metrics.jsonl")))
   for pattern in EVAL_PATTERNS:
     for src in glob.glob(os.path.join(wd, pattern)):
-      # not an atomic write's temporary file (<name>.tmp<pid>), nor the finished batches
-      # of an evaluation still running or paused (<name>.partial.npz)
-      name = os.path.basename(src)
-      if os.path.isfile(src) and ".tmp" not in name and not name.endswith(".partial.npz"):
+      # not an atomic write's temporary file (<name>.tmp<pid>)
+      if os.path.isfile(src) and ".tmp" not in os.path.basename(src):
         _copy_atomic(src, os.path.join(dst, os.path.relpath(src, wd)))
   for name in SMALL_FILES:  # job.json last
     if os.path.exists(os.path.join(wd, name)):

@@ -1,5 +1,6 @@
 """The importance-sampled estimator does not depend on how the work is cut up."""
 
+import math
 import os
 
 import jax
@@ -44,21 +45,35 @@ def test_chunk_batch_and_device_count_do_not_change_the_estimate(tiny_model, ref
       np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=str(kw))
 
 
-def test_a_paused_evaluation_resumes_to_the_same_numbers(tiny_model, reference, tmp_path):
-  resume = str(tmp_path / "eval.partial.npz")
-  # a deadline already passed: the first batch (4 of 7 images) is scored, saved, paused
+def test_a_paused_evaluation_resumes_to_the_same_numbers(tiny_model, reference, tmp_path,
+                                                        monkeypatch):
+  resume = str(tmp_path / "eval_partial.npz")
+  # a deadline already passed: the first batch (4 of 7 images) runs, then it pauses
   with pytest.raises(likelihood.EvaluationPaused, match="after 4 of 7 images") as paused:
-    _estimate(tiny_model, resume_file=resume, deadline=0.0)
-  assert paused.value.done == 4 and os.path.exists(resume)
+    _estimate(tiny_model, resume_file=resume, deadline=-math.inf)
+  assert (paused.value.done, paused.value.resumed) == (4, 0)
+  assert likelihood.saved_images(resume) == 4
   resumed = _estimate(tiny_model, resume_file=resume)
   assert resumed.resumed == 4
   for name in ("elbo", "log_px_k1", "log_px_report", "log_px"):  # bit for bit
     np.testing.assert_array_equal(getattr(resumed, name), getattr(reference, name))
-  # the file is not read for other settings (here another seed): all 7 are scored anew
+  # not read for other settings (another seed) or other weights: all 7 scored anew
+  model, variables, images = tiny_model
   other = _estimate(tiny_model, resume_file=resume, seed=1)
   assert other.resumed == 0 and not np.array_equal(other.log_px, reference.log_px)
+  moved = jax.tree.map(lambda a: a * 1.01, variables)
+  assert _estimate((model, moved, images), resume_file=resume).resumed == 0
   likelihood.remove_resume_file(resume)
   assert not os.path.exists(resume)
+  # saved as it goes (here after every batch), so a kill loses at most SAVE_EVERY_S
+  monkeypatch.setattr(likelihood, "SAVE_EVERY_S", 0.0)
+  _estimate(tiny_model, resume_file=resume)
+  assert likelihood.saved_images(resume) == 4  # the last save: before the last batch
+  for junk in (b"", b"not an npz"):  # an unreadable file is ignored, not an error
+    with open(resume, "wb") as f:
+      f.write(junk)
+    assert likelihood.saved_images(resume) == 0
+    assert _estimate(tiny_model, resume_file=resume).resumed == 0
   with pytest.raises(ValueError, match="needs a resume_file"):
     _estimate(tiny_model, deadline=0.0)
 

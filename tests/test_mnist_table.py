@@ -341,14 +341,14 @@ def test_runner_continues_the_grid_winner_skips_finished_work_and_stops(flags, m
 
 def test_an_evaluation_pauses_at_the_time_limit_and_the_next_run_finishes_it(
     flags, monkeypatch, capsys):
-  calls, deadlines = [], []
+  calls, deadlines, real_rates = [], [], tp.measured_rates
   _fake_library(monkeypatch, calls)
   finish = mnist_table.score  # the fake library's
 
   def score(config, wd, data, deadline=None):
     deadlines.append(deadline)
     if deadline is not None:  # as the library does past its deadline
-      raise likelihood.EvaluationPaused(4, len(data.test_binary), "eval.partial.npz")
+      raise likelihood.EvaluationPaused(4, len(data.test_binary), "eval_partial.npz")
     finish(config, wd, data)  # writes the files
     return {"resumed_images": 4}
 
@@ -365,13 +365,20 @@ def test_an_evaluation_pauses_at_the_time_limit_and_the_next_run_finishes_it(
   with flagsaver.flagsaver(stop_after_minutes=2.0, **settings):  # under MIN_EVAL_MINUTES
     mnist_table.main(["mnist_table"])
   assert "stopping: less than 3 minutes left" in capsys.readouterr().out
-  for leftover in ("eval_test_K20.partial.npz", "eval_test_K20.json.tmp123"):
+  for leftover in (os.path.basename(mnist_family.resume_path(wd, 20, "best", 10)),
+                   "eval_test_K20.json.tmp123"):
     open(os.path.join(wd, leftover), "wb").close()  # what a paused or killed run leaves
   with flagsaver.flagsaver(**settings):  # no limit: the evaluation finishes
     mnist_table.main(["mnist_table"])
   assert deadlines[-1] is None
-  (done,) = tp.read_job(wd)["evals"].values()
-  assert done["num_images"] == 10 and done["resumed_images"] == 4
+  rec = tp.read_job(wd)
+  (done,) = rec["evals"].values()
+  assert "evals_paused" not in rec and done["num_images"] == 10
+  # the paused run's share (4 images) and the finishing run's (the other 6)
+  assert [s["images"] for s in done["segments"]] == [4, 6]
+  assert done["seconds"] == pytest.approx(sum(s["seconds"] for s in done["segments"]))
+  _, sps = real_rates(flags.root)
+  assert sps["vae"] == pytest.approx(20 * 10 / done["seconds"])
   copied = os.listdir(os.path.join(flags.records, "vae_lr0.001_b1_s0"))
   assert "eval_test_K20.json" in copied  # the records hold finished work only
   assert not [f for f in copied if "partial" in f or ".tmp" in f]

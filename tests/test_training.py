@@ -1,6 +1,7 @@
 """End to end on tiny data: train, checkpoint, resume exactly, evaluate, sample, CLI."""
 
 import json
+import math
 import os
 import shutil
 
@@ -8,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from crvae_jax import likelihood
 from crvae_jax.families import mnist as mnist_family
 from crvae_jax.train import checkpoints, engine, mnist_step
 
@@ -54,6 +56,20 @@ def test_train_resume_evaluate_sample(tmp_path, tiny_config, tiny_data, cli_work
   assert again["test_set"] == tiny_data.test_set
   np.testing.assert_array_equal(
       np.load(mnist_family.per_image_path(resumed, k)), per_image["nll"])
+
+  # An evaluation paused at its deadline (after its first batch of 4) and run again
+  # gives the per-image values of an uninterrupted one at the same batch size.
+  config.eval.batch_size = 4
+  mnist_family.evaluate(config, resumed, data=tiny_data)
+  whole = np.load(mnist_family.per_image_path(resumed, k))
+  partial = mnist_family.resume_path(resumed, k, "best", len(tiny_data.test_binary))
+  with pytest.raises(likelihood.EvaluationPaused, match="after 4 of 10"):
+    mnist_family.evaluate(config, resumed, data=tiny_data, deadline=-math.inf)
+  assert os.path.exists(partial)
+  finished = mnist_family.evaluate(config, resumed, data=tiny_data)
+  assert finished["resumed_images"] == 4 and not os.path.exists(partial)
+  np.testing.assert_array_equal(np.load(mnist_family.per_image_path(resumed, k)), whole)
+  config.eval.batch_size = first.eval.batch_size
 
   # `sample` (run by the CLI) wrote both pictures.
   for name in ("prior_final.png", "reconstructions.png"):

@@ -214,9 +214,12 @@ def per_image_path(workdir: str, num_samples, name: str = "nll") -> str:
   return os.path.join(workdir, f"eval_test_{tag}_{name}.npy")
 
 
-def resume_path(workdir: str, num_samples: int) -> str:
-  """Where a single-process IS evaluation keeps its finished images until it is done."""
-  return os.path.join(workdir, f"eval_test_K{num_samples}.partial.npz")
+def resume_path(workdir: str, num_samples: int, checkpoint: str, num_images: int) -> str:
+  """Where a single-process IS evaluation keeps its finished images until it is done
+  (one file per K, checkpoint and number of test images; what else the numbers depend
+  on is checked by `likelihood.estimate_log_likelihood`)."""
+  # not eval_test_*: nothing that collects finished evaluations may take it for one
+  return os.path.join(workdir, f"eval_partial_K{num_samples}_{checkpoint}_{num_images}img.npz")
 
 
 def evaluate(config, workdir: str, *, data: Optional[MnistData] = None,
@@ -249,7 +252,8 @@ def evaluate(config, workdir: str, *, data: Optional[MnistData] = None,
                                       progress=distributed.is_main())
     tag = result.settings.tag
   else:
-    resume = resume_path(workdir, e.num_samples) if jax.process_count() == 1 else None
+    resume = (resume_path(workdir, e.num_samples, e.checkpoint, len(data.test_binary))
+              if jax.process_count() == 1 else None)
     if deadline is not None and resume is None:
       raise ValueError("an evaluation deadline needs a single-process run")
     result = likelihood.estimate_log_likelihood(
