@@ -129,7 +129,8 @@ class EvaluationPaused(Exception):
 SAVE_EVERY_S = 60.0  # how often a resumable evaluation saves its finished images
 
 
-def _sha256(*arrays) -> str:
+def arrays_digest(*arrays) -> str:
+  """A short sha256 of the arrays' bytes: which weights or images a result came from."""
   h = hashlib.sha256()
   for a in arrays:
     h.update(np.ascontiguousarray(a).tobytes())
@@ -170,8 +171,8 @@ def _resume_key(model, variables, images_binary, **settings) -> str:
   and hardware that compiled it."""
   device = jax.devices()[0]
   return json.dumps({
-      "variables": _sha256(*jax.tree_util.tree_leaves(jax.device_get(variables))),
-      "images": _sha256(images_binary), "num_images": len(images_binary),
+      "variables": arrays_digest(*jax.tree_util.tree_leaves(jax.device_get(variables))),
+      "images": arrays_digest(images_binary), "num_images": len(images_binary),
       "model": hashlib.sha256(repr(model).encode()).hexdigest()[:16],
       "compiler_options": compiled.compiler_options(getattr(model, "conv_impl", "auto")),
       "jax": jax.__version__, "platform": device.platform,

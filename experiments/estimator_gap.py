@@ -67,13 +67,6 @@ def parse_args(argv):
   return p.parse_args(argv)
 
 
-def _sha256(*arrays) -> str:
-  h = hashlib.sha256()
-  for a in arrays:
-    h.update(np.ascontiguousarray(a).tobytes())
-  return h.hexdigest()[:16]
-
-
 def _estimator_code_hash() -> str:
   """Hash of the estimators' source (crvae_jax/likelihood.py and ais.py): a change of
   either invalidates every cached estimate."""
@@ -89,8 +82,8 @@ def common_key(args, workdir: str, run, images) -> dict:
   workdir retrained to the same step is not mistaken for the old one), the images, the
   estimator code, and the seed and batching."""
   return {"workdir": os.path.abspath(workdir), "step": int(run.step),
-          "variables": _sha256(*jax.tree_util.tree_leaves(run.variables)),
-          "images": _sha256(images), "estimator_code": _estimator_code_hash(),
+          "variables": likelihood.arrays_digest(*jax.tree_util.tree_leaves(run.variables)),
+          "images": likelihood.arrays_digest(images), "estimator_code": _estimator_code_hash(),
           "batch_size": args.batch_size, "seed": args.seed}
 
 
