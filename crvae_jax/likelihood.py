@@ -11,8 +11,8 @@ last batch is padded and the padding removed, so every image is scored.
 
 A long evaluation can be stopped and resumed (`resume_file`, `deadline`): the per-image
 estimates of finished batches are saved, with a key of everything they depend on (the
-weights, the images and the estimator settings), and a later call with the same key
-scores only the rest. Batches are the same either way, so a resumed estimate equals an
+weights, the images, the model, the estimator settings and what compiled them), and a
+later call with the same key scores only the rest. Batches are the same either way, so a resumed estimate equals an
 uninterrupted one bit for bit.
 """
 
