@@ -12,8 +12,8 @@ last batch is padded and the padding removed, so every image is scored.
 A long evaluation can be stopped and resumed (`resume_file`, `deadline`): the per-image
 estimates of finished batches are saved, with a key of everything they depend on (the
 weights, the images, the model, the estimator settings and what compiled them), and a
-later call with the same key scores only the rest. Batches are the same either way, so a resumed estimate equals an
-uninterrupted one bit for bit.
+later call with the same key scores only the rest. Batches are the same either way, so a
+resumed estimate equals an uninterrupted one bit for bit.
 """
 
 import functools
@@ -32,7 +32,8 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from crvae_jax import compiled, objectives, randomness
-from crvae_jax.sharding import BATCH_AXIS, data_parallel, global_indices, map_batches, replicate
+from crvae_jax.sharding import (BATCH_AXIS, data_parallel, global_indices, map_batches,
+                                padded_batch_size, replicate)
 from crvae_jax.train.checkpoints import write_bytes_atomic
 
 
@@ -218,7 +219,7 @@ def estimate_log_likelihood(model, variables, images_binary: np.ndarray, mesh, *
                      "run each process would need the same file")
   estimator = make_estimator(model, mesh, num_samples=num_samples,
                              chunk_size=chunk_size, report_k=report_k)
-  batch = -(-batch_size // mesh.size) * mesh.size  # as map_batches rounds it
+  batch = padded_batch_size(batch_size, mesh)  # the batches map_batches feeds
   n = len(images_binary)
   rows, key = np.zeros((0, 4), np.float32), ""  # the estimator's dtype
   if resume_file is not None:

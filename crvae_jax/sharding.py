@@ -105,6 +105,12 @@ def local_copy(tree):
       and not x.is_fully_addressable else x, tree)
 
 
+def padded_batch_size(batch_size: int, mesh: Mesh) -> int:
+  """batch_size rounded up to a multiple of the mesh's device count (what map_batches
+  feeds per call)."""
+  return -(-batch_size // mesh.size) * mesh.size
+
+
 def map_batches(fn: Callable, data: np.ndarray, mesh: Mesh, batch_size: int,
                 progress=None) -> np.ndarray:
   """Apply fn(sharded_batch, offset) -> [b, ...] to every row of data [N, ...].
@@ -115,7 +121,7 @@ def map_batches(fn: Callable, data: np.ndarray, mesh: Mesh, batch_size: int,
   is advanced by the number of real rows. In a multi-process run every process calls it
   with the same data; each feeds its own rows and all get the whole result.
   """
-  batch_size = -(-batch_size // mesh.size) * mesh.size
+  batch_size = padded_batch_size(batch_size, mesh)
   outputs = []
   for lo in range(0, len(data), batch_size):
     batch = data[lo:lo + batch_size]

@@ -66,7 +66,7 @@ SAMPLE_EVERY_EPOCHS = 10.0  # prior-sample PNGs during training
 CPU_EVAL_CHUNK_AND_BATCH = (50, 20)
 EVAL_OVERHEAD_S = 30.0  # --plan: start-up and compilation of one evaluation
 MIN_EVAL_MINUTES = 3.0  # --stop_after_minutes: no evaluation starts with less time left
-EVAL_BATCH_MARGIN_S = 30.0  # the deadline is this early: the batch running then ends late
+EVAL_BATCH_MARGIN_S = 30.0  # the deadline is this early: time to save and write records
 PLAN_ASSUMED_EPOCHS = 30.0  # --plan's budget while it is undecided
 
 FLAGS = flags.FLAGS

@@ -32,6 +32,7 @@ from typing import Optional
 
 import numpy as np
 
+from crvae_jax.train.checkpoints import write_file_atomic
 from experiments.configs import mnist as mnist_configs
 
 # Run order: the comparison that matters first, the slowest row (k=5 samples) last.
@@ -168,11 +169,8 @@ def read_job(wd: str) -> dict:
 
 
 def _write_json(path: str, obj, **dump_kwargs) -> None:
-  """Writes `obj` to `path` through a temporary file: a reader never sees half of it."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, **dump_kwargs)
-  os.replace(path + ".tmp", path)
+  """Writes `obj` to `path` atomically: a reader never sees half of it."""
+  write_file_atomic(path, json.dumps(obj, indent=2, **dump_kwargs))
 
 
 def write_job(wd: str, record: dict) -> None:

@@ -36,6 +36,7 @@ from typing import Iterator, Optional
 
 from absl import logging
 
+from crvae_jax.train.checkpoints import write_bytes_atomic
 from experiments import table_protocol as tp
 
 SMALL_FILES = ("config.json", "train_summary.json", "job.json")
@@ -43,17 +44,9 @@ PROTOCOL = "protocol.json"  # the table's numbers (mnist_table.check_protocol_fi
 EVAL_PATTERNS = ("eval_test_K*", os.path.join("test_first*", "eval_test_K*"))
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  with os.fdopen(fd, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def _copy_atomic(src: str, dst: str) -> None:
   with open(src, "rb") as f:
-    _write_atomic(dst, f.read())
+    write_bytes_atomic(dst, f.read())
 
 
 def _metrics_lines(path: str) -> bytes:
@@ -89,8 +82,8 @@ def save(wd: str, records: str) -> str:
   if _has_job(dst) and _behind(wd, dst):
     return dst
   if os.path.exists(os.path.join(wd, "metrics.jsonl")):
-    _write_atomic(os.path.join(dst, "metrics.jsonl"),
-                  _metrics_lines(os.path.join(wd, "metrics.jsonl")))
+    write_bytes_atomic(os.path.join(dst, "metrics.jsonl"),
+                       _metrics_lines(os.path.join(wd, "metrics.jsonl")))
   for pattern in EVAL_PATTERNS:
     for src in glob.glob(os.path.join(wd, pattern)):
       # not an atomic write's temporary file (<name>.tmp<pid>)
@@ -111,8 +104,8 @@ def save_all(root: str, records: str) -> list:
     _copy_atomic(os.path.join(root, PROTOCOL), os.path.join(records, PROTOCOL))
   scores = _grid_scores(root, records)
   if scores:
-    _write_atomic(os.path.join(records, tp.GRID_SCORES),
-                  json.dumps(scores, indent=2, sort_keys=True).encode("utf-8"))
+    write_bytes_atomic(os.path.join(records, tp.GRID_SCORES),
+                       json.dumps(scores, indent=2, sort_keys=True).encode("utf-8"))
   saved = []
   for n in sorted(os.listdir(root)):
     if _has_job(os.path.join(root, n)):
