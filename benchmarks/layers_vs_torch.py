@@ -4,12 +4,16 @@ crvae_jax's kernels against PyTorch channels_last (issue 7), one layer call at a
 
   pip install -r requirements-torch.txt
   python -m benchmarks.layers_vs_torch --batch=128 --repeats=5
+  python -m benchmarks.layers_vs_torch --scale=cpu --batch=1000 --repeats=5
   python -m benchmarks.layers_vs_torch --model=gan --scale=cpu --repeats=5
   python -m benchmarks.layers_vs_torch --model=gan --scale=paper --repeats=5
 
---model=mnist (default): each row is one convolution of the paper-scale MNIST crVAE at
---batch (encoder: conv; decoder: 4x4/2 transposed conv 'deconv' and conv), with conv_impl
-'cpu' and 'xla', each compiled with its `compiled.compiler_options`, as in the model.
+--model=mnist (default): each row is one convolution of the MNIST crVAE (--scale paper,
+the default for mnist: width 32; cpu: width 8) at --batch (encoder: conv; decoder: 4x4/2
+transposed conv 'deconv' and conv), with conv_impl 'cpu' and 'xla', each compiled with
+its `compiled.compiler_options`, as in the model. The forward columns at a batch of
+chunk x images rows (e.g. --scale=cpu --batch=1000) are the decoder's share of an IS
+evaluation.
 
 --model=gan: the Stage1 networks of `gan_throughput.config_at_scale(--row, --scale)` (cpu:
 width 8, batch 32; paper: width 32, batch 64), their layers found by tracing the forward
@@ -46,22 +50,33 @@ from crvae_jax import host_memory
 from crvae_jax import compiled
 from crvae_jax.models import fast_conv, layers, lstm, rgb
 
-# MNIST: (name, kind, Cin, Cout, H=W of the input, kernel, stride, padding), width 32.
-LAYERS = (
-    ("enc conv5x5/2 1->32 @28", "conv", 1, 32, 28, 5, 2, 3),
-    ("enc conv3x3 64->64 @15", "conv", 64, 64, 15, 3, 1, 1),
-    ("enc conv3x3/2 64->64 @15", "conv", 64, 64, 15, 3, 2, 1),
-    ("enc conv3x3 128->128 @8", "conv", 128, 128, 8, 3, 1, 1),
-    ("enc conv3x3/2 128->128 @8", "conv", 128, 128, 8, 3, 2, 1),
-    ("enc conv3x3 256->256 @4", "conv", 256, 256, 4, 3, 1, 1),
-    ("dec deconv 256->256 @4", "deconv", 256, 256, 4, 4, 2, 1),
-    ("dec conv3x3 256->256 @8", "conv", 256, 256, 8, 3, 1, 1),
-    ("dec deconv 256->128 @8", "deconv", 256, 128, 8, 4, 2, 1),
-    ("dec conv3x3 128->128 @16", "conv", 128, 128, 16, 3, 1, 1),
-    ("dec deconv 128->64 @16", "deconv", 128, 64, 16, 4, 2, 2),
-    ("dec conv3x3 64->64 @30", "conv", 64, 64, 30, 3, 1, 1),
-    ("dec conv3x3 64->1 @30", "conv", 64, 1, 30, 3, 1, 0),
-)
+def mnist_layers(width: int) -> tuple:
+  """The MNIST crVAE's convolutions at base width c (paper 32, CPU scale 8), as
+  (name, kind, Cin, Cout, H=W of the input, kernel, stride, padding)."""
+  c = width
+  spec = (
+      ("enc", "conv", 1, c, 28, 5, 2, 3),
+      ("enc", "conv", 2 * c, 2 * c, 15, 3, 1, 1),
+      ("enc", "conv", 2 * c, 2 * c, 15, 3, 2, 1),
+      ("enc", "conv", 4 * c, 4 * c, 8, 3, 1, 1),
+      ("enc", "conv", 4 * c, 4 * c, 8, 3, 2, 1),
+      ("enc", "conv", 8 * c, 8 * c, 4, 3, 1, 1),
+      ("dec", "deconv", 8 * c, 8 * c, 4, 4, 2, 1),
+      ("dec", "conv", 8 * c, 8 * c, 8, 3, 1, 1),
+      ("dec", "deconv", 8 * c, 4 * c, 8, 4, 2, 1),
+      ("dec", "conv", 4 * c, 4 * c, 16, 3, 1, 1),
+      ("dec", "deconv", 4 * c, 2 * c, 16, 4, 2, 2),
+      ("dec", "conv", 2 * c, 2 * c, 30, 3, 1, 1),
+      ("dec", "conv", 2 * c, 1, 30, 3, 1, 0),
+  )
+  rows = []
+  for part, kind, cin, cout, hw, k, s, pad in spec:
+    op = "deconv" if kind == "deconv" else f"conv{k}x{k}" + (f"/{s}" if s > 1 else "")
+    rows.append((f"{part} {op} {cin}->{cout} @{hw}", kind, cin, cout, hw, k, s, pad))
+  return tuple(rows)
+
+
+MNIST_WIDTHS = {"paper": 32, "cpu": 8}
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -107,14 +122,14 @@ def torch_times(torch, kind, x, w, s, p, dy, repeats):
   return a, b
 
 
-def mnist_table(torch, batch: int, repeats: int) -> None:
-  """Prints the MNIST rows (cpu and xla kernels vs torch) at `batch`."""
+def mnist_table(torch, batch: int, repeats: int, width: int = 32) -> None:
+  """Prints the MNIST rows (cpu and xla kernels vs torch) at `batch` and `width`."""
   print("| layer | fwd cpu | fwd xla | fwd torch | bwd cpu | bwd xla | bwd torch | "
         "fwd+bwd torch / cpu |")
   print("|---|---|---|---|---|---|---|---|")
   rng = np.random.default_rng(0)
   total = np.zeros(6)
-  for name, kind, cin, cout, hw, k, s, pad in LAYERS:
+  for name, kind, cin, cout, hw, k, s, pad in mnist_layers(width):
     x = rng.standard_normal((batch, hw, hw, cin), np.float32)
     w = (rng.standard_normal((k, k, cin, cout)) * 0.05).astype(np.float32)
     out = (hw + 2 * pad - k) // s + 1 if kind == "conv" else (hw - 1) * s + k - 2 * pad
@@ -310,7 +325,8 @@ def main():
   p.add_argument("--batch", type=int, default=None,
                  help="mnist: default 128; gan: default the config's train.batch_size")
   p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--scale", choices=("cpu", "paper"), default="cpu", help="gan only")
+  p.add_argument("--scale", choices=("cpu", "paper"), default=None,
+                 help="model scale (width); default: paper for mnist, cpu for gan")
   p.add_argument("--row", choices=gan_throughput.GAN_ROWS, default="crvaegan",
                  help="gan only")
   p.add_argument("--conv_impl", choices=layers.CONV_IMPLS, default=None,
@@ -320,8 +336,9 @@ def main():
   torch.set_num_threads(os.cpu_count())
   from benchmarks.nll_eval import machine_line  # pylint: disable=g-import-not-at-top
   config = None
+  scale = args.scale or ("paper" if args.model == "mnist" else "cpu")
   if args.model == "gan":
-    config = gan_throughput.config_at_scale(args.row, args.scale)
+    config = gan_throughput.config_at_scale(args.row, scale)
     if args.batch is not None:
       config.train.batch_size = args.batch
     if args.conv_impl is not None:
@@ -330,7 +347,8 @@ def main():
   print(f"# {machine_line()} | torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads, channels_last; batch {batch}; best of {args.repeats}; ms")
   if config is None:
-    mnist_table(torch, batch, args.repeats)
+    print(f"# MNIST crVAE convolutions, {scale} scale: width {MNIST_WIDTHS[scale]}")
+    mnist_table(torch, batch, args.repeats, MNIST_WIDTHS[scale])
   else:
     gan_table(torch, config, args.repeats)
 

@@ -80,9 +80,15 @@ def fmt_lr(s) -> str:
   return "pending" if s is None else f"{s.lr:g}"
 
 
+def eval_runs(evaluation: dict) -> list:
+  """The runs of one evaluation: its paused-and-resumed `segments`, or itself."""
+  return evaluation.get("segments") or [evaluation]
+
+
 def provenance(e: Entry) -> str:
   """The commits of an entry's training segments and evaluations, and the last date."""
-  runs = [r for rec in e.record.values() for r in rec["train"] + list(rec["evals"].values())]
+  runs = [r for rec in e.record.values()
+          for r in rec["train"] + [x for v in rec["evals"].values() for x in eval_runs(v)]]
   return (", ".join(sorted({r["commit"] for r in runs})) + "; "
           + max(r["date"] for r in runs)) if runs else ""
 
@@ -168,7 +174,9 @@ def verdict_section(entries: dict, order: list, pooled) -> list:
         lines.append(text + "pending")
         continue
       c = table_stats.compare(ea.nll, eb.nll, pooled)
-      lines.append(text + f"**{c.verdict}** ({table_stats.describe(c)})")
+      caveat = (", provisional: one seed per entry so far, so this SE is the test "
+                "images' alone, without training-seed noise" if c.provisional else "")
+      lines.append(text + f"**{c.verdict}** ({table_stats.describe(c)}{caveat})")
     lines.append("")
   return lines
 
@@ -295,9 +303,15 @@ def runs_section(p, root: str, root_label: str, from_records=frozenset()) -> lis
                         f"{s['load']:.1f} {cmd(s['command'])}" for s in rec["train"])
     if rec.get("failed"):
       train += f"<br>stopped: {rec['failed']['message'][:80]}"
-    evals = "<br>".join(f"{k}: {v['seconds'] / 60:.1f} min, {v['commit']}, {v['date']} "
-                        f"{cmd(v['command'])}" for k, v in rec["evals"].items())
-    machines = sorted({s["machine"] for s in rec["train"] + list(rec["evals"].values())})
+    evals = "<br>".join(
+        f"{k}: {v['seconds'] / 60:.1f} min, {v['commit']}, {v['date']} {cmd(v['command'])}"
+        if len(eval_runs(v)) == 1 else
+        f"{k}: {v['seconds'] / 60:.1f} min in {len(eval_runs(v))} runs (" + "; ".join(
+            f"{r['images']} img, {r['seconds'] / 60:.1f} min, {r['commit']}, {r['date']} "
+            f"{cmd(r['command'])}" for r in eval_runs(v)) + ")"
+        for k, v in rec["evals"].items())
+    machines = sorted({s["machine"] for s in rec["train"] + [
+        r for v in rec["evals"].values() for r in eval_runs(v)]})
     mark = " (record)" if job.setting.name in from_records else ""
     lines.append(f"| `{job.setting.name}`{mark} | {train} | {evals} | "
                  f"{'; '.join(machines)} |")

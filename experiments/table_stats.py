@@ -13,7 +13,8 @@ all over the same test images. A comparison A - B:
 A claim "A < B" then *holds* when mean <= -2 se, *does not hold* when mean >= 2 se and is
 *within noise* otherwise, with se = max(se_seeds, se_images) (with 3 seeds the seed
 spread is itself estimated from 2 degrees of freedom; the larger of the two guards
-against an accidentally small one).
+against an accidentally small one). Until some entry has two seeds, se_seeds is unknown
+and se = se_images: such a verdict is *provisional*.
 """
 
 import dataclasses
@@ -41,6 +42,12 @@ class Comparison:
   def se(self) -> float:
     return self.se_images if math.isnan(self.se_seeds) else max(self.se_seeds,
                                                                  self.se_images)
+
+  @property
+  def provisional(self) -> bool:
+    """No training-seed variance is known yet (no entry has two seeds): the verdict
+    weighs only the test images' noise."""
+    return math.isnan(self.se_seeds)
 
   @property
   def verdict(self) -> str:

@@ -59,3 +59,23 @@ def test_every_gan_layer_kind_times_in_jax_and_torch():
     for fwd, both in (lvt.gan_jax_times(row, x, dy, 1, "cpu"),
                       lvt.gan_torch_times(torch, row, x, dy, 1)):
       assert 0 < fwd < 1e4 and 0 < both < 1e4, (row.name, fwd, both)
+
+
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_mnist_layers_are_the_models_convolutions(scale):
+  """--model=mnist's rows are the crVAE's encoder and decoder kernels at that scale."""
+  from crvae_jax.families import mnist as mnist_family  # pylint: disable=g-import-not-at-top
+  from experiments.configs import mnist as mnist_configs  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  config = mnist_configs.config_at_scale("crvae", scale)
+  model = mnist_family.build_model(config)
+  params = jax.eval_shape(lambda: mnist_family.init_variables(model, 0))["params"]
+  kernels = sorted(tuple(leaf.shape) for path, leaf in
+                   jax.tree_util.tree_flatten_with_path(params)[0]
+                   if path[0].key in ("encoder", "decoder") and path[-1].key == "kernel")
+  rows = lvt.mnist_layers(lvt.MNIST_WIDTHS[scale])
+  assert kernels == sorted((k, k, cin, cout) for _, _, cin, cout, _, k, _, _ in rows)
+  decoder = [r for r in rows if r[0].startswith("dec")]
+  for (_, kind, _, _, hw, k, s, p), nxt in zip(decoder, decoder[1:]):  # sizes chain
+    out = (hw - 1) * s + k - 2 * p if kind == "deconv" else (hw + 2 * p - k) // s + 1
+    assert out == nxt[4]

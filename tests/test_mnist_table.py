@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 
 from absl.testing import flagsaver
@@ -187,6 +188,9 @@ def test_verdicts_hold_fail_or_sit_within_noise():
   c1 = table_stats.compare(one, vae, pooled)  # the one-seed side borrows the pooled SD
   assert c1.pooled and c1.se_seeds == pytest.approx(
       math.sqrt(pooled + np.var(means(vae), ddof=1) / 3))
+  assert not c1.provisional
+  c0 = table_stats.compare(one, {0: vae[0]}, None)  # no seed variance known anywhere
+  assert c0.provisional and c0.se == c0.se_images and c0.verdict == "holds"
   # A difference of 1.5 SE is within noise, 2.5 SE is not.
   tiny = {0: base + 0.0}
   for z, verdict in ((1.5, "within noise"), (-2.5, "holds")):
@@ -382,6 +386,9 @@ def test_an_evaluation_pauses_at_the_time_limit_and_the_next_run_finishes_it(
   copied = os.listdir(os.path.join(flags.records, "vae_lr0.001_b1_s0"))
   assert "eval_test_K20.json" in copied  # the records hold finished work only
   assert not [f for f in copied if "partial" in f or ".tmp" in f]
+  text = open(flags.output, encoding="utf-8").read()  # the Runs section names both runs
+  assert re.search(r"test_all_K20: [\d.]+ min in 2 runs \(4 img, [\d.]+ min, \S+, "
+                   r"[^;]+; 6 img, ", text), text
 
 
 def test_records_match_a_protocol_that_gained_a_key(tmp_path):
