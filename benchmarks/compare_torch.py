@@ -385,7 +385,8 @@ def main():
                  help="mnist: the MNIST crVAE (train + IS-NLL eval); gan: the Stage1 "
                       "VAE-GAN / crVAE-GAN train step")
   p.add_argument("--scales", default="cpu,paper")
-  p.add_argument("--row", default="", help="MNIST row (default crvae) or, with "
+  p.add_argument("--row", default="", help="MNIST row (crvae, the default and the one "
+                 "row the PyTorch reference ports) or, with "
                  "--step=gan, crvaegan (default) or vaegan")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
@@ -411,10 +412,14 @@ def main():
   if args.rounds < 5:
     print(f"compare_torch: --rounds={args.rounds}: the headline needs medians over >= 5 "
           "rounds", file=sys.stderr)
+  configs = {scale: config_at_scale(args.step, args.row, scale)  # an unknown row fails
+             for scale in args.scales.split(",")}
+  if args.step == "mnist" and any(c.model.variant != "crvae" for c in configs.values()):
+    p.error(f"--row={args.row}: the PyTorch reference (benchmarks/torch_reference.py) "
+            "ports the MNIST crvae row only")
   results = []
-  for scale in args.scales.split(","):
+  for scale, config in configs.items():
     a = argparse.Namespace(**vars(args))
-    config = config_at_scale(args.step, args.row, scale)  # (an unknown row fails here)
     if args.step == "mnist":
       a.chunk = config.eval.chunk_size
       a.eval_samples = args.eval_samples or a.chunk

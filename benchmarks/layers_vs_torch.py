@@ -76,9 +76,6 @@ def mnist_layers(width: int) -> tuple:
   return tuple(rows)
 
 
-MNIST_WIDTHS = {"paper": 32, "cpu": 8}
-
-
 def best_ms(fn, repeats: int) -> float:
   fn()
   best = float("inf")
@@ -122,8 +119,9 @@ def torch_times(torch, kind, x, w, s, p, dy, repeats):
   return a, b
 
 
-def mnist_table(torch, batch: int, repeats: int, width: int = 32) -> None:
-  """Prints the MNIST rows (cpu and xla kernels vs torch) at `batch` and `width`."""
+def mnist_table(torch, batch: int, repeats: int, width: int = 32, model=None) -> None:
+  """Prints the MNIST rows (cpu and xla kernels vs torch) at `batch` and `width`, then,
+  given the crVAE's `model` config, its two stacked LSTMs."""
   print("| layer | fwd cpu | fwd xla | fwd torch | bwd cpu | bwd xla | bwd torch | "
         "fwd+bwd torch / cpu |")
   print("|---|---|---|---|---|---|---|---|")
@@ -145,13 +143,36 @@ def mnist_table(torch, batch: int, repeats: int, width: int = 32) -> None:
           f" | {tb / cb:.2f} |", flush=True)
   print("| **sum** | " + " | ".join(f"{v:.0f}" for v in total) +
         f" | {(total[2] + total[5]) / (total[0] + total[3]):.2f} |")
+  if model is None:
+    return
+  # The two stacked LSTMs over the T channel blocks (the model's module, one nn.LSTM per
+  # layer in torch); 'xla' is the same module here, so those columns stay empty.
+  t, hidden, lat = model.num_blocks, model.lstm_hidden, model.latent_channels
+  for name, dim in (("posterior lstm", 16 * 8 * width // t), ("generator lstm",
+                                                               16 * lat // t)):
+    layer = LayerCall(f"{name} T={t} {dim}->{hidden}", "lstm", lstm.StackedLSTM(hidden),
+                      (batch, t, dim), (batch, t, hidden), 1)
+    x = rng.standard_normal(layer.in_shape).astype(np.float32)
+    dy = rng.standard_normal(layer.out_shape).astype(np.float32)
+    cf, cb = module_jax_times(layer, x, dy, repeats, "cpu")
+    time.sleep(0.5)
+    tf, tb = module_torch_times(torch, layer, x, dy, repeats)
+    time.sleep(0.5)
+    row = np.array([cf, np.nan, tf, cb - cf, np.nan, tb - tf])
+    total += np.nan_to_num(row)
+    print(f"| {layer.name} | " + " | ".join("-" if np.isnan(v) else f"{v:.1f}" for v in row)
+          + f" | {tb / cb:.2f} |", flush=True)
+  print("| **sum with the LSTMs** | " + " | ".join(
+      "-" if i in (1, 4) else f"{v:.0f}" for i, v in enumerate(total)) +
+        f" | {(total[2] + total[5]) / (total[0] + total[3]):.2f} |")
 
 
 # --- Stage1 GAN (--model=gan) ---------------------------------------------------------
 
 
-class GanLayer(NamedTuple):
-  """One row of the GAN table: a layer call of the train step's forward pass."""
+class LayerCall(NamedTuple):
+  """One row timed as a crvae_jax module: a layer call of a step's forward pass (every
+  row of the GAN table; the LSTM rows of the MNIST table)."""
   name: str  # module path and what it computes
   kind: str  # 'conv', 'deconv', 'bn', 'max_pool2', 'minibatch', 'lstm'
   module: Any  # the unbound crvae_jax module (None for max_pool2)
@@ -185,13 +206,13 @@ def gan_layers(config) -> list:
   b = config.train.batch_size
   if b % 2:
     raise ValueError(f"train.batch_size must be even (the step's 50/25/25 split), got {b}")
-  calls = {}  # (path, in_shape) -> GanLayer
+  calls = {}  # (path, in_shape) -> LayerCall
   network = [""]  # the traced network's name, prefixed to its module paths
 
   def record(name, kind, module, in_shape, out_shape):
     key = (name, in_shape)
     row = calls.get(key)
-    calls[key] = row._replace(calls=row.calls + 1) if row else GanLayer(
+    calls[key] = row._replace(calls=row.calls + 1) if row else LayerCall(
         f"{name} {_describe(kind, module, in_shape, out_shape)}", kind,
         module, in_shape, out_shape, 1)
 
@@ -229,7 +250,7 @@ def gan_layers(config) -> list:
   return list(calls.values())
 
 
-def gan_jax_times(layer: GanLayer, x, dy, repeats: int, conv_impl: str):
+def module_jax_times(layer: LayerCall, x, dy, repeats: int, conv_impl: str):
   """(forward ms, forward + backward ms) of the crvae_jax module, w.r.t. x and params."""
   if layer.kind == "max_pool2":
     apply, params = (lambda x, params: rgb.max_pool2(x)), {}
@@ -250,7 +271,7 @@ def gan_jax_times(layer: GanLayer, x, dy, repeats: int, conv_impl: str):
   return a, b
 
 
-def gan_torch_times(torch, layer: GanLayer, x, dy, repeats: int):
+def module_torch_times(torch, layer: LayerCall, x, dy, repeats: int):
   """(forward ms, forward + backward ms) of the layer in PyTorch, channels_last."""
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_gan_reference, torch_reference  # pylint: disable=g-import-not-at-top
@@ -307,9 +328,9 @@ def gan_table(torch, config, repeats: int) -> None:
   for layer in gan_layers(config):
     x = rng.standard_normal(layer.in_shape, np.float32)
     dy = rng.standard_normal(layer.out_shape, np.float32)
-    jf, jb = gan_jax_times(layer, x, dy, repeats, impl)
+    jf, jb = module_jax_times(layer, x, dy, repeats, impl)
     time.sleep(0.5)
-    tf, tb = gan_torch_times(torch, layer, x, dy, repeats)
+    tf, tb = module_torch_times(torch, layer, x, dy, repeats)
     time.sleep(0.5)
     row = np.array([jf, tf, jb - jf, tb - tf])
     total += layer.calls * row
@@ -347,8 +368,11 @@ def main():
   print(f"# {machine_line()} | torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads, channels_last; batch {batch}; best of {args.repeats}; ms")
   if config is None:
-    print(f"# MNIST crVAE convolutions, {scale} scale: width {MNIST_WIDTHS[scale]}")
-    mnist_table(torch, batch, args.repeats, MNIST_WIDTHS[scale])
+    from experiments.configs import mnist as mnist_configs  # pylint: disable=g-import-not-at-top
+    model = mnist_configs.config_at_scale("crvae", scale).model
+    print(f"# MNIST crVAE convolutions and LSTMs, {scale} scale: width {model.width}, "
+          f"LSTM hidden {model.lstm_hidden}, T={model.num_blocks}")
+    mnist_table(torch, batch, args.repeats, model.width, model)
   else:
     gan_table(torch, config, args.repeats)
 

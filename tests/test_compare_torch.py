@@ -1,6 +1,10 @@
 """compare_torch measures JAX against the best PyTorch variant, prints every ratio next to
 its machine line, and --write_results keeps every run in RESULTS.md."""
 
+import sys
+
+import pytest
+
 from benchmarks import compare_torch
 
 MACHINE = "2026-12-03 10:41 UTC | x86_64 | 2 cores | malloc THP on | jax 0.10.2 cpu x1"
@@ -82,3 +86,14 @@ def test_gan_step_times_the_stage1_configs():
   assert (paper.model.width, paper.model.latent_channels, paper.train.batch_size) == (
       32, 64, 64)
   assert paper.row == "celeba_vaegan"
+
+
+def test_a_row_the_torch_reference_lacks_is_refused_before_any_worker_starts(
+    monkeypatch, capsys):
+  started = []
+  monkeypatch.setattr(compare_torch, "compare", lambda *a: started.append(a))
+  monkeypatch.setattr(sys, "argv", ["compare_torch", "--row=vae", "--scales=cpu"])
+  with pytest.raises(SystemExit):
+    compare_torch.main()
+  assert not started
+  assert "--row=vae: the PyTorch reference" in capsys.readouterr().err

@@ -56,8 +56,8 @@ def test_every_gan_layer_kind_times_in_jax_and_torch():
     row = min((r for r in rows if r.kind == kind), key=lambda r: math.prod(r.in_shape))
     x = rng.standard_normal(row.in_shape, np.float32)
     dy = rng.standard_normal(row.out_shape, np.float32)
-    for fwd, both in (lvt.gan_jax_times(row, x, dy, 1, "cpu"),
-                      lvt.gan_torch_times(torch, row, x, dy, 1)):
+    for fwd, both in (lvt.module_jax_times(row, x, dy, 1, "cpu"),
+                      lvt.module_torch_times(torch, row, x, dy, 1)):
       assert 0 < fwd < 1e4 and 0 < both < 1e4, (row.name, fwd, both)
 
 
@@ -73,7 +73,7 @@ def test_mnist_layers_are_the_models_convolutions(scale):
   kernels = sorted(tuple(leaf.shape) for path, leaf in
                    jax.tree_util.tree_flatten_with_path(params)[0]
                    if path[0].key in ("encoder", "decoder") and path[-1].key == "kernel")
-  rows = lvt.mnist_layers(lvt.MNIST_WIDTHS[scale])
+  rows = lvt.mnist_layers(config.model.width)
   assert kernels == sorted((k, k, cin, cout) for _, _, cin, cout, _, k, _, _ in rows)
   decoder = [r for r in rows if r[0].startswith("dec")]
   for (_, kind, _, _, hw, k, s, p), nxt in zip(decoder, decoder[1:]):  # sizes chain
