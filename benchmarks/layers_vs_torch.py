@@ -76,6 +76,14 @@ def mnist_layers(width: int) -> tuple:
   return tuple(rows)
 
 
+def mnist_lstm_inputs(model) -> dict:
+  """The crVAE's two stacked LSTMs -> their input width per step: a channel block of the
+  encoder's [4, 4, 8c] features (posterior) or of the [4, 4, L] latent (generator)."""
+  t = model.num_blocks
+  return {"posterior": 16 * 8 * model.width // t,
+          "generator": 16 * model.latent_channels // t}
+
+
 def best_ms(fn, repeats: int) -> float:
   fn()
   best = float("inf")
@@ -147,11 +155,10 @@ def mnist_table(torch, batch: int, repeats: int, width: int = 32, model=None) ->
     return
   # The two stacked LSTMs over the T channel blocks (the model's module, one nn.LSTM per
   # layer in torch); 'xla' is the same module here, so those columns stay empty.
-  t, hidden, lat = model.num_blocks, model.lstm_hidden, model.latent_channels
-  for name, dim in (("posterior lstm", 16 * 8 * width // t), ("generator lstm",
-                                                               16 * lat // t)):
-    layer = LayerCall(f"{name} T={t} {dim}->{hidden}", "lstm", lstm.StackedLSTM(hidden),
-                      (batch, t, dim), (batch, t, hidden), 1)
+  t, hidden = model.num_blocks, model.lstm_hidden
+  for name, dim in mnist_lstm_inputs(model).items():
+    layer = LayerCall(f"{name} lstm T={t} {dim}->{hidden}", "lstm",
+                      lstm.StackedLSTM(hidden), (batch, t, dim), (batch, t, hidden), 1)
     x = rng.standard_normal(layer.in_shape).astype(np.float32)
     dy = rng.standard_normal(layer.out_shape).astype(np.float32)
     cf, cb = module_jax_times(layer, x, dy, repeats, "cpu")
