@@ -8,12 +8,14 @@ crvae_jax's kernels against PyTorch channels_last (issue 7), one layer call at a
   python -m benchmarks.layers_vs_torch --model=gan --scale=cpu --repeats=5
   python -m benchmarks.layers_vs_torch --model=gan --scale=paper --repeats=5
 
---model=mnist (default): each row is one convolution of the MNIST crVAE (--scale paper,
-the default for mnist: width 32; cpu: width 8) at --batch (encoder: conv; decoder: 4x4/2
-transposed conv 'deconv' and conv), with conv_impl 'cpu' and 'xla', each compiled with
-its `compiled.compiler_options`, as in the model. The forward columns at a batch of
-chunk x images rows (e.g. --scale=cpu --batch=1000) are the decoder's share of an IS
-evaluation.
+--model=mnist (default): the MNIST crVAE's layers (--scale paper, the default for mnist:
+width 32; cpu: width 8) at --batch rows: every convolution (encoder: conv; decoder: 4x4/2
+transposed conv 'deconv' and conv) with conv_impl 'cpu' and 'xla', each compiled with
+its `compiled.compiler_options`, as in the model; then, as the model's own modules, its
+two stacked LSTMs (vs one nn.LSTM) and its training-mode BatchNorms (vs F.batch_norm).
+The last row sums the forward columns of what an IS evaluation runs once per importance
+sample (the decoder's rows and the generator LSTM): at a batch of chunk x images rows
+(e.g. --scale=cpu --batch=1000) that is the evaluation's share of the model.
 
 --model=gan: the Stage1 networks of `gan_throughput.config_at_scale(--row, --scale)` (cpu:
 width 8, batch 32; paper: width 32, batch 64), their layers found by tracing the forward
@@ -84,6 +86,16 @@ def mnist_lstm_inputs(model) -> dict:
           "generator": 16 * model.latent_channels // t}
 
 
+def mnist_batch_norms(width: int) -> list:
+  """(part, H=W, channels) of each BatchNorm of the crVAE's encoder and decoder: one
+  after every convolution but the decoder's last, and one on the decoder's input."""
+  norms = [("dec", 4, 8 * width)]  # the decoder's input features
+  for name, kind, _, cout, hw, k, s, pad in mnist_layers(width)[:-1]:
+    out = (hw + 2 * pad - k) // s + 1 if kind == "conv" else (hw - 1) * s + k - 2 * pad
+    norms.append((name.split()[0], out, cout))
+  return norms
+
+
 def best_ms(fn, repeats: int) -> float:
   fn()
   best = float("inf")
@@ -127,14 +139,18 @@ def torch_times(torch, kind, x, w, s, p, dy, repeats):
   return a, b
 
 
-def mnist_table(torch, batch: int, repeats: int, width: int = 32, model=None) -> None:
-  """Prints the MNIST rows (cpu and xla kernels vs torch) at `batch` and `width`, then,
-  given the crVAE's `model` config, its two stacked LSTMs."""
+def mnist_table(torch, batch: int, repeats: int, model) -> None:
+  """Prints the rows of the crVAE of `model` (a config's model block) at `batch`: its
+  convolutions (cpu and xla kernels vs torch), its two stacked LSTMs and its BatchNorms,
+  and the forward sum of its per-sample part."""
   print("| layer | fwd cpu | fwd xla | fwd torch | bwd cpu | bwd xla | bwd torch | "
         "fwd+bwd torch / cpu |")
   print("|---|---|---|---|---|---|---|---|")
   rng = np.random.default_rng(0)
   total = np.zeros(6)
+  width = model.width
+  per_sample = np.zeros(2)  # forward ms, jax cpu and torch: rows run once per sample
+  is_per_sample = lambda name: name.startswith(("dec ", "generator "))
   for name, kind, cin, cout, hw, k, s, pad in mnist_layers(width):
     x = rng.standard_normal((batch, hw, hw, cin), np.float32)
     w = (rng.standard_normal((k, k, cin, cout)) * 0.05).astype(np.float32)
@@ -147,31 +163,41 @@ def mnist_table(torch, batch: int, repeats: int, width: int = 32, model=None) ->
     time.sleep(0.5)
     row = np.array([cf, xf, tf, cb - cf, xb - xf, tb - tf])
     total += row
+    per_sample += [cf, tf] if is_per_sample(name) else 0.0
     print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row) +
           f" | {tb / cb:.2f} |", flush=True)
   print("| **sum** | " + " | ".join(f"{v:.0f}" for v in total) +
         f" | {(total[2] + total[5]) / (total[0] + total[3]):.2f} |")
-  if model is None:
-    return
-  # The two stacked LSTMs over the T channel blocks (the model's module, one nn.LSTM per
-  # layer in torch); 'xla' is the same module here, so those columns stay empty.
+  # The model's other layers, timed as its own modules: the two stacked LSTMs over the T
+  # channel blocks (one nn.LSTM per layer in torch) and the training-mode BatchNorm after
+  # each convolution (and on the decoder's input). 'xla' is the same module for these, so
+  # those columns stay empty.
   t, hidden = model.num_blocks, model.lstm_hidden
-  for name, dim in mnist_lstm_inputs(model).items():
-    layer = LayerCall(f"{name} lstm T={t} {dim}->{hidden}", "lstm",
-                      lstm.StackedLSTM(hidden), (batch, t, dim), (batch, t, hidden), 1)
-    x = rng.standard_normal(layer.in_shape).astype(np.float32)
-    dy = rng.standard_normal(layer.out_shape).astype(np.float32)
-    cf, cb = module_jax_times(layer, x, dy, repeats, "cpu")
-    time.sleep(0.5)
-    tf, tb = module_torch_times(torch, layer, x, dy, repeats)
-    time.sleep(0.5)
-    row = np.array([cf, np.nan, tf, cb - cf, np.nan, tb - tf])
-    total += np.nan_to_num(row)
-    print(f"| {layer.name} | " + " | ".join("-" if np.isnan(v) else f"{v:.1f}" for v in row)
-          + f" | {tb / cb:.2f} |", flush=True)
-  print("| **sum with the LSTMs** | " + " | ".join(
-      "-" if i in (1, 4) else f"{v:.0f}" for i, v in enumerate(total)) +
-        f" | {(total[2] + total[5]) / (total[0] + total[3]):.2f} |")
+  rows = [LayerCall(f"{name} lstm T={t} {dim}->{hidden}", "lstm", lstm.StackedLSTM(hidden),
+                    (batch, t, dim), (batch, t, hidden), 1)
+          for name, dim in mnist_lstm_inputs(model).items()]
+  bn = layers.batch_norm(True, None)
+  rows += [LayerCall(f"{part} bn {c} @{hw}", "bn", bn, (batch, hw, hw, c),
+                     (batch, hw, hw, c), 1) for part, hw, c in mnist_batch_norms(width)]
+  for kind, title in (("lstm", "the LSTMs"), ("bn", "the BatchNorms")):
+    for layer in (r for r in rows if r.kind == kind):
+      x = rng.standard_normal(layer.in_shape).astype(np.float32)
+      dy = rng.standard_normal(layer.out_shape).astype(np.float32)
+      cf, cb = module_jax_times(layer, x, dy, repeats, "cpu")
+      time.sleep(0.5)
+      tf, tb = module_torch_times(torch, layer, x, dy, repeats)
+      time.sleep(0.5)
+      row = np.array([cf, np.nan, tf, cb - cf, np.nan, tb - tf])
+      total += np.nan_to_num(row)
+      per_sample += [cf, tf] if is_per_sample(layer.name) else 0.0
+      print(f"| {layer.name} | " + " | ".join("-" if np.isnan(v) else f"{v:.1f}"
+                                                for v in row) + f" | {tb / cb:.2f} |",
+            flush=True)
+    print(f"| **sum with {title}** | " + " | ".join(
+        "-" if i in (1, 4) else f"{v:.0f}" for i, v in enumerate(total)) +
+          f" | {(total[2] + total[5]) / (total[0] + total[3]):.2f} |")
+  print(f"| **forward of the per-sample part (dec + generator rows)** | {per_sample[0]:.0f} "
+        f"| - | {per_sample[1]:.0f} | | | | {per_sample[1] / per_sample[0]:.2f} (fwd) |")
 
 
 # --- Stage1 GAN (--model=gan) ---------------------------------------------------------
@@ -377,9 +403,10 @@ def main():
   if config is None:
     from experiments.configs import mnist as mnist_configs  # pylint: disable=g-import-not-at-top
     model = mnist_configs.config_at_scale("crvae", scale).model
-    print(f"# MNIST crVAE convolutions and LSTMs, {scale} scale: width {model.width}, "
+    print(f"# MNIST crVAE convolutions, LSTMs and BatchNorms, {scale} scale: width "
+          f"{model.width}, "
           f"LSTM hidden {model.lstm_hidden}, T={model.num_blocks}")
-    mnist_table(torch, batch, args.repeats, model.width, model)
+    mnist_table(torch, batch, args.repeats, model)
   else:
     gan_table(torch, config, args.repeats)
 

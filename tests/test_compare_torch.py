@@ -88,12 +88,13 @@ def test_gan_step_times_the_stage1_configs():
   assert paper.row == "celeba_vaegan"
 
 
+@pytest.mark.parametrize("row", ["vae", "criwa"])  # criwa: crVAE's model, IWAE step
 def test_a_row_the_torch_reference_lacks_is_refused_before_any_worker_starts(
-    monkeypatch, capsys):
+    row, monkeypatch, capsys):
   started = []
   monkeypatch.setattr(compare_torch, "compare", lambda *a: started.append(a))
-  monkeypatch.setattr(sys, "argv", ["compare_torch", "--row=vae", "--scales=cpu"])
+  monkeypatch.setattr(sys, "argv", ["compare_torch", f"--row={row}", "--scales=cpu"])
   with pytest.raises(SystemExit):
     compare_torch.main()
   assert not started
-  assert "--row=vae: the PyTorch reference" in capsys.readouterr().err
+  assert f"--row={row}: the PyTorch reference" in capsys.readouterr().err

@@ -63,8 +63,8 @@ def test_every_gan_layer_kind_times_in_jax_and_torch():
 
 @pytest.mark.parametrize("scale", ["cpu", "paper"])
 def test_mnist_layers_are_the_models_convolutions(scale):
-  """--model=mnist's rows are the crVAE's encoder and decoder kernels and its LSTMs'
-  inputs at that scale."""
+  """--model=mnist's rows are the crVAE's encoder and decoder kernels, its BatchNorms'
+  channels and its LSTMs' inputs at that scale."""
   from crvae_jax.families import mnist as mnist_family  # pylint: disable=g-import-not-at-top
   from experiments.configs import mnist as mnist_configs  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -79,6 +79,10 @@ def test_mnist_layers_are_the_models_convolutions(scale):
                  if "lstm" in str(path) and path[-2].key == "layer0"
                  and path[-1].key == "input_kernel"}
   assert lstm_inputs == lvt.mnist_lstm_inputs(config.model)
+  bn_channels = sorted(leaf.shape[0] for path, leaf in
+                       jax.tree_util.tree_flatten_with_path(params)[0]
+                       if path[0].key in ("encoder", "decoder") and path[-1].key == "scale")
+  assert bn_channels == sorted(c for _, _, c in lvt.mnist_batch_norms(config.model.width))
   rows = lvt.mnist_layers(config.model.width)
   assert kernels == sorted((k, k, cin, cout) for _, _, cin, cout, _, k, _, _ in rows)
   decoder = [r for r in rows if r[0].startswith("dec")]
