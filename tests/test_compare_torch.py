@@ -98,3 +98,13 @@ def test_a_row_the_torch_reference_lacks_is_refused_before_any_worker_starts(
     compare_torch.main()
   assert not started
   assert f"--row={row}: the PyTorch reference" in capsys.readouterr().err
+
+
+def test_the_rows_the_torch_reference_ports_pass_the_check(monkeypatch):
+  started = []
+  monkeypatch.setattr(compare_torch, "compare", lambda scale, a: started.append(a.row) or {})
+  monkeypatch.setattr(compare_torch, "report", lambda results: "")
+  for row in ("crvae", "crvae_t4", "crvae_t16"):
+    monkeypatch.setattr(sys, "argv", ["compare_torch", f"--row={row}", "--scales=cpu"])
+    compare_torch.main()
+  assert started == ["crvae", "crvae_t4", "crvae_t16"]
