@@ -96,7 +96,7 @@ class Protocol:
   seeded_rows: tuple = ("vae", "cvae", "crvae")
   other_lstm_seeds: int = 1
   num_samples: int = 1000
-  k_curve_rows: tuple = ("vae", "crvae")
+  k_curve_rows: tuple = RUN_ORDER
   k_curve_samples: int = 5000
   k_curve_images: int = 1000
   # Rows that take crVAE (T=8)'s grid choice instead of a grid of their own: crIWA (then

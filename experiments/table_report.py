@@ -220,12 +220,13 @@ def kcheck_section(p: tp.Protocol, root: str, entries: dict, png: str) -> list:
               f"over the {n} images")
     lines.append(f"| {e.label} | " + " | ".join(f"{a.mean():.2f}" for a in arrays)
                  + f" | {gaps[3][0]:+.3f} +- {gaps[3][1]:.3f} | {same} |")
-  if len(per_model) >= 2:
-    (ra, a), (rb, b) = list(per_model.items())[:2]
-    lines += ["", f"Paired difference {entries[ra].label} - {entries[rb].label} on these "
-              "images, by K: " + "; ".join(
-                  "K=%d %+.2f +- %.2f" % ((k,) + stats.mean_and_stderr(x - y))
-                  for k, x, y in zip(ks, a, b)) + "."]
+  if len(per_model) >= 2:  # each model against the VAE (or the first), by K
+    base = "vae" if "vae" in per_model else next(iter(per_model))
+    lines += [""] + [
+        f"- Paired difference {entries[base].label} - {entries[row].label} on these images, "
+        "by K: " + "; ".join("K=%d %+.2f +- %.2f" % ((k,) + stats.mean_and_stderr(x - y))
+                             for k, x, y in zip(ks, per_model[base], arrays)) + "."
+        for row, arrays in per_model.items() if row != base]
   if curves:
     table_plots.nll_vs_k(curves, png, f"Test NLL vs K, first {n} test images, seed 0")
     lines += ["", f"![NLL vs K]({os.path.basename(png)})"]

@@ -52,7 +52,7 @@ class Comparison:
   @property
   def verdict(self) -> str:
     """For the claim 'A < B' (A has the lower NLL)."""
-    if abs(self.mean) < NOISE_SE * self.se:
+    if abs(self.mean) < NOISE_SE * self.se or self.mean == 0:  # (identical: se 0 too)
       return "within noise"
     return "holds" if self.mean < 0 else "does not hold"
 
@@ -105,4 +105,5 @@ def describe(c: Comparison) -> str:
                                                   if c.pooled else "")
   seed_se = "n/a" if math.isnan(c.se_seeds) else f"{c.se_seeds:.2f}"
   return (f"{c.mean:+.2f} nats; SE {seed_se} across seeds ({seeds}), "
-          f"{c.se_images:.2f} over images; |mean| = {abs(c.mean) / c.se:.1f} SE")
+          f"{c.se_images:.2f} over images; |mean| = "
+          + (f"{abs(c.mean) / c.se:.1f} SE" if c.se > 0 else "n/a (SE 0)"))

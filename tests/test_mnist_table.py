@@ -191,6 +191,8 @@ def test_verdicts_hold_fail_or_sit_within_noise():
   assert not c1.provisional
   c0 = table_stats.compare(one, {0: vae[0]}, None)  # no seed variance known anywhere
   assert c0.provisional and c0.se == c0.se_images and c0.verdict == "holds"
+  twin = table_stats.compare({0: base}, {0: base.copy()}, None)  # identical: SE 0
+  assert twin.verdict == "within noise" and "n/a (SE 0)" in table_stats.describe(twin)
   # A difference of 1.5 SE is within noise, 2.5 SE is not.
   tiny = {0: base + 0.0}
   for z, verdict in ((1.5, "within noise"), (-2.5, "holds")):
@@ -578,3 +580,20 @@ def test_cpu_evaluations_decode_in_their_own_chunks_training_keeps_the_config():
   assert (ev.eval.chunk_size, ev.eval.batch_size) == mnist_table.CPU_EVAL_CHUNK_AND_BATCH
   assert (ev.eval.num_samples, ev.eval.report_k) == (1000, 100)
   assert ev.optim.learning_rate == 1e-3 and ev.train.num_epochs == 20.0
+
+
+def test_the_k_check_covers_every_row_by_default_each_against_the_vae(flags, monkeypatch):
+  calls = []
+  _fake_library(monkeypatch, calls)
+  settings = dict(rows=["vae", "cvae"], lrs=["1e-3"], grid_epochs=1.0, num_epochs=2.0,
+                  num_seeds=1, release=False, k_curve_images=4, num_samples=20,
+                  k_curve_samples=50, epoch_seconds=60.0)  # k_curve_rows: the default
+  with flagsaver.flagsaver(**settings):
+    mnist_table.main(["mnist_table"])
+  kchecks = [c for c in calls if c[0] == "eval" and c[2] == 50]
+  assert [c[1] for c in kchecks] == ["vae_lr0.001_b1_s0", "cvae_lr0.001_b1_s0"]
+  text = open(flags.output, encoding="utf-8").read()
+  section = text[text.index("## The K check"):]
+  assert "| cVAE | pending" not in section and "| VAE | pending" not in section
+  assert re.search(r"- Paired difference VAE - cVAE on these images, by K: K=1 [+-][\d.]+ "
+                   r"\+- [\d.]+; K=10 ", section), section
