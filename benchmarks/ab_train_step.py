@@ -18,6 +18,8 @@ Variants:
   matmul_deconv  as default, but every transposed conv in fast_conv's matmul +
             overlap-add form, whatever its input size (default: the sub-pixel form from
             8x8 inputs up).
+  phase_chunk_4mb, phase_chunk_8mb  as default, the sub-pixel transposed convs in batch
+            chunks of about 4 or 8 MB of conv output (default 32 MB).
   +KEY=VALUE[+KEY=VALUE...]  as default, plus these XLA compiler options (VALUE true,
             false, an integer or a string), e.g. +xla_cpu_prefer_vector_width=512.
             Separate the variants with ';' when a value holds commas.
@@ -44,6 +46,10 @@ from experiments.configs import mnist as mnist_configs
 KERNEL_VARIANTS = {
     # every transposed conv in fast_conv's matmul + overlap-add form, whatever its size
     "matmul_deconv": lambda: mock.patch.object(fast_conv, "_PHASE_MIN_PIXELS", 10**9),
+    # the sub-pixel transposed convs in batch chunks of about 4 MB / 8 MB of conv output
+    # (default _PHASE_CHUNK_BYTES, 32 MB); the same numbers bit for bit
+    "phase_chunk_4mb": lambda: mock.patch.object(fast_conv, "_PHASE_CHUNK_BYTES", 4 << 20),
+    "phase_chunk_8mb": lambda: mock.patch.object(fast_conv, "_PHASE_CHUNK_BYTES", 8 << 20),
 }
 
 
