@@ -4,8 +4,9 @@ r"""JAX vs the best PyTorch on the same model and the same CPU, in one run.
   python -m benchmarks.compare_torch --scales=cpu,paper --rounds=5 --torch_variants=eager,compile
   python -m benchmarks.compare_torch --step=gan --scales=cpu,paper --rounds=5
 
---step chooses the model: 'mnist' (default; --row an MNIST row, default crvae: training
-and IS-NLL evaluation) or 'gan' (the Stage1 train step; --row crvaegan (default) or
+--step chooses the model: 'mnist' (default; --row an MNIST row the PyTorch port has:
+crvae (default), crvae_t4, crvae_t16, or cvae, the same network without its LSTMs;
+training and IS-NLL evaluation) or 'gan' (the Stage1 train step; --row crvaegan (default) or
 vaegan; scale cpu = experiments/configs/rgb.py:emoji_ROW,cpu, paper = rgb.py:celeba_ROW,
 benchmarks/gan_throughput.py; training only: the GAN has no likelihood evaluation).
 
@@ -329,7 +330,10 @@ def report(results) -> str:
           f"{fmt.format(m[(best, what)])} {unit} = **{ratio:.2f}x** | matmul peak jax "
           f"{peak:.0f} / torch {torch_peak:.0f} GFLOP/s | {inf['jax']['runtime']}")
     lines.append("| " + " | ".join(row) + " |")
-  lines += ["", "Ratios (JAX / best torch variant), each with its machine line:"]
+  rows = sorted({r.get("row", "") for r in results} - {""})
+  lines += ["", "Ratios (JAX / best torch variant)" + (f" of row {', '.join(rows)}" if rows
+                                                      else "")
+            + ", each with its machine line:"]
   lines += [f"- {line}" for line in ratio_lines]
   lines.append("")
   if gan:
@@ -386,7 +390,7 @@ def main():
                       "VAE-GAN / crVAE-GAN train step")
   p.add_argument("--scales", default="cpu,paper")
   p.add_argument("--row", default="", help="MNIST row (crvae, the default, or another "
-                 "row the PyTorch reference ports: crvae_t4, crvae_t16) or, with "
+                 "row the PyTorch reference ports: crvae_t4, crvae_t16, cvae) or, with "
                  "--step=gan, crvaegan (default) or vaegan")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
@@ -414,12 +418,12 @@ def main():
           "rounds", file=sys.stderr)
   configs = {scale: config_at_scale(args.step, args.row, scale)  # an unknown row fails
              for scale in args.scales.split(",")}
-  ported = lambda c: (c.model.variant == "crvae" and c.objective.kind == "elbo"
-                      and c.objective.num_samples == 1)
-  if args.step == "mnist" and not all(ported(c) for c in configs.values()):
-    p.error(f"--row={args.row}: the PyTorch reference (benchmarks/torch_reference.py) "
-            "ports the crVAE model with its one-sample ELBO step only (rows crvae, "
-            "crvae_t4, crvae_t16)")
+  if args.step == "mnist":
+    from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+    if not all(torch_reference.ports_config(c) for c in configs.values()):
+      p.error(f"--row={args.row}: the PyTorch reference (benchmarks/torch_reference.py) "
+              "ports the one-sample ELBO step of the crVAE and the cVAE only (rows "
+              "crvae, crvae_t4, crvae_t16, cvae)")
   results = []
   for scale, config in configs.items():
     a = argparse.Namespace(**vars(args))
@@ -427,7 +431,7 @@ def main():
       a.chunk = config.eval.chunk_size
       a.eval_samples = args.eval_samples or a.chunk
       a.eval_images = args.eval_images or EVAL_IMAGES.get(scale, 32)
-    results.append(compare(scale, a))
+    results.append({**compare(scale, a), "row": args.row})
   block = report(results)
   print(block)
   if args.write_results:

@@ -1,4 +1,5 @@
-r"""PyTorch port of the MNIST crVAE (variant `crvae`), as the speed reference.
+r"""PyTorch port of the MNIST crVAE (variant `crvae`; also `cvae`, the same network
+without the channel recurrence), as the speed reference.
 
   pip install -r requirements-torch.txt
   python -m benchmarks.torch_reference --scales=cpu,paper --steps=10 --variants=eager,compile
@@ -311,7 +312,29 @@ class ChannelRecurrentGenerator(nn.Module):
     return {"lstm": lstm_flax_params(self.lstm), "out": _dense_flax_params(self.out)}
 
 
-class CrVAE(nn.Module):
+class LatentGridVAE(nn.Module):
+  """What the ported variants share: a latent [B, L, 4, 4] with a Gaussian posterior,
+  the conv decoder behind `decode`, and the one-sample training forward."""
+
+  latent_channels: int
+  num_blocks: int
+
+  @property
+  def latent_shape(self):
+    return (self.latent_channels, LATENT_HW, LATENT_HW)
+
+  def forward(self, x, eps=None):
+    """One latent sample per image (eps [B, L, 4, 4]; None: drawn here): logits
+    [B, 1, 28, 28] and the analytic KL per channel block [B, T]."""
+    mean, logvar = self.encode(x)
+    if eps is None:
+      eps = torch.randn_like(mean)
+    z = mean + torch.exp(0.5 * logvar) * eps
+    kl = 0.5 * (torch.exp(logvar) + mean.square() - 1.0 - logvar)
+    return self.decode(z), split_channel_blocks(kl, self.num_blocks).sum(-1)
+
+
+class CrVAE(LatentGridVAE):
   """MnistVAE(variant='crvae'): channel-recurrent posterior and generation path."""
 
   def __init__(self, width: int = 32, lstm_hidden: int = 512, latent_channels: int = 64,
@@ -326,10 +349,6 @@ class CrVAE(nn.Module):
     self.dec_in = make_conv(latent_channels, 8 * width, 3, 1, 1)
     self.decoder = Decoder(width)
 
-  @property
-  def latent_shape(self):
-    return (self.latent_channels, LATENT_HW, LATENT_HW)
-
   def encode(self, x):
     """x [B, 1, 28, 28] in {0, 1} -> mean, logvar [B, L, 4, 4]."""
     return self.posterior(self.encoder(x))
@@ -339,31 +358,62 @@ class CrVAE(nn.Module):
     u = self.generator(z) + self.b_dec.permute(2, 0, 1)  # u + b_dec
     return self.decoder(self.dec_in(u))
 
-  def forward(self, x, eps=None):
-    """One latent sample per image (eps [B, L, 4, 4]; None: drawn here): logits
-    [B, 1, 28, 28] and the analytic KL per channel block [B, T]."""
-    mean, logvar = self.encode(x)
-    if eps is None:
-      eps = torch.randn_like(mean)
-    z = mean + torch.exp(0.5 * logvar) * eps
-    kl = 0.5 * (torch.exp(logvar) + mean.square() - 1.0 - logvar)
-    return self.decode(z), split_channel_blocks(kl, self.num_blocks).sum(-1)
+
+class ConvVAE(LatentGridVAE):
+  """MnistVAE(variant='cvae'): the same encoder (last strided conv 5x5) and decoder with
+  3x3 convs (with bias) for the posterior's mean and log-variance and a 3x3 conv into
+  the decoder; no LSTMs (the crVAE without its channel recurrence)."""
+
+  def __init__(self, width: int = 32, latent_channels: int = 64, num_blocks: int = 8):
+    super().__init__()
+    self.num_blocks, self.latent_channels = num_blocks, latent_channels
+    self.encoder = Encoder(width, last_kernel=5)
+    self.enc_mean = make_conv(8 * width, latent_channels, 3, 1, 1, bias=True)
+    self.enc_logvar = make_conv(8 * width, latent_channels, 3, 1, 1, bias=True)
+    self.dec_in = make_conv(latent_channels, 8 * width, 3, 1, 1)
+    self.decoder = Decoder(width)
+
+  def encode(self, x):
+    """x [B, 1, 28, 28] in {0, 1} -> mean, logvar [B, L, 4, 4]."""
+    f = self.encoder(x)
+    return self.enc_mean(f), bounded_logvar(self.enc_logvar(f))
+
+  def decode(self, z):
+    """z [N, L, 4, 4] -> Bernoulli logits [N, 1, 28, 28]."""
+    return self.decoder(self.dec_in(z))
+
+
+PORTED_VARIANTS = ("crvae", "cvae")
 
 
 def build_model(width: int = 32, lstm_hidden: int = 512, latent_channels: int = 64,
-                num_blocks: int = 8, channels_last: bool = True) -> CrVAE:
-  """The `crvae` variant (random init), in channels_last memory format by default."""
-  model = CrVAE(width, lstm_hidden, latent_channels, num_blocks)
+                num_blocks: int = 8, channels_last: bool = True,
+                variant: str = "crvae") -> LatentGridVAE:
+  """The `variant` model (random init), in channels_last memory format by default."""
+  if variant not in PORTED_VARIANTS:
+    raise ValueError(f"the torch reference ports variants {PORTED_VARIANTS}, got "
+                     f"{variant!r}")
+  model = (CrVAE(width, lstm_hidden, latent_channels, num_blocks) if variant == "crvae"
+           else ConvVAE(width, latent_channels, num_blocks))
   return model.to(memory_format=CHANNELS_LAST) if channels_last else model
 
 
-def model_from_config(config, channels_last: bool = True) -> CrVAE:
+def ports_config(config) -> bool:
+  """Whether the port computes `config`'s train step: a ported model trained on the
+  one-sample ELBO (rows crvae, crvae_t4, crvae_t16 and cvae)."""
+  m, o = config.model, config.objective
+  return m.variant in PORTED_VARIANTS and o.kind == "elbo" and o.num_samples == 1
+
+
+def model_from_config(config, channels_last: bool = True) -> LatentGridVAE:
+  if not ports_config(config):
+    raise ValueError(f"the torch reference ports the one-sample ELBO step of variants "
+                     f"{PORTED_VARIANTS}, got config.model.variant="
+                     f"{config.model.variant!r}, objective.kind={config.objective.kind!r}"
+                     f", objective.num_samples={config.objective.num_samples}")
   m = config.model
-  if m.variant != "crvae":
-    raise ValueError(f"the torch reference ports variant 'crvae' only, got "
-                     f"config.model.variant={m.variant!r}")
   return build_model(m.width, m.lstm_hidden, m.latent_channels, m.num_blocks,
-                     channels_last)
+                     channels_last, m.variant)
 
 
 def num_params(model: nn.Module) -> int:
@@ -395,7 +445,7 @@ def block_weights(config) -> torch.Tensor:
   return torch.tensor([first] * min(3, t) + [beta] * max(0, t - 3))
 
 
-def elbo_loss(model: CrVAE, x, weights):
+def elbo_loss(model: LatentGridVAE, x, weights):
   """-(beta-weighted ELBO) averaged over the batch, one latent sample per image."""
   logits, kl_blocks = model(x)
   recon = bernoulli_log_likelihood(logits, x)
@@ -410,10 +460,10 @@ def make_optimizer(model: nn.Module, config):
   params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
   lstm = [p for n, p in params if ".lstm." in n]
   other = [p for n, p in params if ".lstm." not in n]
-  return torch.optim.Adam(
-      [{"params": other, "lr": o.learning_rate},
-       {"params": lstm, "lr": o.learning_rate / o.lstm_lr_divisor}],
-      betas=(o.b1, o.b2), eps=o.eps, fused=True), lstm
+  groups = [{"params": other, "lr": o.learning_rate}]
+  if lstm:  # (the cVAE has none)
+    groups.append({"params": lstm, "lr": o.learning_rate / o.lstm_lr_divisor})
+  return torch.optim.Adam(groups, betas=(o.b1, o.b2), eps=o.eps, fused=True), lstm
 
 
 def _train_batches(batch: int):
@@ -429,7 +479,7 @@ class Trainer:
   across calls (as JAX's), run as `variant`; the first step (with any compilation) runs
   on construction (`startup_s`)."""
 
-  def __init__(self, model: CrVAE, config, variant: str = "eager"):
+  def __init__(self, model: LatentGridVAE, config, variant: str = "eager"):
     t0 = time.perf_counter()
     self.model, self.batch = model, config.train.batch_size
     self.clip = config.optim.lstm_grad_clip
@@ -448,7 +498,8 @@ class Trainer:
     self.opt.zero_grad(set_to_none=True)
     loss = self.loss_fn(x)
     loss.backward()
-    torch.nn.utils.clip_grad_value_(self.lstm_params, self.clip, foreach=True)
+    if self.lstm_params:  # (foreach fails on an empty list: the cVAE has no LSTMs)
+      torch.nn.utils.clip_grad_value_(self.lstm_params, self.clip, foreach=True)
     self.opt.step()
     return loss.detach()
 
@@ -473,7 +524,7 @@ class Trainer:
 
 # --------------------------------------------------------------------------- IS-NLL
 
-def chunk_log_weights(model: CrVAE, x_flat, mean, logvar, eps):
+def chunk_log_weights(model: LatentGridVAE, x_flat, mean, logvar, eps):
   """log w = log p(x|z) + log p(z) - log q(z|x) [b, chunk] for z = mean + std * eps;
   x_flat [b, 1, 784], mean / logvar [b, 1, L, 4, 4], eps [b, chunk, L, 4, 4]."""
   b, chunk = eps.shape[:2]
@@ -492,7 +543,7 @@ class Evaluator:
   `variant`, under torch.inference_mode with BatchNorm in eval mode. Compiled variants
   freeze the weights at their first call (see the module doc)."""
 
-  def __init__(self, model: CrVAE, variant: str = "eager"):
+  def __init__(self, model: LatentGridVAE, variant: str = "eager"):
     self.model = model
     self.encode = compiled(model.encode, variant)
     self.log_weights = compiled(functools.partial(chunk_log_weights, model), variant)

@@ -24,10 +24,28 @@ def test_blocks_compute_the_jax_blocks_with_copied_weights():
   ref.check_blocks_against_jax(seed=0)
 
 
-def test_model_has_the_flax_parameter_count_and_shapes():
-  ref.check_model_against_flax(mnist_configs.get_config("crvae,cpu"))
-  paper = mnist_configs.config_at_scale("crvae", "paper")
+@pytest.mark.parametrize("row", ["crvae", "cvae"])
+def test_model_has_the_flax_parameter_count_and_shapes(row):
+  ref.check_model_against_flax(mnist_configs.get_config(f"{row},cpu"))
+  paper = mnist_configs.config_at_scale(row, "paper")
   assert ref.num_params(ref.model_from_config(paper)) == ref.flax_num_params(paper)
+
+
+def test_only_the_one_sample_elbo_steps_of_crvae_and_cvae_are_ported():
+  ported = {row: ref.ports_config(mnist_configs.get_config(f"{row},cpu"))
+            for row in mnist_configs.ROWS}
+  assert {r for r, ok in ported.items() if ok} == {"crvae", "crvae_t4", "crvae_t16", "cvae"}
+  with pytest.raises(ValueError, match="objective.kind='iwae'"):
+    ref.model_from_config(mnist_configs.get_config("criwa,cpu"))
+
+
+def test_cvae_optimizer_has_one_group_and_trains():
+  config = make_tiny_config("cvae")
+  model = ref.model_from_config(config)
+  opt, lstm_params = ref.make_optimizer(model, config)
+  assert not lstm_params and len(opt.param_groups) == 1
+  trainer = ref.Trainer(model, config)
+  assert trainer.run(1) > 0
 
 
 def test_lstm_bias_hh_is_frozen_and_summed_into_the_jax_bias():
