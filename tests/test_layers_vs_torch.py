@@ -89,3 +89,17 @@ def test_mnist_layers_are_the_models_convolutions(scale):
   for (_, kind, _, _, hw, k, s, p), nxt in zip(decoder, decoder[1:]):  # sizes chain
     out = (hw - 1) * s + k - 2 * p if kind == "deconv" else (hw + 2 * p - k) // s + 1
     assert out == nxt[4]
+
+
+def test_the_timed_backward_keeps_the_forward():
+  """A conv's vjp alone compiles without the forward conv (XLA drops it: the backward
+  needs only x, w and dy); the timed function returns the output too, so it has all
+  three convolutions a train step runs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from crvae_jax.models import fast_conv  # pylint: disable=g-import-not-at-top
+  f = lambda x, w: fast_conv.conv2d_xla(x, w, 1, 1)
+  args = (jnp.ones((2, 6, 6, 8)), jnp.ones((3, 3, 8, 8)), jnp.ones((2, 6, 6, 8)))
+  convs = lambda fn: jax.jit(fn).lower(*args).compile().as_text().count("convolution(")
+  assert convs(lambda x, w, dy: jax.vjp(f, x, w)[1](dy)) == 2  # what was timed before
+  assert convs(lvt.forward_and_backward(f)) == 3
