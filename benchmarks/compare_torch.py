@@ -419,7 +419,10 @@ def main():
   configs = {scale: config_at_scale(args.step, args.row, scale)  # an unknown row fails
              for scale in args.scales.split(",")}
   if args.step == "mnist":
-    from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+    try:
+      from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      p.error(f"compare_torch needs PyTorch (pip install -r requirements-torch.txt): {e}")
     if not all(torch_reference.ports_config(c) for c in configs.values()):
       p.error(f"--row={args.row}: the PyTorch reference (benchmarks/torch_reference.py) "
               "ports the one-sample ELBO step of the crVAE and the cVAE only (rows "

@@ -9,13 +9,15 @@ crvae_jax's kernels against PyTorch channels_last (issue 7), one layer call at a
   python -m benchmarks.layers_vs_torch --model=gan --scale=paper --repeats=5
 
 --model=mnist (default): the MNIST crVAE's layers (--scale paper, the default for mnist:
-width 32; cpu: width 8) at --batch rows: every convolution (encoder: conv; decoder: 4x4/2
-transposed conv 'deconv' and conv) with conv_impl 'cpu' and 'xla', each compiled with
-its `compiled.compiler_options`, as in the model; then, as the model's own modules, its
-two stacked LSTMs (vs one nn.LSTM) and its training-mode BatchNorms (vs F.batch_norm).
-The last row sums the forward columns of what an IS evaluation runs once per importance
-sample (the decoder's rows and the generator LSTM): at a batch of chunk x images rows
-(e.g. --scale=cpu --batch=1000) that is the evaluation's share of the model.
+width 32; cpu: width 8) at --batch rows: the encoder's and the decoder's convolutions
+(encoder: conv; decoder: 4x4/2 transposed conv 'deconv' and conv) with conv_impl 'cpu'
+and 'xla', each compiled with its `compiled.compiler_options`, as in the model; then, as
+the model's own modules, its two stacked LSTMs (vs one nn.LSTM) and its training-mode
+BatchNorms (vs F.batch_norm). Not timed: the 3x3 conv into the decoder (`dec_in`, at
+4x4) and the Dense heads. The last row sums the forward columns of the decoder's rows
+and the generator LSTM, most of what an IS evaluation runs once per importance sample
+(its BatchNorms run with running statistics there); at a batch of chunk x images rows
+(e.g. --scale=cpu --batch=1000) it is the evaluation's size.
 
 --model=gan: the Stage1 networks of `gan_throughput.config_at_scale(--row, --scale)` (cpu:
 width 8, batch 32; paper: width 32, batch 64), their layers found by tracing the forward

@@ -6,9 +6,10 @@ without the channel recurrence), as the speed reference.
 
 torch is not a dependency of crvae_jax; only the benchmarks and their tests need it.
 (The Stage1 VAE-GAN / crVAE-GAN port, benchmarks/torch_gan_reference.py, imports its
-building blocks from here.) It builds the same network as `crvae_jax.models.mnist.MnistVAE(variant='crvae')` (checked:
-the trainable parameter count equals the Flax model's) written as a PyTorch practitioner
-writes it for speed on a CPU (PyTorch 2.13):
+building blocks from here.) It builds the same network as
+`crvae_jax.models.mnist.MnistVAE(variant='crvae')` (or `variant='cvae'`: `ConvVAE`, no
+LSTMs; checked: the trainable parameter count and the output shapes equal the Flax
+model's) written as a PyTorch practitioner writes it for speed on a CPU (PyTorch 2.13):
 
   nn.LSTM          each channel-recurrent block's 2-layer LSTM is one `nn.LSTM` call
                    (batch_first, over the T channel blocks; on CPU one oneDNN RNN kernel
@@ -18,7 +19,7 @@ writes it for speed on a CPU (PyTorch 2.13):
   Adam(fused=True) one fused multi-tensor kernel per parameter group (CPU fused Adam
                    exists in 2.13: aten::_fused_adam_), with crvae_jax's two groups:
                    LSTM parameters at lr / T, their gradients clipped element-wise to
-                   +-lstm_grad_clip (foreach), the rest at lr.
+                   +-lstm_grad_clip (foreach), the rest at lr (the cVAE: one group).
   channels_last    convolutions run NCHW tensors in NHWC memory (like the JAX model).
   inference_mode   for the IS-NLL evaluation, BatchNorm in eval mode.
   torch.compile    variants 'compile' (mode default) and 'compile-autotune' (mode

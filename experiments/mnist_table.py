@@ -95,8 +95,8 @@ flags.DEFINE_list("seeded_rows", ["vae", "cvae", "crvae"], "Rows with --num_seed
 flags.DEFINE_integer("other_lstm_seeds", 1, "Seeds of crVAE (T=8) at its other LSTM rate.")
 flags.DEFINE_integer("num_samples", 1000, "K of the headline test NLL (all test images).")
 flags.DEFINE_list("k_curve_rows", list(tp.RUN_ORDER), "Rows of the K check (seed 0 of "
-                  "each; default every row, so that each model's K=1000 overstatement is "
-                  "measured). Each row's "
+                  "each row's selected setting; default every row, so that each model's "
+                  "K=1000 overstatement is measured). Each row's "
                   "K check follows its evaluation (a model is not kept for later).")
 flags.DEFINE_integer("k_curve_samples", 5000, "The K check's largest K.")
 flags.DEFINE_integer("k_curve_images", 1000, "The K check scores the first this many "

@@ -114,7 +114,8 @@ def cost_section(p, root: str, pilot_root: str) -> list:
            f"average <= {tp.busy_load():g}), only those count; otherwise other work shared "
            "the CPU (see the load in Runs). A wall time also includes any time the runner "
            "was paused (SIGSTOP, e.g. for a benchmark on the same CPU), which the load "
-           "average does not show, so these rates are lower bounds.", "",
+           "average does not show, so these rates are lower bounds and the times upper "
+           "bounds.", "",
            f"| row | s per training epoch | IS decoder samples/s | K={p.num_samples} on "
            "all 10,000 test images, min |", "|---|---|---|---|"]
   for row in tp.TABLE_ORDER:

@@ -91,15 +91,23 @@ def test_mnist_layers_are_the_models_convolutions(scale):
     assert out == nxt[4]
 
 
-def test_the_timed_backward_keeps_the_forward():
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+def test_the_timed_backward_keeps_the_forward(kind):
   """A conv's vjp alone compiles without the forward conv (XLA drops it: the backward
-  needs only x, w and dy); the timed function returns the output too, so it has all
-  three convolutions a train step runs."""
+  needs only x, w and dy); the timed function returns the output too, so it has every
+  convolution a train step runs (the CPU kernels the tables time: fast_conv's conv and
+  its transposed conv with the custom backward)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from crvae_jax import compiled  # pylint: disable=g-import-not-at-top
   from crvae_jax.models import fast_conv  # pylint: disable=g-import-not-at-top
-  f = lambda x, w: fast_conv.conv2d_xla(x, w, 1, 1)
-  args = (jnp.ones((2, 6, 6, 8)), jnp.ones((3, 3, 8, 8)), jnp.ones((2, 6, 6, 8)))
-  convs = lambda fn: jax.jit(fn).lower(*args).compile().as_text().count("convolution(")
+  if kind == "conv":
+    f = lambda x, w: fast_conv.conv2d(x, w, 1, 1)
+    args = (jnp.ones((2, 6, 6, 8)), jnp.ones((3, 3, 8, 8)), jnp.ones((2, 6, 6, 8)))
+  else:  # 8x8 input: the sub-pixel forward (one conv) and the adjoint-conv backward
+    f = lambda x, w: fast_conv.conv_transpose2d(x, w, 2, 1)
+    args = (jnp.ones((2, 8, 8, 8)), jnp.ones((4, 4, 8, 8)), jnp.ones((2, 16, 16, 8)))
+  convs = lambda fn: jax.jit(fn, compiler_options=compiled.compiler_options("cpu")).lower(
+      *args).compile().as_text().count("convolution(")
   assert convs(lambda x, w, dy: jax.vjp(f, x, w)[1](dy)) == 2  # what was timed before
   assert convs(lvt.forward_and_backward(f)) == 3
