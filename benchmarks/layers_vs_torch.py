@@ -80,6 +80,11 @@ def mnist_layers(width: int) -> tuple:
   return tuple(rows)
 
 
+def out_size(kind: str, hw: int, k: int, s: int, pad: int) -> int:
+  """Output H=W of a 'conv' or a Torch-semantics 'deconv' on an HxW input."""
+  return (hw + 2 * pad - k) // s + 1 if kind == "conv" else (hw - 1) * s + k - 2 * pad
+
+
 def mnist_lstm_inputs(model) -> dict:
   """The crVAE's two stacked LSTMs -> their input width per step: a channel block of the
   encoder's [4, 4, 8c] features (posterior) or of the [4, 4, L] latent (generator)."""
@@ -93,8 +98,7 @@ def mnist_batch_norms(width: int) -> list:
   after every convolution but the decoder's last, and one on the decoder's input."""
   norms = [("dec", 4, 8 * width)]  # the decoder's input features
   for name, kind, _, cout, hw, k, s, pad in mnist_layers(width)[:-1]:
-    out = (hw + 2 * pad - k) // s + 1 if kind == "conv" else (hw - 1) * s + k - 2 * pad
-    norms.append((name.split()[0], out, cout))
+    norms.append((name.split()[0], out_size(kind, hw, k, s, pad), cout))
   return norms
 
 
@@ -168,7 +172,7 @@ def mnist_table(torch, batch: int, repeats: int, model) -> None:
   for name, kind, cin, cout, hw, k, s, pad in mnist_layers(width):
     x = rng.standard_normal((batch, hw, hw, cin), np.float32)
     w = (rng.standard_normal((k, k, cin, cout)) * 0.05).astype(np.float32)
-    out = (hw + 2 * pad - k) // s + 1 if kind == "conv" else (hw - 1) * s + k - 2 * pad
+    out = out_size(kind, hw, k, s, pad)
     dy = rng.standard_normal((batch, out, out, cout), np.float32)
     cf, cb = jax_times("cpu", kind, x, w, s, pad, dy, repeats)
     xf, xb = jax_times("xla", kind, x, w, s, pad, dy, repeats)
@@ -195,12 +199,7 @@ def mnist_table(torch, batch: int, repeats: int, model) -> None:
                      (batch, hw, hw, c), 1) for part, hw, c in mnist_batch_norms(width)]
   for kind, title in (("lstm", "the LSTMs"), ("bn", "the BatchNorms")):
     for layer in (r for r in rows if r.kind == kind):
-      x = rng.standard_normal(layer.in_shape).astype(np.float32)
-      dy = rng.standard_normal(layer.out_shape).astype(np.float32)
-      cf, cb = module_jax_times(layer, x, dy, repeats, "cpu")
-      time.sleep(0.5)
-      tf, tb = module_torch_times(torch, layer, x, dy, repeats)
-      time.sleep(0.5)
+      cf, cb, tf, tb = layer_call_times(torch, layer, rng, repeats, "cpu")
       row = np.array([cf, np.nan, tf, cb - cf, np.nan, tb - tf])
       total += np.nan_to_num(row)
       per_sample += [cf, tf] if is_per_sample(layer.name) else 0.0
@@ -318,6 +317,18 @@ def module_jax_times(layer: LayerCall, x, dy, repeats: int, conv_impl: str):
   return a, b
 
 
+def layer_call_times(torch, layer: LayerCall, rng, repeats: int, conv_impl: str):
+  """(jax fwd, jax fwd+bwd, torch fwd, torch fwd+bwd) ms of one row on random inputs,
+  with a pause between the frameworks (PyTorch's OpenMP threads spin after work)."""
+  x = rng.standard_normal(layer.in_shape, np.float32)
+  dy = rng.standard_normal(layer.out_shape, np.float32)
+  jf, jb = module_jax_times(layer, x, dy, repeats, conv_impl)
+  time.sleep(0.5)
+  tf, tb = module_torch_times(torch, layer, x, dy, repeats)
+  time.sleep(0.5)
+  return jf, jb, tf, tb
+
+
 def module_torch_times(torch, layer: LayerCall, x, dy, repeats: int):
   """(forward ms, forward + backward ms) of the layer in PyTorch, channels_last."""
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -373,12 +384,7 @@ def gan_table(torch, config, repeats: int) -> None:
   rng = np.random.default_rng(0)
   total = np.zeros(4)
   for layer in gan_layers(config):
-    x = rng.standard_normal(layer.in_shape, np.float32)
-    dy = rng.standard_normal(layer.out_shape, np.float32)
-    jf, jb = module_jax_times(layer, x, dy, repeats, impl)
-    time.sleep(0.5)
-    tf, tb = module_torch_times(torch, layer, x, dy, repeats)
-    time.sleep(0.5)
+    jf, jb, tf, tb = layer_call_times(torch, layer, rng, repeats, impl)
     row = np.array([jf, tf, jb - jf, tb - tf])
     total += layer.calls * row
     print(f"| {layer.name} | {layer.calls} | " + " | ".join(f"{v:.2f}" for v in row) +

@@ -86,9 +86,12 @@ def test_mnist_layers_are_the_models_convolutions(scale):
   rows = lvt.mnist_layers(config.model.width)
   assert kernels == sorted((k, k, cin, cout) for _, _, cin, cout, _, k, _, _ in rows)
   decoder = [r for r in rows if r[0].startswith("dec")]
+  assert (lvt.out_size("deconv", 16, 4, 2, 2), lvt.out_size("conv", 30, 3, 1, 0),
+          lvt.out_size("conv", 28, 5, 2, 3)) == (30, 28, 15)  # the models' layer sizes
   for (_, kind, _, _, hw, k, s, p), nxt in zip(decoder, decoder[1:]):  # sizes chain
-    out = (hw - 1) * s + k - 2 * p if kind == "deconv" else (hw + 2 * p - k) // s + 1
-    assert out == nxt[4]
+    assert lvt.out_size(kind, hw, k, s, p) == nxt[4]
+  _, kind, _, _, hw, k, s, p = decoder[-1]
+  assert lvt.out_size(kind, hw, k, s, p) == 28  # the decoder ends at the image size
 
 
 @pytest.mark.parametrize("kind", ["conv", "deconv"])
