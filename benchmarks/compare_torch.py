@@ -202,14 +202,19 @@ class Worker:
   (default: this process's) is its environment, e.g. with or without
   crvae_jax.host_memory's malloc tunable. Returns once its whole set-up is done."""
 
-  def __init__(self, framework: str, scale: str, args, env=None):
+  def __init__(self, name: str, scale: str, args, env=None):
+    """name: 'jax' (model.conv_impl from --conv_impl or the config), 'jax-IMPL' (JAX with
+    model.conv_impl IMPL) or a torch worker's."""
+    framework, conv_impl = name, args.conv_impl
+    if name.startswith("jax-"):
+      framework, conv_impl = "jax", name[len("jax-"):]
     cmd = [sys.executable, "-m", "benchmarks.compare_torch", f"--worker={framework}",
            f"--step={getattr(args, 'step', 'mnist')}",  # (ab_host_memory: MNIST only)
            f"--scale={scale}", f"--row={args.row}",
            f"--steps={args.steps}",
            f"--eval_images={args.eval_images}", f"--eval_samples={args.eval_samples}",
-           f"--chunk={args.chunk}", f"--conv_impl={args.conv_impl}"]
-    self.name = framework
+           f"--chunk={args.chunk}", f"--conv_impl={conv_impl}"]
+    self.name = name
     t = time.perf_counter()
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  text=True, env=env, cwd=REPO)
@@ -240,7 +245,7 @@ class Worker:
 
 def compare(scale: str, args) -> dict:
   """Start the workers (one after the other), alternate their timings."""
-  workers = [Worker("jax", scale, args)]
+  workers = [Worker(name, scale, args) for name in jax_names(args)]
   workers += [Worker(worker_name(v), scale, args) for v in args.torch_variants]
   names = [w.name for w in workers]
   measures = MEASURES[args.step]
@@ -268,9 +273,20 @@ def compare(scale: str, args) -> dict:
   return res
 
 
+def jax_names(args) -> list:
+  """The JAX workers: 'jax' (the config's conv_impl, or --conv_impl), or with
+  --jax_variants one 'jax-IMPL' per conv_impl listed."""
+  return [f"jax-{impl}" for impl in args.jax_variants] if args.jax_variants else ["jax"]
+
+
+def is_jax(name: str) -> bool:
+  return name == "jax" or name.startswith("jax-")
+
+
 def best_torch(res: dict, what: str) -> str:
   """The torch worker with the highest median `what` ('train' or 'eval')."""
-  return max((n for n in res["names"] if n != "jax"), key=lambda n: res["median"][(n, what)])
+  return max((n for n in res["names"] if not is_jax(n)),
+             key=lambda n: res["median"][(n, what)])
 
 
 def command_line() -> str:
@@ -280,23 +296,30 @@ def command_line() -> str:
 def report(results) -> str:
   """The result block: header, table, one line per ratio with the machine line. The
   measures are those of the results (MNIST: train and eval; GAN: train, with the
-  fraction of gated discriminator updates per worker)."""
+  fraction of gated discriminator updates per worker). With several JAX workers
+  (--jax_variants) each gets its own ratio to the best torch variant."""
   names = results[0]["names"]
-  torch_names = [n for n in names if n != "jax"]
+  jaxes = [n for n in names if is_jax(n)]
+  torch_names = [n for n in names if not is_jax(n)]
+  jax0 = jaxes[0]  # parameters, FLOPs and the matmul peak are read from the first
   info = results[0]["info"]
   measures = [w for w in results[0].get("measures", MEASURES["mnist"]) if w != "peak"]
-  gan = "gated" in info["jax"]
+  gan = "gated" in info[jax0]
   cols = " / ".join(names)
+  jcols = " / ".join(jaxes)
   header = ["scale", "params", "matmul peak GFLOP/s jax / torch",
             f"start-up s + {'set-up' if gan else 'eval set-up'} s {cols}"]
-  header += [f"train img/s {cols}", "best torch train", "train ratio",
-             "train of peak jax / best torch"]
+  header += [f"train img/s {cols}", "best torch train", f"train ratio {jcols}",
+             f"train of peak {jcols} / best torch"]
   if gan:
     header.append(f"D updates gated {cols}")
   if "eval" in measures:
     header += ["eval K, chunk x batch, images", f"eval samples/s {cols}",
-               "best torch eval", "eval ratio", "eval of peak jax / best torch"]
-  lines = [f"# {info['jax']['runtime']} | " + " | ".join(
+               "best torch eval", f"eval ratio {jcols}",
+               f"eval of peak {jcols} / best torch"]
+  impls = "" if jaxes == ["jax"] else " | " + ", ".join(
+      f"{n}: conv_impl {info[n]['conv_impl']}" for n in jaxes)
+  lines = [f"# {info[jax0]['runtime']}{impls} | " + " | ".join(
                f"{n}: {info[n]['runtime']}" for n in torch_names),
            f"# command: {command_line()}",
            "",
@@ -305,30 +328,32 @@ def report(results) -> str:
   ratio_lines = []
   for res in results:
     m, inf, s = res["median"], res["info"], res["startup"]
-    assert all(inf[n]["params"] == inf["jax"]["params"] for n in names), inf
-    peak = m[("jax", "peak")]
+    assert all(inf[n]["params"] == inf[jax0]["params"] for n in names), inf
+    peak = m[(jax0, "peak")]
     torch_peak = statistics.median(m[(n, "peak")] for n in torch_names)
-    pct = lambda rate, what: f"{rate * inf['jax'][what + '_flops'] / 1e9 / peak:.0%}"
-    row = [res["scale"], f"{inf['jax']['params'] / 1e6:.2f} M",
+    pct = lambda rate, what: f"{rate * inf[jax0][what + '_flops'] / 1e9 / peak:.0%}"
+    row = [res["scale"], f"{inf[jax0]['params'] / 1e6:.2f} M",
            f"{peak:.0f} / {torch_peak:.0f}",
            " / ".join(f"{s[n][0]:.1f} + {s[n][1]:.1f}" for n in names)]
     for what, fmt in (("train", "{:.1f}"), ("eval", "{:.0f}")):
       if what not in measures:
         continue
       best = best_torch(res, what)
-      ratio = m[("jax", what)] / m[(best, what)]
+      ratios = {j: m[(j, what)] / m[(best, what)] for j in jaxes}
       if what == "eval":
         row.append(res["eval"])
       row += [" / ".join(fmt.format(m[(n, what)]) for n in names), best,
-              f"**{ratio:.2f}x**",
-              f"{pct(m[('jax', what)], what)} / {pct(m[(best, what)], what)}"]
+              " / ".join(f"**{r:.2f}x**" for r in ratios.values()),
+              " / ".join(pct(m[(j, what)], what) for j in jaxes) +
+              f" / {pct(m[(best, what)], what)}"]
       if what == "train" and gan:
         row.append(" / ".join(f"{inf[n]['gated']:.0%}" for n in names))
       unit = "img/s" if what == "train" else "samples/s"
-      ratio_lines.append(
-          f"{res['scale']} {what}: jax {fmt.format(m[('jax', what)])} / {best} "
-          f"{fmt.format(m[(best, what)])} {unit} = **{ratio:.2f}x** | matmul peak jax "
-          f"{peak:.0f} / torch {torch_peak:.0f} GFLOP/s | {inf['jax']['runtime']}")
+      for j, ratio in ratios.items():
+        ratio_lines.append(
+            f"{res['scale']} {what}: {j} {fmt.format(m[(j, what)])} / {best} "
+            f"{fmt.format(m[(best, what)])} {unit} = **{ratio:.2f}x** | matmul peak jax "
+            f"{peak:.0f} / torch {torch_peak:.0f} GFLOP/s | {inf[jax0]['runtime']}")
     lines.append("| " + " | ".join(row) + " |")
   rows = sorted({r.get("row", "") for r in results} - {""})
   lines += ["", "Ratios (JAX / best torch variant)" + (f" of row {', '.join(rows)}" if rows
@@ -339,16 +364,16 @@ def report(results) -> str:
   if gan:
     lines.append("FLOPs per train image (counted, plain formulation; forward + both "
                  "backward passes): " + "; ".join(
-                     f"{r['scale']} {r['info']['jax']['train_flops'] / 1e9:.2f} GFLOP"
+                     f"{r['scale']} {r['info'][jax0]['train_flops'] / 1e9:.2f} GFLOP"
                      for r in results))
     lines.append("Parameters (JAX = every torch worker's): " + "; ".join(
         f"{r['scale']} " + ", ".join(f"{k} {v:,}" for k, v in
-                                     r["info"]["jax"]["param_counts"].items())
+                                     r["info"][jax0]["param_counts"].items())
         for r in results))
   else:
     lines.append("FLOPs per train image / eval sample (counted, plain formulation): "
-                 + "; ".join(f"{r['scale']} {r['info']['jax']['train_flops'] / 1e9:.2f} "
-                             f"GFLOP / {r['info']['jax']['eval_flops'] / 1e6:.0f} MFLOP"
+                 + "; ".join(f"{r['scale']} {r['info'][jax0]['train_flops'] / 1e9:.2f} "
+                             f"GFLOP / {r['info'][jax0]['eval_flops'] / 1e6:.0f} MFLOP"
                              for r in results))
   lines.append("Every timing (the rounds in order): " + "; ".join(
       f"{r['scale']} " + ", ".join(
@@ -401,7 +426,11 @@ def main():
                  help="test images per eval round (default: cpu 200, paper 32)")
   p.add_argument("--eval_samples", type=int, default=0,
                  help="K per image (default: the config's chunk, so chunks are full)")
-  p.add_argument("--conv_impl", default="", help="override model.conv_impl (auto/cpu/xla)")
+  p.add_argument("--conv_impl", default="",
+                 help="override model.conv_impl (auto/cpu/xla/onednn) of the JAX worker")
+  p.add_argument("--jax_variants", default="",
+                 help="comma list of model.conv_impl values, one JAX worker each "
+                      "(jax-IMPL), e.g. cpu,onednn; default: one worker 'jax'")
   p.add_argument("--write_results", action="store_true",
                  help=f"append the result block to {os.path.relpath(RESULTS, REPO)}")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -413,6 +442,11 @@ def main():
     worker_main(args)
     return
   args.torch_variants = args.torch_variants.split(",")
+  args.jax_variants = [v for v in args.jax_variants.split(",") if v]
+  from crvae_jax.models.layers import CONV_IMPLS  # pylint: disable=g-import-not-at-top
+  for impl in args.jax_variants + ([args.conv_impl] if args.conv_impl else []):
+    if impl not in CONV_IMPLS:
+      p.error(f"conv_impl {impl!r} is not one of {CONV_IMPLS}")
   if args.rounds < 5:
     print(f"compare_torch: --rounds={args.rounds}: the headline needs medians over >= 5 "
           "rounds", file=sys.stderr)

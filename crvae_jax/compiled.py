@@ -23,9 +23,9 @@ _CPU_COMPILER_OPTIONS = {
 
 def compiler_options(conv_impl: str = "auto") -> Optional[dict]:
   """`jax.jit(..., compiler_options=...)` for programs that run conv_impl's kernels: the
-  CPU options above for 'cpu', None (XLA's defaults) otherwise."""
-  return dict(_CPU_COMPILER_OPTIONS) if layers.resolve_conv_impl(conv_impl) == "cpu" \
-      else None
+  CPU options above for 'cpu' and 'onednn', None (XLA's defaults) otherwise."""
+  return dict(_CPU_COMPILER_OPTIONS) if layers.resolve_conv_impl(conv_impl) in (
+      "cpu", "onednn") else None
 
 
 def jit(fn: Callable, *, model=None, donate_argnums=()) -> Callable:

@@ -6,9 +6,11 @@ are locked and typed); this checks the values.
 
 import os
 
+import jax
+
 from crvae_jax.data import TEST_SETS
 from crvae_jax.data.rgb import IMAGE_SIZE, RGB_SOURCES
-from crvae_jax.models import stage2
+from crvae_jax.models import onednn_conv, stage2
 from crvae_jax.models.layers import CONV_IMPLS
 from crvae_jax.models.mnist import VARIANTS
 from crvae_jax.models.rgb import RGB_VARIANTS
@@ -28,12 +30,26 @@ def _require(ok: bool, key: str, value, allowed: str):
     raise ConfigError(f"config.{key}={value!r} is invalid: {allowed}")
 
 
+def _check_conv_impl(m) -> None:
+  """model.conv_impl is known; 'onednn' also needs the CPU backend and its library
+  built here (onednn_conv.load's error names what is missing)."""
+  _require(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl,
+           f"one of {CONV_IMPLS}")
+  if m.conv_impl == "onednn":
+    _require(jax.default_backend() == "cpu", "model.conv_impl", m.conv_impl,
+             f"oneDNN's kernels run on the CPU backend only, this is "
+             f"{jax.default_backend()!r}")
+    try:
+      onednn_conv.load()
+    except RuntimeError as e:
+      raise ConfigError(f"config.model.conv_impl='onednn' cannot be used here: {e}") from e
+
+
 def check_mnist_config(config, num_devices: int) -> None:
   """Raise ConfigError for the first impossible value in an MNIST config."""
   m, o, t, e = config.model, config.objective, config.train, config.eval
   _require(m.variant in VARIANTS, "model.variant", m.variant, f"one of {VARIANTS}")
-  _require(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl,
-           f"one of {CONV_IMPLS}")
+  _check_conv_impl(m)
   for key in ("width", "lstm_hidden", "latent_channels", "top_dim", "num_blocks"):
     _require(m[key] >= 1, f"model.{key}", m[key], "must be >= 1")
   _require(m.latent_channels % m.num_blocks == 0, "model.num_blocks", m.num_blocks,
@@ -154,8 +170,7 @@ def check_rgb_config(config, num_devices: int) -> None:
   """Raise ConfigError for the first impossible value in a 64x64 RGB (GAN) config."""
   m, o, t, d = config.model, config.objective, config.train, config.data
   _require(m.variant in RGB_VARIANTS, "model.variant", m.variant, f"one of {RGB_VARIANTS}")
-  _require(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl,
-           f"one of {CONV_IMPLS}")
+  _check_conv_impl(m)
   for key in ("width", "lstm_hidden", "latent_channels", "num_blocks", "disc_hidden",
               "minibatch_kernels", "minibatch_kernel_dim"):
     _require(m[key] >= 1, f"model.{key}", m[key], "must be >= 1")
@@ -204,7 +219,7 @@ def check_stage2_config(config, num_devices: int, training: bool = True) -> None
     raise ConfigError(f"config.{e}") from e
   _require(m.upsample in stage2.UPSAMPLE, "model.upsample", m.upsample,
            f"one of {stage2.UPSAMPLE}")
-  _require(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl, f"one of {CONV_IMPLS}")
+  _check_conv_impl(m)
   for key in ("width", "disc_width"):
     _require(m[key] >= 1, f"model.{key}", m[key], "must be >= 1")
   _require(m.num_res_blocks >= 0, "model.num_res_blocks", m.num_res_blocks, "must be >= 0")

@@ -39,6 +39,58 @@ def test_jax_is_measured_against_the_best_torch_variant_of_each_measure():
       [{**res, "row": "cvae"}])
 
 
+def test_each_jax_variant_gets_its_own_ratio_to_the_best_torch():
+  res = fake_result()
+  # Rename 'jax' to 'jax-cpu' and add a faster 'jax-onednn' (--jax_variants=cpu,onednn).
+  rename = lambda n: "jax-cpu" if n == "jax" else n
+  res["names"] = ["jax-cpu", "jax-onednn", "torch", "torch-compile"]
+  res["median"] = {(rename(n), w): v for (n, w), v in res["median"].items()}
+  res["median"].update({("jax-onednn", "train"): 150.0, ("jax-onednn", "eval"): 200.0,
+                        ("jax-onednn", "peak"): 300.0})
+  res["info"] = {rename(n): v for n, v in res["info"].items()}
+  res["info"]["jax-onednn"] = {**res["info"]["jax-cpu"], "conv_impl": "onednn"}
+  res["info"]["jax-cpu"]["conv_impl"] = "cpu"
+  res["runs"] = {k: [v] * 5 for k, v in res["median"].items()}
+  res["startup"]["jax-cpu"] = res["startup"]["jax-onednn"] = res["startup"].pop("jax")
+  assert compare_torch.best_torch(res, "train") == "torch-compile"  # no jax worker
+  text = compare_torch.report([res])
+  assert "jax-cpu: conv_impl cpu, jax-onednn: conv_impl onednn" in text.splitlines()[0]
+  ratio_lines = [l for l in text.splitlines() if l.startswith("- paper ")]
+  assert [l.split(" = ")[0] for l in ratio_lines] == [
+      "- paper train: jax-cpu 100.0 / torch-compile 125.0 img/s",
+      "- paper train: jax-onednn 150.0 / torch-compile 125.0 img/s",
+      "- paper eval: jax-cpu 600 / torch 400 samples/s",
+      "- paper eval: jax-onednn 200 / torch 400 samples/s"]
+  assert "**0.80x** / **1.20x**" in text and "**1.50x** / **0.50x**" in text
+
+
+def test_jax_variants_start_jax_workers_with_their_conv_impl(monkeypatch):
+  args = compare_torch.argparse.Namespace(jax_variants=["cpu", "onednn"], conv_impl="")
+  assert compare_torch.jax_names(args) == ["jax-cpu", "jax-onednn"]
+  assert compare_torch.jax_names(compare_torch.argparse.Namespace(jax_variants=[])) == [
+      "jax"]
+  started = []
+
+  class FakePopen:
+    def __init__(self, cmd, **kwargs):
+      started.append(cmd)
+      self.stdout = iter(['RESULT {"ready": true}\n'])
+
+    def wait(self):
+      return 1
+
+  monkeypatch.setattr(compare_torch.subprocess, "Popen", FakePopen)
+  wargs = compare_torch.argparse.Namespace(
+      step="mnist", row="crvae", steps=1, eval_images=1, eval_samples=1, chunk=1,
+      conv_impl="auto")
+  with pytest.raises(RuntimeError):  # the fake worker says 'ready' once, then ends
+    compare_torch.Worker("jax-onednn", "cpu", wargs)
+  with pytest.raises(RuntimeError):
+    compare_torch.Worker("jax", "cpu", wargs)
+  assert "--worker=jax" in started[0] and "--conv_impl=onednn" in started[0]
+  assert "--worker=jax" in started[1] and "--conv_impl=auto" in started[1]
+
+
 def test_write_results_appends_every_run_and_keeps_the_rest(tmp_path):
   path = tmp_path / "RESULTS.md"
   path.write_text("# Measured results\n\nearlier text\n")

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
-_SMALL_COUT = 8  # convs with Cout < this use the matmul + shift-add form
+SMALL_COUT = 8  # convs with Cout < this use the matmul + shift-add form
 # Transposed convs: inputs with H*W >= _PHASE_MIN_PIXELS use the sub-pixel form, smaller
 # ones the matmul form; each in batch chunks of about this many bytes of intermediate.
 _PHASE_MIN_PIXELS = 64
@@ -89,7 +89,7 @@ def conv2d(x, kernel, stride=1, padding=0):
     ``lax.conv_general_dilated(x, kernel, (stride, stride),
     [(padding, padding)] * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))``.
   """
-  if kernel.shape[-1] < _SMALL_COUT:
+  if kernel.shape[-1] < SMALL_COUT:
     return _conv_shift_add(x, kernel, stride, padding)
   return conv2d_xla(x, kernel, stride, padding)
 

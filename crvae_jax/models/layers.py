@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from crvae_jax.models import fast_conv
+from crvae_jax.models import onednn_conv
 
-CONV_IMPLS = ("auto", "cpu", "xla")
+CONV_IMPLS = ("auto", "cpu", "xla", "onednn")
 
 
 def crelu(x: jax.Array) -> jax.Array:
@@ -30,15 +31,22 @@ def resolve_conv_impl(impl: str) -> str:
 
   'cpu': `fast_conv`'s transposed convs (a chunked sub-pixel or matmul + overlap-add
   forward and an adjoint-conv backward; XLA's CPU conv_transpose backward is far slower
-  than its forward: benchmarks/RESULTS.md, section "Where the rest is"), its matmul + shift-add form for convs with Cout < 8, and
-  `crvae_jax.compiled.compiler_options` (XLA's own CPU conv kernels rather than
-  YNNPACK's); 'xla': the plain XLA ops, which cuDNN/TPU run natively.
-  Both give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py).
+  than its forward: benchmarks/RESULTS.md, section "Where the rest is"), its matmul +
+  shift-add form for convs with Cout < 8, and `crvae_jax.compiled.compiler_options`
+  (XLA's own CPU conv kernels rather than YNNPACK's); 'xla': the plain XLA ops, which
+  cuDNN/TPU run natively; 'onednn' (CPU only, opt-in): oneDNN's convolutions through XLA
+  FFI custom calls (`onednn_conv`; the library PyTorch's CPU convs use), the matmul +
+  shift-add form for Cout < 8, and the 'cpu' compiler options for everything else.
+  All give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py,
+  test_onednn_conv.py).
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
   if impl == "auto":
     return "cpu" if jax.default_backend() == "cpu" else "xla"
+  if impl == "onednn" and jax.default_backend() != "cpu":
+    raise ValueError("model.conv_impl='onednn' runs on the CPU backend only, not on "
+                     f"{jax.default_backend()!r}: use 'auto' or 'xla' there")
   return impl
 
 
@@ -73,8 +81,11 @@ class ConvTranspose(nn.Module):
     kernel = self.param(
         "kernel", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
         (self.kernel_size, self.kernel_size, cin, self.features))
-    if resolve_conv_impl(self.impl) == "cpu":
+    impl = resolve_conv_impl(self.impl)
+    if impl == "cpu":
       return fast_conv.conv_transpose2d(x, kernel, self.stride, self.padding)
+    if impl == "onednn":
+      return onednn_conv.conv_transpose2d(x, kernel, self.stride, self.padding)
     return conv_transpose_xla(x, kernel, self.stride, self.padding)
 
 
@@ -102,9 +113,13 @@ class Conv(nn.Module):
     k, p, s = self.kernel_size, self.padding, self.stride
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (k, k, x.shape[-1], self.features))
-    conv_fn = fast_conv.conv2d if resolve_conv_impl(self.impl) == "cpu" else \
-        fast_conv.conv2d_xla
-    y = conv_fn(x, kernel, s, p)
+    impl = resolve_conv_impl(self.impl)
+    if impl == "onednn" and self.features >= fast_conv.SMALL_COUT:
+      y = onednn_conv.conv2d(x, kernel, s, p)
+    elif impl in ("cpu", "onednn"):  # fast_conv's own form for Cout < SMALL_COUT
+      y = fast_conv.conv2d(x, kernel, s, p)
+    else:
+      y = fast_conv.conv2d_xla(x, kernel, s, p)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y

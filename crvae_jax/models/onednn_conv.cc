@@ -1,0 +1,209 @@
+// oneDNN convolutions for XLA's CPU backend, as XLA FFI custom calls (conv_impl='onednn').
+//
+// Three handlers over NHWC activations and HWIO kernels, float32, square kernels,
+// the same stride and padding on both spatial axes:
+//   crvae_onednn_conv_fwd(x [N,H,W,I], w [K,K,I,O]) -> y [N,OH,OW,O]
+//   crvae_onednn_conv_bwd_data(dy [N,OH,OW,O], w [K,K,I,O]) -> dx [N,H,W,I]
+//   crvae_onednn_conv_bwd_weights(x [N,H,W,I], dy [N,OH,OW,O]) -> dw [K,K,I,O]
+// Attributes: stride, pad_l, pad_r (pad_r may differ from pad_l so that
+// OH = (H + pad_l + pad_r - K) / stride + 1 holds exactly, as oneDNN requires).
+// A transposed convolution is the bwd_data of the conv it is the adjoint of
+// (crvae_jax/models/onednn_conv.py).
+//
+// oneDNN picks its own (blocked) kernel layout: the HWIO kernel is reordered on every
+// call (it is small next to the activations). Primitives are created once per shape and
+// kept in a cache.
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+#if DNNL_VERSION_MAJOR < 3
+#error "conv_impl=onednn needs oneDNN 3 or later (pip install -r requirements.txt)"
+#endif
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Shapes {
+  memory::dims src, wei, dst, strides, pad_l, pad_r;
+};
+
+// x [N,H,W,I], kernel K, output channels O, output size from the formula.
+Shapes MakeShapes(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t k, int64_t co,
+                  int64_t oh, int64_t ow, int64_t stride, int64_t pad_l, int64_t pad_r) {
+  return Shapes{{n, ci, h, w}, {co, ci, k, k}, {n, co, oh, ow},
+                {stride, stride}, {pad_l, pad_l}, {pad_r, pad_r}};
+}
+
+std::string Key(const char* kind, const Shapes& s) {
+  std::string key(kind);
+  for (const auto* d : {&s.src, &s.wei, &s.dst, &s.strides, &s.pad_l, &s.pad_r})
+    for (auto v : *d) key += "," + std::to_string(v);
+  return key;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardPd(const Shapes& s, dnnl::prop_kind prop) {
+  memory::desc src(s.src, dt::f32, tag::nhwc), wei(s.wei, dt::f32, tag::any),
+      dst(s.dst, dt::f32, tag::nhwc);
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), prop, dnnl::algorithm::convolution_direct, src, wei, dst, s.strides,
+      s.pad_l, s.pad_r);
+}
+
+struct FwdPrim {
+  dnnl::convolution_forward::primitive_desc pd;
+  dnnl::convolution_forward prim;
+};
+struct BwdDataPrim {
+  dnnl::convolution_backward_data::primitive_desc pd;
+  dnnl::convolution_backward_data prim;
+};
+struct BwdWeightsPrim {
+  dnnl::convolution_backward_weights::primitive_desc pd;
+  dnnl::convolution_backward_weights prim;
+};
+
+template <typename P>
+P& Cached(const std::string& key, P (*make)(const Shapes&), const Shapes& s) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::unique_ptr<P>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, std::make_unique<P>(make(s))).first;
+  return *it->second;
+}
+
+FwdPrim MakeFwd(const Shapes& s) {
+  auto pd = ForwardPd(s, dnnl::prop_kind::forward_training);
+  return {pd, dnnl::convolution_forward(pd)};
+}
+
+BwdDataPrim MakeBwdData(const Shapes& s) {
+  memory::desc dsrc(s.src, dt::f32, tag::nhwc), wei(s.wei, dt::f32, tag::any),
+      ddst(s.dst, dt::f32, tag::nhwc);
+  dnnl::convolution_backward_data::primitive_desc pd(
+      Engine(), dnnl::algorithm::convolution_direct, dsrc, wei, ddst, s.strides, s.pad_l,
+      s.pad_r, ForwardPd(s, dnnl::prop_kind::forward_training));
+  return {pd, dnnl::convolution_backward_data(pd)};
+}
+
+BwdWeightsPrim MakeBwdWeights(const Shapes& s) {
+  memory::desc src(s.src, dt::f32, tag::nhwc), dwei(s.wei, dt::f32, tag::any),
+      ddst(s.dst, dt::f32, tag::nhwc);
+  dnnl::convolution_backward_weights::primitive_desc pd(
+      Engine(), dnnl::algorithm::convolution_direct, src, dwei, ddst, s.strides, s.pad_l,
+      s.pad_r, ForwardPd(s, dnnl::prop_kind::forward_training));
+  return {pd, dnnl::convolution_backward_weights(pd)};
+}
+
+// The user's HWIO kernel as a oneDNN memory, reordered to `want` if that differs.
+memory KernelIn(const Shapes& s, float* data, const memory::desc& want,
+                dnnl::stream& strm) {
+  memory user({s.wei, dt::f32, tag::hwio}, Engine(), data);
+  if (want == user.get_desc()) return user;
+  memory m(want, Engine());
+  dnnl::reorder(user, m).execute(strm, user, m);
+  return m;
+}
+
+ffi::Error Status(const char* what, const dnnl::error& e) {
+  return ffi::Error(ffi::ErrorCode::kInternal,
+                    std::string("oneDNN ") + what + ": " + e.what());
+}
+
+ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad_l,
+                       int64_t pad_r) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], yd[1], yd[2], stride,
+                        pad_l, pad_r);
+  try {
+    auto& p = Cached<FwdPrim>(Key("fwd", s), MakeFwd, s);
+    dnnl::stream strm(Engine());
+    memory src(p.pd.src_desc(), Engine(), x.typed_data());
+    memory dst(p.pd.dst_desc(), Engine(), y->typed_data());
+    memory wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
+    p.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
+                          {DNNL_ARG_DST, dst}});
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return Status("conv forward", e);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                           ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pad_l,
+                           int64_t pad_r) {
+  auto dyd = dy.dimensions(), wd = w.dimensions(), xd = dx->dimensions();
+  Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], dyd[1], dyd[2], stride,
+                        pad_l, pad_r);
+  try {
+    auto& p = Cached<BwdDataPrim>(Key("bwd_data", s), MakeBwdData, s);
+    dnnl::stream strm(Engine());
+    memory ddst(p.pd.diff_dst_desc(), Engine(), dy.typed_data());
+    memory dsrc(p.pd.diff_src_desc(), Engine(), dx->typed_data());
+    memory wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
+    p.prim.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei},
+                          {DNNL_ARG_DIFF_SRC, dsrc}});
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return Status("conv backward data", e);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                              ffi::ResultBuffer<ffi::F32> dw, int64_t stride,
+                              int64_t pad_l, int64_t pad_r) {
+  auto xd = x.dimensions(), dyd = dy.dimensions(), wd = dw->dimensions();
+  Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], dyd[1], dyd[2], stride,
+                        pad_l, pad_r);
+  try {
+    auto& p = Cached<BwdWeightsPrim>(Key("bwd_weights", s), MakeBwdWeights, s);
+    dnnl::stream strm(Engine());
+    memory src(p.pd.src_desc(), Engine(), x.typed_data());
+    memory ddst(p.pd.diff_dst_desc(), Engine(), dy.typed_data());
+    memory user({s.wei, dt::f32, tag::hwio}, Engine(), dw->typed_data());
+    bool direct = p.pd.diff_weights_desc() == user.get_desc();
+    memory dwei = direct ? user : memory(p.pd.diff_weights_desc(), Engine());
+    p.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst},
+                          {DNNL_ARG_DIFF_WEIGHTS, dwei}});
+    if (!direct) dnnl::reorder(dwei, user).execute(strm, dwei, user);
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return Status("conv backward weights", e);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define CONV_BINDING()                                       \
+  ffi::Ffi::Bind()                                           \
+      .Arg<ffi::Buffer<ffi::F32>>()                          \
+      .Arg<ffi::Buffer<ffi::F32>>()                          \
+      .Ret<ffi::Buffer<ffi::F32>>()                          \
+      .Attr<int64_t>("stride")                               \
+      .Attr<int64_t>("pad_l")                                \
+      .Attr<int64_t>("pad_r")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CrvaeOnednnConvFwd, ConvFwdImpl, CONV_BINDING());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CrvaeOnednnConvBwdData, ConvBwdDataImpl, CONV_BINDING());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CrvaeOnednnConvBwdWeights, ConvBwdWeightsImpl,
+                              CONV_BINDING());
