@@ -52,7 +52,7 @@ import numpy as np
 from benchmarks import gan_throughput
 from crvae_jax import host_memory
 from crvae_jax import compiled
-from crvae_jax.models import fast_conv, layers, lstm, rgb
+from crvae_jax.models import fast_conv, layers, lstm, onednn_conv, rgb
 
 def mnist_layers(width: int) -> tuple:
   """The MNIST crVAE's convolutions at base width c (paper 32, CPU scale 8), as
@@ -112,14 +112,18 @@ def best_ms(fn, repeats: int) -> float:
   return best * 1e3
 
 
-def jax_times(impl, kind, x, w, s, p, dy, repeats):
+def conv_fn(impl: str, kind: str, s: int, p: int):
+  """(x, kernel) -> the layer's output with conv_impl `impl`'s kernels, as layers.Conv
+  and layers.ConvTranspose pick them."""
   if kind == "conv":
-    f = (lambda x, w: fast_conv.conv2d(x, w, s, p)) if impl == "cpu" else (
-        lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), [(p, p)] * 2,
-                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")))
-  else:
-    f = ((lambda x, w: fast_conv.conv_transpose2d(x, w, s, p)) if impl == "cpu"
-         else (lambda x, w: layers.conv_transpose_xla(x, w, s, p)))
+    return lambda x, w: layers.conv_with_impl(impl, x, w, s, p)
+  return {"cpu": lambda x, w: fast_conv.conv_transpose2d(x, w, s, p),
+          "onednn": lambda x, w: onednn_conv.conv_transpose2d(x, w, s, p),
+          "xla": lambda x, w: layers.conv_transpose_xla(x, w, s, p)}[impl]
+
+
+def jax_times(impl, kind, x, w, s, p, dy, repeats):
+  f = conv_fn(impl, kind, s, p)
   opts = compiled.compiler_options(impl)  # as the model's programs compile them
   fwd = jax.jit(f, compiler_options=opts)
   both = jax.jit(forward_and_backward(f), compiler_options=opts)
@@ -157,15 +161,19 @@ def torch_times(torch, kind, x, w, s, p, dy, repeats):
   return a, b
 
 
-def mnist_table(torch, batch: int, repeats: int, model) -> None:
+def mnist_table(torch, batch: int, repeats: int, model, impls=("cpu", "xla")) -> None:
   """Prints the rows of the crVAE of `model` (a config's model block) at `batch`: its
-  convolutions (cpu and xla kernels vs torch), its two stacked LSTMs and its BatchNorms,
-  and the forward sum of its per-sample part."""
-  print("| layer | fwd cpu | fwd xla | fwd torch | bwd cpu | bwd xla | bwd torch | "
-        "fwd+bwd torch / cpu |")
-  print("|---|---|---|---|---|---|---|---|")
+  convolutions (the kernels of each conv_impl in `impls` vs torch), its two stacked
+  LSTMs and its BatchNorms, and the forward sum of its per-sample part. The ratio column
+  is torch's fwd+bwd time over the first impl's; the other rows (LSTMs, BatchNorms) run
+  the first impl's compiler options."""
+  first, n = impls[0], len(impls)
+  cols = [f"fwd {i}" for i in impls] + ["fwd torch"] + [f"bwd {i}" for i in impls] + [
+      "bwd torch"]
+  print("| layer | " + " | ".join(cols) + f" | fwd+bwd torch / {first} |")
+  print("|---" * (len(cols) + 2) + "|")
   rng = np.random.default_rng(0)
-  total = np.zeros(6)
+  total = np.zeros(2 * n + 2)
   width = model.width
   per_sample = np.zeros(2)  # forward ms, jax cpu and torch: rows run once per sample
   is_per_sample = lambda name: name.startswith(("dec ", "generator "))
@@ -174,18 +182,17 @@ def mnist_table(torch, batch: int, repeats: int, model) -> None:
     w = (rng.standard_normal((k, k, cin, cout)) * 0.05).astype(np.float32)
     out = out_size(kind, hw, k, s, pad)
     dy = rng.standard_normal((batch, out, out, cout), np.float32)
-    cf, cb = jax_times("cpu", kind, x, w, s, pad, dy, repeats)
-    xf, xb = jax_times("xla", kind, x, w, s, pad, dy, repeats)
+    fb = [jax_times(impl, kind, x, w, s, pad, dy, repeats) for impl in impls]
     time.sleep(0.5)
     tf, tb = torch_times(torch, kind, x, w, s, pad, dy, repeats)
     time.sleep(0.5)
-    row = np.array([cf, xf, tf, cb - cf, xb - xf, tb - tf])
+    row = np.array([f for f, _ in fb] + [tf] + [b - f for f, b in fb] + [tb - tf])
     total += row
-    per_sample += [cf, tf] if is_per_sample(name) else 0.0
+    per_sample += [fb[0][0], tf] if is_per_sample(name) else 0.0
     print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row) +
-          f" | {tb / cb:.2f} |", flush=True)
-  print("| **sum** | " + " | ".join(f"{v:.0f}" for v in total) +
-        f" | {(total[2] + total[5]) / (total[0] + total[3]):.2f} |")
+          f" | {tb / fb[0][1]:.2f} |", flush=True)
+  ratio = lambda t: (t[n] + t[2 * n + 1]) / (t[0] + t[n + 1])
+  print("| **sum** | " + " | ".join(f"{v:.0f}" for v in total) + f" | {ratio(total):.2f} |")
   # The model's other layers, timed as its own modules: the two stacked LSTMs over the T
   # channel blocks (one nn.LSTM per layer in torch) and the training-mode BatchNorm after
   # each convolution (and on the decoder's input). 'xla' is the same module for these, so
@@ -197,20 +204,23 @@ def mnist_table(torch, batch: int, repeats: int, model) -> None:
   bn = layers.batch_norm(True, None)
   rows += [LayerCall(f"{part} bn {c} @{hw}", "bn", bn, (batch, hw, hw, c),
                      (batch, hw, hw, c), 1) for part, hw, c in mnist_batch_norms(width)]
+  other = [i for i in range(1, n)] + [n + 1 + i for i in range(1, n)]  # '-' columns
   for kind, title in (("lstm", "the LSTMs"), ("bn", "the BatchNorms")):
     for layer in (r for r in rows if r.kind == kind):
-      cf, cb, tf, tb = layer_call_times(torch, layer, rng, repeats, "cpu")
-      row = np.array([cf, np.nan, tf, cb - cf, np.nan, tb - tf])
+      cf, cb, tf, tb = layer_call_times(torch, layer, rng, repeats, first)
+      row = np.full(2 * n + 2, np.nan)
+      row[[0, n, n + 1, 2 * n + 1]] = cf, tf, cb - cf, tb - tf
       total += np.nan_to_num(row)
       per_sample += [cf, tf] if is_per_sample(layer.name) else 0.0
       print(f"| {layer.name} | " + " | ".join("-" if np.isnan(v) else f"{v:.1f}"
                                                 for v in row) + f" | {tb / cb:.2f} |",
             flush=True)
     print(f"| **sum with {title}** | " + " | ".join(
-        "-" if i in (1, 4) else f"{v:.0f}" for i, v in enumerate(total)) +
-          f" | {(total[2] + total[5]) / (total[0] + total[3]):.2f} |")
+        "-" if i in other else f"{v:.0f}" for i, v in enumerate(total)) +
+          f" | {ratio(total):.2f} |")
   print(f"| **forward of the per-sample part (dec + generator rows)** | {per_sample[0]:.0f} "
-        f"| - | {per_sample[1]:.0f} | | | | {per_sample[1] / per_sample[0]:.2f} (fwd) |")
+        + "| - " * (n - 1) + f"| {per_sample[1]:.0f} " + "| " * (n + 1) +
+        f"| {per_sample[1] / per_sample[0]:.2f} (fwd) |")
 
 
 # --- Stage1 GAN (--model=gan) ---------------------------------------------------------
@@ -405,6 +415,9 @@ def main():
                  help="gan only")
   p.add_argument("--conv_impl", choices=layers.CONV_IMPLS, default=None,
                  help="gan only: overrides the config's model.conv_impl")
+  p.add_argument("--impls", default="cpu,xla",
+                 help="mnist only: the conv_impl columns (cpu, xla, onednn), the first "
+                      "also running the LSTM and BatchNorm rows and the ratio column")
   args = p.parse_args()
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
@@ -426,7 +439,11 @@ def main():
     print(f"# MNIST crVAE convolutions, LSTMs and BatchNorms, {scale} scale: width "
           f"{model.width}, "
           f"LSTM hidden {model.lstm_hidden}, T={model.num_blocks}")
-    mnist_table(torch, batch, args.repeats, model)
+    impls = tuple(args.impls.split(","))
+    bad = [i for i in impls if i not in ("cpu", "xla", "onednn")]
+    if bad:
+      p.error(f"--impls: {bad} not among cpu, xla, onednn")
+    mnist_table(torch, batch, args.repeats, model, impls)
   else:
     gan_table(torch, config, args.repeats)
 

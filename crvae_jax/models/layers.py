@@ -96,6 +96,17 @@ def batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None
                       axis_name=axis_name if train else None, name=name)
 
 
+def conv_with_impl(impl: str, x, kernel, stride: int, padding: int):
+  """The NHWC conv with symmetric padding by conv_impl `impl`'s kernels ('onednn' keeps
+  fast_conv's matmul + shift-add form for Cout < fast_conv.SMALL_COUT, faster there)."""
+  impl = resolve_conv_impl(impl)
+  if impl == "onednn" and kernel.shape[-1] >= fast_conv.SMALL_COUT:
+    return onednn_conv.conv2d(x, kernel, stride, padding)
+  if impl in ("cpu", "onednn"):
+    return fast_conv.conv2d(x, kernel, stride, padding)
+  return fast_conv.conv2d_xla(x, kernel, stride, padding)
+
+
 class Conv(nn.Module):
   """Convolution with symmetric padding in pixels (Torch style) and selectable kernels.
 
@@ -113,13 +124,7 @@ class Conv(nn.Module):
     k, p, s = self.kernel_size, self.padding, self.stride
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (k, k, x.shape[-1], self.features))
-    impl = resolve_conv_impl(self.impl)
-    if impl == "onednn" and self.features >= fast_conv.SMALL_COUT:
-      y = onednn_conv.conv2d(x, kernel, s, p)
-    elif impl in ("cpu", "onednn"):  # fast_conv's own form for Cout < SMALL_COUT
-      y = fast_conv.conv2d(x, kernel, s, p)
-    else:
-      y = fast_conv.conv2d_xla(x, kernel, s, p)
+    y = conv_with_impl(self.impl, x, kernel, s, p)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y

@@ -12,13 +12,18 @@
 //
 // oneDNN picks its own (blocked) kernel layout: the HWIO kernel is reordered on every
 // call (it is small next to the activations). Primitives are created once per shape and
-// kept in a cache.
+// kept in a cache. XLA may run these calls on several threads at once (one per device
+// of a data-parallel step), so each primitive uses a user-provided scratchpad, one per
+// calling thread: oneDNN's default library scratchpad is shared by all primitives and
+// is not safe under concurrent execution (two devices then deadlock in the
+// backward-weights kernel's reduction).
 
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -57,12 +62,29 @@ std::string Key(const char* kind, const Shapes& s) {
   return key;
 }
 
+const dnnl::primitive_attr& Attr() {
+  static const dnnl::primitive_attr attr = [] {
+    dnnl::primitive_attr a;
+    a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return a;
+  }();
+  return attr;
+}
+
+// This thread's scratchpad, grown to `pd`'s need.
+memory Scratchpad(const dnnl::primitive_desc_base& pd) {
+  thread_local std::vector<char> buffer;
+  memory::desc md = pd.scratchpad_desc();
+  if (buffer.size() < md.get_size()) buffer.resize(md.get_size());
+  return memory(md, Engine(), buffer.data());
+}
+
 dnnl::convolution_forward::primitive_desc ForwardPd(const Shapes& s, dnnl::prop_kind prop) {
   memory::desc src(s.src, dt::f32, tag::nhwc), wei(s.wei, dt::f32, tag::any),
       dst(s.dst, dt::f32, tag::nhwc);
   return dnnl::convolution_forward::primitive_desc(
       Engine(), prop, dnnl::algorithm::convolution_direct, src, wei, dst, s.strides,
-      s.pad_l, s.pad_r);
+      s.pad_l, s.pad_r, Attr());
 }
 
 struct FwdPrim {
@@ -98,7 +120,7 @@ BwdDataPrim MakeBwdData(const Shapes& s) {
       ddst(s.dst, dt::f32, tag::nhwc);
   dnnl::convolution_backward_data::primitive_desc pd(
       Engine(), dnnl::algorithm::convolution_direct, dsrc, wei, ddst, s.strides, s.pad_l,
-      s.pad_r, ForwardPd(s, dnnl::prop_kind::forward_training));
+      s.pad_r, ForwardPd(s, dnnl::prop_kind::forward_training), Attr());
   return {pd, dnnl::convolution_backward_data(pd)};
 }
 
@@ -107,8 +129,15 @@ BwdWeightsPrim MakeBwdWeights(const Shapes& s) {
       ddst(s.dst, dt::f32, tag::nhwc);
   dnnl::convolution_backward_weights::primitive_desc pd(
       Engine(), dnnl::algorithm::convolution_direct, src, dwei, ddst, s.strides, s.pad_l,
-      s.pad_r, ForwardPd(s, dnnl::prop_kind::forward_training));
+      s.pad_r, ForwardPd(s, dnnl::prop_kind::forward_training), Attr());
   return {pd, dnnl::convolution_backward_weights(pd)};
+}
+
+// Copies `from` into `to` (layouts differ) with this thread's scratchpad.
+void Reorder(memory& from, memory& to, dnnl::stream& strm) {
+  dnnl::reorder::primitive_desc pd(from, to, Attr());
+  dnnl::reorder(pd).execute(strm, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                   {DNNL_ARG_SCRATCHPAD, Scratchpad(pd)}});
 }
 
 // The user's HWIO kernel as a oneDNN memory, reordered to `want` if that differs.
@@ -117,7 +146,7 @@ memory KernelIn(const Shapes& s, float* data, const memory::desc& want,
   memory user({s.wei, dt::f32, tag::hwio}, Engine(), data);
   if (want == user.get_desc()) return user;
   memory m(want, Engine());
-  dnnl::reorder(user, m).execute(strm, user, m);
+  Reorder(user, m, strm);
   return m;
 }
 
@@ -139,7 +168,7 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     memory dst(p.pd.dst_desc(), Engine(), y->typed_data());
     memory wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
     p.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
-                          {DNNL_ARG_DST, dst}});
+                          {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
     strm.wait();
   } catch (const dnnl::error& e) {
     return Status("conv forward", e);
@@ -160,7 +189,7 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     memory dsrc(p.pd.diff_src_desc(), Engine(), dx->typed_data());
     memory wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
     p.prim.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei},
-                          {DNNL_ARG_DIFF_SRC, dsrc}});
+                          {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
     strm.wait();
   } catch (const dnnl::error& e) {
     return Status("conv backward data", e);
@@ -183,8 +212,9 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     bool direct = p.pd.diff_weights_desc() == user.get_desc();
     memory dwei = direct ? user : memory(p.pd.diff_weights_desc(), Engine());
     p.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst},
-                          {DNNL_ARG_DIFF_WEIGHTS, dwei}});
-    if (!direct) dnnl::reorder(dwei, user).execute(strm, dwei, user);
+                          {DNNL_ARG_DIFF_WEIGHTS, dwei},
+                          {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
+    if (!direct) Reorder(dwei, user, strm);
     strm.wait();
   } catch (const dnnl::error& e) {
     return Status("conv backward weights", e);

@@ -119,8 +119,14 @@ def _pads(h: int, oh: int, k: int, s: int, p: int) -> dict:
 
 
 def _call(name, out_shape, a, b, attrs):
-  return jax.ffi.ffi_call(f"crvae_onednn_conv_{name}",
-                          jax.ShapeDtypeStruct(out_shape, jnp.float32))(a, b, **attrs)
+  # Inside jax.shard_map (the data-parallel step) an ffi_call needs inputs that vary over
+  # the same manual mesh axes, and its result type says which: cast both to the axes
+  # either varies over (e.g. per-device activations with replicated kernels).
+  varying = jax.typeof(a).mat.varying | jax.typeof(b).mat.varying
+  a, b = (jax.lax.pcast(v, tuple(varying - jax.typeof(v).mat.varying), to="varying")
+          for v in (a, b))
+  result = jax.typeof(a).update(shape=tuple(out_shape), dtype=jnp.float32)
+  return jax.ffi.ffi_call(f"crvae_onednn_conv_{name}", result)(a, b, **attrs)
 
 
 def _fwd(x, kernel, s, p):
