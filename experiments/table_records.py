@@ -23,7 +23,11 @@ record has (fewer epochs, or an evaluation missing). The runner schedules from t
 union (`table_protocol.is_finished`): what a record holds is not run again, except the
 training of a model whose evaluations are still to run, which needs its weights; its
 record is kept until the new workdir has caught up (trained and evaluated again), then
-replaced. The report marks the workdirs read from records.
+replaced. The report marks the workdirs read from records. A record replaced by a run
+that does not continue it (a lost grid pilot trained again from scratch, to the full
+budget, as a headline model) keeps the replaced run's training and evaluations in its
+job.json under "replaced", and the report lists them under Runs: the pilot's command,
+commit and machine stay beside its grid score.
 """
 
 import contextlib
@@ -73,13 +77,30 @@ def _behind(a: str, b: str) -> bool:
           or not set(rb["evals"]) <= set(ra["evals"]))
 
 
+def _segment_key(segment: dict) -> tuple:
+  return tuple(segment.get(k) for k in ("commit", "date", "epochs_from", "epochs_to"))
+
+
+def replaced_runs(old: dict, new: dict) -> list:
+  """What a record `old` about to be overwritten by job `new` keeps under "replaced": its
+  own earlier replaced runs, and its training and evaluations if `new` does not continue
+  them (one of old's training segments is not among new's: trained again from scratch)."""
+  kept = list(old.get("replaced", []))
+  new_keys = {_segment_key(s) for s in new["train"]}
+  if old["train"] and not all(_segment_key(s) in new_keys for s in old["train"]):
+    kept.append({"train": old["train"], "evals": old["evals"]})
+  return kept
+
+
 def save(wd: str, records: str) -> str:
   """Copies workdir `wd`'s records to `<records>/<basename(wd)>/`; returns that path. A
   record holding work that `wd` lacks (a lost run that is being trained again) is kept
-  as it is. job.json is written last, so an interrupted copy never claims an evaluation
-  whose arrays are not there."""
+  as it is; a record `wd` replaces keeps its runs under "replaced" (`replaced_runs`).
+  job.json is written last, so an interrupted copy never claims an evaluation whose
+  arrays are not there."""
   dst = os.path.join(records, os.path.basename(os.path.normpath(wd)))
-  if _has_job(dst) and _behind(wd, dst):
+  old = tp.read_job(dst) if _has_job(dst) else None
+  if old is not None and _behind(wd, dst):
     return dst
   if os.path.exists(os.path.join(wd, "metrics.jsonl")):
     write_bytes_atomic(os.path.join(dst, "metrics.jsonl"),
@@ -92,6 +113,9 @@ def save(wd: str, records: str) -> str:
   for name in SMALL_FILES:  # job.json last
     if os.path.exists(os.path.join(wd, name)):
       _copy_atomic(os.path.join(wd, name), os.path.join(dst, name))
+  replaced = replaced_runs(old, tp.read_job(wd)) if old is not None else []
+  if replaced:
+    tp.write_job(dst, {**tp.read_job(wd), "replaced": replaced})
   return dst
 
 

@@ -281,12 +281,15 @@ def release_section(p, entries: dict) -> list:
   return lines + [""]
 
 
-def runs_section(p, root: str, root_label: str, from_records=frozenset()) -> list:
+def runs_section(p, root: str, root_label: str, from_records=frozenset(),
+                 records: str = "") -> list:
   lines = ["## Runs", "", "Every workdir under `" + root_label + "`: training segments "
            "(epochs from -> to, wall time, commit, date, load average at start, command) "
            "and evaluations. A workdir marked (record) is gone or lacks work its copied "
            "records hold: its numbers are read from those records "
-           "(experiments/table_records.py).", "",
+           "(experiments/table_records.py). \"replaced\" lists an earlier run of the same "
+           "setting whose workdir was lost and which this run, trained again from "
+           "scratch, replaced (a grid pilot's, whose grid score is kept).", "",
            "| workdir | training | evaluations | machine |", "|---|---|---|---|"]
   commands, seen = [], set()
   cmd = lambda c: (commands.append(c) if c not in commands else None,
@@ -304,6 +307,14 @@ def runs_section(p, root: str, root_label: str, from_records=frozenset()) -> lis
                         f"{s['load']:.1f} {cmd(s['command'])}" for s in rec["train"])
     if rec.get("failed"):
       train += f"<br>stopped: {rec['failed']['message'][:80]}"
+    replaced = rec.get("replaced") or (tp.read_job(os.path.join(
+        records, job.setting.name)).get("replaced") if records else None) or []
+    for old in replaced:
+      train += "<br>replaced: " + "; ".join(
+          f"{s['epochs_from']:g}->{s['epochs_to']:g} ep, {s['seconds'] / 60:.1f} min, "
+          f"{s['commit']}, {s['date']}, {s['machine']} {cmd(s['command'])}"
+          for s in old["train"]) + "".join(
+          f", {k} {v.get('date', '')}" for k, v in old["evals"].items())
     evals = "<br>".join(
         f"{k}: {v['seconds'] / 60:.1f} min, {v['commit']}, {v['date']} {cmd(v['command'])}"
         if len(eval_runs(v)) == 1 else
@@ -381,7 +392,7 @@ def write_report(p: tp.Protocol, root: str, pilot_root: str, output: str, *,
   lines += curves_section(p, root, entries, order, png["valid_elbo"])
   lines += release_section(p, entries)
   lines += table_choices.cost_section(p, root, pilot_root)
-  lines += runs_section(p, root, root_label, from_records)
+  lines += runs_section(p, root, root_label, from_records, records)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))

@@ -474,8 +474,15 @@ def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypat
   with flagsaver.flagsaver(**settings):
     mnist_table.main(["mnist_table"])
   assert [c[0] for c in calls] == ["eval"]
-  assert "` (record) |" not in open(flags.output, encoding="utf-8").read()
-  assert tp.read_job(record) == tp.read_job(os.path.join(flags.root, name))  # in step
+  report = open(flags.output, encoding="utf-8").read()
+  assert "` (record) |" not in report
+  # The record follows the new workdir and keeps the lost run it replaced (the grid
+  # pilot's segment among it), which the report lists under Runs.
+  now = tp.read_job(record)
+  assert now.pop("replaced") == [{"train": rec["train"], "evals": {}}]
+  assert now == tp.read_job(os.path.join(flags.root, name))  # in step
+  first = rec["train"][0]
+  assert f"<br>replaced: {first['epochs_from']:g}->{first['epochs_to']:g} ep" in report
   # A root of another protocol (here another budget) neither reads nor writes them.
   kept = open(os.path.join(record, "job.json"), encoding="utf-8").read()
   assert os.path.exists(os.path.join(flags.records, "protocol.json"))
@@ -509,8 +516,11 @@ def test_a_model_trained_again_is_evaluated_again_whole(flags, monkeypatch):
   assert calls == [("train", name, 3.0), ("eval", name, 20, 10), ("eval", name, 40, 5),
                    ("eval", name, 100, 5)]
   wd = os.path.join(flags.root, name)
-  assert tp.read_job(record) == tp.read_job(wd)
-  assert len(tp.read_job(record)["evals"]) == 3
+  now = tp.read_job(record)
+  lost = now.pop("replaced")  # the lost model's training and evaluation stay listed
+  assert len(lost) == 1 and list(lost[0]["evals"]) == ["test_all_K20"]
+  assert now == tp.read_job(wd)
+  assert len(now["evals"]) == 3
   calls.clear()
   with flagsaver.flagsaver(**settings):
     mnist_table.main(["mnist_table"])
@@ -597,3 +607,16 @@ def test_the_k_check_covers_every_row_by_default_each_against_the_vae(flags, mon
   assert "| cVAE | pending" not in section and "| VAE | pending" not in section
   assert re.search(r"- Paired difference VAE - cVAE on these images, by K: K=1 [+-][\d.]+ "
                    r"\+- [\d.]+; K=10 ", section), section
+
+
+def test_replaced_runs_keep_a_run_trained_again_not_one_continued():
+  seg = lambda a, b, date: {"commit": "abc", "date": date, "epochs_from": a,
+                            "epochs_to": b}
+  pilot = {"train": [seg(0.0, 5.0, "d1")], "evals": {}}
+  continued = {"train": [seg(0.0, 5.0, "d1"), seg(5.0, 31.0, "d2")], "evals": {}}
+  assert table_records.replaced_runs(pilot, continued) == []
+  again = {"train": [seg(0.0, 31.0, "d3")], "evals": {}}
+  assert table_records.replaced_runs(pilot, again) == [pilot]
+  # An earlier replaced run is carried forward when the record is written again.
+  kept = {**again, "replaced": [pilot]}
+  assert table_records.replaced_runs(kept, {**again, "evals": {"x": {}}}) == [pilot]
