@@ -447,6 +447,8 @@ def main():
   for impl in args.jax_variants + ([args.conv_impl] if args.conv_impl else []):
     if impl not in CONV_IMPLS:
       p.error(f"conv_impl {impl!r} is not one of {CONV_IMPLS}")
+  if len(set(args.jax_variants)) != len(args.jax_variants):
+    p.error(f"--jax_variants lists a conv_impl twice: {args.jax_variants}")
   if args.rounds < 5:
     print(f"compare_torch: --rounds={args.rounds}: the headline needs medians over >= 5 "
           "rounds", file=sys.stderr)

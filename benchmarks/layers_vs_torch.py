@@ -52,7 +52,7 @@ import numpy as np
 from benchmarks import gan_throughput
 from crvae_jax import host_memory
 from crvae_jax import compiled
-from crvae_jax.models import fast_conv, layers, lstm, onednn_conv, rgb
+from crvae_jax.models import fast_conv, layers, lstm, rgb
 
 def mnist_layers(width: int) -> tuple:
   """The MNIST crVAE's convolutions at base width c (paper 32, CPU scale 8), as
@@ -115,11 +115,8 @@ def best_ms(fn, repeats: int) -> float:
 def conv_fn(impl: str, kind: str, s: int, p: int):
   """(x, kernel) -> the layer's output with conv_impl `impl`'s kernels, as layers.Conv
   and layers.ConvTranspose pick them."""
-  if kind == "conv":
-    return lambda x, w: layers.conv_with_impl(impl, x, w, s, p)
-  return {"cpu": lambda x, w: fast_conv.conv_transpose2d(x, w, s, p),
-          "onednn": lambda x, w: onednn_conv.conv_transpose2d(x, w, s, p),
-          "xla": lambda x, w: layers.conv_transpose_xla(x, w, s, p)}[impl]
+  with_impl = layers.conv_with_impl if kind == "conv" else layers.conv_transpose_with_impl
+  return lambda x, w: with_impl(impl, x, w, s, p)
 
 
 def jax_times(impl, kind, x, w, s, p, dy, repeats):
@@ -440,9 +437,10 @@ def main():
           f"{model.width}, "
           f"LSTM hidden {model.lstm_hidden}, T={model.num_blocks}")
     impls = tuple(args.impls.split(","))
-    bad = [i for i in impls if i not in ("cpu", "xla", "onednn")]
+    known = [i for i in layers.CONV_IMPLS if i != "auto"]
+    bad = [i for i in impls if i not in known]
     if bad:
-      p.error(f"--impls: {bad} not among cpu, xla, onednn")
+      p.error(f"--impls: {bad} not among {known}")
     mnist_table(torch, batch, args.repeats, model, impls)
   else:
     gan_table(torch, config, args.repeats)

@@ -6,12 +6,10 @@ are locked and typed); this checks the values.
 
 import os
 
-import jax
-
 from crvae_jax.data import TEST_SETS
 from crvae_jax.data.rgb import IMAGE_SIZE, RGB_SOURCES
 from crvae_jax.models import onednn_conv, stage2
-from crvae_jax.models.layers import CONV_IMPLS
+from crvae_jax.models.layers import CONV_IMPLS, resolve_conv_impl
 from crvae_jax.models.mnist import VARIANTS
 from crvae_jax.models.rgb import RGB_VARIANTS
 from crvae_jax.train.stage2_step import ADVERSARIAL
@@ -36,9 +34,10 @@ def _check_conv_impl(m) -> None:
   _require(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl,
            f"one of {CONV_IMPLS}")
   if m.conv_impl == "onednn":
-    _require(jax.default_backend() == "cpu", "model.conv_impl", m.conv_impl,
-             f"oneDNN's kernels run on the CPU backend only, this is "
-             f"{jax.default_backend()!r}")
+    try:
+      resolve_conv_impl(m.conv_impl)  # the CPU backend only
+    except ValueError as e:
+      raise ConfigError(f"config.{e}") from e
     try:
       onednn_conv.load()
     except RuntimeError as e:

@@ -430,8 +430,12 @@ def same_model(wd: str, other: str) -> bool:
   or continues: wd's training segments are the first of other's (none: wd is lost). A
   model trained again after its workdir was lost is another model, and is evaluated
   again, so that the record, replaced once the workdir has caught up, is one model's."""
-  mine = read_job(wd)["train"]
-  return read_job(other)["train"][:len(mine)] == mine
+  return continues(read_job(wd)["train"], read_job(other)["train"])
+
+
+def continues(first: list, then: list) -> bool:
+  """Whether training segments `then` continue `first` (first is their beginning)."""
+  return then[:len(first)] == first
 
 
 def is_ready(job: Job, p: Protocol, root: str) -> bool:

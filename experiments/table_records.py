@@ -43,7 +43,7 @@ from absl import logging
 from crvae_jax.train.checkpoints import write_bytes_atomic
 from experiments import table_protocol as tp
 
-SMALL_FILES = ("config.json", "train_summary.json", "job.json")
+SMALL_FILES = ("config.json", "train_summary.json")  # and job.json, written last
 PROTOCOL = "protocol.json"  # the table's numbers (mnist_table.check_protocol_file)
 EVAL_PATTERNS = ("eval_test_K*", os.path.join("test_first*", "eval_test_K*"))
 
@@ -77,18 +77,13 @@ def _behind(a: str, b: str) -> bool:
           or not set(rb["evals"]) <= set(ra["evals"]))
 
 
-def _segment_key(segment: dict) -> tuple:
-  return tuple(segment.get(k) for k in ("commit", "date", "epochs_from", "epochs_to"))
-
-
 def replaced_runs(old: dict, new: dict) -> list:
   """What a record `old` about to be overwritten by job `new` keeps under "replaced": its
-  own earlier replaced runs, and its training and evaluations if `new` does not continue
-  them (one of old's training segments is not among new's: trained again from scratch)."""
+  own earlier replaced runs, and itself (training, evaluations, anything else it holds)
+  if `new` does not continue its training (`tp.continues`: trained again from scratch)."""
   kept = list(old.get("replaced", []))
-  new_keys = {_segment_key(s) for s in new["train"]}
-  if old["train"] and not all(_segment_key(s) in new_keys for s in old["train"]):
-    kept.append({"train": old["train"], "evals": old["evals"]})
+  if old["train"] and not tp.continues(old["train"], new["train"]):
+    kept.append({k: v for k, v in old.items() if k != "replaced"})
   return kept
 
 
@@ -102,6 +97,7 @@ def save(wd: str, records: str) -> str:
   old = tp.read_job(dst) if _has_job(dst) else None
   if old is not None and _behind(wd, dst):
     return dst
+  new = tp.read_job(wd)  # read first: every evaluation it claims has its arrays by now
   if os.path.exists(os.path.join(wd, "metrics.jsonl")):
     write_bytes_atomic(os.path.join(dst, "metrics.jsonl"),
                        _metrics_lines(os.path.join(wd, "metrics.jsonl")))
@@ -110,12 +106,11 @@ def save(wd: str, records: str) -> str:
       # not an atomic write's temporary file (<name>.tmp<pid>)
       if os.path.isfile(src) and ".tmp" not in os.path.basename(src):
         _copy_atomic(src, os.path.join(dst, os.path.relpath(src, wd)))
-  for name in SMALL_FILES:  # job.json last
+  for name in SMALL_FILES:
     if os.path.exists(os.path.join(wd, name)):
       _copy_atomic(os.path.join(wd, name), os.path.join(dst, name))
-  replaced = replaced_runs(old, tp.read_job(wd)) if old is not None else []
-  if replaced:
-    tp.write_job(dst, {**tp.read_job(wd), "replaced": replaced})
+  replaced = replaced_runs(old, new) if old is not None else []
+  tp.write_job(dst, {**new, "replaced": replaced} if replaced else new)  # job.json last
   return dst
 
 

@@ -479,7 +479,7 @@ def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypat
   # The record follows the new workdir and keeps the lost run it replaced (the grid
   # pilot's segment among it), which the report lists under Runs.
   now = tp.read_job(record)
-  assert now.pop("replaced") == [{"train": rec["train"], "evals": {}}]
+  assert now.pop("replaced") == [rec]
   assert now == tp.read_job(os.path.join(flags.root, name))  # in step
   first = rec["train"][0]
   assert f"<br>replaced: {first['epochs_from']:g}->{first['epochs_to']:g} ep" in report

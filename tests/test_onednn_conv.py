@@ -2,10 +2,13 @@
 plain ops (values and both gradients), the models built on them match 'cpu', and a
 machine that cannot build them gets a clear error before anything compiles."""
 
+import platform
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from crvae_jax import config_checks, sharding
 from crvae_jax.families import mnist as mnist_family
@@ -14,6 +17,12 @@ from crvae_jax.models import fast_conv, layers, onednn_conv
 from crvae_jax.models.mnist import MnistVAE
 from crvae_jax.models.rgb import Discriminator, RgbVAE
 from experiments.configs import mnist as mnist_configs
+
+# requirements.txt installs oneDNN's wheels on Linux x86_64 only (the only wheels there
+# are); everywhere else conv_impl='onednn' is refused with a ConfigError.
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.machine() != "x86_64",
+    reason="conv_impl='onednn' needs the Linux x86_64 oneDNN wheels of requirements.txt")
 
 
 def test_onednn_builds_and_loads_here():
@@ -26,13 +35,14 @@ def _rel_err(a, b):
   return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
 
 
-# (kind, Cin, Cout, H=W, K, stride, padding): every distinct conv and deconv geometry of
-# the MNIST and 64x64 models (paddings whose right pad oneDNN must differ from the
-# left: 28 -> 15 with K=5, s=2, p=3; 15 -> 8 with K=3, s=2, p=1), a 1x1 conv and a
-# deconv with padding 2 (16 -> 30).
+# (kind, Cin, Cout, H=W, K, stride, padding): the conv and deconv geometries of the
+# MNIST and 64x64 models, a 1x1 conv, a deconv with padding 2 (16 -> 30), and convs whose
+# right pad oneDNN must be given differently from the left: 28 -> 15 with K=5, s=2, p=3
+# (pad_r 2), 64 -> 32 with K=5, s=2, p=2 (pad_r 1), 8 -> 2 with K=3, s=4, p=0 (pad_r -1).
 GEOMETRIES = [
     ("conv", 1, 8, 28, 5, 2, 3), ("conv", 16, 16, 15, 3, 2, 1), ("conv", 32, 32, 8, 3, 1, 1),
     ("conv", 12, 8, 9, 1, 1, 0), ("conv", 3, 8, 64, 5, 2, 2), ("conv", 16, 24, 6, 3, 1, 0),
+    ("conv", 8, 8, 8, 3, 4, 0),
     ("deconv", 64, 32, 8, 4, 2, 1), ("deconv", 32, 16, 16, 4, 2, 2),
     ("deconv", 8, 3, 32, 4, 2, 1),
 ]
@@ -65,6 +75,41 @@ def test_onednn_conv_refuses_what_it_does_not_compute():
     onednn_conv.conv2d(x, jnp.zeros((3, 3, 4, 8)), 1, 1)
   with pytest.raises(TypeError, match="float32"):
     onednn_conv.conv2d(jnp.zeros((1, 8, 8, 4), jnp.bfloat16), jnp.zeros((3, 3, 4, 8)))
+  with pytest.raises(ValueError, match="same C"):  # 4 input channels, a kernel for 5
+    onednn_conv.conv_transpose2d(jnp.zeros((1, 8, 8, 4)), jnp.zeros((4, 4, 5, 8)))
+  with pytest.raises(ValueError, match="stride >= 1"):
+    onednn_conv.conv2d(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 4, 8)), 0, 1)
+
+
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+def test_replicated_kernel_gradients_inside_shard_map_are_summed(kind):
+  """As AIS differentiates the decoder inside shard_map with replicated variables: the
+  kernel's gradient is the sum over devices, as with XLA's convolution."""
+  mesh = jax.make_mesh((2,), ("batch",))  # tests/conftest.py: two CPU devices
+  rng = np.random.default_rng(3)
+  x = jax.device_put(jnp.asarray(rng.standard_normal((4, 8, 8, 8)), jnp.float32),
+                     NamedSharding(mesh, P("batch")))
+  w = jnp.asarray(rng.standard_normal((4, 4, 8, 8)) * 0.1, jnp.float32)
+  grads = []
+  for impl in ("xla", "onednn"):
+    f = (lambda x, w: layers.conv_with_impl(impl, x, w, 2, 1)) if kind == "conv" else (
+        lambda x, w: layers.conv_transpose_with_impl(impl, x, w, 2, 1))
+    per_device = lambda w, x: jax.grad(lambda w, x: jnp.sum(f(x, w) ** 2),
+                                       argnums=(0, 1))(w, x)
+    grads.append(jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("batch")),
+                                       out_specs=(P(), P("batch"))))(w, x))
+  for a, b in zip(*grads):
+    assert _rel_err(a, b) < 1e-5
+
+
+def test_onednn_conv_under_vmap():
+  """The Stage1 completion vmaps the discriminator over candidate images."""
+  rng = np.random.default_rng(4)
+  xs = jnp.asarray(rng.standard_normal((3, 2, 8, 8, 4)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32)
+  got = jax.jit(jax.vmap(lambda x: onednn_conv.conv2d(x, w, 1, 1)))(xs)
+  want = jax.vmap(lambda x: fast_conv.conv2d_xla(x, w, 1, 1))(xs)
+  assert _rel_err(want, got) < 1e-5
 
 
 def _mnist_grads(conv_impl, config):
@@ -125,8 +170,8 @@ def _two_train_steps(config):
 
 
 def test_data_parallel_train_step_with_onednn_matches_cpu(tiny_config):
-  """Inside the shard_map step the custom calls see per-device activations and
-  replicated kernels; two steps on two devices end where the 'cpu' kernels end."""
+  """Two steps of the shard_map train step on two devices (the two devices' calls run
+  at the same time) end where the 'cpu' kernels end."""
   tiny_config.model.width = 4  # so that most convs have Cout >= 8 (oneDNN's)
   results = []
   for impl in ("cpu", "onednn"):

@@ -63,11 +63,21 @@ def conv_transpose_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: in
       lhs_dilation=(stride, stride), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def conv_transpose_with_impl(impl: str, x, kernel, stride: int, padding: int):
+  """The Torch-semantics transposed conv by conv_impl `impl`'s kernels."""
+  impl = resolve_conv_impl(impl)
+  if impl == "cpu":
+    return fast_conv.conv_transpose2d(x, kernel, stride, padding)
+  if impl == "onednn":
+    return onednn_conv.conv_transpose2d(x, kernel, stride, padding)
+  return conv_transpose_xla(x, kernel, stride, padding)
+
+
 class ConvTranspose(nn.Module):
   """Transposed convolution with Torch padding semantics and a selectable kernel.
 
-  Both implementations share the parameter layout ([K, K, Cin, Cout], no bias: every
-  deconvolution in the paper is followed by BatchNorm) and agree to float rounding.
+  Every implementation shares the parameter layout ([K, K, Cin, Cout], no bias: every
+  deconvolution in the paper is followed by BatchNorm); they agree to float rounding.
   """
   features: int
   kernel_size: int = 4
@@ -81,12 +91,7 @@ class ConvTranspose(nn.Module):
     kernel = self.param(
         "kernel", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
         (self.kernel_size, self.kernel_size, cin, self.features))
-    impl = resolve_conv_impl(self.impl)
-    if impl == "cpu":
-      return fast_conv.conv_transpose2d(x, kernel, self.stride, self.padding)
-    if impl == "onednn":
-      return onednn_conv.conv_transpose2d(x, kernel, self.stride, self.padding)
-    return conv_transpose_xla(x, kernel, self.stride, self.padding)
+    return conv_transpose_with_impl(self.impl, x, kernel, self.stride, self.padding)
 
 
 def batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None):

@@ -71,7 +71,8 @@ const dnnl::primitive_attr& Attr() {
   return attr;
 }
 
-// This thread's scratchpad, grown to `pd`'s need.
+// This thread's scratchpad, grown to `pd`'s need. A call's reorders and its convolution
+// share it one after the other: CPU streams execute synchronously.
 memory Scratchpad(const dnnl::primitive_desc_base& pd) {
   thread_local std::vector<char> buffer;
   memory::desc md = pd.scratchpad_desc();
@@ -150,18 +151,42 @@ memory KernelIn(const Shapes& s, float* data, const memory::desc& want,
   return m;
 }
 
-ffi::Error Status(const char* what, const dnnl::error& e) {
-  return ffi::Error(ffi::ErrorCode::kInternal,
-                    std::string("oneDNN ") + what + ": " + e.what());
+// Runs `body`, turning any C++ exception into an XLA error (one escaping an FFI
+// handler would abort the process).
+template <typename F>
+ffi::Error Guarded(const char* what, F body) {
+  try {
+    body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal,
+                      std::string("oneDNN ") + what + ": " + e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string(what) + ": " + e.what());
+  } catch (...) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string(what) + ": unknown error");
+  }
+  return ffi::Error::Success();
+}
+
+// Activations [N, H, W, C] and a kernel [K, K, C, Cout] with the same C.
+ffi::Error CheckChannels(int64_t x_channels, int64_t w_in) {
+  if (x_channels != w_in)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "onednn conv: input channels " + std::to_string(x_channels) +
+                          " != kernel input channels " + std::to_string(w_in));
+  return ffi::Error::Success();
 }
 
 ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad_l,
                        int64_t pad_r) {
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
   Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], yd[1], yd[2], stride,
                         pad_l, pad_r);
-  try {
+  if (auto err = CheckChannels(xd[3], wd[2]); err.failure()) return err;
+  return Guarded("conv forward", [&] {
     auto& p = Cached<FwdPrim>(Key("fwd", s), MakeFwd, s);
     dnnl::stream strm(Engine());
     memory src(p.pd.src_desc(), Engine(), x.typed_data());
@@ -170,19 +195,19 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     p.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
                           {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
     strm.wait();
-  } catch (const dnnl::error& e) {
-    return Status("conv forward", e);
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                            ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pad_l,
                            int64_t pad_r) {
   auto dyd = dy.dimensions(), wd = w.dimensions(), xd = dx->dimensions();
+  if (dyd.size() != 4 || wd.size() != 4 || xd.size() != 4)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
   Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], dyd[1], dyd[2], stride,
                         pad_l, pad_r);
-  try {
+  if (auto err = CheckChannels(xd[3], wd[2]); err.failure()) return err;
+  return Guarded("conv backward data", [&] {
     auto& p = Cached<BwdDataPrim>(Key("bwd_data", s), MakeBwdData, s);
     dnnl::stream strm(Engine());
     memory ddst(p.pd.diff_dst_desc(), Engine(), dy.typed_data());
@@ -191,19 +216,19 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     p.prim.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei},
                           {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
     strm.wait();
-  } catch (const dnnl::error& e) {
-    return Status("conv backward data", e);
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                               ffi::ResultBuffer<ffi::F32> dw, int64_t stride,
                               int64_t pad_l, int64_t pad_r) {
   auto xd = x.dimensions(), dyd = dy.dimensions(), wd = dw->dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 || wd.size() != 4)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
   Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], dyd[1], dyd[2], stride,
                         pad_l, pad_r);
-  try {
+  if (auto err = CheckChannels(xd[3], wd[2]); err.failure()) return err;
+  return Guarded("conv backward weights", [&] {
     auto& p = Cached<BwdWeightsPrim>(Key("bwd_weights", s), MakeBwdWeights, s);
     dnnl::stream strm(Engine());
     memory src(p.pd.src_desc(), Engine(), x.typed_data());
@@ -216,10 +241,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
     if (!direct) Reorder(dwei, user, strm);
     strm.wait();
-  } catch (const dnnl::error& e) {
-    return Status("conv backward weights", e);
-  }
-  return ffi::Error::Success();
+  });
 }
 
 }  // namespace

@@ -11,11 +11,21 @@ together, for NHWC activations and HWIO kernels as `fast_conv` has them:
       semantics): the adjoint of conv2d(., kernel^T), so its forward is oneDNN's
       backward-data and its backward the forward and backward-weights.
 
-The shared library is compiled on first use with the system C++ compiler against
-oneDNN's headers and library (Debian/Ubuntu: ``apt-get install libdnnl-dev g++``) and
-jaxlib's FFI headers, into ``$CRVAE_JAX_CACHE`` (default ``~/.cache/crvae_jax``), keyed by
-a hash of the source and the jaxlib version. `available()` says whether that works
-here, and `load()` raises a RuntimeError naming what is missing.
+Limits: float32, square inputs and kernels, the same stride and padding on both axes
+(every convolution of these models); other inputs get a clear error.
+
+The shared library is compiled on first use with the system C++ compiler (``g++``)
+against oneDNN 3's headers and library (the ``onednn-cpu-gomp`` wheels of
+requirements.txt, found in this Python's environment, else under /usr or /usr/local)
+and jaxlib's FFI headers, into ``$CRVAE_JAX_CACHE`` (default ``~/.cache/crvae_jax``),
+keyed by a hash of the source, the compiler flags, the jaxlib version and the oneDNN
+found (its path, version header and library). `load()` raises a RuntimeError naming
+what is missing.
+
+Under `jax.vmap` the calls run one batch element after another
+(``vmap_method='sequential'``; the Stage1 completion vmaps the discriminator). Inside
+`jax.shard_map` a replicated kernel's gradient is summed over the devices, as XLA's
+own convolution's is.
 """
 
 import ctypes
@@ -75,8 +85,15 @@ def _build(out: pathlib.Path, include: str, libdir: str) -> None:
 
 @functools.cache
 def load() -> str:
-  """Builds (once per source and jaxlib version) and registers the FFI targets; returns
-  the library's path. Raises RuntimeError when it cannot be built here."""
+  """Builds (once per source, flags, jaxlib and oneDNN) and registers the FFI targets;
+  returns the library's path. Raises RuntimeError when it cannot be built or loaded."""
+  try:
+    return _load()
+  except OSError as e:  # an unwritable cache, a missing file, a library that won't load
+    raise RuntimeError(f"conv_impl='onednn': cannot build or load its library: {e}") from e
+
+
+def _load() -> str:
   import jaxlib
   found = _find_onednn()
   if found is None:
@@ -85,9 +102,10 @@ def load() -> str:
                        "wheels)")
   include, libdir = found
   version_h = pathlib.Path(include) / "oneapi" / "dnnl" / "dnnl_version.h"
+  library = os.path.realpath(os.path.join(libdir, "libdnnl.so"))  # the versioned file
   digest = hashlib.sha256(b"\0".join([
       _SOURCE.read_bytes(), repr(_CXXFLAGS).encode(), jaxlib.__version__.encode(),
-      include.encode(), libdir.encode(), version_h.read_bytes()]))
+      include.encode(), library.encode(), version_h.read_bytes()]))
   so = _cache_dir() / f"onednn_conv-{digest.hexdigest()[:16]}.so"
   if not so.is_file():
     _build(so, include, libdir)
@@ -96,15 +114,6 @@ def load() -> str:
     jax.ffi.register_ffi_target(f"crvae_onednn_conv_{name}",
                                 jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return str(so)
-
-
-@functools.cache
-def available() -> bool:
-  try:
-    load()
-  except RuntimeError:
-    return False
-  return True
 
 
 def _out_size(h: int, k: int, s: int, p: int) -> int:
@@ -126,7 +135,15 @@ def _call(name, out_shape, a, b, attrs):
   a, b = (jax.lax.pcast(v, tuple(varying - jax.typeof(v).mat.varying), to="varying")
           for v in (a, b))
   result = jax.typeof(a).update(shape=tuple(out_shape), dtype=jnp.float32)
-  return jax.ffi.ffi_call(f"crvae_onednn_conv_{name}", result)(a, b, **attrs)
+  return jax.ffi.ffi_call(f"crvae_onednn_conv_{name}", result,
+                          vmap_method="sequential")(a, b, **attrs)
+
+
+def _like(cotangent, primal):
+  """The cotangent of `primal` summed over the mesh axes it varies over and `primal`
+  does not (a replicated kernel used by every device: its gradient is the sum)."""
+  extra = tuple(jax.typeof(cotangent).mat.varying - jax.typeof(primal).mat.varying)
+  return jax.lax.psum(cotangent, extra) if extra else cotangent
 
 
 def _fwd(x, kernel, s, p):
@@ -147,19 +164,25 @@ def _bwd_weights(x, dy, k, s, p):
   return _call("bwd_weights", (k, k, ci, co), x, dy, _pads(h, dy.shape[1], k, s, p))
 
 
-def _check(x, kernel):
+def _check(x, kernel, stride, padding):
   if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
     raise TypeError(f"conv_impl='onednn' computes in float32, got {x.dtype} inputs and "
                     f"a {kernel.dtype} kernel")
+  if x.ndim != 4 or kernel.ndim != 4 or x.shape[3] != kernel.shape[2]:
+    raise ValueError(f"conv_impl='onednn' needs an input [N, H, W, C] and a kernel "
+                     f"[K, K, C, Cout] with the same C, got {x.shape} and {kernel.shape}")
   if x.shape[1] != x.shape[2] or kernel.shape[0] != kernel.shape[1]:
     raise ValueError(f"conv_impl='onednn' needs square inputs and kernels, got input "
                      f"{x.shape} and kernel {kernel.shape}")
+  if stride < 1 or padding < 0:
+    raise ValueError(f"conv_impl='onednn' needs stride >= 1 and padding >= 0, got "
+                     f"{stride} and {padding}")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, kernel, stride=1, padding=0):
   """NHWC conv with symmetric padding in pixels; x [N,H,W,I], kernel [K,K,I,O]."""
-  _check(x, kernel)
+  _check(x, kernel, stride, padding)
   load()
   return _fwd(x, kernel, stride, padding)
 
@@ -170,8 +193,8 @@ def _conv2d_fwd(x, kernel, stride, padding):
 
 def _conv2d_bwd(stride, padding, res, dy):
   x, kernel = res
-  return (_bwd_data(dy, kernel, x.shape[1:3], stride, padding),
-          _bwd_weights(x, dy, kernel.shape[0], stride, padding))
+  return (_like(_bwd_data(dy, kernel, x.shape[1:3], stride, padding), x),
+          _like(_bwd_weights(x, dy, kernel.shape[0], stride, padding), kernel))
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -181,7 +204,7 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 def conv_transpose2d(x, kernel, stride=2, padding=1):
   """Torch-semantics transposed conv, x [N,H,W,I], kernel [K,K,I,O] -> [N,(H-1)s+K-2p,.,O]:
   the adjoint of conv2d(., kernel^T [K,K,O,I], stride, padding)."""
-  _check(x, kernel)
+  _check(x, kernel, stride, padding)
   load()
   k = kernel.shape[0]
   out = (x.shape[1] - 1) * stride + k - 2 * padding
@@ -198,7 +221,7 @@ def _conv_transpose2d_bwd(stride, padding, res, dy):
   dx = _fwd(dy, jnp.swapaxes(kernel, 2, 3), stride, padding)
   # d kernel^T = the adjoint conv's kernel gradient with input dy and output cotangent x.
   dkernel_t = _bwd_weights(dy, x, k, stride, padding)  # [K, K, O, I]
-  return dx, jnp.swapaxes(dkernel_t, 2, 3)
+  return _like(dx, x), _like(jnp.swapaxes(dkernel_t, 2, 3), kernel)
 
 
 conv_transpose2d.defvjp(_conv_transpose2d_fwd, _conv_transpose2d_bwd)
