@@ -114,6 +114,41 @@ def save(wd: str, records: str) -> str:
   return dst
 
 
+def backfill_from_git(records: str) -> dict:
+  """Replays each record's committed job.json versions (git log, oldest first) through
+  `replaced_runs`, so that a record replaced before "replaced" existed (2026-12-05) regains
+  the runs it lost; writes the records that gain some. Returns {record name: number of
+  replaced runs}. Run it where `records` is inside a git checkout, not while a runner
+  writes the records."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  counts = {}
+  for name in sorted(os.listdir(records)):
+    path = os.path.join(records, name)
+    if not _has_job(path):
+      continue
+    git = lambda *a, cwd=path: subprocess.run(["git", *a], cwd=cwd, capture_output=True,
+                                              text=True, check=True).stdout
+    kept, prev = [], None
+    for commit in git("log", "--format=%H", "--reverse", "--", "job.json").split():
+      try:
+        job = json.loads(git("show", f"{commit}:./job.json"))
+      except (subprocess.CalledProcessError, ValueError):
+        continue  # deleted or unreadable in that commit
+      if prev is not None:
+        kept = replaced_runs({**prev, "replaced": kept}, job)
+      prev = job
+    current = tp.read_job(path)
+    if prev is not None:
+      kept = replaced_runs({**prev, "replaced": kept}, current)
+    for run in current.get("replaced", []):
+      if run not in kept:
+        kept.append(run)
+    if kept:
+      tp.write_job(path, {**current, "replaced": kept})
+      counts[name] = len(kept)
+  return counts
+
+
 def save_all(root: str, records: str) -> list:
   """`save` for every workdir under root with a job.json, and root's protocol.json;
   returns the record paths. A workdir that cannot be copied is logged and skipped."""

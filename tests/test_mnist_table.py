@@ -620,3 +620,27 @@ def test_replaced_runs_keep_a_run_trained_again_not_one_continued():
   # An earlier replaced run is carried forward when the record is written again.
   kept = {**again, "replaced": [pilot]}
   assert table_records.replaced_runs(kept, {**again, "evals": {"x": {}}}) == [pilot]
+
+
+def test_backfill_from_git_recovers_a_record_replaced_before_replaced_existed(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = tmp_path / "repo"
+  record = repo / "records" / "crvae_lr0.003_lstmT_b1_s0"
+  record.mkdir(parents=True)
+  git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True)
+  git("init", "-q")
+  seg = lambda a, b, date: {"commit": "c", "date": date, "epochs_from": a,
+                            "epochs_to": b, "seconds": 60.0, "machine": "m",
+                            "command": "x", "load": 0.0}
+  pilot = {"train": [seg(0.0, 5.0, "d1")], "evals": {}}
+  continued = {"train": pilot["train"] + [seg(5.0, 31.0, "d2")], "evals": {}}
+  again = {"train": [seg(0.0, 31.0, "d3")], "evals": {"test_all_K1000": {}}}
+  for version in (pilot, continued, again):  # as the old runner committed them
+    tp.write_job(str(record), version)
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "v")
+  assert table_records.backfill_from_git(str(repo / "records")) == {record.name: 1}
+  now = tp.read_job(str(record))
+  assert now.pop("replaced") == [continued] and now == again
+  # Idempotent: run again, the same one replaced run.
+  assert table_records.backfill_from_git(str(repo / "records")) == {record.name: 1}
