@@ -19,11 +19,12 @@
 // backward-weights kernel's reduction).
 
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -71,13 +72,26 @@ const dnnl::primitive_attr& Attr() {
   return attr;
 }
 
-// This thread's scratchpad, grown to `pd`'s need. A call's reorders and its convolution
-// share it one after the other: CPU streams execute synchronously.
+// This thread's scratchpad (64-byte aligned, as oneDNN's own allocations are), grown to
+// `pd`'s need. A call's reorders and its convolution share it one after the other: CPU
+// streams execute synchronously.
+struct AlignedBuffer {
+  void* data = nullptr;
+  size_t size = 0;
+  ~AlignedBuffer() { std::free(data); }
+};
+
 memory Scratchpad(const dnnl::primitive_desc_base& pd) {
-  thread_local std::vector<char> buffer;
+  thread_local AlignedBuffer buffer;
   memory::desc md = pd.scratchpad_desc();
-  if (buffer.size() < md.get_size()) buffer.resize(md.get_size());
-  return memory(md, Engine(), buffer.data());
+  if (buffer.size < md.get_size()) {
+    size_t size = (md.get_size() + 63) / 64 * 64;
+    std::free(buffer.data);
+    buffer.data = std::aligned_alloc(64, size);
+    buffer.size = buffer.data ? size : 0;
+    if (!buffer.data) throw std::bad_alloc();
+  }
+  return memory(md, Engine(), buffer.data);
 }
 
 dnnl::convolution_forward::primitive_desc ForwardPd(const Shapes& s, dnnl::prop_kind prop) {
