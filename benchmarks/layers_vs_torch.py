@@ -10,8 +10,9 @@ crvae_jax's kernels against PyTorch channels_last (issue 7), one layer call at a
 
 --model=mnist (default): the MNIST crVAE's layers (--scale paper, the default for mnist:
 width 32; cpu: width 8) at --batch rows: the encoder's and the decoder's convolutions
-(encoder: conv; decoder: 4x4/2 transposed conv 'deconv' and conv) with conv_impl 'cpu'
-and 'xla', each compiled with its `compiled.compiler_options`, as in the model; then, as
+(encoder: conv; decoder: 4x4/2 transposed conv 'deconv' and conv) with the kernels of
+each conv_impl of --impls (default cpu and xla; onednn: oneDNN's), each compiled with its
+`compiled.compiler_options`, as in the model; then, as
 the model's own modules, its two stacked LSTMs (vs one nn.LSTM) and its training-mode
 BatchNorms (vs F.batch_norm). Not timed: the 3x3 conv into the decoder (`dec_in`, at
 4x4) and the Dense heads. The last row sums the forward columns of the decoder's rows
@@ -52,7 +53,7 @@ import numpy as np
 from benchmarks import gan_throughput
 from crvae_jax import host_memory
 from crvae_jax import compiled
-from crvae_jax.models import fast_conv, layers, lstm, rgb
+from crvae_jax.models import layers, lstm, rgb
 
 def mnist_layers(width: int) -> tuple:
   """The MNIST crVAE's convolutions at base width c (paper 32, CPU scale 8), as
