@@ -117,8 +117,8 @@ def save(wd: str, records: str) -> str:
 def backfill_from_git(records: str) -> dict:
   """Replays each record's committed job.json versions (git log, oldest first) through
   `replaced_runs`, so that a record replaced before "replaced" existed (2026-12-05) regains
-  the runs it lost; writes the records that gain some. Returns {record name: number of
-  replaced runs}. Run it where `records` is inside a git checkout, not while a runner
+  the runs it lost; rewrites every record that has replaced runs. Returns {record name:
+  number of replaced runs}. Run it where `records` is inside a git checkout, not while a runner
   writes the records."""
   import subprocess  # pylint: disable=g-import-not-at-top
   counts = {}
@@ -140,8 +140,12 @@ def backfill_from_git(records: str) -> dict:
     current = tp.read_job(path)
     if prev is not None:
       kept = replaced_runs({**prev, "replaced": kept}, current)
-    for run in current.get("replaced", []):
-      if run not in kept:
+    for run in current.get("replaced", []):  # already kept: the same run once
+      same = [i for i, k in enumerate(kept) if tp.continues(k["train"], run["train"])
+              or tp.continues(run["train"], k["train"])]
+      if same:
+        kept[same[0]] = run  # the record's own entry (it may hold later work)
+      else:
         kept.append(run)
     if kept:
       tp.write_job(path, {**current, "replaced": kept})

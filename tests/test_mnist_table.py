@@ -644,3 +644,9 @@ def test_backfill_from_git_recovers_a_record_replaced_before_replaced_existed(tm
   assert now.pop("replaced") == [continued] and now == again
   # Idempotent: run again, the same one replaced run.
   assert table_records.backfill_from_git(str(repo / "records")) == {record.name: 1}
+  # A record whose own entry for that run holds more (work after the last commit) keeps
+  # its entry, once.
+  later = {**continued, "evals": {"test_all_K1000": {"date": "d4"}}}
+  tp.write_job(str(record), {**again, "replaced": [later]})
+  assert table_records.backfill_from_git(str(repo / "records")) == {record.name: 1}
+  assert tp.read_job(str(record))["replaced"] == [later]

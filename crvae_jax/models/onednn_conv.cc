@@ -182,12 +182,14 @@ ffi::Error Guarded(const char* what, F body) {
   return ffi::Error::Success();
 }
 
-// Activations [N, H, W, C] and a kernel [K, K, C, Cout] with the same C.
-ffi::Error CheckChannels(int64_t x_channels, int64_t w_in) {
-  if (x_channels != w_in)
+// Activations x [N, H, W, C], a kernel [K, K, C, Cout] and y [N, OH, OW, Cout] that fit
+// together (square kernel and images).
+template <typename D>
+ffi::Error CheckShapes(const D& xd, const D& wd, const D& yd) {
+  if (xd[3] != wd[2] || yd[3] != wd[3] || xd[0] != yd[0] || wd[0] != wd[1] ||
+      xd[1] != xd[2] || yd[1] != yd[2])
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "onednn conv: input channels " + std::to_string(x_channels) +
-                          " != kernel input channels " + std::to_string(w_in));
+                      "onednn conv: input, kernel and output shapes do not fit together");
   return ffi::Error::Success();
 }
 
@@ -199,7 +201,7 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
   Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], yd[1], yd[2], stride,
                         pad_l, pad_r);
-  if (auto err = CheckChannels(xd[3], wd[2]); err.failure()) return err;
+  if (auto err = CheckShapes(xd, wd, yd); err.failure()) return err;
   return Guarded("conv forward", [&] {
     auto& p = Cached<FwdPrim>(Key("fwd", s), MakeFwd, s);
     dnnl::stream strm(Engine());
@@ -220,7 +222,7 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
   Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], dyd[1], dyd[2], stride,
                         pad_l, pad_r);
-  if (auto err = CheckChannels(xd[3], wd[2]); err.failure()) return err;
+  if (auto err = CheckShapes(xd, wd, dyd); err.failure()) return err;
   return Guarded("conv backward data", [&] {
     auto& p = Cached<BwdDataPrim>(Key("bwd_data", s), MakeBwdData, s);
     dnnl::stream strm(Engine());
@@ -241,7 +243,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
   Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], dyd[1], dyd[2], stride,
                         pad_l, pad_r);
-  if (auto err = CheckChannels(xd[3], wd[2]); err.failure()) return err;
+  if (auto err = CheckShapes(xd, wd, dyd); err.failure()) return err;
   return Guarded("conv backward weights", [&] {
     auto& p = Cached<BwdWeightsPrim>(Key("bwd_weights", s), MakeBwdWeights, s);
     dnnl::stream strm(Engine());

@@ -102,7 +102,7 @@ def _load() -> str:
                        "wheels)")
   include, libdir = found
   version_h = pathlib.Path(include) / "oneapi" / "dnnl" / "dnnl_version.h"
-  library = os.path.realpath(os.path.join(libdir, "libdnnl.so"))  # the versioned file
+  library = os.path.realpath(os.path.join(libdir, "libdnnl.so"))
   digest = hashlib.sha256(b"\0".join([
       _SOURCE.read_bytes(), repr(_CXXFLAGS).encode(), jaxlib.__version__.encode(),
       include.encode(), library.encode(), version_h.read_bytes()]))
