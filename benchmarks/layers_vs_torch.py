@@ -53,7 +53,7 @@ import numpy as np
 from benchmarks import gan_throughput
 from crvae_jax import host_memory
 from crvae_jax import compiled
-from crvae_jax.models import layers, lstm, rgb
+from crvae_jax.models import fast_conv, layers, lstm, rgb
 
 def mnist_layers(width: int) -> tuple:
   """The MNIST crVAE's convolutions at base width c (paper 32, CPU scale 8), as
@@ -83,7 +83,8 @@ def mnist_layers(width: int) -> tuple:
 
 def out_size(kind: str, hw: int, k: int, s: int, pad: int) -> int:
   """Output H=W of a 'conv' or a Torch-semantics 'deconv' on an HxW input."""
-  return (hw + 2 * pad - k) // s + 1 if kind == "conv" else (hw - 1) * s + k - 2 * pad
+  return (fast_conv.conv_out_size(hw, k, s, pad) if kind == "conv"
+          else (hw - 1) * s + k - 2 * pad)
 
 
 def mnist_lstm_inputs(model) -> dict:

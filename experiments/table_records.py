@@ -70,9 +70,13 @@ def _metrics_lines(path: str) -> bytes:
 
 
 def _behind(a: str, b: str) -> bool:
-  """Whether workdir or record `a` lacks finished work that `b` has: fewer trained
-  epochs, or an evaluation of `b` that `a` does not hold."""
-  ra, rb = tp.read_job(a), tp.read_job(b)
+  """Whether workdir or record `a` lacks finished work that `b` has (`_lacks`)."""
+  return _lacks(tp.read_job(a), tp.read_job(b))
+
+
+def _lacks(ra: dict, rb: dict) -> bool:
+  """Whether job `ra` lacks finished work that `rb` has: fewer trained epochs, or an
+  evaluation of `rb` that `ra` does not hold."""
   return (tp.trained_epochs(ra) < tp.trained_epochs(rb)
           or not set(rb["evals"]) <= set(ra["evals"]))
 
@@ -95,9 +99,9 @@ def save(wd: str, records: str) -> str:
   arrays are not there."""
   dst = os.path.join(records, os.path.basename(os.path.normpath(wd)))
   old = tp.read_job(dst) if _has_job(dst) else None
-  if old is not None and _behind(wd, dst):
-    return dst
   new = tp.read_job(wd)  # read first: every evaluation it claims has its arrays by now
+  if old is not None and _lacks(new, old):
+    return dst
   if os.path.exists(os.path.join(wd, "metrics.jsonl")):
     write_bytes_atomic(os.path.join(dst, "metrics.jsonl"),
                        _metrics_lines(os.path.join(wd, "metrics.jsonl")))

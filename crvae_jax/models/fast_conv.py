@@ -36,7 +36,8 @@ _MATMUL_CHUNK_BYTES = 5 * 2**19  # the matmul form's matmul output (~2.5 MB, in 
 CONV_TRANSPOSE_FORMS = ("auto", "phases", "matmul")
 
 
-def _out_size(n, k, stride, padding):
+def conv_out_size(n, k, stride, padding):
+  """Output size of a conv over n pixels (kernel k, symmetric padding in pixels)."""
   return (n + 2 * padding - k) // stride + 1
 
 
@@ -65,7 +66,7 @@ def _conv_shift_add(x, kernel, stride, padding):
   """
   b, h, w, cin = x.shape
   k, cout = kernel.shape[0], kernel.shape[-1]
-  ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
+  ho, wo = conv_out_size(h, k, stride, padding), conv_out_size(w, k, stride, padding)
   wmat = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)  # [Cin, (i, j, Cout)]
   taps = (x.reshape(b * h * w, cin) @ wmat).reshape(b, h, w, k, k, cout)
   p = padding

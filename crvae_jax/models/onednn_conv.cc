@@ -45,16 +45,10 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// oneDNN's logical dims (always N, C, H, W order; weights O, I, KH, KW) of one conv.
 struct Shapes {
   memory::dims src, wei, dst, strides, pad_l, pad_r;
 };
-
-// x [N,H,W,I], kernel K, output channels O, output size from the formula.
-Shapes MakeShapes(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t k, int64_t co,
-                  int64_t oh, int64_t ow, int64_t stride, int64_t pad_l, int64_t pad_r) {
-  return Shapes{{n, ci, h, w}, {co, ci, k, k}, {n, co, oh, ow},
-                {stride, stride}, {pad_l, pad_l}, {pad_r, pad_r}};
-}
 
 std::string Key(const char* kind, const Shapes& s) {
   std::string key(kind);
@@ -182,26 +176,31 @@ ffi::Error Guarded(const char* what, F body) {
   return ffi::Error::Success();
 }
 
-// Activations x [N, H, W, C], a kernel [K, K, C, Cout] and y [N, OH, OW, Cout] that fit
-// together (square kernel and images).
+// The conv's Shapes from the dimensions of its activations x [N, H, W, C], kernel
+// [K, K, C, Cout] and output y [N, OH, OW, Cout] (whichever buffers hold them), or an
+// error if they are not rank 4 or do not fit together (square kernel and images).
 template <typename D>
-ffi::Error CheckShapes(const D& xd, const D& wd, const D& yd) {
+ffi::Error ShapesOf(const D& xd, const D& wd, const D& yd, int64_t stride, int64_t pad_l,
+                    int64_t pad_r, Shapes* s) {
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
   if (xd[3] != wd[2] || yd[3] != wd[3] || xd[0] != yd[0] || wd[0] != wd[1] ||
       xd[1] != xd[2] || yd[1] != yd[2])
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "onednn conv: input, kernel and output shapes do not fit together");
+  *s = Shapes{{xd[0], xd[3], xd[1], xd[2]}, {wd[3], wd[2], wd[0], wd[1]},
+              {xd[0], wd[3], yd[1], yd[2]}, {stride, stride}, {pad_l, pad_l},
+              {pad_r, pad_r}};
   return ffi::Error::Success();
 }
 
 ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad_l,
                        int64_t pad_r) {
-  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
-  Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], yd[1], yd[2], stride,
-                        pad_l, pad_r);
-  if (auto err = CheckShapes(xd, wd, yd); err.failure()) return err;
+  Shapes s;
+  if (auto err = ShapesOf(x.dimensions(), w.dimensions(), y->dimensions(), stride, pad_l,
+                          pad_r, &s); err.failure())
+    return err;
   return Guarded("conv forward", [&] {
     auto& p = Cached<FwdPrim>(Key("fwd", s), MakeFwd, s);
     dnnl::stream strm(Engine());
@@ -217,12 +216,10 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                            ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pad_l,
                            int64_t pad_r) {
-  auto dyd = dy.dimensions(), wd = w.dimensions(), xd = dx->dimensions();
-  if (dyd.size() != 4 || wd.size() != 4 || xd.size() != 4)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
-  Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], dyd[1], dyd[2], stride,
-                        pad_l, pad_r);
-  if (auto err = CheckShapes(xd, wd, dyd); err.failure()) return err;
+  Shapes s;
+  if (auto err = ShapesOf(dx->dimensions(), w.dimensions(), dy.dimensions(), stride,
+                          pad_l, pad_r, &s); err.failure())
+    return err;
   return Guarded("conv backward data", [&] {
     auto& p = Cached<BwdDataPrim>(Key("bwd_data", s), MakeBwdData, s);
     dnnl::stream strm(Engine());
@@ -238,12 +235,10 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
 ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                               ffi::ResultBuffer<ffi::F32> dw, int64_t stride,
                               int64_t pad_l, int64_t pad_r) {
-  auto xd = x.dimensions(), dyd = dy.dimensions(), wd = dw->dimensions();
-  if (xd.size() != 4 || dyd.size() != 4 || wd.size() != 4)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn conv: rank-4 arrays only");
-  Shapes s = MakeShapes(xd[0], xd[1], xd[2], xd[3], wd[0], wd[3], dyd[1], dyd[2], stride,
-                        pad_l, pad_r);
-  if (auto err = CheckShapes(xd, wd, dyd); err.failure()) return err;
+  Shapes s;
+  if (auto err = ShapesOf(x.dimensions(), dw->dimensions(), dy.dimensions(), stride,
+                          pad_l, pad_r, &s); err.failure())
+    return err;
   return Guarded("conv backward weights", [&] {
     auto& p = Cached<BwdWeightsPrim>(Key("bwd_weights", s), MakeBwdWeights, s);
     dnnl::stream strm(Engine());

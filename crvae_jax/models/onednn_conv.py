@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crvae_jax.models import fast_conv
+
 _SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"fwd": "CrvaeOnednnConvFwd", "bwd_data": "CrvaeOnednnConvBwdData",
             "bwd_weights": "CrvaeOnednnConvBwdWeights"}
@@ -116,10 +118,6 @@ def _load() -> str:
   return str(so)
 
 
-def _out_size(h: int, k: int, s: int, p: int) -> int:
-  return (h + 2 * p - k) // s + 1
-
-
 def _pads(h: int, oh: int, k: int, s: int, p: int) -> dict:
   """oneDNN's padding attributes for an h -> oh conv with Torch padding p: the right
   pad is what makes (h + pad_l + pad_r - k) / s + 1 == oh exact."""
@@ -149,7 +147,7 @@ def _like(cotangent, primal):
 def _fwd(x, kernel, s, p):
   n, h, w, _ = x.shape
   k, _, _, co = kernel.shape
-  oh, ow = _out_size(h, k, s, p), _out_size(w, k, s, p)
+  oh, ow = fast_conv.conv_out_size(h, k, s, p), fast_conv.conv_out_size(w, k, s, p)
   return _call("fwd", (n, oh, ow, co), x, kernel, _pads(h, oh, k, s, p))
 
 
