@@ -138,6 +138,7 @@ class EvalPass:
   """One pass of the IS-NLL estimator over one eval batch, with the `run` of a trainer."""
 
   def __init__(self, config, num_samples: int, chunk_size: int):
+    self.config = config
     model, variables = random_variables(config)
     self.timed = eval_runner(config, model, variables, config.eval.batch_size,
                              num_samples, chunk_size)
@@ -162,23 +163,33 @@ def main():
   p.add_argument("--eval_k", type=int, default=1000, help="--measure=eval: K per image")
   p.add_argument("--eval_chunk", type=int, default=0,
                  help="--measure=eval: samples per chunk (0: the config's)")
+  p.add_argument("--conv_impl", default="",
+                 help="override model.conv_impl (auto/cpu/xla/onednn; empty: the config's)")
   p.add_argument("--by", default="kind", choices=("kind", "scope"),
                  help="group by XLA operation kind or by model scope (fwd/bwd)")
   p.add_argument("--depth", type=int, default=2, help="--by=scope: path components kept "
                  "(0: list single operations with their scopes)")
   args = p.parse_args()
   if args.config:
-    trainer = GanTrainer(apply_overrides(load_config(args.config), args))
+    config = apply_overrides(load_config(args.config), args)
+    if args.conv_impl:
+      config.model.conv_impl = args.conv_impl
+    trainer = GanTrainer(config)
     what = f"{args.config} (width {trainer.config.model.width}, batch " \
            f"{trainer.config.train.batch_size})"
   elif args.measure == "eval":
     config = mnist_configs.config_at_scale(args.row, args.scale)
+    if args.conv_impl:
+      config.model.conv_impl = args.conv_impl
     chunk = args.eval_chunk or config.eval.chunk_size
     trainer = EvalPass(config, args.eval_k, chunk)
     what = (f"{args.row}, {args.scale} scale, IS eval K={args.eval_k}, chunk {chunk} x "
             f"batch {config.eval.batch_size}; ms per pass")
   else:
-    trainer = JaxTrainer(mnist_configs.config_at_scale(args.row, args.scale))
+    config = mnist_configs.config_at_scale(args.row, args.scale)
+    if args.conv_impl:
+      config.model.conv_impl = args.conv_impl
+    trainer = JaxTrainer(config)
     what = f"{args.row}, {args.scale} scale"
   trainer.run(2)
   trace_dir = tempfile.mkdtemp(prefix="crvae_profile_")
@@ -192,7 +203,8 @@ def main():
     kinds = scope_times(op_times(trace_dir), scopes, args.depth)
   total = sum(kinds.values())
   print(f"# {machine_line()}")
-  print(f"# {what}, {args.steps} steps; trace in {trace_dir}")
+  print(f"# {what}, {args.steps} steps; conv_impl {trainer.config.model.conv_impl!r}; "
+        f"trace in {trace_dir}")
   print(f"| share | ms/step | operation {args.by} |")
   print("|---|---|---|")
   for name, us in kinds.most_common(args.top):

@@ -136,6 +136,30 @@ def test_discriminator_split_trunk_gives_the_same_features_and_masks():
   np.testing.assert_allclose(features(4), features(0), rtol=1e-5, atol=1e-6)
 
 
+def test_discriminator_split_trunk_prunes_the_real_rows_from_the_generator_gradient():
+  # The generator's gradient (through the generated rows [4:] only) must run the trunk's
+  # forward and backward-data convolutions of those rows and nothing of the real rows:
+  # 4 + 4 convolutions (the joined form ran the real rows' backward too: 15).
+  d = Discriminator(width=2, hidden=8, num_kernels=4, kernel_dim=2, conv_impl="xla")
+  x = jax.random.uniform(jax.random.key(0), (6, 64, 64, 3), minval=-1, maxval=1)
+  variables = d.init(jax.random.key(1), x)
+  w = jax.random.normal(jax.random.key(3), (6, 4, 4, 16))
+
+  def loss(fake, split):
+    f = d.apply(variables, jnp.concatenate([x[:4], fake]), True, split,
+                method=d.features, rngs={"dropout": jax.random.key(2)})
+    return jnp.sum(f * w)
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  hlo = grad.lower(x[4:], 4).compile().as_text()
+  assert hlo.count(" convolution(") == 8, hlo.count(" convolution(")
+  np.testing.assert_allclose(grad(x[4:], 4), grad(x[4:], 0), rtol=1e-5, atol=1e-6)
+  # No gradient into the real rows.
+  real_grad = jax.grad(lambda x: jnp.sum(d.apply(variables, x, True, 4, method=d.features,
+                                                 rngs={"dropout": jax.random.key(2)})))(x)
+  assert not np.any(real_grad[:4]) and np.all(np.abs(real_grad[4:]).sum((1, 2, 3)) > 0)
+
+
 def test_minibatch_discrimination_spans_the_global_batch():
   mbd = MinibatchDiscrimination(num_kernels=7, kernel_dim=3)
   h = jax.random.normal(jax.random.key(0), (8, 12))

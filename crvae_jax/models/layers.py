@@ -36,7 +36,7 @@ def resolve_conv_impl(impl: str) -> str:
   (XLA's own CPU conv kernels rather than YNNPACK's); 'xla': the plain XLA ops, which
   cuDNN/TPU run natively; 'onednn' (CPU only, opt-in): oneDNN's convolutions through XLA
   FFI custom calls (`onednn_conv`; the library PyTorch's CPU convs use), the matmul +
-  shift-add form for Cout < 8, and the 'cpu' compiler options for everything else.
+  shift-add form for Cout = 1, and the 'cpu' compiler options for everything else.
   All give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py,
   test_onednn_conv.py).
   """
@@ -103,9 +103,9 @@ def batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None
 
 def conv_with_impl(impl: str, x, kernel, stride: int, padding: int):
   """The NHWC conv with symmetric padding by conv_impl `impl`'s kernels ('onednn' keeps
-  fast_conv's matmul + shift-add form for Cout < fast_conv.SMALL_COUT, faster there)."""
+  fast_conv's matmul + shift-add form for Cout < onednn_conv.MIN_COUT, faster there)."""
   impl = resolve_conv_impl(impl)
-  if impl == "onednn" and kernel.shape[-1] >= fast_conv.SMALL_COUT:
+  if impl == "onednn" and kernel.shape[-1] >= onednn_conv.MIN_COUT:
     return onednn_conv.conv2d(x, kernel, stride, padding)
   if impl in ("cpu", "onednn"):
     return fast_conv.conv2d(x, kernel, stride, padding)

@@ -44,6 +44,10 @@ import numpy as np
 
 from crvae_jax.models import fast_conv
 
+# Convs with fewer output channels keep fast_conv's matmul + shift-add form under
+# 'onednn': for one output channel (MNIST's last conv) it is as fast or faster; from
+# three (the RGB decoders' last conv) oneDNN's backward is (benchmarks/RESULTS.md).
+MIN_COUT = 2
 _SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"fwd": "CrvaeOnednnConvFwd", "bwd_data": "CrvaeOnednnConvBwdData",
             "bwd_weights": "CrvaeOnednnConvBwdWeights"}

@@ -266,18 +266,26 @@ class Discriminator(nn.Module):
   def features(self, x, train: bool = False, split: int = 0):
     """Trunk: [B, 64, 64, 3] -> [B, 4, 4, 8c].
 
-    split > 0: rows [:split] and [split:] (e.g. real and generated images) go through
-    each conv and pool as two batches, joined for the ReLU and dropout (the same masks),
-    so a gradient through one part only (the generator's) runs no backward pass of
-    the other. The values are those of split=0 (to float rounding).
+    split > 0: rows [:split] (the real images) and [split:] (the generated ones) go
+    through the trunk as two batches that never meet before the output, with the
+    dropout masks of one draw over all B rows, so the values are those of split=0 (to
+    float rounding). No gradient flows into rows [:split] of x, and a gradient through
+    the generated rows only (the generator's) runs no backward pass of the real ones:
+    the real rows' backward feeds nothing but the discriminator's parameters, which XLA
+    then prunes from the generator's gradient.
     """
+    # [B, ...] -> one or two parts of rows; the real part is a constant input.
+    parts = [jax.lax.stop_gradient(x[:split]), x[split:]] if split else [x]
     for conv in self.trunk:
-      if split:
-        x = jnp.concatenate([max_pool2(conv(x[:split])), max_pool2(conv(x[split:]))])
-      else:
-        x = max_pool2(conv(x))  # halves H and W
-      x = self.spatial_dropout(nn.relu(x), deterministic=not train)
-    return x
+      parts = [nn.relu(max_pool2(conv(p))) for p in parts]  # halves H and W
+      # Spatial dropout scales [B, 1, 1, C] (0 or 1/keep, whole channels) drawn for all
+      # rows at once: x * 2 equals Dropout's x / 0.5 exactly.
+      rows, channels = sum(p.shape[0] for p in parts), parts[0].shape[-1]
+      scale = self.spatial_dropout(jnp.ones((rows, 1, 1, channels), parts[0].dtype),
+                                   deterministic=not train)
+      parts = [p * s for p, s in zip(parts, (scale[:split], scale[split:]) if split
+                                     else (scale,))]
+    return jnp.concatenate(parts) if split else parts[0]
 
   def logit(self, f, train: bool = False):
     """Real/fake head on trunk features f [B, 4, 4, 8c] -> logit [B] (sigmoid = P(real))."""

@@ -101,10 +101,12 @@ class Stage2Generator(nn.Module):
     start, num_down, num_up = generator_plan(self.image_size, self.encode_to)
     bn = lambda: layers.batch_norm(train, self.bn_axis_name)
     conv = functools.partial(layers.conv, impl=self.conv_impl)
-    # Convs with Cout < 8 (the last one; the last up-steps at CPU scale) run XLA's own
-    # kernel: at 128x128 the 'cpu' kernels' matmul + shift-add form for them is several
-    # times slower (`benchmarks/ab_gan_step.py`); the same parameters either way.
-    narrow_impl = lambda out: "xla" if out < 8 else self.conv_impl
+    # Under 'cpu', convs with Cout < 8 (the last one; the last up-steps at CPU scale) run
+    # XLA's own kernel: at 128x128 the matmul + shift-add form for them is several times
+    # slower (`benchmarks/ab_gan_step.py`); 'onednn' runs them on oneDNN. The same
+    # parameters either way.
+    narrow_impl = lambda out: ("xla" if out < 8 and layers.resolve_conv_impl(self.conv_impl)
+                               == "cpu" else self.conv_impl)
     c = self.width
     if start != INPUT_SIZE:
       x = jax.image.resize(x, (x.shape[0], start, start, 3), "linear")  # [B, 56, 56, 3]
