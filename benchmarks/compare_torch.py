@@ -106,7 +106,7 @@ def _jax_worker(config, args):
       "eval": timed_eval,
       "peak": matmul_gflops,
       "info": lambda: {
-          "runtime": machine_line(), "conv_impl": config.model.conv_impl,
+          "runtime": machine_line(), "conv_impl": kernels_label(config),
           "params": sum(x.size for x in jax.tree.leaves(trainer.variables()["params"])),
           "train_flops": train_flops_per_image(config),
           "eval_flops": flops_per_sample(config, args.eval_samples)},
@@ -146,7 +146,7 @@ def _jax_gan_worker(config, args):
       "train": lambda: trainer.run(args.steps, warmup=1),
       "peak": matmul_gflops,
       "info": lambda: {
-          "runtime": machine_line(), "conv_impl": config.model.conv_impl,
+          "runtime": machine_line(), "conv_impl": kernels_label(config),
           "params": trainer.param_counts()["all"], "param_counts": trainer.param_counts(),
           "train_flops": gan_throughput.train_flops_per_image(config),
           "gated": statistics.mean(trainer.gated)}}
@@ -174,11 +174,19 @@ def _torch_gan_worker(config, args, variant: str):
     yield handlers[(yield)]()
 
 
+def kernels_label(config) -> str:
+  """'onednn', or 'onednn + fused backward' with model.fused_backward."""
+  fused = config.model.get("fused_backward", False)
+  return config.model.conv_impl + (" + fused backward" if fused else "")
+
+
 def worker_main(args):
   """(In a worker process.) Reads one command per stdin line, answers one JSON line."""
   config = config_at_scale(args.step, args.row, args.scale)
   if args.conv_impl:
     config.model.conv_impl = args.conv_impl
+  if args.fused_backward:
+    config.model.fused_backward = True
   if args.step == "gan":
     gen = (_jax_gan_worker(config, args) if args.worker == "jax" else
            _torch_gan_worker(config, args, torch_variant(args.worker)))
@@ -204,16 +212,18 @@ class Worker:
 
   def __init__(self, name: str, scale: str, args, env=None):
     """name: 'jax' (model.conv_impl from --conv_impl or the config), 'jax-IMPL' (JAX with
-    model.conv_impl IMPL) or a torch worker's."""
-    framework, conv_impl = name, args.conv_impl
+    model.conv_impl IMPL), 'jax-IMPL+fused' (and model.fused_backward) or a torch
+    worker's."""
+    framework, conv_impl, fused = name, args.conv_impl, False
     if name.startswith("jax-"):
-      framework, conv_impl = "jax", name[len("jax-"):]
+      framework, (conv_impl, fused) = "jax", parse_jax_variant(name[len("jax-"):])
     cmd = [sys.executable, "-m", "benchmarks.compare_torch", f"--worker={framework}",
            f"--step={getattr(args, 'step', 'mnist')}",  # (ab_host_memory: MNIST only)
            f"--scale={scale}", f"--row={args.row}",
            f"--steps={args.steps}",
            f"--eval_images={args.eval_images}", f"--eval_samples={args.eval_samples}",
            f"--chunk={args.chunk}", f"--conv_impl={conv_impl}"]
+    cmd += ["--fused_backward"] if fused else []
     self.name = name
     t = time.perf_counter()
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -271,6 +281,15 @@ def compare(scale: str, args) -> dict:
     res["eval"] = (f"{args.eval_samples}, {min(args.chunk, args.eval_samples)} x {batch}, "
                    f"{args.eval_images} images")
   return res
+
+
+def parse_jax_variant(variant: str):
+  """'onednn' -> ('onednn', False); 'onednn+fused' -> ('onednn', True)."""
+  impl, plus, suffix = variant.partition("+")
+  if plus and suffix != "fused":
+    raise ValueError(f"JAX variant {variant!r}: the only suffix is '+fused' "
+                     "(model.fused_backward)")
+  return impl, bool(plus)
 
 
 def jax_names(args) -> list:
@@ -430,7 +449,10 @@ def main():
                  help="override model.conv_impl (auto/cpu/xla/onednn) of the JAX worker")
   p.add_argument("--jax_variants", default="",
                  help="comma list of model.conv_impl values, one JAX worker each "
-                      "(jax-IMPL), e.g. cpu,onednn; default: one worker 'jax'")
+                      "(jax-IMPL), e.g. cpu,onednn; IMPL+fused also sets "
+                      "model.fused_backward (MNIST); default: one worker 'jax'")
+  p.add_argument("--fused_backward", action="store_true",
+                 help="model.fused_backward=True for the JAX worker (MNIST models)")
   p.add_argument("--write_results", action="store_true",
                  help=f"append the result block to {os.path.relpath(RESULTS, REPO)}")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -444,9 +466,17 @@ def main():
   args.torch_variants = args.torch_variants.split(",")
   args.jax_variants = [v for v in args.jax_variants.split(",") if v]
   from crvae_jax.models.layers import CONV_IMPLS  # pylint: disable=g-import-not-at-top
-  for impl in args.jax_variants + ([args.conv_impl] if args.conv_impl else []):
+  for variant in args.jax_variants + ([args.conv_impl] if args.conv_impl else []):
+    try:
+      impl, fused = parse_jax_variant(variant)
+    except ValueError as e:
+      p.error(str(e))
     if impl not in CONV_IMPLS:
       p.error(f"conv_impl {impl!r} is not one of {CONV_IMPLS}")
+    if fused and args.step != "mnist":
+      p.error(f"{variant}: model.fused_backward exists for the MNIST models only")
+  if args.fused_backward and args.step != "mnist":
+    p.error("--fused_backward: model.fused_backward exists for the MNIST models only")
   if len(set(args.jax_variants)) != len(args.jax_variants):
     p.error(f"--jax_variants lists a conv_impl twice: {args.jax_variants}")
   if args.rounds < 5:

@@ -83,6 +83,8 @@ class ChannelRecurrentPosterior(nn.Module):
   batch_norm: bool = False  # RGB models: BN over the LSTM features, shared across steps
   train: bool = False
   bn_axis_name: Optional[str] = None
+  conv_impl: str = "auto"  # the conv mean head's kernels
+  fused_backward: bool = False  # the LSTM's (and BN's) hand-written backward passes
 
   @nn.compact
   def __call__(self, features, train: Optional[bool] = None):
@@ -94,15 +96,17 @@ class ChannelRecurrentPosterior(nn.Module):
       mean = nn.Dense(h * w * lat, use_bias=False, name="mean")(features.reshape(b, -1))
       mean = mean.reshape(b, h, w, lat)  # [B, H*W*L] -> [B, H, W, L]
     elif self.mean_head == "conv":
-      mean = layers.conv(lat, 3, padding=1, name="mean")(features)
+      mean = layers.conv(lat, 3, padding=1, name="mean", impl=self.conv_impl)(features)
     else:
       raise ValueError(f"mean_head must be 'dense' or 'conv', got {self.mean_head!r}")
     mean = mean + self.param("b_enc", nn.initializers.zeros, (h, w, lat))
 
     seq = split_channel_blocks(features, self.num_blocks)  # [B, T, H*W*C/T]
-    hs = StackedLSTM(self.hidden, name="lstm")(seq)  # [B, T, hidden]
+    hs = StackedLSTM(self.hidden, fused_backward=self.fused_backward,
+                     name="lstm")(seq)  # [B, T, hidden]
     if self.batch_norm:
-      hs = layers.batch_norm(train, self.bn_axis_name, name="lstm_bn")(
+      hs = layers.batch_norm(train, self.bn_axis_name, name="lstm_bn",
+                             fused_backward=self.fused_backward)(
           hs.reshape(b * self.num_blocks, self.hidden)).reshape(hs.shape)
     logvar_seq = nn.Dense(h * w * lat // self.num_blocks, name="logvar")(hs)
     logvar = merge_channel_blocks(logvar_seq, h, w)  # [B, H, W, L]
@@ -117,11 +121,13 @@ class ChannelRecurrentGenerator(nn.Module):
   """
   num_blocks: int
   hidden: int = 512
+  fused_backward: bool = False  # the LSTM's hand-written backward pass
 
   @nn.compact
   def __call__(self, z):
     _, h, w, lat = z.shape
     seq = split_channel_blocks(z, self.num_blocks)  # [B, T, H*W*L/T]
-    hs = StackedLSTM(self.hidden, name="lstm")(seq)  # [B, T, hidden]
+    hs = StackedLSTM(self.hidden, fused_backward=self.fused_backward,
+                     name="lstm")(seq)  # [B, T, hidden]
     u_seq = nn.Dense(h * w * lat // self.num_blocks, name="out")(hs)  # [B, T, H*W*L/T]
     return merge_channel_blocks(u_seq, h, w)  # [B, H, W, L]

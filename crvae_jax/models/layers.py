@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from crvae_jax.models import fast_conv
+from crvae_jax.models import fused_backward as fused
 from crvae_jax.models import onednn_conv
 
 CONV_IMPLS = ("auto", "cpu", "xla", "onednn")
@@ -94,11 +95,45 @@ class ConvTranspose(nn.Module):
     return conv_transpose_with_impl(self.impl, x, kernel, self.stride, self.padding)
 
 
-def batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None):
+def batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None,
+               fused_backward: bool = False):
   """BatchNorm with Torch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5); statistics
-  are averaged over `axis_name` (the device axis) when training data-parallel."""
+  are averaged over `axis_name` (the device axis) when training data-parallel.
+  fused_backward: `layers.BatchNorm` (same variables and values; hand-written backward)."""
+  if fused_backward:
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          axis_name=axis_name if train else None, name=name)
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       axis_name=axis_name if train else None, name=name)
+
+
+class BatchNorm(nn.Module):
+  """`nn.BatchNorm` over the last axis (its variables: params scale/bias, batch_stats
+  mean/var; its arithmetic) whose training-mode backward is
+  `fused_backward.batch_norm_train`'s. Named as Flax's, so that unnamed instances get
+  the same names ('BatchNorm_0', ...) and a run can switch between the two."""
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    if self.use_running_average:
+      return (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+    init = self.is_initializing()  # as nn.BatchNorm: no device axis at initialisation
+    y, mean, var = fused.batch_norm_train(x, scale, bias, self.epsilon,
+                                          None if init else self.axis_name)
+    if not init:
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+      ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
+    return y
 
 
 def conv_with_impl(impl: str, x, kernel, stride: int, padding: int):

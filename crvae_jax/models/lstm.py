@@ -3,11 +3,15 @@
 Each layer projects its whole input sequence with one matmul, then `jax.lax.scan`s the
 recurrent cell over the T steps. Initial state is zero; the forget-gate bias starts at
 1 as in the paper's release. Gate order in the fused kernels: input, forget, cell, output.
+`fused_backward=True` runs the recurrence through `fused_backward.lstm_recurrence` (the
+same forward; a hand-written backward with one recurrent-kernel gradient matmul).
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from crvae_jax.models import fused_backward as fused
 
 
 def lstm_cell(carry, gates_x, recurrent_kernel):
@@ -29,6 +33,7 @@ def _lstm_bias_init(key, shape, dtype=jnp.float32):
 class LSTMLayer(nn.Module):
   """One LSTM layer over a [B, T, D] sequence, returning the hidden states [B, T, H]."""
   hidden: int
+  fused_backward: bool = False
 
   @nn.compact
   def __call__(self, xs):
@@ -38,6 +43,8 @@ class LSTMLayer(nn.Module):
     w_h = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.hidden, h4))
     bias = self.param("bias", _lstm_bias_init, (h4,))
     gates_x = xs @ w_x + bias  # [B, T, 4H]
+    if self.fused_backward:
+      return fused.lstm_recurrence(gates_x.swapaxes(0, 1), w_h).swapaxes(0, 1)  # [B, T, H]
     # Zero state built from the data so it carries the batch's sharding (shard_map vma).
     zeros = jnp.zeros_like(gates_x[:, 0, :self.hidden])  # [B, H]
     step = lambda carry, g: lstm_cell(carry, g, w_h)
@@ -50,9 +57,10 @@ class StackedLSTM(nn.Module):
   """`num_layers` LSTM layers, each scanned over the T steps of its input."""
   hidden: int
   num_layers: int = 2
+  fused_backward: bool = False
 
   @nn.compact
   def __call__(self, xs):
     for layer in range(self.num_layers):
-      xs = LSTMLayer(self.hidden, name=f"layer{layer}")(xs)
+      xs = LSTMLayer(self.hidden, self.fused_backward, name=f"layer{layer}")(xs)
     return xs

@@ -48,10 +48,12 @@ class MnistEncoder(nn.Module):
   last_kernel: int = 3
   conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
+  fused_backward: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):  # x: [B, 28, 28, 1] in {0, 1}
-    bn = lambda: layers.batch_norm(train, self.bn_axis_name)
+    bn = lambda: layers.batch_norm(train, self.bn_axis_name,
+                                   fused_backward=self.fused_backward)
     conv = functools.partial(layers.conv, impl=self.conv_impl)
     c, k = self.width, self.last_kernel
     x = layers.crelu(bn()(conv(c, 5, 2, 3)(x)))  # [B, 15, 15, 2c]
@@ -67,10 +69,12 @@ class MnistDecoder(nn.Module):
   width: int = 32
   conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
+  fused_backward: bool = False
 
   @nn.compact
   def __call__(self, h, train: bool = False):
-    bn = lambda: layers.batch_norm(train, self.bn_axis_name)
+    bn = lambda: layers.batch_norm(train, self.bn_axis_name,
+                                   fused_backward=self.fused_backward)
     c = self.width
     h = layers.leaky_relu(bn()(h))
     for out, pad in ((8 * c, 1), (4 * c, 1), (2 * c, 2)):  # 8x8, 16x16, 30x30
@@ -119,6 +123,9 @@ class MnistVAE(nn.Module):
   top_dim: int = 128
   conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
+  # Hand-written backward passes for the LSTMs and BatchNorms (`fused_backward`): the
+  # same values as autodiff to float rounding (opt-in: not bit for bit).
+  fused_backward: bool = False
 
   @property
   def latent_shape(self):
@@ -131,22 +138,26 @@ class MnistVAE(nn.Module):
       raise ValueError(f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
     enc_channels = 8 * self.width
     last_kernel = 5 if self.variant in ("vae", "cvae") else 3
-    self.encoder = MnistEncoder(self.width, last_kernel, self.conv_impl, self.bn_axis_name)
-    self.decoder = MnistDecoder(self.width, self.conv_impl, self.bn_axis_name)
+    self.encoder = MnistEncoder(self.width, last_kernel, self.conv_impl, self.bn_axis_name,
+                                self.fused_backward)
+    self.decoder = MnistDecoder(self.width, self.conv_impl, self.bn_axis_name,
+                                self.fused_backward)
     if self.variant == "vae":
       self.enc_mean = nn.Dense(16 * self.latent_channels)
       self.enc_logvar = nn.Dense(16 * self.latent_channels)
       self.dec_in = nn.Dense(16 * enc_channels)
     elif self.variant in RECURRENT_INFERENCE:
       self.posterior_block = ChannelRecurrentPosterior(
-          self.num_blocks, self.latent_channels, self.lstm_hidden, mean_head="dense")
+          self.num_blocks, self.latent_channels, self.lstm_hidden, mean_head="dense",
+          fused_backward=self.fused_backward)
     else:
       self.enc_mean = layers.conv(self.latent_channels, 3, padding=1, use_bias=True,
                                   impl=self.conv_impl)
       self.enc_logvar = layers.conv(self.latent_channels, 3, padding=1, use_bias=True,
                                   impl=self.conv_impl)
     if self.variant in RECURRENT_GENERATION:
-      self.generator_block = ChannelRecurrentGenerator(self.num_blocks, self.lstm_hidden)
+      self.generator_block = ChannelRecurrentGenerator(self.num_blocks, self.lstm_hidden,
+                                                       self.fused_backward)
       self.b_dec = self.param("b_dec", nn.initializers.zeros, (4, 4, self.latent_channels))
     if self.variant != "vae":
       self.dec_in = layers.conv(enc_channels, 3, padding=1, impl=self.conv_impl)

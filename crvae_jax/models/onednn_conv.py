@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crvae_jax.models import fast_conv
+from crvae_jax.models.fused_backward import cotangent_like
 
 # Convs with fewer output channels keep fast_conv's matmul + shift-add form under
 # 'onednn': for one output channel (MNIST's last conv) it is as fast or faster; from
@@ -141,13 +142,6 @@ def _call(name, out_shape, a, b, attrs):
                           vmap_method="sequential")(a, b, **attrs)
 
 
-def _like(cotangent, primal):
-  """The cotangent of `primal` summed over the mesh axes it varies over and `primal`
-  does not (a replicated kernel used by every device: its gradient is the sum)."""
-  extra = tuple(jax.typeof(cotangent).mat.varying - jax.typeof(primal).mat.varying)
-  return jax.lax.psum(cotangent, extra) if extra else cotangent
-
-
 def _fwd(x, kernel, s, p):
   n, h, w, _ = x.shape
   k, _, _, co = kernel.shape
@@ -195,8 +189,8 @@ def _conv2d_fwd(x, kernel, stride, padding):
 
 def _conv2d_bwd(stride, padding, res, dy):
   x, kernel = res
-  return (_like(_bwd_data(dy, kernel, x.shape[1:3], stride, padding), x),
-          _like(_bwd_weights(x, dy, kernel.shape[0], stride, padding), kernel))
+  return (cotangent_like(_bwd_data(dy, kernel, x.shape[1:3], stride, padding), x),
+          cotangent_like(_bwd_weights(x, dy, kernel.shape[0], stride, padding), kernel))
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -223,7 +217,7 @@ def _conv_transpose2d_bwd(stride, padding, res, dy):
   dx = _fwd(dy, jnp.swapaxes(kernel, 2, 3), stride, padding)
   # d kernel^T = the adjoint conv's kernel gradient with input dy and output cotangent x.
   dkernel_t = _bwd_weights(dy, x, k, stride, padding)  # [K, K, O, I]
-  return _like(dx, x), _like(jnp.swapaxes(dkernel_t, 2, 3), kernel)
+  return cotangent_like(dx, x), cotangent_like(jnp.swapaxes(dkernel_t, 2, 3), kernel)
 
 
 conv_transpose2d.defvjp(_conv_transpose2d_fwd, _conv_transpose2d_bwd)

@@ -99,7 +99,7 @@ class RgbVAE(nn.Module):
     else:
       self.posterior_block = ChannelRecurrentPosterior(
           self.num_blocks, self.latent_channels, self.lstm_hidden, mean_head="conv",
-          batch_norm=True, bn_axis_name=self.bn_axis_name)
+          batch_norm=True, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl)
       self.generator_block = ChannelRecurrentGenerator(self.num_blocks, self.lstm_hidden)
       self.b_dec = self.param("b_dec", nn.initializers.zeros, (4, 4, self.latent_channels))
       self.dec_in = layers.conv(8 * self.width, 3, padding=1, impl=self.conv_impl)

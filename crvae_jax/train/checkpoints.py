@@ -479,6 +479,9 @@ def read_config_json(workdir: str) -> Optional[dict]:
 # Sections that define what a checkpoint *is*; train/eval/sample settings may change
 # between runs on one workdir (e.g. more epochs).
 IDENTITY_SECTIONS = ("dataset", "model", "objective")
+# Model keys added after workdirs were written, with the value such a run had: a
+# config.json without the key compares as if it held that value.
+MODEL_KEYS_ADDED = {"fused_backward": False}
 # Data keys that define what a run learns from, with the value a workdir saved before
 # the key existed had.
 DATA_IDENTITY_KEYS = {"emoji_sets": "google", "emoji_split": "all", "emoji_categories": ""}
@@ -498,6 +501,8 @@ def config_differences(saved: dict, config) -> list:
   for section in IDENTITY_SECTIONS:
     a, b = saved.get(section), now.get(section)
     if isinstance(a, dict) and isinstance(b, dict):
+      if section == "model":
+        a = {**{k: v for k, v in MODEL_KEYS_ADDED.items() if k in b}, **a}
       for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
           diffs.append(f"{section}.{key}: {a.get(key)!r} (workdir) != {b.get(key)!r} (now)")

@@ -68,6 +68,10 @@ def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
   c.model.latent_channels = 64  # latent 4x4x64 = 1024 dims
   c.model.top_dim = 128  # second stochastic layer (crvae_2layer only)
   c.model.conv_impl = "auto"  # 'auto': CPU-tuned kernels on CPU, plain XLA elsewhere
+  # Hand-written backward passes for the LSTMs and BatchNorms (crvae_jax/models/
+  # fused_backward.py): same values to float rounding, faster; off so that runs started
+  # before it resume bit for bit.
+  c.model.fused_backward = False
 
   c.objective = ml_collections.ConfigDict()
   c.objective.kind = kind  # 'elbo' or 'iwae' (crIWA: k-sample bound, Burda et al.)
