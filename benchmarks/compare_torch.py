@@ -450,9 +450,9 @@ def main():
   p.add_argument("--jax_variants", default="",
                  help="comma list of model.conv_impl values, one JAX worker each "
                       "(jax-IMPL), e.g. cpu,onednn; IMPL+fused also sets "
-                      "model.fused_backward (MNIST); default: one worker 'jax'")
+                      "model.fused_backward; default: one worker 'jax'")
   p.add_argument("--fused_backward", action="store_true",
-                 help="model.fused_backward=True for the JAX worker (MNIST models)")
+                 help="model.fused_backward=True for the JAX worker")
   p.add_argument("--write_results", action="store_true",
                  help=f"append the result block to {os.path.relpath(RESULTS, REPO)}")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -473,10 +473,6 @@ def main():
       p.error(str(e))
     if impl not in CONV_IMPLS:
       p.error(f"conv_impl {impl!r} is not one of {CONV_IMPLS}")
-    if fused and args.step != "mnist":
-      p.error(f"{variant}: model.fused_backward exists for the MNIST models only")
-  if args.fused_backward and args.step != "mnist":
-    p.error("--fused_backward: model.fused_backward exists for the MNIST models only")
   if len(set(args.jax_variants)) != len(args.jax_variants):
     p.error(f"--jax_variants lists a conv_impl twice: {args.jax_variants}")
   if args.rounds < 5:

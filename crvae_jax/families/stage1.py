@@ -48,7 +48,7 @@ def build(config, axis_name: Optional[str] = sharding.BATCH_AXIS) -> Parts:
                        kernel_dim=m.minibatch_kernel_dim, conv_impl=m.conv_impl,
                        axis_name=axis_name)
   mi_head = MIHead(latent_channels=m.latent_channels, conv_impl=m.conv_impl,
-                   bn_axis_name=axis_name)
+                   bn_axis_name=axis_name, fused_backward=m.get("fused_backward", False))
   g_tx = optimizer.make_optimizer(
       learning_rate=opt.learning_rate, lstm_lr_divisor=opt.lstm_lr_divisor,
       lstm_grad_clip=opt.lstm_grad_clip, halve_every_steps=opt.halve_every_steps,

@@ -34,10 +34,12 @@ class RgbEncoder(nn.Module):
   width: int = 32
   conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
+  fused_backward: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda: layers.batch_norm(train, self.bn_axis_name)
+    bn = lambda: layers.batch_norm(train, self.bn_axis_name,
+                                   fused_backward=self.fused_backward)
     conv = functools.partial(layers.conv, impl=self.conv_impl)
     c = self.width
     x = layers.crelu(x)  # [B, 64, 64, 6]
@@ -54,10 +56,12 @@ class RgbDecoder(nn.Module):
   width: int = 32
   conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
+  fused_backward: bool = False
 
   @nn.compact
   def __call__(self, h, train: bool = False):
-    bn = lambda: layers.batch_norm(train, self.bn_axis_name)
+    bn = lambda: layers.batch_norm(train, self.bn_axis_name,
+                                   fused_backward=self.fused_backward)
     conv = functools.partial(layers.conv, impl=self.conv_impl)
     deconv = lambda out: layers.ConvTranspose(out, 4, 2, 1, impl=self.conv_impl)
     c = self.width
@@ -80,6 +84,7 @@ class RgbVAE(nn.Module):
   latent_channels: int = 64
   conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
+  fused_backward: bool = False  # LSTM/BatchNorm backward passes (models/fused_backward.py)
 
   @property
   def latent_shape(self):
@@ -90,8 +95,10 @@ class RgbVAE(nn.Module):
   def setup(self):
     if self.variant not in RGB_VARIANTS:
       raise ValueError(f"model.variant must be one of {RGB_VARIANTS}, got {self.variant!r}")
-    self.encoder = RgbEncoder(self.width, self.conv_impl, self.bn_axis_name)
-    self.decoder = RgbDecoder(self.width, self.conv_impl, self.bn_axis_name)
+    self.encoder = RgbEncoder(self.width, self.conv_impl, self.bn_axis_name,
+                              self.fused_backward)
+    self.decoder = RgbDecoder(self.width, self.conv_impl, self.bn_axis_name,
+                              self.fused_backward)
     if self.variant == "vaegan":
       self.enc_mean = nn.Dense(16 * self.latent_channels)
       self.enc_logvar = nn.Dense(16 * self.latent_channels)
@@ -99,8 +106,10 @@ class RgbVAE(nn.Module):
     else:
       self.posterior_block = ChannelRecurrentPosterior(
           self.num_blocks, self.latent_channels, self.lstm_hidden, mean_head="conv",
-          batch_norm=True, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl)
-      self.generator_block = ChannelRecurrentGenerator(self.num_blocks, self.lstm_hidden)
+          batch_norm=True, bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
+          fused_backward=self.fused_backward)
+      self.generator_block = ChannelRecurrentGenerator(self.num_blocks, self.lstm_hidden,
+                                                       self.fused_backward)
       self.b_dec = self.param("b_dec", nn.initializers.zeros, (4, 4, self.latent_channels))
       self.dec_in = layers.conv(8 * self.width, 3, padding=1, impl=self.conv_impl)
 
@@ -225,10 +234,12 @@ class MIHead(nn.Module):
   latent_channels: int = 64
   conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
+  fused_backward: bool = False
 
   @nn.compact
   def __call__(self, f, train: bool = False):
-    bn = lambda: layers.batch_norm(train, self.bn_axis_name)
+    bn = lambda: layers.batch_norm(train, self.bn_axis_name,
+                                   fused_backward=self.fused_backward)
     lat = self.latent_channels
     h = layers.leaky_relu(bn()(layers.conv(lat, 3, 1, 1, impl=self.conv_impl)(f)), 0.2)
     h = layers.leaky_relu(bn()(layers.conv(lat, 1, 1, 0, impl=self.conv_impl)(h)), 0.1)
