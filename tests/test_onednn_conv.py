@@ -69,6 +69,29 @@ def test_onednn_conv_matches_xla_values_and_gradients(kind, cin, cout, hw, k, s,
     assert _rel_err(g_ref, g_new) < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+def test_batches_larger_than_one_call_run_in_slices_with_the_same_values(kind):
+  """Forward and backward-data go over at most 256 images per oneDNN call (the C++
+  kMaxBatch): 600 images are three slices, the last a smaller one (its own primitive);
+  values and both gradients as XLA's."""
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.standard_normal((600, 6, 6, 8)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 8, 8)) * 0.2, jnp.float32)
+  if kind == "conv":
+    ref, new = (lambda x, w: fast_conv.conv2d_xla(x, w, 1, 1),
+                lambda x, w: onednn_conv.conv2d(x, w, 1, 1))
+  else:
+    ref, new = (lambda x, w: layers.conv_transpose_xla(x, w, 2, 1),
+                lambda x, w: onednn_conv.conv_transpose2d(x, w, 2, 1))
+  y_ref, pull_ref = jax.vjp(ref, x, w)
+  y_new, pull_new = jax.vjp(jax.jit(new), x, w)
+  assert _rel_err(y_ref, y_new) < 1e-5
+  assert _rel_err(y_ref[512:], y_new[512:]) < 1e-5  # the last slice
+  dy = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
+  for g_ref, g_new in zip(pull_ref(dy), pull_new(dy)):
+    assert _rel_err(g_ref, g_new) < 1e-5
+
+
 def test_onednn_conv_refuses_what_it_does_not_compute():
   x = jnp.zeros((1, 8, 6, 4))
   with pytest.raises(ValueError, match="square"):

@@ -18,6 +18,7 @@
 // is not safe under concurrent execution (two devices then deadlock in the
 // backward-weights kernel's reduction).
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
@@ -194,6 +195,23 @@ ffi::Error ShapesOf(const D& xd, const D& wd, const D& yd, int64_t stride, int64
   return ffi::Error::Success();
 }
 
+// Forward and backward-data run over batches of at most kMaxBatch images, one
+// primitive call each (a sub-batch is a contiguous slice of the NHWC buffers): inside the
+// IS evaluation's graph a single call over 2048 images ran several times slower than
+// the same images in slices (benchmarks/RESULTS.md, "Large batches under onednn").
+constexpr int64_t kMaxBatch = 256;
+
+// Calls run(sub_shapes, first_image) over the batch in slices of at most kMaxBatch.
+template <typename F>
+void OverBatchSlices(const Shapes& s, F run) {
+  const int64_t n = s.src[0];
+  for (int64_t i = 0; i < n; i += kMaxBatch) {
+    Shapes sub = s;
+    sub.src[0] = sub.dst[0] = std::min(kMaxBatch, n - i);
+    run(sub, i);
+  }
+}
+
 ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad_l,
                        int64_t pad_r) {
@@ -202,13 +220,19 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                           pad_r, &s); err.failure())
     return err;
   return Guarded("conv forward", [&] {
-    auto& p = Cached<FwdPrim>(Key("fwd", s), MakeFwd, s);
     dnnl::stream strm(Engine());
-    memory src(p.pd.src_desc(), Engine(), x.typed_data());
-    memory dst(p.pd.dst_desc(), Engine(), y->typed_data());
-    memory wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
-    p.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
-                          {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
+    const int64_t x_image = s.src[1] * s.src[2] * s.src[3];
+    const int64_t y_image = s.dst[1] * s.dst[2] * s.dst[3];
+    memory wei;
+    OverBatchSlices(s, [&](const Shapes& sub, int64_t first) {
+      auto& p = Cached<FwdPrim>(Key("fwd", sub), MakeFwd, sub);
+      if (!wei || wei.get_desc() != p.pd.weights_desc())  // (a last, smaller slice)
+        wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
+      memory src(p.pd.src_desc(), Engine(), x.typed_data() + first * x_image);
+      memory dst(p.pd.dst_desc(), Engine(), y->typed_data() + first * y_image);
+      p.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
+                            {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
+    });
     strm.wait();
   });
 }
@@ -221,13 +245,20 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                           pad_l, pad_r, &s); err.failure())
     return err;
   return Guarded("conv backward data", [&] {
-    auto& p = Cached<BwdDataPrim>(Key("bwd_data", s), MakeBwdData, s);
     dnnl::stream strm(Engine());
-    memory ddst(p.pd.diff_dst_desc(), Engine(), dy.typed_data());
-    memory dsrc(p.pd.diff_src_desc(), Engine(), dx->typed_data());
-    memory wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
-    p.prim.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei},
-                          {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
+    const int64_t x_image = s.src[1] * s.src[2] * s.src[3];
+    const int64_t y_image = s.dst[1] * s.dst[2] * s.dst[3];
+    memory wei;
+    OverBatchSlices(s, [&](const Shapes& sub, int64_t first) {
+      auto& p = Cached<BwdDataPrim>(Key("bwd_data", sub), MakeBwdData, sub);
+      if (!wei || wei.get_desc() != p.pd.weights_desc())  // (a last, smaller slice)
+        wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
+      memory ddst(p.pd.diff_dst_desc(), Engine(), dy.typed_data() + first * y_image);
+      memory dsrc(p.pd.diff_src_desc(), Engine(), dx->typed_data() + first * x_image);
+      p.prim.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei},
+                            {DNNL_ARG_DIFF_SRC, dsrc},
+                            {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
+    });
     strm.wait();
   });
 }
