@@ -414,10 +414,16 @@ def main():
                  help="gan only")
   p.add_argument("--conv_impl", choices=layers.CONV_IMPLS, default=None,
                  help="gan only: overrides the config's model.conv_impl")
-  p.add_argument("--impls", default="cpu,xla",
-                 help="mnist only: the conv_impl columns (cpu, xla, onednn), the first "
-                      "also running the LSTM and BatchNorm rows and the ratio column")
+  p.add_argument("--impls", default=None,
+                 help="mnist only: the conv_impl columns (cpu, xla, onednn; default "
+                      "cpu,xla), the first also running the LSTM and BatchNorm rows and "
+                      "the ratio column")
   args = p.parse_args()
+  if args.model == "gan" and args.impls is not None:
+    p.error("--impls is for --model=mnist; the GAN table has one JAX column: choose its "
+            "kernels with --conv_impl")
+  if args.model == "mnist" and args.conv_impl is not None:
+    p.error("--conv_impl is for --model=gan; the MNIST table's columns are --impls")
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
   from benchmarks.nll_eval import machine_line  # pylint: disable=g-import-not-at-top
@@ -438,7 +444,7 @@ def main():
     print(f"# MNIST crVAE convolutions, LSTMs and BatchNorms, {scale} scale: width "
           f"{model.width}, "
           f"LSTM hidden {model.lstm_hidden}, T={model.num_blocks}")
-    impls = tuple(args.impls.split(","))
+    impls = tuple((args.impls or "cpu,xla").split(","))
     known = [i for i in layers.CONV_IMPLS if i != "auto"]
     bad = [i for i in impls if i not in known]
     if bad:
