@@ -3,12 +3,13 @@ frameworks, same model, same CPU (issue 7).
 
   python -m benchmarks.ab_host_memory --scales=cpu,paper --frameworks=jax,torch --rounds=4
 
-Per scale and framework, two `compare_torch.py` worker processes are started, one with
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ('on') and one without it ('off'); the script then
-times them alternately (the order flips every round) and prints the median train img/s
-and eval samples/s of each and the gain on/off, plus each worker's start-up (process
-start to the end of its first train step; the 'off' worker starts first, one sample
-each). Figures compare only within one run.
+Per scale and framework, `compare_torch.py` worker processes are started, one with
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ('on'), one without it ('off') and, where the
+library is found, one with jemalloc preloaded ('jemalloc', crvae_jax/host_memory.py);
+the script then times them in turn (the order rotates every round) and prints the
+median train img/s and eval samples/s of each and the gain over 'off', plus each
+worker's start-up (process start to the end of its first train step, one sample each).
+Figures compare only within one run.
 """
 
 import argparse
@@ -23,9 +24,14 @@ from experiments.configs import mnist as mnist_configs
 
 
 def environments() -> dict:
-  """{'off': env without the tunable (and told not to re-exec), 'on': env with it}."""
+  """{'off': env without the tunable (and told not to re-exec), 'on': env with it, and
+  'jemalloc' (jemalloc preloaded, crvae_jax/host_memory.py) where its library is found}."""
   off = host_memory.without_hugepages(os.environ)
-  return {"off": off, "on": host_memory.with_hugepages(off)}
+  envs = {"off": off, "on": host_memory.with_hugepages(off)}
+  library = host_memory.find_jemalloc()
+  if library:
+    envs["jemalloc"] = host_memory.with_jemalloc(off, library)
+  return envs
 
 
 def main():
@@ -35,40 +41,48 @@ def main():
   p.add_argument("--measures", default="train,eval")
   p.add_argument("--rounds", type=int, default=4)
   p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
+  p.add_argument("--conv_impl", default="", help="model.conv_impl of the JAX workers "
+                 "(default: the config's)")
   args = p.parse_args()
-  rows, header = [], None
+  rows, header, names = [], None, list(environments())
   for scale in args.scales.split(","):
     chunk = mnist_configs.config_at_scale("crvae", scale).eval.chunk_size
     wargs = argparse.Namespace(row="crvae", steps=args.steps, chunk=chunk,
                                 eval_samples=chunk, eval_images=EVAL_IMAGES[scale],
-                                conv_impl="")
+                                conv_impl=args.conv_impl, fused_backward=False)
     for framework in args.frameworks.split(","):
       workers = {name: Worker(framework, scale, wargs, env=env)
                  for name, env in environments().items()}
       if framework == "jax":
-        header = workers["off"].ask("info")["runtime"].replace("THP off", "THP off/on")
-      start = f"{workers['off'].startup_s:.1f} / {workers['on'].startup_s:.1f}"
+        header = workers["off"].ask("info")["runtime"].replace(
+            "malloc THP off", "malloc " + " / ".join(names))
+      start = " / ".join(f"{w.startup_s:.1f}" for w in workers.values())
       for measure in args.measures.split(","):
         runs = {name: [] for name in workers}
         for r in range(args.rounds):
-          for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
+          order = names[r % len(names):] + names[:r % len(names)]  # rotates each round
+          for name in order:
             runs[name].append(workers[name].ask(measure))
-            print(f"  [{scale} {framework} {measure} round {r + 1}] {name:3s} "
+            print(f"  [{scale} {framework} {measure} round {r + 1}] {name:8s} "
                   f"{runs[name][-1]:.1f}", file=sys.stderr, flush=True)
         med = {name: statistics.median(v) for name, v in runs.items()}
-        rows.append(f"| {scale} | {framework} | {start} | {measure} | {med['off']:.1f} | "
-                    f"{med['on']:.1f} | **{med['on'] / med['off']:.2f}x** | "
-                    + " / ".join(f"{v:.0f}" for v in runs["off"]) + " | "
-                    + " / ".join(f"{v:.0f}" for v in runs["on"]) + " |")
+        rows.append(f"| {scale} | {framework} | {start} | {measure} | "
+                    + " | ".join(f"{med[n]:.1f}" for n in names) + " | "
+                    + " | ".join(f"**{med[n] / med['off']:.2f}x**" for n in names[1:])
+                    + " | " + " | ".join(" / ".join(f"{v:.0f}" for v in runs[n])
+                                         for n in names) + " |")
       for w in workers.values():
         w.close()
   print(f"# {header or 'torch workers only'}")
   print(f"# command: python -m benchmarks.ab_host_memory --scales={args.scales} "
         f"--frameworks={args.frameworks} --measures={args.measures} "
-        f"--rounds={args.rounds} --steps={args.steps}")
-  print("| scale | framework | start-up s off / on | measure (train img/s, eval samples/s) "
-        "| THP off | THP on | on / off | rounds off | rounds on |")
-  print("|---" * 9 + "|")
+        f"--rounds={args.rounds} --steps={args.steps}"
+        + (f" --conv_impl={args.conv_impl}" if args.conv_impl else ""))
+  cols = ([f"start-up s {' / '.join(names)}", "measure (train img/s, eval samples/s)"]
+          + [f"{n}" for n in names] + [f"{n} / off" for n in names[1:]]
+          + [f"rounds {n}" for n in names])
+  print("| scale | framework | " + " | ".join(cols) + " |")
+  print("|---" * (2 + len(cols)) + "|")
   print("\n".join(rows))
 
 

@@ -56,9 +56,10 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
 def machine_line(runtime: str | None = None) -> str:
   """'date | cpu | cores | host memory | runtime' for a benchmark's output header;
   runtime defaults to this process's jax version, backend and device count; host memory
-  says whether malloc asks for transparent huge pages (crvae_jax/host_memory.py)."""
+  says which malloc runs and whether it asks for transparent huge pages
+  (crvae_jax/host_memory.py)."""
   runtime = runtime or f"jax {jax.__version__} {jax.default_backend()} x{len(jax.devices())}"
-  memory = "malloc THP on" if host_memory.active() else "malloc THP off"
+  memory = host_memory.description()
   return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | "
           f"{' | '.join(cpu_fields())} | "
           f"{memory} | {runtime}")

@@ -18,6 +18,13 @@ the tunable is already set, when `CRVAE_JAX_HUGEPAGES=0`, off Linux/glibc, with 
 2.35 (no such tunable) or when the kernel's THP mode is not 'madvise' ('always' needs no
 help, 'never' gives none).
 
+Opt-in alternative, `CRVAE_JAX_MALLOC=jemalloc`: the restart instead preloads jemalloc
+(`LD_PRELOAD`, e.g. Debian's `libjemalloc2`) with `JEMALLOC_CONF`: transparent huge pages,
+no separate arena that returns huge blocks at once, and freed pages kept for 30 s, so
+XLA's per-execution buffers are served from memory the previous step already touched
+(no page faults at all; benchmarks/RESULTS.md, "jemalloc"). Without the library found it
+falls back to the tunable, with a warning.
+
 Your own scripts and notebooks set it where their process starts:
   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py
   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 jupyter lab   # the kernels inherit it
@@ -30,6 +37,13 @@ from typing import Mapping, Optional, Tuple
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "CRVAE_JAX_HUGEPAGES"  # set to 0 to run without the tunable
+MALLOC = "CRVAE_JAX_MALLOC"  # 'jemalloc': preload jemalloc instead (opt-in)
+JEMALLOC_CONF = ("thp:always,metadata_thp:auto,oversize_threshold:0,"
+                 "dirty_decay_ms:30000,muzzy_decay_ms:30000")
+JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                  "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+                  "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2",
+                  "/usr/lib/libjemalloc.so.2")
 _THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -67,11 +81,43 @@ def with_hugepages(env: Mapping[str, str]) -> dict:
 
 
 def without_hugepages(env: Mapping[str, str]) -> dict:
-  """A copy of `env` without TUNABLE (other tunables kept) and with the opt-out set, so
-  that a script started with it neither has nor adds the tunable (A/B benchmarks)."""
+  """A copy of `env` without TUNABLE (other tunables kept), without a preloaded jemalloc
+  and with the opt-out set, so that a script started with it runs glibc's malloc as it
+  is (A/B benchmarks)."""
   env = dict(env, **{OPT_OUT: "0"})
   env["GLIBC_TUNABLES"] = ":".join(t for t in _tunables(env) if t != TUNABLE)
+  preload = [p for p in env.pop("LD_PRELOAD", "").split(":") if p and "libjemalloc" not in p]
+  if preload:
+    env["LD_PRELOAD"] = ":".join(preload)
+  env.pop("MALLOC_CONF", None)
   return env
+
+
+def find_jemalloc(paths=JEMALLOC_PATHS) -> Optional[str]:
+  """The first jemalloc shared library found, or None."""
+  return next((p for p in paths if os.path.exists(p)), None)
+
+
+def with_jemalloc(env: Mapping[str, str], library: str) -> dict:
+  """A copy of `env` that preloads `library` (jemalloc) with JEMALLOC_CONF."""
+  env = dict(env)
+  if not jemalloc_active(env):
+    env["LD_PRELOAD"] = ":".join([library] + [p for p in env.get("LD_PRELOAD", "").split(":")
+                                               if p])
+  env["MALLOC_CONF"] = JEMALLOC_CONF
+  return env
+
+
+def jemalloc_active(env: Mapping[str, str] = os.environ) -> bool:
+  """Whether this process preloads jemalloc (its environment says so)."""
+  return "libjemalloc" in env.get("LD_PRELOAD", "")
+
+
+def description(env: Mapping[str, str] = os.environ) -> str:
+  """'malloc jemalloc', 'malloc THP on' or 'malloc THP off' (benchmark machine lines)."""
+  if jemalloc_active(env):
+    return "malloc jemalloc"
+  return "malloc THP on" if active(env) else "malloc THP off"
 
 
 def active(env: Mapping[str, str] = os.environ) -> bool:
@@ -95,9 +141,20 @@ def reexec_with_hugepages() -> None:
   `python -m ...` and interpreter options are kept) and the working directory are the
   same in the new process, which replaces this one.
   """
-  if not should_reexec(os.environ, thp_mode(), glibc_version()):
+  env = os.environ
+  if env.get(MALLOC) == "jemalloc" and not jemalloc_active(env) \
+      and env.get(OPT_OUT, "1") != "0":
+    library = find_jemalloc()
+    if library:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+                with_jemalloc(env, library))
+    print(f"{MALLOC}=jemalloc: no jemalloc library in {', '.join(JEMALLOC_PATHS)} "
+          "(Debian/Ubuntu: apt install libjemalloc2); using glibc's malloc",
+          file=sys.stderr)
+  if jemalloc_active(env) or not should_reexec(env, thp_mode(), glibc_version()):
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
-            with_hugepages(os.environ))
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], with_hugepages(env))

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from crvae_jax import host_memory
-from crvae_jax.host_memory import OPT_OUT, TUNABLE
+from crvae_jax.host_memory import MALLOC, OPT_OUT, TUNABLE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,3 +85,46 @@ def test_reexec_keeps_the_command_line_and_runs_the_program_once(tmp_path):
   out = subprocess.run([sys.executable, str(script)], env=dict(env, **{OPT_OUT: "0"}),
                        capture_output=True, text=True, check=True).stdout.splitlines()
   assert out == ["start", "main [] "], out
+
+
+def test_with_jemalloc_preloads_it_once_and_without_hugepages_removes_it():
+  env = {"LD_PRELOAD": "/lib/other.so", "HOME": "/x"}
+  out = host_memory.with_jemalloc(env, "/usr/lib/libjemalloc.so.2")
+  assert out["LD_PRELOAD"] == "/usr/lib/libjemalloc.so.2:/lib/other.so"
+  assert out["MALLOC_CONF"] == host_memory.JEMALLOC_CONF
+  assert host_memory.with_jemalloc(out, "/usr/lib/libjemalloc.so.2") == out
+  assert host_memory.jemalloc_active(out) and not host_memory.jemalloc_active(env)
+  assert host_memory.description(out) == "malloc jemalloc"
+  assert host_memory.description(host_memory.with_hugepages({})) == "malloc THP on"
+  off = host_memory.without_hugepages(out)
+  assert off["LD_PRELOAD"] == "/lib/other.so" and "MALLOC_CONF" not in off
+  assert host_memory.description(off) == "malloc THP off"
+
+
+def test_find_jemalloc_takes_the_first_library_that_exists(tmp_path):
+  lib = tmp_path / "libjemalloc.so.2"
+  assert host_memory.find_jemalloc((str(tmp_path / "none.so"), str(lib))) is None
+  lib.write_bytes(b"")
+  assert host_memory.find_jemalloc((str(tmp_path / "none.so"), str(lib))) == str(lib)
+
+
+def test_reexec_with_malloc_jemalloc_preloads_it_or_says_it_is_missing(tmp_path):
+  script = tmp_path / "prog.py"
+  script.write_text(textwrap.dedent("""
+      import os
+      from crvae_jax import host_memory
+      if __name__ == "__main__":
+        host_memory.reexec_with_hugepages()
+        print("main", host_memory.description())
+      """))
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", OPT_OUT, "LD_PRELOAD", "MALLOC_CONF")}
+  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+  env[MALLOC] = "jemalloc"
+  run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                       text=True, check=True)
+  if host_memory.find_jemalloc():
+    assert run.stdout.splitlines()[-1] == "main malloc jemalloc", run.stdout
+  else:  # falls back to glibc, saying why
+    assert "no jemalloc library" in run.stderr
+    assert run.stdout.splitlines()[-1].startswith("main malloc THP"), run.stdout
