@@ -22,9 +22,12 @@ worker's), each building the model of that scale:
   torch-compile, torch-compile-autotune
                  the same under torch.compile (modes default and
                  max-autotune-no-cudagraphs; `--torch_variants`).
-All workers inherit this process's environment, so all run with or all without glibc's
-transparent-huge-page tunable (crvae_jax/host_memory.py; the header says "malloc THP
-on/off"; benchmarks/ab_host_memory.py measures what it gains for each framework).
+The JAX workers inherit this process's environment, so run with the allocator setting
+our entry points give them (crvae_jax/host_memory.py: glibc's transparent-huge-page
+tunable, or jemalloc with CRVAE_JAX_MALLOC=jemalloc); the torch workers run with glibc's
+malloc as the system has it (as people run PyTorch; --torch_malloc=same gives them the
+JAX workers' setting). Each runtime line says which malloc ran;
+benchmarks/ab_host_memory.py measures what each setting does to each framework.
 The controller then alternates them, the others idle while one is timed: every round
 times each worker's training in turn, then each one's evaluation in the reverse order,
 then each one's fp32 matmul peak (4096^2, best of 5); the order flips every round. Each
@@ -256,7 +259,12 @@ class Worker:
 def compare(scale: str, args) -> dict:
   """Start the workers (one after the other), alternate their timings."""
   workers = [Worker(name, scale, args) for name in jax_names(args)]
-  workers += [Worker(worker_name(v), scale, args) for v in args.torch_variants]
+  # PyTorch as people run it: glibc's malloc as the system has it, unless told to share
+  # this process's allocator setting (--torch_malloc=same).
+  torch_env = (None if args.torch_malloc == "same" else
+               host_memory.without_hugepages(os.environ))
+  workers += [Worker(worker_name(v), scale, args, env=torch_env)
+              for v in args.torch_variants]
   names = [w.name for w in workers]
   measures = MEASURES[args.step]
   runs = {(w, m): [] for w in names for m in measures}
@@ -453,6 +461,11 @@ def main():
                       "model.fused_backward; default: one worker 'jax'")
   p.add_argument("--fused_backward", action="store_true",
                  help="model.fused_backward=True for the JAX worker")
+  p.add_argument("--torch_malloc", default="default", choices=("default", "same"),
+                 help="the torch workers' allocator: 'default' = glibc's malloc without "
+                      "the huge-page tunable (as people run PyTorch), 'same' = this "
+                      "process's setting (the JAX workers': THP tunable, or jemalloc "
+                      "with CRVAE_JAX_MALLOC=jemalloc)")
   p.add_argument("--write_results", action="store_true",
                  help=f"append the result block to {os.path.relpath(RESULTS, REPO)}")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)

@@ -113,8 +113,9 @@ def fresh_compile_cache() -> str:
 
 
 def runtime_line(variant: str = "eager") -> str:
+  from crvae_jax import host_memory  # pylint: disable=g-import-not-at-top
   return (f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads, "
-          f"channels_last, nn.LSTM, fused Adam, {variant}")
+          f"channels_last, nn.LSTM, fused Adam, {variant}, {host_memory.description()}")
 
 
 # --------------------------------------------------------------------------- blocks
