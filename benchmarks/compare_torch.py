@@ -217,7 +217,7 @@ class Worker:
     """name: 'jax' (model.conv_impl from --conv_impl or the config), 'jax-IMPL' (JAX with
     model.conv_impl IMPL), 'jax-IMPL+fused' (and model.fused_backward) or a torch
     worker's."""
-    framework, conv_impl, fused = name, args.conv_impl, False
+    framework, conv_impl, fused = name, args.conv_impl, getattr(args, "fused_backward", False)
     if name.startswith("jax-"):
       framework, (conv_impl, fused) = "jax", parse_jax_variant(name[len("jax-"):])
     cmd = [sys.executable, "-m", "benchmarks.compare_torch", f"--worker={framework}",
@@ -481,7 +481,8 @@ def main():
   from crvae_jax.models.layers import CONV_IMPLS  # pylint: disable=g-import-not-at-top
   for variant in args.jax_variants + ([args.conv_impl] if args.conv_impl else []):
     try:
-      impl, fused = parse_jax_variant(variant)
+      impl, _ = (parse_jax_variant(variant) if variant in args.jax_variants else
+                 (variant, False))  # --conv_impl takes a conv_impl only
     except ValueError as e:
       p.error(str(e))
     if impl not in CONV_IMPLS:

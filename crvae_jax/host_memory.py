@@ -22,7 +22,7 @@ Opt-in alternative, `CRVAE_JAX_MALLOC=jemalloc`: the restart instead preloads je
 (`LD_PRELOAD`, e.g. Debian's `libjemalloc2`) with `JEMALLOC_CONF`: transparent huge pages,
 no separate arena that returns huge blocks at once, and freed pages kept for 30 s, so
 XLA's per-execution buffers are served from memory the previous step already touched
-(no page faults at all; benchmarks/RESULTS.md, "jemalloc"). Without the library found it
+(far fewer page faults; benchmarks/RESULTS.md, "jemalloc"). Without the library found it
 falls back to the tunable, with a warning.
 
 Your own scripts and notebooks set it where their process starts:

@@ -1,6 +1,7 @@
 """The hand-written backward passes (crvae_jax/models/fused_backward.py,
 `model.fused_backward`): the same values and gradients as autodiff, on one device and
-data-parallel, and the same variables, so one flag switches them on an existing run."""
+data-parallel, and the same variables and names, so checkpoints load either way (a
+resumed training run still refuses a changed flag, as any model key)."""
 
 import json
 

@@ -111,7 +111,7 @@ class BatchNorm(nn.Module):
   """`nn.BatchNorm` over the last axis (its variables: params scale/bias, batch_stats
   mean/var; its arithmetic) whose training-mode backward is
   `fused_backward.batch_norm_train`'s. Named as Flax's, so that unnamed instances get
-  the same names ('BatchNorm_0', ...) and a run can switch between the two."""
+  the same names ('BatchNorm_0', ...) and checkpoints load with either."""
   use_running_average: bool
   momentum: float = 0.9
   epsilon: float = 1e-5

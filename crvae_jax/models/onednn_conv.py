@@ -46,8 +46,9 @@ from crvae_jax.models import fast_conv
 from crvae_jax.models.fused_backward import cotangent_like
 
 # Convs with fewer output channels keep fast_conv's matmul + shift-add form under
-# 'onednn': for one output channel (MNIST's last conv) it is as fast or faster; from
-# three (the RGB decoders' last conv) oneDNN's backward is (benchmarks/RESULTS.md).
+# 'onednn': for one output channel (MNIST's last conv) a quick check found it faster;
+# at three (the RGB decoders' last conv) oneDNN's backward is several times faster
+# (benchmarks/RESULTS.md); two channels (no model has them) go with three.
 MIN_COUT = 2
 _SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"fwd": "CrvaeOnednnConvFwd", "bwd_data": "CrvaeOnednnConvBwdData",
