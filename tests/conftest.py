@@ -132,3 +132,22 @@ def pytest_collection_modifyitems(items):
   for item in items:
     module = item.module.__name__.rsplit(".", 1)[-1]
     item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))
+
+
+def two_data_parallel_train_steps(config):
+  """(state, metrics) after two shard_map train steps of `config`'s MNIST model on the
+  two CPU devices, from seed-0 parameters, on one fixed batch of 8 random images."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from crvae_jax import sharding  # pylint: disable=g-import-not-at-top
+  from crvae_jax.train import mnist_step  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(2)
+  model = mnist_family.build_model(config)
+  tx = mnist_family.build_optimizer(config, 1000)
+  state = sharding.replicate(mesh, mnist_family.init_state(model, tx, 0))
+  step = mnist_step.make_train_step(
+      model, tx, mnist_step.make_objective(config.objective, config.model.num_blocks),
+      mesh, num_samples=1)
+  images = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+  for _ in range(2):
+    state, metrics = step(state, sharding.shard_batch(mesh, images), jax.random.key(0))
+  return state, metrics

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from crvae_jax import sharding
-from crvae_jax.families import mnist as mnist_family
 from crvae_jax.models import fused_backward, layers, lstm
 from crvae_jax.models.rgb import MIHead, RgbVAE
-from crvae_jax.train import checkpoints, mnist_step
-from tests.conftest import make_tiny_config
+from crvae_jax.train import checkpoints
+from tests.conftest import make_tiny_config, two_data_parallel_train_steps
 
 
 def _rel_err(a, b):
@@ -110,20 +108,6 @@ def test_data_parallel_gradients_equal_the_whole_batch_gradient(kind):
     assert _rel_err(a, b) < 1e-5
 
 
-def _two_train_steps(config):
-  mesh = sharding.make_mesh(2)
-  model = mnist_family.build_model(config)
-  tx = mnist_family.build_optimizer(config, 1000)
-  state = sharding.replicate(mesh, mnist_family.init_state(model, tx, 0))
-  step = mnist_step.make_train_step(
-      model, tx, mnist_step.make_objective(config.objective, config.model.num_blocks),
-      mesh, num_samples=1)
-  images = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
-  for _ in range(2):
-    state, metrics = step(state, sharding.shard_batch(mesh, images), jax.random.key(0))
-  return state, metrics
-
-
 @pytest.mark.parametrize("row", ["crvae", "crvae_2layer"])
 def test_data_parallel_train_steps_with_fused_backward_match_autodiff(row):
   """Two shard_map train steps on two devices end where autodiff's end (same
@@ -132,7 +116,7 @@ def test_data_parallel_train_steps_with_fused_backward_match_autodiff(row):
   for fused in (False, True):
     config = make_tiny_config(row)
     config.model.fused_backward = fused
-    results.append(_two_train_steps(config))
+    results.append(two_data_parallel_train_steps(config))
   (s_ref, m_ref), (s, m) = results
   assert jax.tree.structure(s.params) == jax.tree.structure(s_ref.params)  # same names
   np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-5)

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from crvae_jax import config_checks, sharding
-from crvae_jax.families import mnist as mnist_family
-from crvae_jax.train import mnist_step
+from crvae_jax import config_checks
 from crvae_jax.models import fast_conv, layers, onednn_conv
 from crvae_jax.models.mnist import MnistVAE
 from crvae_jax.models.rgb import Discriminator, RgbVAE
 from experiments.configs import mnist as mnist_configs
+from tests.conftest import two_data_parallel_train_steps
 
 # requirements.txt installs oneDNN's wheels on Linux x86_64 only (the only wheels there
 # are); everywhere else conv_impl='onednn' is refused with a ConfigError.
@@ -178,20 +177,6 @@ def test_rgb_crvaegan_and_discriminator_with_onednn_match_cpu_kernels():
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
-def _two_train_steps(config):
-  mesh = sharding.make_mesh(2)  # tests/conftest.py: two CPU devices
-  model = mnist_family.build_model(config)
-  tx = mnist_family.build_optimizer(config, 1000)
-  state = sharding.replicate(mesh, mnist_family.init_state(model, tx, 0))
-  step = mnist_step.make_train_step(
-      model, tx, mnist_step.make_objective(config.objective, config.model.num_blocks),
-      mesh, num_samples=1)
-  images = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
-  for _ in range(2):
-    state, metrics = step(state, sharding.shard_batch(mesh, images), jax.random.key(0))
-  return state, metrics
-
-
 def test_data_parallel_train_step_with_onednn_matches_cpu(tiny_config):
   """Two steps of the shard_map train step on two devices (the two devices' calls run
   at the same time) end where the 'cpu' kernels end."""
@@ -199,7 +184,7 @@ def test_data_parallel_train_step_with_onednn_matches_cpu(tiny_config):
   results = []
   for impl in ("cpu", "onednn"):
     tiny_config.model.conv_impl = impl
-    results.append(_two_train_steps(tiny_config))
+    results.append(two_data_parallel_train_steps(tiny_config))
   (s_cpu, m_cpu), (s_dnn, m_dnn) = results
   np.testing.assert_allclose(m_dnn["loss"], m_cpu["loss"], rtol=1e-4)
   for a, b in zip(jax.tree.leaves(s_cpu.params), jax.tree.leaves(s_dnn.params)):
