@@ -32,6 +32,7 @@ import tempfile
 import jax
 
 from crvae_jax import host_memory
+from crvae_jax.models import layers
 from benchmarks.ab_gan_step import GanTrainer, apply_overrides, load_config
 from benchmarks.nll_eval import eval_runner, machine_line, random_variables
 from benchmarks.train_throughput import JaxTrainer
@@ -163,8 +164,8 @@ def main():
   p.add_argument("--eval_k", type=int, default=1000, help="--measure=eval: K per image")
   p.add_argument("--eval_chunk", type=int, default=0,
                  help="--measure=eval: samples per chunk (0: the config's)")
-  p.add_argument("--conv_impl", default="",
-                 help="override model.conv_impl (auto/cpu/xla/onednn; empty: the config's)")
+  p.add_argument("--conv_impl", default="", choices=("",) + layers.CONV_IMPLS,
+                 help="override model.conv_impl (empty: the config's)")
   p.add_argument("--by", default="kind", choices=("kind", "scope"),
                  help="group by XLA operation kind or by model scope (fwd/bwd)")
   p.add_argument("--depth", type=int, default=2, help="--by=scope: path components kept "
