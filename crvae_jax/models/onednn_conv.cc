@@ -197,8 +197,8 @@ ffi::Error ShapesOf(const D& xd, const D& wd, const D& yd, int64_t stride, int64
 
 // Forward and backward-data run over batches of at most kMaxBatch images, one
 // primitive call each (a sub-batch is a contiguous slice of the NHWC buffers): inside the
-// IS evaluation's graph a single call over 2048 images ran several times slower than
-// the same images in slices (benchmarks/RESULTS.md, "Large batches under onednn").
+// IS evaluation's graph a single call over 2048 images ran slower than the same images
+// in slices (benchmarks/RESULTS.md, "Large batches under onednn").
 constexpr int64_t kMaxBatch = 256;
 
 // Calls run(sub_shapes, first_image) over the batch in slices of at most kMaxBatch.
