@@ -479,12 +479,11 @@ def main():
   args.torch_variants = args.torch_variants.split(",")
   args.jax_variants = [v for v in args.jax_variants.split(",") if v]
   from crvae_jax.models.layers import CONV_IMPLS  # pylint: disable=g-import-not-at-top
-  for variant in args.jax_variants + ([args.conv_impl] if args.conv_impl else []):
-    try:
-      impl, _ = (parse_jax_variant(variant) if variant in args.jax_variants else
-                 (variant, False))  # --conv_impl takes a conv_impl only
-    except ValueError as e:
-      p.error(str(e))
+  try:
+    impls = [parse_jax_variant(v)[0] for v in args.jax_variants]
+  except ValueError as e:
+    p.error(str(e))
+  for impl in impls + ([args.conv_impl] if args.conv_impl else []):  # (a conv_impl only)
     if impl not in CONV_IMPLS:
       p.error(f"conv_impl {impl!r} is not one of {CONV_IMPLS}")
   if len(set(args.jax_variants)) != len(args.jax_variants):

@@ -171,25 +171,20 @@ def main():
   p.add_argument("--depth", type=int, default=2, help="--by=scope: path components kept "
                  "(0: list single operations with their scopes)")
   args = p.parse_args()
+  config = (apply_overrides(load_config(args.config), args) if args.config else
+            mnist_configs.config_at_scale(args.row, args.scale))
+  if args.conv_impl:
+    config.model.conv_impl = args.conv_impl
   if args.config:
-    config = apply_overrides(load_config(args.config), args)
-    if args.conv_impl:
-      config.model.conv_impl = args.conv_impl
     trainer = GanTrainer(config)
     what = f"{args.config} (width {trainer.config.model.width}, batch " \
            f"{trainer.config.train.batch_size})"
   elif args.measure == "eval":
-    config = mnist_configs.config_at_scale(args.row, args.scale)
-    if args.conv_impl:
-      config.model.conv_impl = args.conv_impl
     chunk = args.eval_chunk or config.eval.chunk_size
     trainer = EvalPass(config, args.eval_k, chunk)
     what = (f"{args.row}, {args.scale} scale, IS eval K={args.eval_k}, chunk {chunk} x "
             f"batch {config.eval.batch_size}; ms per pass")
   else:
-    config = mnist_configs.config_at_scale(args.row, args.scale)
-    if args.conv_impl:
-      config.model.conv_impl = args.conv_impl
     trainer = JaxTrainer(config)
     what = f"{args.row}, {args.scale} scale"
   trainer.run(2)

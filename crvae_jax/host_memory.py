@@ -141,20 +141,23 @@ def reexec_with_hugepages() -> None:
   `python -m ...` and interpreter options are kept) and the working directory are the
   same in the new process, which replaces this one.
   """
-  env = os.environ
+  env = dict(os.environ)
   if env.get(MALLOC) == "jemalloc" and not jemalloc_active(env) \
       and env.get(OPT_OUT, "1") != "0":
     library = find_jemalloc()
     if library:
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
-                with_jemalloc(env, library))
+      _restart(with_jemalloc(env, library))
     print(f"{MALLOC}=jemalloc: no jemalloc library in {', '.join(JEMALLOC_PATHS)} "
           "(Debian/Ubuntu: apt install libjemalloc2); using glibc's malloc",
           file=sys.stderr)
+    del env[MALLOC]  # said once: the restart below does not look for it again
   if jemalloc_active(env) or not should_reexec(env, thp_mode(), glibc_version()):
     return
+  _restart(with_hugepages(env))
+
+
+def _restart(env: Mapping[str, str]) -> None:
+  """Replaces this process with the same command line under `env`."""
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], with_hugepages(env))
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -58,10 +58,11 @@ def test_fused_batch_norm_matches_flax_values_statistics_and_gradients():
   dy = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
   flax_bn = layers.batch_norm(True, None)
   fused_bn = layers.batch_norm(True, None, fused_backward=True)
-  assert isinstance(flax_bn, nn.BatchNorm) and isinstance(fused_bn, layers.BatchNorm) and not isinstance(fused_bn, nn.BatchNorm)
+  assert isinstance(flax_bn, nn.BatchNorm)
+  assert isinstance(fused_bn, layers.BatchNorm) and not isinstance(fused_bn, nn.BatchNorm)
   y_ref, stats_ref, grads_ref = _bn_grads(flax_bn, x, dy)
   y, stats, grads = _bn_grads(fused_bn, x, dy)
-  # Same variables (a run can switch), same forward, same running statistics.
+  # Same variables (checkpoints load either way), same forward and running statistics.
   assert jax.tree.structure(flax_bn.init(jax.random.key(0), x)) == \
       jax.tree.structure(fused_bn.init(jax.random.key(0), x))
   np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
@@ -70,10 +71,9 @@ def test_fused_batch_norm_matches_flax_values_statistics_and_gradients():
   for a, b in zip(jax.tree.leaves(grads_ref), jax.tree.leaves(grads)):
     assert _rel_err(a, b) < 1e-5
   # Evaluation mode: the running averages, as nn.BatchNorm.
-  evaluate = lambda train: layers.batch_norm(train, None, fused_backward=True)
-  v = fused_bn.init(jax.random.key(0), x)
-  v = {"params": v["params"], "batch_stats": stats_ref["batch_stats"]}
-  np.testing.assert_allclose(evaluate(False).apply(v, x),
+  v = {"params": fused_bn.init(jax.random.key(0), x)["params"],
+       "batch_stats": stats_ref["batch_stats"]}
+  np.testing.assert_allclose(layers.batch_norm(False, None, fused_backward=True).apply(v, x),
                              layers.batch_norm(False, None).apply(v, x), rtol=1e-6)
 
 
@@ -96,8 +96,7 @@ def test_data_parallel_gradients_equal_the_whole_batch_gradient(kind):
     w = jnp.asarray(rng.standard_normal((4, 16)) * 0.5, jnp.float32)
     target = jnp.asarray(rng.standard_normal((5, 8, 4)), jnp.float32)
     loss = lambda w, x, t, axis: jnp.sum(fused_backward.lstm_recurrence(x, w) * t)
-  batch_axis = 0 if kind == "batch_norm" else 1
-  spec = P("batch") if batch_axis == 0 else P(None, "batch")
+  spec = P("batch") if kind == "batch_norm" else P(None, "batch")  # the batch axis
   whole = jax.grad(loss, argnums=(0, 1))(w, x, target, None)
   # Replicated w (invariant): its gradient is summed over devices by cotangent_like.
   per_device = lambda w, x, t: jax.grad(loss, argnums=(0, 1))(w, x, t, "batch")

@@ -100,11 +100,9 @@ def batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None
   """BatchNorm with Torch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5); statistics
   are averaged over `axis_name` (the device axis) when training data-parallel.
   fused_backward: `layers.BatchNorm` (same variables and values; hand-written backward)."""
-  if fused_backward:
-    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          axis_name=axis_name if train else None, name=name)
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name if train else None, name=name)
+  module = BatchNorm if fused_backward else nn.BatchNorm
+  return module(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                axis_name=axis_name if train else None, name=name)
 
 
 class BatchNorm(nn.Module):

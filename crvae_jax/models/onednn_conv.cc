@@ -201,14 +201,25 @@ ffi::Error ShapesOf(const D& xd, const D& wd, const D& yd, int64_t stride, int64
 // in slices (benchmarks/RESULTS.md, "Large batches under onednn").
 constexpr int64_t kMaxBatch = 256;
 
-// Calls run(sub_shapes, first_image) over the batch in slices of at most kMaxBatch.
-template <typename F>
-void OverBatchSlices(const Shapes& s, F run) {
+// Elements per image of a oneDNN N, C, H, W dims vector.
+int64_t PerImage(const memory::dims& d) { return d[1] * d[2] * d[3]; }
+
+// Runs the primitive of `kind` (made by `make`) over the batch in slices of at most
+// kMaxBatch images: exec(primitive, kernel, first_image) executes one slice, the user's
+// HWIO kernel `w` reordered to that primitive's layout (again only if a last, smaller
+// slice's primitive wants another one).
+template <typename P, typename Exec>
+void OverBatchSlices(const Shapes& s, const char* kind, P (*make)(const Shapes&), float* w,
+                     dnnl::stream& strm, Exec exec) {
+  memory wei;
   const int64_t n = s.src[0];
   for (int64_t i = 0; i < n; i += kMaxBatch) {
     Shapes sub = s;
     sub.src[0] = sub.dst[0] = std::min(kMaxBatch, n - i);
-    run(sub, i);
+    auto& p = Cached<P>(Key(kind, sub), make, sub);
+    if (!wei || wei.get_desc() != p.pd.weights_desc())
+      wei = KernelIn(s, w, p.pd.weights_desc(), strm);
+    exec(p, wei, i);
   }
 }
 
@@ -221,15 +232,10 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     return err;
   return Guarded("conv forward", [&] {
     dnnl::stream strm(Engine());
-    const int64_t x_image = s.src[1] * s.src[2] * s.src[3];
-    const int64_t y_image = s.dst[1] * s.dst[2] * s.dst[3];
-    memory wei;
-    OverBatchSlices(s, [&](const Shapes& sub, int64_t first) {
-      auto& p = Cached<FwdPrim>(Key("fwd", sub), MakeFwd, sub);
-      if (!wei || wei.get_desc() != p.pd.weights_desc())  // (a last, smaller slice)
-        wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
-      memory src(p.pd.src_desc(), Engine(), x.typed_data() + first * x_image);
-      memory dst(p.pd.dst_desc(), Engine(), y->typed_data() + first * y_image);
+    OverBatchSlices(s, "fwd", MakeFwd, w.typed_data(), strm,
+                    [&](FwdPrim& p, memory& wei, int64_t first) {
+      memory src(p.pd.src_desc(), Engine(), x.typed_data() + first * PerImage(s.src));
+      memory dst(p.pd.dst_desc(), Engine(), y->typed_data() + first * PerImage(s.dst));
       p.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
                             {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
     });
@@ -246,15 +252,12 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     return err;
   return Guarded("conv backward data", [&] {
     dnnl::stream strm(Engine());
-    const int64_t x_image = s.src[1] * s.src[2] * s.src[3];
-    const int64_t y_image = s.dst[1] * s.dst[2] * s.dst[3];
-    memory wei;
-    OverBatchSlices(s, [&](const Shapes& sub, int64_t first) {
-      auto& p = Cached<BwdDataPrim>(Key("bwd_data", sub), MakeBwdData, sub);
-      if (!wei || wei.get_desc() != p.pd.weights_desc())  // (a last, smaller slice)
-        wei = KernelIn(s, w.typed_data(), p.pd.weights_desc(), strm);
-      memory ddst(p.pd.diff_dst_desc(), Engine(), dy.typed_data() + first * y_image);
-      memory dsrc(p.pd.diff_src_desc(), Engine(), dx->typed_data() + first * x_image);
+    OverBatchSlices(s, "bwd_data", MakeBwdData, w.typed_data(), strm,
+                    [&](BwdDataPrim& p, memory& wei, int64_t first) {
+      memory ddst(p.pd.diff_dst_desc(), Engine(),
+                  dy.typed_data() + first * PerImage(s.dst));
+      memory dsrc(p.pd.diff_src_desc(), Engine(),
+                  dx->typed_data() + first * PerImage(s.src));
       p.prim.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei},
                             {DNNL_ARG_DIFF_SRC, dsrc},
                             {DNNL_ARG_SCRATCHPAD, Scratchpad(p.pd)}});
