@@ -23,15 +23,27 @@ from crvae_jax import host_memory
 from experiments.configs import mnist as mnist_configs
 
 
-def environments() -> dict:
-  """{'off': env without the tunable (and told not to re-exec), 'on': env with it, and
-  'jemalloc' (jemalloc preloaded, crvae_jax/host_memory.py) where its library is found}."""
+def environments(names=("off", "on", "jemalloc")) -> dict:
+  """{name: env} for the variants `names` (in that order): 'off' (no tunable, told not to
+  re-exec), 'on' (the tunable), 'jemalloc' (jemalloc preloaded, crvae_jax/host_memory.py;
+  left out where its library is not found) and 'jemalloc+omp_passive' (that, plus
+  OMP_WAIT_POLICY=PASSIVE: OpenMP threads, e.g. oneDNN's under conv_impl='onednn', sleep
+  at once after a parallel region instead of spinning beside XLA's threads)."""
+  unknown = set(names) - set(VARIANTS)
+  if unknown or not names or names[0] != "off":
+    raise ValueError(f"--variants must start with 'off' and take only {VARIANTS}, "
+                     f"got {','.join(names)}")
   off = host_memory.without_hugepages(os.environ)
-  envs = {"off": off, "on": host_memory.with_hugepages(off)}
+  off.pop("OMP_WAIT_POLICY", None)
   library = host_memory.find_jemalloc()
-  if library:
-    envs["jemalloc"] = host_memory.with_jemalloc(off, library)
-  return envs
+  make = {"off": lambda: off, "on": lambda: host_memory.with_hugepages(off),
+          "jemalloc": lambda: host_memory.with_jemalloc(off, library),
+          "jemalloc+omp_passive": lambda: dict(host_memory.with_jemalloc(off, library),
+                                               OMP_WAIT_POLICY="PASSIVE")}
+  return {n: make[n]() for n in names if library or "jemalloc" not in n}
+
+
+VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive")
 
 
 def main():
@@ -43,8 +55,15 @@ def main():
   p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
   p.add_argument("--conv_impl", default="", help="model.conv_impl of the JAX workers "
                  "(default: the config's)")
+  p.add_argument("--variants", default="off,on,jemalloc",
+                 help=f"environments to time, from {','.join(VARIANTS)} ('off' first: "
+                      "the reference of the gains)")
   args = p.parse_args()
-  rows, header, names = [], None, list(environments())
+  try:
+    envs = environments(tuple(args.variants.split(",")))
+  except ValueError as e:
+    p.error(str(e))
+  rows, header, names = [], None, list(envs)
   for scale in args.scales.split(","):
     chunk = mnist_configs.config_at_scale("crvae", scale).eval.chunk_size
     wargs = argparse.Namespace(row="crvae", steps=args.steps, chunk=chunk,
@@ -52,7 +71,7 @@ def main():
                                 conv_impl=args.conv_impl, fused_backward=False)
     for framework in args.frameworks.split(","):
       workers = {name: Worker(framework, scale, wargs, env=env)
-                 for name, env in environments().items()}
+                 for name, env in envs.items()}
       if framework == "jax":
         header = workers["off"].ask("info")["runtime"].replace(
             "malloc THP off", "malloc " + " / ".join(names))
@@ -76,7 +95,7 @@ def main():
   print(f"# {header or 'torch workers only'}")
   print(f"# command: python -m benchmarks.ab_host_memory --scales={args.scales} "
         f"--frameworks={args.frameworks} --measures={args.measures} "
-        f"--rounds={args.rounds} --steps={args.steps}"
+        f"--rounds={args.rounds} --steps={args.steps} --variants={','.join(names)}"
         + (f" --conv_impl={args.conv_impl}" if args.conv_impl else ""))
   cols = ([f"start-up s {' / '.join(names)}", "measure (train img/s, eval samples/s)"]
           + [f"{n}" for n in names] + [f"{n} / off" for n in names[1:]]

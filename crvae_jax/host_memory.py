@@ -108,16 +108,43 @@ def with_jemalloc(env: Mapping[str, str], library: str) -> dict:
   return env
 
 
-def jemalloc_active(env: Mapping[str, str] = os.environ) -> bool:
-  """Whether this process preloads jemalloc (its environment says so)."""
+def jemalloc_active(env: Optional[Mapping[str, str]] = None) -> bool:
+  """Whether a process with `env` preloads jemalloc.
+
+  With no `env`, this process: where /proc/self/maps exists it decides (the dynamic
+  loader only warns about a preload it cannot load, so LD_PRELOAD alone can name a
+  jemalloc that is not there); elsewhere os.environ does.
+  """
+  if env is None:
+    maps = _mapped_files()
+    if maps is not None:
+      return "libjemalloc" in maps
+    env = os.environ
   return "libjemalloc" in env.get("LD_PRELOAD", "")
 
 
-def description(env: Mapping[str, str] = os.environ) -> str:
-  """'malloc jemalloc', 'malloc THP on' or 'malloc THP off' (benchmark machine lines)."""
+def _mapped_files(path: str = "/proc/self/maps") -> Optional[str]:
+  """This process's memory map (Linux), or None where there is none to read."""
+  try:
+    with open(path) as f:
+      return f.read()
+  except OSError:
+    return None
+
+
+def description(env: Optional[Mapping[str, str]] = None) -> str:
+  """'malloc jemalloc', 'malloc THP on' or 'malloc THP off' (benchmark machine lines).
+
+  With no `env`, this process (see `jemalloc_active`); a jemalloc that LD_PRELOAD names
+  but the loader did not load is said so.
+  """
   if jemalloc_active(env):
     return "malloc jemalloc"
-  return "malloc THP on" if active(env) else "malloc THP off"
+  environ = os.environ if env is None else env
+  out = "malloc THP on" if active(environ) else "malloc THP off"
+  if env is None and jemalloc_active(environ):
+    out += " (LD_PRELOAD names jemalloc, but it is not loaded)"
+  return out
 
 
 def active(env: Mapping[str, str] = os.environ) -> bool:

@@ -50,6 +50,8 @@ import numpy as np
 
 from crvae_jax import host_memory, likelihood
 from crvae_jax.families import mnist as mnist_family
+from crvae_jax.models import layers
+from crvae_jax.train import checkpoints
 from crvae_jax.train.guards import NonFiniteError
 from experiments import launch
 from experiments import table_protocol as tp
@@ -118,6 +120,13 @@ flags.DEFINE_float("epoch_seconds", 80.0, "--plan and --stop_after_minutes: seco
 flags.DEFINE_float("eval_samples_per_s", 2500.0, "--plan: IS decoder samples per second "
                    "while no evaluation has been timed (benchmarks/RESULTS.md: 5085 on the "
                    "idle 2-core VM; halved for a shared machine).")
+flags.DEFINE_enum("conv_impl", "auto", list(layers.CONV_IMPLS), "model.conv_impl of jobs whose "
+                  "workdir holds no run yet ('onednn': oneDNN's CPU convolutions, the "
+                  "fastest here; benchmarks/RESULTS.md). A workdir keeps the kernels it "
+                  "started with, so that its resume stays exact. Kernels change float "
+                  "rounding only; the Runs table names each run's.")
+flags.DEFINE_bool("fused_backward", False, "model.fused_backward of jobs whose workdir "
+                  "holds no run yet (as --conv_impl).")
 flags.DEFINE_string("note", "", "A line added to the report (e.g. how the runs shared the "
                     "machine).")
 
@@ -162,6 +171,27 @@ def job_config(p: tp.Protocol, job: tp.Job, epochs=None):
   return c
 
 
+def with_kernels(config, wd: str):
+  """`config` with the kernels of the run in `wd`: those its config.json saved (changed,
+  its resume would not be exact, and the workdir check refuses it), else --conv_impl
+  and --fused_backward."""
+  saved = (checkpoints.read_config_json(wd) or {}).get("model")
+  if isinstance(saved, dict):
+    config.model.conv_impl = saved.get("conv_impl", "auto")
+    config.model.fused_backward = saved.get(
+        "fused_backward", checkpoints.MODEL_KEYS_ADDED["fused_backward"])
+  else:
+    config.model.conv_impl, config.model.fused_backward = (FLAGS.conv_impl,
+                                                           FLAGS.fused_backward)
+  return config
+
+
+def kernels_label(config) -> str:
+  """'conv cpu', 'conv onednn + fused backward', ... (the Runs table's machine column)."""
+  impl = layers.resolve_conv_impl(config.model.conv_impl)
+  return f"conv {impl}" + (" + fused backward" if config.model.fused_backward else "")
+
+
 def overrides(setting: tp.Setting, num_blocks: int) -> dict:
   out = setting.overrides()
   if "optim.lstm_lr_divisor" in out:  # lr/T with the config's T
@@ -169,10 +199,13 @@ def overrides(setting: tp.Setting, num_blocks: int) -> dict:
   return {**out, "train.sample_every_epochs": SAMPLE_EVERY_EPOCHS}
 
 
-def provenance(commit: str) -> dict:
+def provenance(commit: str, config=None) -> dict:
+  """Commit, date, machine (with the run's kernels and malloc where `config` is given),
+  load and command of a training segment or an evaluation."""
+  run = f", {kernels_label(config)}, {host_memory.description()}" if config else ""
   return {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
           "machine": f"{cpu_description()}, jax {jax.__version__}"
-                     f" {jax.devices()[0].device_kind} x{jax.device_count()}",
+                     f" {jax.devices()[0].device_kind} x{jax.device_count()}{run}",
           "load": os.getloadavg()[0], "command": command_line()}
 
 
@@ -182,7 +215,7 @@ def command_line() -> str:
 
 def run_train(p, job, root: str, data, epochs: float, commit: str) -> None:
   wd = tp.workdir(root, job.setting)
-  config = job_config(p, job, epochs)
+  config = with_kernels(job_config(p, job, epochs), wd)
   rec = tp.read_job(wd)
   rec["setting"] = dataclasses.asdict(job.setting)
   rec["overrides"] = overrides(job.setting, config.model.num_blocks)
@@ -193,7 +226,7 @@ def run_train(p, job, root: str, data, epochs: float, commit: str) -> None:
   # Written before training: a segment killed before its end (a session's end, a crash)
   # is closed by the next run_train from this entry (tp.close_interrupted_segment).
   rec["running"] = {"epochs_from": start, "started": t0,
-                    "train_seconds_before": train_seconds, **provenance(commit)}
+                    "train_seconds_before": train_seconds, **provenance(commit, config)}
   tp.write_job(wd, rec)
   try:
     train(config, wd, data)
@@ -203,7 +236,7 @@ def run_train(p, job, root: str, data, epochs: float, commit: str) -> None:
   reached = epochs if failed is None else (float(done.max()) if len(done) else 0.0)
   del rec["running"]
   rec["train"].append({"epochs_from": start, "epochs_to": reached,
-                       "seconds": time.time() - t0, **provenance(commit)})
+                       "seconds": time.time() - t0, **provenance(commit, config)})
   if failed:
     rec["failed"] = {"epoch": reached, "message": failed}
   tp.write_job(wd, rec)
@@ -213,7 +246,7 @@ def run_eval(p, job, root: str, data, commit: str, deadline=None) -> bool:
   """Evaluates `job`; False if it paused at `deadline` (its finished images are kept in
   the workdir, and the next run resumes it)."""
   wd = tp.workdir(root, job.setting)
-  config = job_config(p, job)
+  config = with_kernels(job_config(p, job), wd)
   k, subset = job.num_samples, job.num_images is not None
   pattern = [os.path.join(wd, f"eval_test_K{k}.json"), os.path.join(wd, f"eval_test_K{k}_*")]
   if subset:
@@ -233,7 +266,7 @@ def run_eval(p, job, root: str, data, commit: str, deadline=None) -> bool:
     rec = tp.read_job(wd)  # this run's share, for the evaluation's cost once it finishes
     rec.setdefault("evals_paused", {}).setdefault(job.eval_key, []).append(
         {"seconds": time.time() - t0, "images": paused.done - paused.resumed,
-         **provenance(commit)})
+         **provenance(commit, config)})
     tp.write_job(wd, rec)
     return False
   seconds = time.time() - t0
@@ -250,12 +283,13 @@ def run_eval(p, job, root: str, data, commit: str, deadline=None) -> bool:
   # One segment per run that scored images (earlier ones paused; unused if nothing was
   # read back, e.g. the model was trained again): its seconds and the images it scored.
   segments = (earlier if resumed else []) + [
-      {"seconds": seconds, "images": len(data.test_binary) - resumed, **provenance(commit)}]
+      {"seconds": seconds, "images": len(data.test_binary) - resumed,
+       **provenance(commit, config)}]
   rec["evals"][job.eval_key] = {
       "num_samples": k, "report_k": job.report_k, "num_images": len(data.test_binary),
       "trained_epochs": tp.trained_epochs(rec),
       "seconds": sum(s["seconds"] for s in segments), "segments": segments,
-      **provenance(commit)}
+      **provenance(commit, config)}
   tp.write_job(wd, rec)
   return True
 

@@ -5,7 +5,8 @@ import types
 import numpy as np
 import pytest
 
-from benchmarks import ab_train_step, nll_eval
+from benchmarks import ab_host_memory, ab_train_step, nll_eval
+from crvae_jax import host_memory
 
 
 def test_compiler_option_variants_parse_values_and_refuse_other_text():
@@ -58,3 +59,18 @@ def test_eval_profile_traces_the_estimator_and_names_its_scopes():
   # the decoder runs inside the sample loop; nothing of a backward pass is compiled
   assert any("MnistVAE.decode" in s for s in scopes.values())
   assert not any(s.startswith("bwd ") for s in scopes.values())
+
+
+def test_allocator_variants_are_named_environments_with_off_first(monkeypatch):
+  monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the caller's setting is not inherited
+  monkeypatch.setattr(host_memory, "find_jemalloc", lambda: "/lib/libjemalloc.so.2")
+  envs = ab_host_memory.environments(("off", "jemalloc", "jemalloc+omp_passive"))
+  assert list(envs) == ["off", "jemalloc", "jemalloc+omp_passive"]
+  assert "OMP_WAIT_POLICY" not in envs["off"] and "OMP_WAIT_POLICY" not in envs["jemalloc"]
+  assert envs["jemalloc+omp_passive"] == dict(envs["jemalloc"], OMP_WAIT_POLICY="PASSIVE")
+  assert host_memory.jemalloc_active(envs["jemalloc"])
+  monkeypatch.setattr(host_memory, "find_jemalloc", lambda: None)  # no library: left out
+  assert list(ab_host_memory.environments(("off", "on", "jemalloc"))) == ["off", "on"]
+  for bad in (("on", "off"), ("off", "jemalloc+tcmalloc"), ()):
+    with pytest.raises(ValueError, match="must start with 'off'"):
+      ab_host_memory.environments(bad)

@@ -128,3 +128,25 @@ def test_reexec_with_malloc_jemalloc_preloads_it_or_says_it_is_missing(tmp_path)
   else:  # falls back to glibc, saying why
     assert "no jemalloc library" in run.stderr
     assert run.stdout.splitlines()[-1].startswith("main malloc THP"), run.stdout
+
+
+def test_description_of_this_process_does_not_trust_a_preload_that_failed(tmp_path):
+  # The loader only warns about a library it cannot preload; the process runs on glibc.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", OPT_OUT, MALLOC, "MALLOC_CONF")}
+  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+  env["LD_PRELOAD"] = str(tmp_path / "libjemalloc.so.2")  # does not exist
+  code = ("from crvae_jax import host_memory; "
+          "print(host_memory.jemalloc_active(), '|', host_memory.description())")
+  run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                       text=True, check=True)
+  active, description = run.stdout.strip().split(" | ")
+  assert active == "False", run.stdout
+  assert description.startswith("malloc THP") and "not loaded" in description, run.stdout
+  # Its environment alone would have said jemalloc.
+  assert host_memory.jemalloc_active(env)
+  if host_memory.find_jemalloc():  # and a preload that works is seen in the memory map
+    env["LD_PRELOAD"] = host_memory.find_jemalloc()
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert run.stdout.strip() == "True | malloc jemalloc", run.stdout

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config, make_tiny_data
-from crvae_jax import likelihood, stats
+from crvae_jax import host_memory, likelihood, stats
 from crvae_jax.families import mnist as mnist_family
+from crvae_jax.train import checkpoints
 from experiments import mnist_table, table_records, table_report, table_stats
 from experiments import table_protocol as tp
 
@@ -650,3 +651,39 @@ def test_backfill_from_git_recovers_a_record_replaced_before_replaced_existed(tm
   tp.write_job(str(record), {**again, "replaced": [later]})
   assert table_records.backfill_from_git(str(repo / "records")) == {record.name: 1}
   assert tp.read_job(str(record))["replaced"] == [later]
+
+
+def test_new_workdirs_take_the_kernel_flags_a_started_one_keeps_its_own(flags, monkeypatch):
+  calls, kernels = [], {}
+  _fake_library(monkeypatch, calls)
+  fake_train = mnist_table.train
+
+  def train(config, wd, data):  # as the engine: config.json is written when a run starts
+    kernels.setdefault(os.path.basename(wd), []).append(
+        (config.model.conv_impl, config.model.fused_backward))
+    if checkpoints.read_config_json(wd) is None:
+      os.makedirs(wd, exist_ok=True)
+      checkpoints.write_config(wd, config)
+    fake_train(config, wd, data)
+
+  monkeypatch.setattr(mnist_table, "train", train)
+  settings = dict(rows=["vae"], lrs=["1e-3", "3e-3"], grid_epochs=1.0, num_epochs=2.0,
+                  num_seeds=1, release=False, k_curve_rows=[], num_samples=20,
+                  epoch_seconds=60.0)
+  # A run started before with the old kernels (its config.json says so).
+  started = os.path.join(flags.root, "vae_lr0.001_b1_s0")
+  os.makedirs(started)
+  old = mnist_table.base_config("vae", "cpu")
+  old.model.conv_impl = "auto"
+  checkpoints.write_config(started, old)
+  with flagsaver.flagsaver(conv_impl="xla", fused_backward=True, **settings):
+    mnist_table.main(["mnist_table"])
+  assert set(kernels.pop(os.path.basename(started))) == {("auto", False)}
+  assert kernels and all(set(k) == {("xla", True)} for k in kernels.values()), kernels
+  # Each run's machine line names its kernels; its evaluation used the same ones.
+  rec = tp.read_job(started)
+  assert all("conv cpu, malloc" in s["machine"] for s in rec["train"]), rec["train"]
+  assert all(r["machine"].endswith(host_memory.description())
+             for v in rec["evals"].values() for r in v.get("segments", [v]))
+  other = tp.read_job(os.path.join(flags.root, "vae_lr0.003_b1_s0"))
+  assert all("conv xla + fused backward" in s["machine"] for s in other["train"])

@@ -101,7 +101,12 @@ def batch_statistics(x, axis_name: Optional[str]):
 def batch_norm_train(x, scale, bias, epsilon: float, axis_name: Optional[str]):
   """(y, mean, var): x [..., C] normalised with its batch statistics, then scaled and
   shifted (`flax.linen.BatchNorm`'s arithmetic); mean and var [C] for the running
-  averages carry no gradient (their cotangents are ignored)."""
+  averages carry no gradient (their cotangents are ignored).
+
+  The backward does not differentiate the variance's clip at 0 (Flax's guard against
+  rounding). Where the clip binds, the channel is constant over the batch: x_hat is 0 up
+  to rounding, and so is the term the clip would remove from the gradient.
+  """
   return _bn_fwd(x, scale, bias, epsilon, axis_name)[0]
 
 
