@@ -22,8 +22,8 @@ Opt-in alternative, `CRVAE_JAX_MALLOC=jemalloc`: the restart instead preloads je
 (`LD_PRELOAD`, e.g. Debian's `libjemalloc2`) with `JEMALLOC_CONF`: transparent huge pages,
 no separate arena that returns huge blocks at once, and freed pages kept for 30 s, so
 XLA's per-execution buffers are served from memory the previous step already touched
-(far fewer page faults; benchmarks/RESULTS.md, "jemalloc"). Without the library found it
-falls back to the tunable, with a warning.
+(far fewer page faults; benchmarks/RESULTS.md, "jemalloc"); a MALLOC_CONF you set is
+kept instead. Without the library found it falls back to the tunable, with a warning.
 
 Your own scripts and notebooks set it where their process starts:
   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py
@@ -99,12 +99,13 @@ def find_jemalloc(paths=JEMALLOC_PATHS) -> Optional[str]:
 
 
 def with_jemalloc(env: Mapping[str, str], library: str) -> dict:
-  """A copy of `env` that preloads `library` (jemalloc) with JEMALLOC_CONF."""
+  """A copy of `env` that preloads `library` (jemalloc) with JEMALLOC_CONF, or with the
+  MALLOC_CONF that `env` already sets (yours wins; `description` names it)."""
   env = dict(env)
   if not jemalloc_active(env):
     env["LD_PRELOAD"] = ":".join([library] + [p for p in env.get("LD_PRELOAD", "").split(":")
                                                if p])
-  env["MALLOC_CONF"] = JEMALLOC_CONF
+  env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
   return env
 
 
@@ -138,9 +139,10 @@ def description(env: Optional[Mapping[str, str]] = None) -> str:
   With no `env`, this process (see `jemalloc_active`); a jemalloc that LD_PRELOAD names
   but the loader did not load is said so.
   """
-  if jemalloc_active(env):
-    return "malloc jemalloc"
   environ = os.environ if env is None else env
+  if jemalloc_active(env):
+    conf = environ.get("MALLOC_CONF", JEMALLOC_CONF)
+    return "malloc jemalloc" + ("" if conf == JEMALLOC_CONF else f" (MALLOC_CONF={conf})")
   out = "malloc THP on" if active(environ) else "malloc THP off"
   if env is None and jemalloc_active(environ):
     out += " (LD_PRELOAD names jemalloc, but it is not loaded)"

@@ -99,6 +99,12 @@ def test_with_jemalloc_preloads_it_once_and_without_hugepages_removes_it():
   off = host_memory.without_hugepages(out)
   assert off["LD_PRELOAD"] == "/lib/other.so" and "MALLOC_CONF" not in off
   assert host_memory.description(off) == "malloc THP off"
+  # A MALLOC_CONF of the caller's is kept, and named.
+  mine = host_memory.with_jemalloc(dict(env, MALLOC_CONF="dirty_decay_ms:-1"), "/lib/je.so")
+  assert mine["MALLOC_CONF"] == "dirty_decay_ms:-1"
+  assert host_memory.description(
+      dict(mine, LD_PRELOAD="/lib/libjemalloc.so.2")) == \
+      "malloc jemalloc (MALLOC_CONF=dirty_decay_ms:-1)"
 
 
 def test_find_jemalloc_takes_the_first_library_that_exists(tmp_path):
