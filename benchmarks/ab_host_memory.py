@@ -28,7 +28,8 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
   re-exec), 'on' (the tunable), 'jemalloc' (jemalloc preloaded, crvae_jax/host_memory.py;
   left out where its library is not found) and 'jemalloc+omp_passive' (that, plus
   OMP_WAIT_POLICY=PASSIVE: OpenMP threads, e.g. oneDNN's under conv_impl='onednn', sleep
-  at once after a parallel region instead of spinning beside XLA's threads)."""
+  at once after a parallel region instead of spinning beside XLA's threads) and
+  'jemalloc+nothp' (jemalloc with 4 KiB pages only: JEMALLOC_CONF_NO_THP)."""
   unknown = set(names) - set(VARIANTS)
   if unknown or not names or names[0] != "off":
     raise ValueError(f"--variants must start with 'off' and take only {VARIANTS}, "
@@ -39,11 +40,16 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
   make = {"off": lambda: off, "on": lambda: host_memory.with_hugepages(off),
           "jemalloc": lambda: host_memory.with_jemalloc(off, library),
           "jemalloc+omp_passive": lambda: dict(host_memory.with_jemalloc(off, library),
-                                               OMP_WAIT_POLICY="PASSIVE")}
+                                               OMP_WAIT_POLICY="PASSIVE"),
+          "jemalloc+nothp": lambda: host_memory.with_jemalloc(
+              dict(off, MALLOC_CONF=JEMALLOC_CONF_NO_THP), library)}
   return {n: make[n]() for n in names if library or "jemalloc" not in n}
 
 
-VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive")
+VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive", "jemalloc+nothp")
+# host_memory.JEMALLOC_CONF without transparent huge pages (4 KiB pages only)
+JEMALLOC_CONF_NO_THP = host_memory.JEMALLOC_CONF.replace("thp:always", "thp:never").replace(
+    "metadata_thp:auto", "metadata_thp:disabled")
 
 
 def main():
