@@ -19,11 +19,11 @@ the tunable is already set, when `CRVAE_JAX_HUGEPAGES=0`, off Linux/glibc, with 
 help, 'never' gives none).
 
 Opt-in alternative, `CRVAE_JAX_MALLOC=jemalloc`: the restart instead preloads jemalloc
-(`LD_PRELOAD`, e.g. Debian's `libjemalloc2`) with `JEMALLOC_CONF`: transparent huge pages,
-no separate arena that returns huge blocks at once, and freed pages kept for 30 s, so
-XLA's per-execution buffers are served from memory the previous step already touched
-(far fewer page faults; benchmarks/RESULTS.md, "jemalloc"); a MALLOC_CONF you set is
-kept instead. Without the library found it falls back to the tunable, with a warning.
+(`LD_PRELOAD`, e.g. Debian's `libjemalloc2`) with `JEMALLOC_CONF`: 4 KiB pages (no
+transparent huge pages), no separate arena that returns huge blocks at once, and freed
+pages kept for 30 s, so XLA's per-execution buffers are served from memory the previous
+step already touched (far fewer page faults; benchmarks/RESULTS.md, "jemalloc" and
+"jemalloc without huge pages"); a MALLOC_CONF you set is kept instead. Without the library found it falls back to the tunable, with a warning.
 
 Your own scripts and notebooks set it where their process starts:
   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py
@@ -38,7 +38,9 @@ from typing import Mapping, Optional, Tuple
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "CRVAE_JAX_HUGEPAGES"  # set to 0 to run without the tunable
 MALLOC = "CRVAE_JAX_MALLOC"  # 'jemalloc': preload jemalloc instead (opt-in)
-JEMALLOC_CONF = ("thp:always,metadata_thp:auto,oversize_threshold:0,"
+# 4 KiB pages: with huge pages, JAX's paper-scale evaluation ran at two speeds from
+# round to round (benchmarks/RESULTS.md, "jemalloc without huge pages").
+JEMALLOC_CONF = ("thp:never,metadata_thp:disabled,oversize_threshold:0,"
                  "dirty_decay_ms:30000,muzzy_decay_ms:30000")
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
