@@ -23,7 +23,8 @@ Opt-in alternative, `CRVAE_JAX_MALLOC=jemalloc`: the restart instead preloads je
 transparent huge pages), no separate arena that returns huge blocks at once, and freed
 pages kept for 30 s, so XLA's per-execution buffers are served from memory the previous
 step already touched (far fewer page faults; benchmarks/RESULTS.md, "jemalloc" and
-"jemalloc without huge pages"); a MALLOC_CONF you set is kept instead. Without the library found it falls back to the tunable, with a warning.
+"jemalloc without huge pages"); a MALLOC_CONF you set is kept instead. Without the
+library found it falls back to the tunable, with a warning.
 
 Your own scripts and notebooks set it where their process starts:
   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py
