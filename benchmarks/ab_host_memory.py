@@ -18,7 +18,7 @@ import statistics
 import sys
 
 # pylint: disable=g-import-not-at-top
-from benchmarks.compare_torch import EVAL_IMAGES, Worker
+from benchmarks.compare_torch import DEFAULT_ROWS, EVAL_IMAGES, STEPS, Worker
 from crvae_jax import host_memory
 from experiments.configs import mnist as mnist_configs
 
@@ -62,6 +62,11 @@ def main():
   p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
   p.add_argument("--conv_impl", default="", help="model.conv_impl of the JAX workers "
                  "(default: the config's)")
+  p.add_argument("--step", default="mnist", choices=STEPS,
+                 help="mnist (the crVAE; train and eval) or gan (the Stage1 crVAE-GAN "
+                      "train step; --measures=train)")
+  p.add_argument("--fused_backward", action="store_true",
+                 help="model.fused_backward=True for the JAX workers")
   p.add_argument("--variants", default="off,on,jemalloc",
                  help=f"environments to time, from {','.join(VARIANTS)} ('off' first: "
                       "the reference of the gains)")
@@ -70,12 +75,15 @@ def main():
     envs = environments(tuple(args.variants.split(",")))
   except ValueError as e:
     p.error(str(e))
+  if args.step == "gan" and args.measures != "train":
+    p.error("--step=gan times the train step only: pass --measures=train")
   rows, header, names = [], None, list(envs)
   for scale in args.scales.split(","):
     chunk = mnist_configs.config_at_scale("crvae", scale).eval.chunk_size
-    wargs = argparse.Namespace(row="crvae", steps=args.steps, chunk=chunk,
-                                eval_samples=chunk, eval_images=EVAL_IMAGES[scale],
-                                conv_impl=args.conv_impl, fused_backward=False)
+    wargs = argparse.Namespace(step=args.step, row=DEFAULT_ROWS[args.step],
+                                steps=args.steps, chunk=chunk, eval_samples=chunk,
+                                eval_images=EVAL_IMAGES[scale], conv_impl=args.conv_impl,
+                                fused_backward=args.fused_backward)
     for framework in args.frameworks.split(","):
       workers = {name: Worker(framework, scale, wargs, env=env)
                  for name, env in envs.items()}
@@ -100,10 +108,12 @@ def main():
       for w in workers.values():
         w.close()
   print(f"# {header or 'torch workers only'}")
-  print(f"# command: python -m benchmarks.ab_host_memory --scales={args.scales} "
+  print(f"# command: python -m benchmarks.ab_host_memory --step={args.step} "
+        f"--scales={args.scales} "
         f"--frameworks={args.frameworks} --measures={args.measures} "
         f"--rounds={args.rounds} --steps={args.steps} --variants={','.join(names)}"
-        + (f" --conv_impl={args.conv_impl}" if args.conv_impl else ""))
+        + (f" --conv_impl={args.conv_impl}" if args.conv_impl else "")
+        + (" --fused_backward" if args.fused_backward else ""))
   cols = ([f"start-up s {' / '.join(names)}", "measure (train img/s, eval samples/s)"]
           + [f"{n}" for n in names] + [f"{n} / off" for n in names[1:]]
           + [f"rounds {n}" for n in names])

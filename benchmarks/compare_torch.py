@@ -221,7 +221,7 @@ class Worker:
     if name.startswith("jax-"):
       framework, (conv_impl, fused) = "jax", parse_jax_variant(name[len("jax-"):])
     cmd = [sys.executable, "-m", "benchmarks.compare_torch", f"--worker={framework}",
-           f"--step={getattr(args, 'step', 'mnist')}",  # (ab_host_memory: MNIST only)
+           f"--step={getattr(args, 'step', 'mnist')}",
            f"--scale={scale}", f"--row={args.row}",
            f"--steps={args.steps}",
            f"--eval_images={args.eval_images}", f"--eval_samples={args.eval_samples}",
