@@ -5,7 +5,8 @@ frameworks, same model, same CPU (issue 7).
 
 Per scale and framework, `compare_torch.py` worker processes are started, one with
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ('on'), one without it ('off') and, where the
-library is found, one with jemalloc preloaded ('jemalloc', crvae_jax/host_memory.py);
+library is found, one with jemalloc preloaded ('jemalloc', crvae_jax/host_memory.py;
+--variants picks others, e.g. jemalloc with huge pages; --step=gan times the GAN step);
 the script then times them in turn (the order rotates every round) and prints the
 median train img/s and eval samples/s of each and the gain over 'off', plus each
 worker's start-up (process start to the end of its first train step, one sample each).

@@ -385,8 +385,9 @@ def write_report(p: tp.Protocol, root: str, pilot_root: str, output: str, *,
       f"({test_set}), estimator seed 0, BatchNorm in inference mode.",
       "- Kernels: each run's convolution kernels (`model.conv_impl`) and malloc are in "
       "its machine line under Runs (lines without them: `conv_impl` 'auto', i.e. the "
-      "'cpu' kernels of their commit; their malloc was not recorded). A run keeps the kernels it started with; kernels change "
-      "float rounding only (tests/test_onednn_conv.py), as does the CPU model.",
+      "'cpu' kernels of their commit; their malloc was not recorded). A run keeps the "
+      "kernels it started with; kernels change float rounding only "
+      "(tests/test_onednn_conv.py), as does the CPU model.",
       "- Verdicts: see Verdicts for the rule.", ""]
   lines += table_choices.budget_section(p, pilot_root, png["budget"])
   lines += table_choices.grid_section(p, root)
