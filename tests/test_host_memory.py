@@ -14,6 +14,14 @@ from crvae_jax.host_memory import MALLOC, OPT_OUT, TUNABLE
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _child_env(*drop: str) -> dict:
+  """This process's environment without the variables `drop`, with the repo importable:
+  for a child Python that starts as a user's would."""
+  env = {k: v for k, v in os.environ.items() if k not in drop}
+  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+  return env
+
+
 def test_with_hugepages_keeps_other_tunables_and_adds_once():
   env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/x"}
   out = host_memory.with_hugepages(env)
@@ -72,8 +80,7 @@ def test_reexec_keeps_the_command_line_and_runs_the_program_once(tmp_path):
         host_memory.reexec_with_hugepages()
         print("main", sys.argv[1:], os.environ.get("GLIBC_TUNABLES", ""))
       """))
-  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT)}
-  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+  env = _child_env("GLIBC_TUNABLES", OPT_OUT)
   out = subprocess.run([sys.executable, "-u", str(script), "--a=1", "b c"], env=env,
                        capture_output=True, text=True, check=True).stdout.splitlines()
   restarts = host_memory.should_reexec(env, host_memory.thp_mode(),
@@ -123,9 +130,7 @@ def test_reexec_with_malloc_jemalloc_preloads_it_or_says_it_is_missing(tmp_path)
         host_memory.reexec_with_hugepages()
         print("main", host_memory.description())
       """))
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", OPT_OUT, "LD_PRELOAD", "MALLOC_CONF")}
-  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+  env = _child_env("GLIBC_TUNABLES", OPT_OUT, "LD_PRELOAD", "MALLOC_CONF")
   env[MALLOC] = "jemalloc"
   run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                        text=True, check=True)
@@ -138,9 +143,7 @@ def test_reexec_with_malloc_jemalloc_preloads_it_or_says_it_is_missing(tmp_path)
 
 def test_description_of_this_process_does_not_trust_a_preload_that_failed(tmp_path):
   # The loader only warns about a library it cannot preload; the process runs on glibc.
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", OPT_OUT, MALLOC, "MALLOC_CONF")}
-  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+  env = _child_env("GLIBC_TUNABLES", OPT_OUT, MALLOC, "MALLOC_CONF")
   env["LD_PRELOAD"] = str(tmp_path / "libjemalloc.so.2")  # does not exist
   code = ("from crvae_jax import host_memory; "
           "print(host_memory.jemalloc_active(), '|', host_memory.description())")

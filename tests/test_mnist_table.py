@@ -683,7 +683,8 @@ def test_new_workdirs_take_the_kernel_flags_a_started_one_keeps_its_own(flags, m
   # Each run's machine line names its kernels; its evaluation used the same ones.
   rec = tp.read_job(started)
   assert all("conv cpu, malloc" in s["machine"] for s in rec["train"]), rec["train"]
-  assert all(r["machine"].endswith(host_memory.description())
-             for v in rec["evals"].values() for r in v.get("segments", [v]))
+  evals = [r for v in rec["evals"].values() for r in v.get("segments", [v])]
+  assert evals and all(r["machine"].endswith(f"conv cpu, {host_memory.description()}")
+                       for r in evals), rec["evals"]
   other = tp.read_job(os.path.join(flags.root, "vae_lr0.003_b1_s0"))
   assert all("conv xla + fused backward" in s["machine"] for s in other["train"])
