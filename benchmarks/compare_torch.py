@@ -213,10 +213,11 @@ class Worker:
   (default: this process's) is its environment, e.g. with or without
   crvae_jax.host_memory's malloc tunable. Returns once its whole set-up is done."""
 
-  def __init__(self, name: str, scale: str, args, env=None):
+  def __init__(self, name: str, scale: str, args, env=None, cpus=None):
     """name: 'jax' (model.conv_impl from --conv_impl or the config), 'jax-IMPL' (JAX with
     model.conv_impl IMPL), 'jax-IMPL+fused' (and model.fused_backward) or a torch
-    worker's."""
+    worker's. cpus: the cores it may run on (default: all of this process's); its
+    thread pools size themselves to them."""
     framework, conv_impl, fused = name, args.conv_impl, getattr(args, "fused_backward", False)
     if name.startswith("jax-"):
       framework, (conv_impl, fused) = "jax", parse_jax_variant(name[len("jax-"):])
@@ -229,8 +230,14 @@ class Worker:
     cmd += ["--fused_backward"] if fused else []
     self.name = name
     t = time.perf_counter()
-    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True, env=env, cwd=REPO)
+    own = os.sched_getaffinity(0)
+    if cpus is not None:  # the child inherits the starting thread's cores
+      os.sched_setaffinity(0, cpus)
+    try:
+      self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True, env=env, cwd=REPO)
+    finally:
+      os.sched_setaffinity(0, own)
     self._read()
     self.startup_s = time.perf_counter() - t
     # Wait for the rest of its set-up, so that it does not run alongside the next
@@ -246,9 +253,16 @@ class Worker:
     raise RuntimeError(f"the {self.name} worker exited (code {self.proc.wait()}); its "
                        "error is printed above")
 
-  def ask(self, command: str):
+  def send(self, command: str) -> None:
+    """Starts `command` (answered by the next `receive`)."""
     self.proc.stdin.write(command + "\n")
     self.proc.stdin.flush()
+
+  def receive(self):
+    return self._read()
+
+  def ask(self, command: str):
+    self.send(command)
     return self._read()
 
   def close(self):

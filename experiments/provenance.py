@@ -23,7 +23,8 @@ def git_commit() -> str:
 
 def cpu_fields() -> tuple:
   """(processor, cores) of this machine, e.g. ("Intel(R) Xeon(R) Processor (x86_64)",
-  "2 cores"): /proc/cpuinfo's model name where Linux gives one. This project's machine
+  "2 cores"; "1 of 2 cores" for a process pinned to fewer than all of them, whose thread
+  pools then use only those): /proc/cpuinfo's model name where Linux gives one. This project's machine
   is a VM whose host changes between sessions (an AMD EPYC one day, an Intel Xeon the
   next), so every timing carries the model, not only the architecture."""
   model = ""
@@ -36,7 +37,10 @@ def cpu_fields() -> tuple:
   except OSError:
     pass
   arch = platform.machine() or "unknown architecture"
-  return (f"{model} ({arch})" if model else arch), f"{os.cpu_count()} cores"
+  total = os.cpu_count() or 1
+  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+  cores = f"{total} cores" if usable >= total else f"{usable} of {total} cores"
+  return (f"{model} ({arch})" if model else arch), cores
 
 
 def cpu_description() -> str:

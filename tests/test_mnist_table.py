@@ -688,3 +688,107 @@ def test_new_workdirs_take_the_kernel_flags_a_started_one_keeps_its_own(flags, m
                        for r in evals), rec["evals"]
   other = tp.read_job(os.path.join(flags.root, "vae_lr0.003_b1_s0"))
   assert all("conv xla + fused backward" in s["machine"] for s in other["train"])
+
+
+def test_two_workers_run_every_job_once_in_order(flags, monkeypatch):
+  """--workers: two workers (threads here, processes in use) share one root; each job
+  runs once, each workdir's evaluations after its training, and both workers work."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  calls = []
+  _fake_library(monkeypatch, calls)
+  fake_train, fake_score = mnist_table.train, mnist_table.score
+
+  who = []
+
+  def slow(fn):  # long enough that the other worker claims a job meanwhile
+    def wrapped(config, wd, *a, **k):
+      who.append((threading.current_thread().name, os.path.basename(wd)))
+      time.sleep(0.2)
+      return fn(config, wd, *a, **k)
+    return wrapped
+
+  monkeypatch.setattr(mnist_table, "train", slow(fake_train))
+  monkeypatch.setattr(mnist_table, "score", slow(fake_score))
+  monkeypatch.setattr(mnist_table, "WORKER_POLL_S", 0.01)
+  errors = []
+
+  def worker():
+    try:
+      mnist_table.main(["mnist_table"])
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  def threads_as_workers(root, n, command=None):
+    del command
+    assert root == flags.root and n == 2
+    with flagsaver.flagsaver(worker_index=0):  # (the flag only marks a worker)
+      ts = [threading.Thread(target=worker, name=f"w{i}") for i in range(n)]
+      for t in ts:
+        t.start()
+      for t in ts:
+        t.join()
+    return [0] * n
+
+  monkeypatch.setattr(mnist_table, "run_workers", threads_as_workers)
+  settings = dict(rows=["vae"], lrs=["1e-3", "3e-3"], grid_epochs=2.0, num_epochs=5.0,
+                  num_seeds=2, release=False, k_curve_rows=["vae"], k_curve_images=4,
+                  num_samples=20, k_curve_samples=50, epoch_seconds=60.0, workers=2)
+  with flagsaver.flagsaver(**settings):
+    mnist_table.main(["mnist_table"])
+  assert not errors, errors
+  s0, s1 = "vae_lr0.001_b1_s0", "vae_lr0.001_b1_s1"
+  expected = [("train", s0, 2.0), ("train", "vae_lr0.003_b1_s0", 2.0), ("train", s0, 5.0),
+              ("train", s1, 5.0), ("eval", s0, 20, 10), ("eval", s0, 50, 4),
+              ("eval", s0, 100, 4), ("eval", s1, 20, 10)]
+  assert sorted(calls) == sorted(expected), (calls, who)
+  assert {w for w, _ in who} == {"w0", "w1"} and len(who) == len(expected)
+  order = calls
+  for wd in (s0, s1):
+    last_train = max(i for i, c in enumerate(order) if c[0] == "train" and c[1] == wd)
+    assert all(i > last_train for i, c in enumerate(order) if c[0] == "eval" and c[1] == wd)
+  assert order.index(("train", s0, 5.0)) > order.index(("train", "vae_lr0.003_b1_s0", 2.0))
+  text = open(flags.output, encoding="utf-8").read()
+  assert "| VAE | 0.001 | - | 2 of 2 | 95.00 (0.00) |" in text
+
+
+def test_run_workers_pins_each_worker_to_its_own_core_and_passes_on_sigint(tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  cores = sorted(os.sched_getaffinity(0))
+  n = min(2, len(cores))
+  child = ("import os, signal, sys, time\n"
+           "signal.signal(signal.SIGINT, lambda *a: (print('got SIGINT', flush=True), "
+           "sys.exit(3)))\n"
+           "print('cpus', sorted(os.sched_getaffinity(0)), flush=True)\n"
+           "time.sleep(60)\n")
+  logs = [tmp_path / "logs" / f"worker{i}.log" for i in range(n)]
+
+  def interrupt_when_started():
+    for _ in range(600):
+      if all(p.exists() and "cpus" in p.read_text() for p in logs):
+        break
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)  # as `kill -INT <runner>` would
+
+  threading.Thread(target=interrupt_when_started, daemon=True).start()
+  t = time.monotonic()
+  codes = mnist_table.run_workers(str(tmp_path), n, command=lambda i: [
+      sys.executable, "-c", child])
+  assert codes == [3] * n and time.monotonic() - t < 50  # ended by the signal, not sleep
+  for i, path in enumerate(logs):
+    assert path.read_text().splitlines() == [f"cpus [{cores[i]}]", "got SIGINT"]
+
+
+def test_workers_flags_are_checked_before_anything_runs(flags, monkeypatch):
+  calls = []
+  _fake_library(monkeypatch, calls)
+  with flagsaver.flagsaver(workers=len(os.sched_getaffinity(0)) + 1):
+    with pytest.raises(Exception, match="--workers=.*must be 1 to"):
+      mnist_table.main(["mnist_table"])
+  with flagsaver.flagsaver(worker_index=0, rows=["vae"]):
+    with pytest.raises(Exception, match="--worker_index is set by --workers"):
+      mnist_table.main(["mnist_table"])
+  assert not calls
