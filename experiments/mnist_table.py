@@ -4,7 +4,6 @@ r"""The paper's Table 1 (MNIST NLL of every crVAE-family row) as a seeded experi
   nohup python -m experiments.mnist_table --stop_after_minutes=300 > table.log 2>&1 &
   python -m experiments.mnist_table --stage=lr_grid         # one stage only
   python -m experiments.mnist_table --stage=report          # rewrite results/mnist_table.md
-  nohup python -m experiments.mnist_table --workers=2 > table.log 2>&1 &  # a job per core
 
 Stages (experiments/table_protocol.py has the job list and the workdir layout):
   lr_grid  every row at lr in --lrs x LSTMs at {lr/T, lr}, beta 1, seed 0, constant lr,
@@ -24,9 +23,6 @@ one killed before its end is kept as interrupted, up to its last checkpoint.
 --stop_after_minutes stops before a job that would not finish in time (training is cut
 to the whole epochs that fit; an evaluation scores the images that fit, keeps them in its
 workdir and resumes in the next run, also after a kill); --max_jobs after that many jobs.
---workers=N runs N jobs side by side, each worker process pinned to its own core and
-logging to <root>/logs/worker<i>.log; a worker takes the first ready job no other worker
-holds (a lock per workdir) and waits while the rest wait on the others' jobs.
 Workdirs live outside the checkout (--root), so that a later session can resume them;
 the protocol's numbers are kept in <root>/protocol.json and a run with other numbers on
 the same root is refused. Each report first copies every workdir's small records into
@@ -44,8 +40,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -76,7 +70,6 @@ EVAL_OVERHEAD_S = 30.0  # --plan: start-up and compilation of one evaluation
 MIN_EVAL_MINUTES = 3.0  # --stop_after_minutes: no evaluation starts with less time left
 EVAL_BATCH_MARGIN_S = 30.0  # the deadline is this early: time to save and write records
 PLAN_ASSUMED_EPOCHS = 30.0  # --plan's budget while it is undecided
-WORKER_POLL_S = 30.0  # --workers: how often a worker with nothing ready looks again
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("stage", "all", ["all", "lr_grid", "train", "eval", "report"],
@@ -136,15 +129,6 @@ flags.DEFINE_bool("fused_backward", False, "model.fused_backward of jobs whose w
                   "holds no run yet (as --conv_impl).")
 flags.DEFINE_string("note", "", "A line added to the report (e.g. how the runs shared the "
                     "machine).")
-flags.DEFINE_integer("workers", 1, "Jobs run side by side, each in its own process pinned "
-                     "to its own core (at most the cores this process may use); 1: one job "
-                     "at a time on every core. Whether that does more work per hour is "
-                     "measured by benchmarks/parallel_jobs.py (benchmarks/RESULTS.md). Each "
-                     "worker logs to <root>/logs/worker<i>.log; the report is written after "
-                     "each job and at the end. Thread pools sized to one core may change "
-                     "float rounding; each run's machine line says how many cores it had.")
-flags.DEFINE_integer("worker_index", None, "(Internal: set by --workers for its worker "
-                     "processes.)")
 
 # ------------------------------------------------------------ the library, in two calls
 
@@ -385,117 +369,49 @@ def now() -> float:
   return time.monotonic()
 
 
-@contextlib.contextmanager
-def shared_state(root: str):
-  """Held (blocking) while a process reads the plan and claims a job, or writes records
-  and the report: with --workers, one worker at a time."""
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, ".state.lock"), "w", encoding="utf-8") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    yield
-
-
-def claim(root: str, job: tp.Job):
-  """An open, exclusively locked file while no other process runs a job in `job`'s
-  workdir (release: close it), else None."""
-  locks = os.path.join(root, ".locks")
-  os.makedirs(locks, exist_ok=True)
-  f = open(os.path.join(locks, os.path.basename(tp.workdir(root, job.setting)) + ".lock"),
-           "w", encoding="utf-8")
-  try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    f.close()
-    return None
-  return f
-
-
-def claim_unfinished(root: str, job: tp.Job):
-  """`claim`, unless another worker finished the job after the plan was read (it writes
-  job.json before it lets its claim go)."""
-  f = claim(root, job)
-  if f is not None and tp.is_done(job, root):
-    f.close()
-    return None
-  return f
-
-
-def held_elsewhere(root: str, job: tp.Job) -> bool:
-  """Whether another process holds `job`'s workdir (`claim`)."""
-  f = claim(root, job)
-  if f is None:
-    return True
-  f.close()
-  return False
-
-
 def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
-        records: str, wait_for_others: bool = False) -> None:
-  """Runs ready jobs in the protocol's order, each in its workdir's lock (`claim`), until
-  none is left, --max_jobs or --stop_after_minutes. wait_for_others (a --workers
-  worker): while the jobs left wait on, or are, jobs another worker runs, look again
-  every WORKER_POLL_S instead of stopping."""
-  t_start, n, data, last, said_waiting = now(), 0, None, None, False
+        records: str) -> None:
+  t_start, n, data, last = now(), 0, None, None
   while FLAGS.max_jobs is None or n < FLAGS.max_jobs:
-    with shared_state(root):
-      with table_records.merged_root(root, table_records.matching(root, records)) as (
-          view, _):
-        tp.freeze_grid_scores(p, view, root)  # a grid choice, once made, stays made
-        every = tp.plan(p, view)
-        jobs = [j for j in every if FLAGS.stage in ("all", j.stage)
-                and not tp.is_finished(j, every, root, view)]
-        epoch_s, sps = rates(view, pilot_root)
-      ready = [j for j in jobs if tp.is_ready(j, p, root)]
-      job, lock = next(((j, f) for j in ready if (f := claim_unfinished(root, j))),
-                       (None, None))
-      busy = [] if job else [j for j in jobs if j.setting and held_elsewhere(root, j)]
-    if job is None:
-      if wait_for_others and busy:
-        if not said_waiting:
-          print(f"waiting: {sorted({j.setting.name for j in busy})} run in another "
-                "worker", flush=True)
-          said_waiting = True
-        if (FLAGS.stop_after_minutes is not None
-            and now() - t_start > FLAGS.stop_after_minutes * 60):
-          print("stopping: --stop_after_minutes passed while waiting", flush=True)
-          break
-        time.sleep(WORKER_POLL_S)
-        continue
+    with table_records.merged_root(root, table_records.matching(root, records)) as (
+        view, _):
+      tp.freeze_grid_scores(p, view, root)  # a grid choice, once made, stays made
+      every = tp.plan(p, view)
+      jobs = [j for j in every if FLAGS.stage in ("all", j.stage)
+              and not tp.is_finished(j, every, root, view)]
+      epoch_s, sps = rates(view, pilot_root)
+    ready = [j for j in jobs if tp.is_ready(j, p, root)]
+    if not ready:
       waiting = sorted({j.entry for j in jobs})
       print("nothing left to run" + (f"; waiting: {waiting}" if waiting else ""), flush=True)
       break
-    said_waiting = False
-    try:
-      epochs, deadline = job.epochs, None
-      if FLAGS.stop_after_minutes is not None:
-        left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
-        if job.trains:
-          have = tp.trained_epochs(tp.read_job(tp.workdir(root, job.setting)))
-          epochs = min(job.epochs, math.floor(have + left / epoch_s(job.row)))
-          if epochs <= have:
-            print(f"stopping: the next epoch of {job.setting.name} would pass "
-                  f"--stop_after_minutes", flush=True)
-            break
-        elif left < MIN_EVAL_MINUTES * 60:
-          print(f"stopping: less than {MIN_EVAL_MINUTES:g} minutes left for evaluating "
-                f"{job.setting.name} before --stop_after_minutes", flush=True)
-          break
-        else:  # an evaluation pauses at the limit and resumes in the next run
-          deadline = time.monotonic() + left - EVAL_BATCH_MARGIN_S
-      if (job, epochs) == last:
-        raise RuntimeError(f"{job} did not finish when run; see its workdir's job.json")
-      last = (job, epochs)
-      data = data or load_data(job_config(p, job))
+    job, epochs, deadline = ready[0], ready[0].epochs, None
+    if FLAGS.stop_after_minutes is not None:
+      left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
       if job.trains:
-        run_train(p, job, root, data, epochs, commit)
-      elif not run_eval(p, job, root, data, commit, deadline):
-        break  # paused at --stop_after_minutes
-    finally:
-      lock.close()
+        have = tp.trained_epochs(tp.read_job(tp.workdir(root, job.setting)))
+        epochs = min(job.epochs, math.floor(have + left / epoch_s(job.row)))
+        if epochs <= have:
+          print(f"stopping: the next epoch of {job.setting.name} would pass "
+                f"--stop_after_minutes", flush=True)
+          break
+      elif left < MIN_EVAL_MINUTES * 60:
+        print(f"stopping: less than {MIN_EVAL_MINUTES:g} minutes left for evaluating "
+              f"{job.setting.name} before --stop_after_minutes", flush=True)
+        break
+      else:  # an evaluation pauses at the limit and resumes in the next run
+        deadline = time.monotonic() + left - EVAL_BATCH_MARGIN_S
+    if (job, epochs) == last:
+      raise RuntimeError(f"{job} did not finish when run; see its workdir's job.json")
+    last = (job, epochs)
+    data = data or load_data(job_config(p, job))
+    if job.trains:
+      run_train(p, job, root, data, epochs, commit)
+    elif not run_eval(p, job, root, data, commit, deadline):
+      break  # paused at --stop_after_minutes
     n += 1
     try:  # records or a report that cannot be written must not stop a background run
-      with shared_state(root):
-        report(p, root, pilot_root, output, commit, records)
+      report(p, root, pilot_root, output, commit, records)
     except Exception:  # pylint: disable=broad-except
       logging.warning("records or report failed:\n%s", traceback.format_exc())
 
@@ -563,74 +479,9 @@ def root_lock(root: str):
     yield
 
 
-def held(lock, *args) -> bool:
-  """Whether another process holds `lock(*args)` (a context manager that raises
-  app.UsageError when it cannot take it)."""
-  try:
-    with lock(*args):
-      return False
-  except app.UsageError:
-    return True
-
-
-def pinned_command(command: list, core: int, log_path: str) -> subprocess.Popen:
-  """Starts `command` on `core` only (its thread pools size themselves to it), in its own
-  session (a Ctrl-C reaches it through `run_workers`, once), output appended to log_path."""
-  own = os.sched_getaffinity(0)
-  # The child inherits the starting thread's cores (set here rather than in a preexec_fn,
-  # which is unsafe in a threaded process such as JAX's).
-  os.sched_setaffinity(0, {core})
-  try:
-    with open(log_path, "a", encoding="utf-8") as log:
-      return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                              start_new_session=True)
-  finally:
-    os.sched_setaffinity(0, own)
-
-
-def run_workers(root: str, n: int, command=None) -> list:
-  """--workers: n processes of this command (`command`, default this one's with
-  --worker_index=i), each pinned to its own core, logging to <root>/logs/worker<i>.log;
-  SIGINT and SIGTERM are passed on to them (each saves where it stands). Returns their
-  exit codes once all have ended."""
-  cores = sorted(os.sched_getaffinity(0))[:n]
-  logs = os.path.join(root, "logs")
-  os.makedirs(logs, exist_ok=True)
-  procs = []
-  for i, core in enumerate(cores):
-    argv = command(i) if command else [sys.executable, "-m", "experiments.mnist_table",
-                                       *sys.argv[1:], f"--worker_index={i}"]
-    path = os.path.join(logs, f"worker{i}.log")
-    procs.append(pinned_command(argv, core, path))
-    print(f"worker {i}: core {core}, log {path}", flush=True)
-
-  def forward(signum, frame):
-    del frame
-    print(f"passing signal {signum} on to the workers", flush=True)
-    for proc in procs:
-      if proc.poll() is None:
-        proc.send_signal(signum)
-
-  previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    codes = [proc.wait() for proc in procs]
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
-  for i, code in enumerate(codes):
-    if code:
-      print(f"worker {i} ended with exit code {code}: see {logs}/worker{i}.log",
-            flush=True)
-  return codes
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  usable = len(os.sched_getaffinity(0))
-  if not 1 <= FLAGS.workers <= usable:
-    raise app.UsageError(f"--workers={FLAGS.workers}: must be 1 to {usable} (the cores "
-                         "this process may use)")
   beside = lambda name: os.path.normpath(os.path.join(REPO, "..", "runs", name))
   root = FLAGS.root or beside(f"mnist_table_{FLAGS.scale}")
   pilot_root = FLAGS.pilot_root or beside("mnist_pilots")
@@ -662,24 +513,12 @@ def main(argv):
   commit = git_commit()  # the code this process runs (read once, at start)
   launch.configure_logging()
   launch.enable_compilation_cache(FLAGS.compilation_cache_dir)
-  if FLAGS.stage != "report" and FLAGS.worker_index is not None:
-    # A worker of --workers: its parent holds the root and writes the last report.
-    if not held(root_lock, root):
-      raise app.UsageError("--worker_index is set by --workers for its own processes; "
-                           "run without it")
-    print(f"worker {FLAGS.worker_index} on core(s) {sorted(os.sched_getaffinity(0))}; "
-          f"code {commit}", flush=True)
-    run(p, root, pilot_root, output, commit, records, wait_for_others=True)
-    return
   if FLAGS.stage != "report":
     with root_lock(root):
       check_protocol_file(root, p, write=True)
       print(f"root {root}; budget: {epochs and f'{epochs:g} epochs'} ({how}); code "
             f"{commit}", flush=True)
-      if FLAGS.workers > 1:
-        run_workers(root, FLAGS.workers)
-      else:
-        run(p, root, pilot_root, output, commit, records)
+      run(p, root, pilot_root, output, commit, records)
   report(p, root, pilot_root, output, commit, records)
 
 
