@@ -46,7 +46,10 @@ FLOP rate / JAX's matmul peak, with FLOPs counted from the traced plain formulat
 (benchmarks/flops.py: scans counted T times; train = forward + backward of the
 objective, GAN: forward + both backward passes, gan_throughput.train_flops_per_image;
 eval = decoder per sample + encoder / K). Below the table, one line per
-ratio repeats it next to the machine line and the matmul peaks of that scale's run.
+ratio repeats it next to the machine line and the matmul peaks of that scale's run, and
+one line gives the kernel's counters during each worker's timings (/proc/vmstat,
+system-wide, medians: page faults, direct compaction stalls, huge-page faults,
+allocation stalls), which show what a worker's memory use costs the kernel.
 --write_results appends the whole block, with command, date and commit, to
 benchmarks/RESULTS.md (every run, never replacing an earlier one).
 """
@@ -270,6 +273,22 @@ class Worker:
     self.proc.wait()
 
 
+# System-wide kernel counters read around each timing: page faults, direct compaction,
+# transparent-huge-page faults and allocation stalls (what a worker's memory costs the
+# kernel while it is timed; the other workers are idle then).
+VMSTAT_KEYS = ("pgfault", "compact_stall", "thp_fault_alloc", "allocstall_movable")
+
+
+def vmstat(path: str = "/proc/vmstat") -> dict:
+  """VMSTAT_KEYS from /proc/vmstat ({} where it cannot be read)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return {k: int(v) for k, v in (line.split()[:2] for line in f if line.strip())
+              if k in VMSTAT_KEYS}
+  except (OSError, ValueError):
+    return {}
+
+
 def compare(scale: str, args) -> dict:
   """Start the workers (one after the other), alternate their timings."""
   workers = [Worker(name, scale, args) for name in jax_names(args)]
@@ -282,13 +301,19 @@ def compare(scale: str, args) -> dict:
   names = [w.name for w in workers]
   measures = MEASURES[args.step]
   runs = {(w, m): [] for w in names for m in measures}
+  kernel = {(w, m): [] for w in names for m in measures if m != "peak"}
   for r in range(args.rounds):
     order = workers if r % 2 == 0 else workers[::-1]
     for what, ws in (("train", order), ("eval", order[::-1]), ("peak", order)):
       if what not in measures:
         continue
       for w in ws:
+        before = vmstat()
         runs[(w.name, what)].append(w.ask(what))
+        after = vmstat()
+        if (w.name, what) in kernel:
+          kernel[(w.name, what)].append({k: after[k] - before[k] for k in after
+                                         if k in before})
         print(f"  [{scale} round {r + 1}] {w.name:22s} {what:5s} "
               f"{runs[(w.name, what)][-1]:.1f}", file=sys.stderr, flush=True)
   info = {w.name: w.ask("info") for w in workers}
@@ -297,7 +322,9 @@ def compare(scale: str, args) -> dict:
   res = {"scale": scale, "names": names, "measures": measures,
          "startup": {w.name: (w.startup_s, w.setup_s) for w in workers},
          "median": {k: statistics.median(v) for k, v in runs.items()},
-         "runs": runs, "info": info}
+         "runs": runs, "info": info,
+         "kernel": {k: {c: statistics.median(d[c] for d in v) for c in v[0]}
+                    for k, v in kernel.items() if v and v[0]}}
   if "eval" in measures:
     batch = mnist_configs.config_at_scale(args.row, scale).eval.batch_size
     res["eval"] = (f"{args.eval_samples}, {min(args.chunk, args.eval_samples)} x {batch}, "
@@ -416,6 +443,12 @@ def report(results) -> str:
                  + "; ".join(f"{r['scale']} {r['info'][jax0]['train_flops'] / 1e9:.2f} "
                              f"GFLOP / {r['info'][jax0]['eval_flops'] / 1e6:.0f} MFLOP"
                              for r in results))
+  if any(r.get("kernel") for r in results):
+    lines.append("Kernel counters during each timing (/proc/vmstat, system-wide, median "
+                 "over rounds): " + "; ".join(
+                     f"{r['scale']} {n} {w} " + ", ".join(
+                         f"{c} {v:,.0f}" for c, v in r["kernel"][(n, w)].items())
+                     for r in results for (n, w) in r.get("kernel", {})))
   lines.append("Every timing (the rounds in order): " + "; ".join(
       f"{r['scale']} " + ", ".join(
           f"{n} {w} " + "/".join(f"{v:.0f}" for v in r["runs"][(n, w)])

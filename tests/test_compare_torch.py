@@ -164,3 +164,43 @@ def test_the_rows_the_torch_reference_ports_pass_the_check(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["compare_torch", f"--row={row}", "--scales=cpu"])
     compare_torch.main()
   assert started == ["crvae", "crvae_t4", "crvae_t16", "cvae"]
+
+
+def test_kernel_counters_are_read_around_each_timing_and_reported(tmp_path, monkeypatch):
+  stat = tmp_path / "vmstat"
+  stat.write_text("nr_free_pages 10\npgfault 1000\ncompact_stall 7\nthp_fault_alloc 3\n"
+                  "allocstall_movable 0\npgmajfault 5\n")
+  assert compare_torch.vmstat(str(stat)) == {"pgfault": 1000, "compact_stall": 7,
+                                             "thp_fault_alloc": 3, "allocstall_movable": 0}
+  assert compare_torch.vmstat(str(tmp_path / "missing")) == {}
+  counter = {"pgfault": 0, "compact_stall": 0}
+
+  class FakeWorker:
+    """Faults 100 pages per jax timing and 300 per torch timing, stalls once per eval."""
+
+    def __init__(self, name, scale, args, env=None):
+      del scale, args, env
+      self.name, self.startup_s, self.setup_s = name, 1.0, 1.0
+
+    def ask(self, what):
+      if what == "info":
+        return {"runtime": MACHINE, "params": 1, "train_flops": 1.0, "eval_flops": 1.0}
+      counter["pgfault"] += 100 if self.name == "jax" else 300
+      counter["compact_stall"] += what == "eval"
+      return 10.0
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(compare_torch, "Worker", FakeWorker)
+  monkeypatch.setattr(compare_torch, "vmstat", lambda: dict(counter))
+  args = compare_torch.argparse.Namespace(
+      jax_variants=[], torch_variants=["eager"], torch_malloc="same", step="mnist",
+      rounds=3, row="crvae", eval_samples=128, chunk=128, eval_images=2)
+  res = compare_torch.compare("cpu", args)
+  assert res["kernel"][("jax", "train")] == {"pgfault": 100, "compact_stall": 0}
+  assert res["kernel"][("torch", "eval")] == {"pgfault": 300, "compact_stall": 1}
+  assert ("jax", "peak") not in res["kernel"]
+  text = compare_torch.report([res])
+  assert "cpu torch eval pgfault 300, compact_stall 1" in text
+  assert "Kernel counters" not in compare_torch.report([fake_result()])  # older results
