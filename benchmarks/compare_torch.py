@@ -233,14 +233,16 @@ class Worker:
     cmd += ["--fused_backward"] if fused else []
     self.name = name
     t = time.perf_counter()
-    own = os.sched_getaffinity(0)
-    if cpus is not None:  # the child inherits the starting thread's cores
+    own = None
+    if cpus is not None:  # (Linux) the child inherits the starting thread's cores
+      own = os.sched_getaffinity(0)
       os.sched_setaffinity(0, cpus)
     try:
       self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    text=True, env=env, cwd=REPO)
     finally:
-      os.sched_setaffinity(0, own)
+      if own is not None:
+        os.sched_setaffinity(0, own)
     self._read()
     self.startup_s = time.perf_counter() - t
     # Wait for the rest of its set-up, so that it does not run alongside the next
@@ -323,7 +325,8 @@ def compare(scale: str, args) -> dict:
          "startup": {w.name: (w.startup_s, w.setup_s) for w in workers},
          "median": {k: statistics.median(v) for k, v in runs.items()},
          "runs": runs, "info": info,
-         "kernel": {k: {c: statistics.median(d[c] for d in v) for c in v[0]}
+         "kernel": {k: {c: statistics.median(d[c] for d in v) for c in v[0]
+                        if all(c in d for d in v)}  # (a counter every timing read)
                     for k, v in kernel.items() if v and v[0]}}
   if "eval" in measures:
     batch = mnist_configs.config_at_scale(args.row, scale).eval.batch_size

@@ -46,6 +46,9 @@ def measure_together(workers, what: str) -> list:
 
 
 def run(args) -> dict:
+  if not hasattr(os, "sched_getaffinity"):
+    raise SystemExit("parallel_jobs pins workers to cores with sched_setaffinity: Linux "
+                     "only")
   cores = sorted(os.sched_getaffinity(0))
   if len(cores) < 2:
     raise SystemExit(f"parallel_jobs: this process may use {len(cores)} core(s); it "

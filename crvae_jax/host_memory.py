@@ -21,9 +21,10 @@ help, 'never' gives none).
 Opt-in alternative, `CRVAE_JAX_MALLOC=jemalloc`: the restart instead preloads jemalloc
 (`LD_PRELOAD`, e.g. Debian's `libjemalloc2`) with `JEMALLOC_CONF`: 4 KiB pages (no
 transparent huge pages), no separate arena that returns huge blocks at once, and freed
-pages kept for 30 s (then returned at once, not lazily), so XLA's per-execution buffers are served from memory the previous
-step already touched (far fewer page faults; benchmarks/RESULTS.md, "jemalloc" and
-"jemalloc without huge pages"); a MALLOC_CONF you set is kept instead. Without the
+pages kept for 30 s (then returned at once, not lazily), so XLA's per-execution buffers
+are served from memory the previous step already touched (far fewer page faults;
+benchmarks/RESULTS.md, "jemalloc" and "jemalloc without huge pages"); a MALLOC_CONF you
+set is kept instead. Without the
 library found it falls back to the tunable, with a warning.
 
 Your own scripts and notebooks set it where their process starts:

@@ -24,9 +24,10 @@ def git_commit() -> str:
 def cpu_fields() -> tuple:
   """(processor, cores) of this machine, e.g. ("Intel(R) Xeon(R) Processor (x86_64)",
   "2 cores"; "1 of 2 cores" for a process pinned to fewer than all of them, whose thread
-  pools then use only those): /proc/cpuinfo's model name where Linux gives one. This project's machine
-  is a VM whose host changes between sessions (an AMD EPYC one day, an Intel Xeon the
-  next), so every timing carries the model, not only the architecture."""
+  pools then use only those): /proc/cpuinfo's model name where Linux gives one. This
+  project's machine is a VM whose host changes between sessions (an AMD EPYC one day,
+  an Intel Xeon the next), so every timing carries the model, not only the
+  architecture."""
   model = ""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:

@@ -83,3 +83,12 @@ def test_write_results_makes_its_section_once_and_appends_every_run(tmp_path, mo
       parallel_jobs.RESULTS_MARKER)
   assert text.startswith("# Measured results\n\n## Other section\n\ntext\n")
   assert "commit abc1234" in text
+
+
+def test_a_pinned_process_names_its_cores_in_machine_lines(monkeypatch):
+  from experiments import provenance  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1})
+  assert provenance.cpu_fields()[1] == "1 of 2 cores"
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+  assert provenance.cpu_fields()[1] == "2 cores"
