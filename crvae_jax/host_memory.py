@@ -21,11 +21,11 @@ help, 'never' gives none).
 Opt-in alternative, `CRVAE_JAX_MALLOC=jemalloc`: the restart instead preloads jemalloc
 (`LD_PRELOAD`, e.g. Debian's `libjemalloc2`) with `JEMALLOC_CONF`: 4 KiB pages (no
 transparent huge pages), no separate arena that returns huge blocks at once, and freed
-pages kept for 30 s (then returned at once, not lazily), so XLA's per-execution buffers
-are served from memory the previous step already touched (far fewer page faults;
+pages kept for 30 s (then returned lazily), so XLA's per-execution buffers are served
+from memory the previous step already touched (far fewer page faults;
 benchmarks/RESULTS.md, "jemalloc" and "jemalloc without huge pages"); a MALLOC_CONF you
-set is kept instead. Without the
-library found it falls back to the tunable, with a warning.
+set is kept instead. Without the library found it falls back to the tunable, with a
+warning.
 
 Your own scripts and notebooks set it where their process starts:
   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py
@@ -41,12 +41,12 @@ TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "CRVAE_JAX_HUGEPAGES"  # set to 0 to run without the tunable
 MALLOC = "CRVAE_JAX_MALLOC"  # 'jemalloc': preload jemalloc instead (opt-in)
 # 4 KiB pages: with huge pages, JAX's paper-scale evaluation ran at two speeds from
-# round to round (benchmarks/RESULTS.md, "jemalloc without huge pages"). No muzzy
-# decay: freed pages are returned with MADV_DONTNEED rather than left lazily freed
-# (MADV_FREE), which slowed other processes' evaluation beside two JAX processes
-# (benchmarks/RESULTS.md, "Update of 2026-12-05 14:00 UTC").
+# round to round (benchmarks/RESULTS.md, "jemalloc without huge pages"). Freed pages
+# go back lazily (MADV_FREE, the muzzy decay): returning them at once
+# (muzzy_decay_ms:0) spared a PyTorch process beside two JAX ones but cost the CPU-scale
+# GAN step about 30% of its speed (RESULTS, "Update of 2026-12-05 14:45 UTC").
 JEMALLOC_CONF = ("thp:never,metadata_thp:disabled,oversize_threshold:0,"
-                 "dirty_decay_ms:30000,muzzy_decay_ms:0")
+                 "dirty_decay_ms:30000,muzzy_decay_ms:30000")
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2",
