@@ -344,6 +344,19 @@ def parse_jax_variant(variant: str):
   return impl, bool(plus)
 
 
+def check_conv_impl(impl: str) -> str:
+  """`impl` if it is a model.conv_impl, else ValueError naming the allowed ones."""
+  from crvae_jax.models.layers import CONV_IMPLS  # pylint: disable=g-import-not-at-top
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl {impl!r} is not one of {CONV_IMPLS}")
+  return impl
+
+
+def jax_variant_impl(variant: str) -> str:
+  """The checked conv_impl of a JAX variant ('onednn+fused' -> 'onednn')."""
+  return check_conv_impl(parse_jax_variant(variant)[0])
+
+
 def jax_names(args) -> list:
   """The JAX workers: 'jax' (the config's conv_impl, or --conv_impl), or with
   --jax_variants one 'jax-IMPL' per conv_impl listed."""
@@ -469,20 +482,21 @@ def git_commit() -> str:
                                                    "--untracked-files=no") else "")
 
 
-def write_results(block: str, path: str = RESULTS) -> None:
-  """Appends this run's block (command, date, commit, machine line, output) to the
-  compare_torch section of RESULTS.md, creating the section at the end if absent."""
-  with open(path) as f:
+def write_results(block: str, path: str = RESULTS, section: str = RESULTS_SECTION,
+                  marker: str = RESULTS_MARKER, command: str | None = None) -> None:
+  """Appends this run's block (command, date, commit, machine line, output) to a
+  section of RESULTS.md (default compare_torch's; other benchmarks pass their own
+  section, marker and command), creating the section at the end if absent."""
+  with open(path, encoding="utf-8") as f:
     text = f.read()
-  if RESULTS_MARKER not in text:
-    text = text.rstrip("\n") + f"\n\n{RESULTS_SECTION}\n\n{RESULTS_MARKER}\n"
+  if marker not in text:
+    text = text.rstrip("\n") + f"\n\n{section}\n\n{marker}\n"
   machine = block.splitlines()[0].lstrip("# ")
   entry = (f"### Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
-           f"{git_commit()}\n\n- Command: `{command_line()}`\n- Machine: {machine}\n\n"
-           f"```\n{block}\n```\n\n")
-  text = text.replace(RESULTS_MARKER, entry + RESULTS_MARKER)
-  with open(path, "w") as f:
-    f.write(text)
+           f"{git_commit()}\n\n- Command: `{command or command_line()}`\n"
+           f"- Machine: {machine}\n\n```\n{block}\n```\n\n")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text.replace(marker, entry + marker))
 
 
 def main():
@@ -528,14 +542,13 @@ def main():
     return
   args.torch_variants = args.torch_variants.split(",")
   args.jax_variants = [v for v in args.jax_variants.split(",") if v]
-  from crvae_jax.models.layers import CONV_IMPLS  # pylint: disable=g-import-not-at-top
   try:
-    impls = [parse_jax_variant(v)[0] for v in args.jax_variants]
+    for v in args.jax_variants:
+      jax_variant_impl(v)
+    if args.conv_impl:  # (a conv_impl only, no '+fused')
+      check_conv_impl(args.conv_impl)
   except ValueError as e:
     p.error(str(e))
-  for impl in impls + ([args.conv_impl] if args.conv_impl else []):  # (a conv_impl only)
-    if impl not in CONV_IMPLS:
-      p.error(f"conv_impl {impl!r} is not one of {CONV_IMPLS}")
   if len(set(args.jax_variants)) != len(args.jax_variants):
     p.error(f"--jax_variants lists a conv_impl twice: {args.jax_variants}")
   if args.rounds < 5:

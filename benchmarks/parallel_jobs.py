@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 from benchmarks import compare_torch
 from crvae_jax import host_memory
@@ -110,16 +109,7 @@ def report(res, args) -> str:
 
 def write_results(block: str, path: str = compare_torch.RESULTS) -> None:
   """Appends this run's block to its section of RESULTS.md (created at the end)."""
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
-  if RESULTS_MARKER not in text:
-    text = text.rstrip("\n") + f"\n\n{RESULTS_SECTION}\n\n{RESULTS_MARKER}\n"
-  machine = block.splitlines()[0].lstrip("# ")
-  entry = (f"### Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
-           f"{compare_torch.git_commit()}\n\n- Command: `{command_line()}`\n"
-           f"- Machine: {machine}\n\n```\n{block}\n```\n\n")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text.replace(RESULTS_MARKER, entry + RESULTS_MARKER))
+  compare_torch.write_results(block, path, RESULTS_SECTION, RESULTS_MARKER, command_line())
 
 
 def main():
@@ -139,12 +129,9 @@ def main():
     p.error("--rounds, --steps and --eval_images must be >= 1")
   if args.jax_variant:
     try:
-      impl, _ = compare_torch.parse_jax_variant(args.jax_variant)
+      compare_torch.jax_variant_impl(args.jax_variant)
     except ValueError as e:
-      p.error(str(e))
-    from crvae_jax.models.layers import CONV_IMPLS  # pylint: disable=g-import-not-at-top
-    if impl not in CONV_IMPLS:
-      p.error(f"--jax_variant: conv_impl {impl!r} is not one of {CONV_IMPLS}")
+      p.error(f"--jax_variant: {e}")
   config = mnist_configs.config_at_scale(args.row, args.scale)  # an unknown row fails
   # What compare_torch's workers read (it sets these per scale).
   args.step, args.conv_impl, args.fused_backward = "mnist", "", False
