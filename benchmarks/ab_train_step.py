@@ -80,6 +80,7 @@ def variant_config_and_context(variant: str, scale: str, row: str):
   if variant.startswith("+"):
     config = mnist_configs.config_at_scale(row, scale)
     config.model.conv_impl = "cpu"
+    config.model.fused_backward = False
     options = {**compiled._CPU_COMPILER_OPTIONS,  # pylint: disable=protected-access
                **extra_compiler_options(variant)}
     return config, mock.patch.object(compiled, "_CPU_COMPILER_OPTIONS", options)
@@ -87,6 +88,7 @@ def variant_config_and_context(variant: str, scale: str, row: str):
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
   config = mnist_configs.config_at_scale(row, scale)
   config.model.conv_impl = "xla" if variant == "xla" else "cpu"
+  config.model.fused_backward = False  # the kernels these variants compare, alone
   if variant == "ynn_convs":
     return config, mock.patch.object(compiled, "compiler_options",
                                      lambda conv_impl="auto": None)

@@ -15,16 +15,16 @@ each finishing its set-up before the next starts (so no start-up runs alongside 
 worker's), each building the model of that scale:
   jax            crvae_jax's data-parallel train step and IS-NLL estimator
                  (benchmarks/train_throughput.py, nll_eval.py; GAN: the Stage1 step,
-                 benchmarks/gan_throughput.py), conv_impl from the config ('auto': the
-                 CPU kernels on CPU);
+                 benchmarks/gan_throughput.py), conv_impl from the config ('fastest':
+                 oneDNN's where they build), fused_backward off unless asked for;
   torch          benchmarks/torch_reference.py (GAN: torch_gan_reference.py), eager:
                  nn.LSTM, fused Adam, channels_last, inference_mode for evaluation;
   torch-compile, torch-compile-autotune
                  the same under torch.compile (modes default and
                  max-autotune-no-cudagraphs; `--torch_variants`).
 The JAX workers inherit this process's environment, so run with the allocator setting
-our entry points give them (crvae_jax/host_memory.py: glibc's transparent-huge-page
-tunable, or jemalloc with CRVAE_JAX_MALLOC=jemalloc); the torch workers run with glibc's
+our entry points give them (crvae_jax/host_memory.py: jemalloc where found, else glibc's
+transparent-huge-page tunable); the torch workers run with glibc's
 malloc as the system has it (as people run PyTorch; --torch_malloc=same gives them the
 JAX workers' setting). Each runtime line says which malloc ran;
 benchmarks/ab_host_memory.py measures what each setting does to each framework.
@@ -78,11 +78,15 @@ RESULTS_MARKER = "<!-- compare_torch --write_results appends its runs above this
 
 
 def config_at_scale(step: str, row: str, scale: str):
-  """The config that --step/--row/--scales time at `scale`."""
+  """The config that --step/--row/--scales time at `scale`, with model.fused_backward
+  off (a JAX variant's '+fused' or --fused_backward turns it on; the labels say which)."""
   if step == "gan":
     from benchmarks import gan_throughput  # imports jax; starts no backend
-    return gan_throughput.config_at_scale(row, scale)
-  return mnist_configs.config_at_scale(row, scale)
+    config = gan_throughput.config_at_scale(row, scale)
+  else:
+    config = mnist_configs.config_at_scale(row, scale)
+  config.model.fused_backward = False
+  return config
 
 
 def torch_variant(worker: str) -> str:
@@ -181,9 +185,14 @@ def _torch_gan_worker(config, args, variant: str):
 
 
 def kernels_label(config) -> str:
-  """'onednn', or 'onednn + fused backward' with model.fused_backward."""
+  """'onednn', or 'onednn + fused backward' with model.fused_backward; conv_impl
+  'fastest' as 'fastest (onednn)', what it picks here."""
+  from crvae_jax.models import layers  # pylint: disable=g-import-not-at-top
+  impl = config.model.conv_impl
+  if impl == "fastest":
+    impl = f"fastest ({layers.resolve_conv_impl(impl)})"
   fused = config.model.get("fused_backward", False)
-  return config.model.conv_impl + (" + fused backward" if fused else "")
+  return impl + (" + fused backward" if fused else "")
 
 
 def worker_main(args):
@@ -528,8 +537,8 @@ def main():
   p.add_argument("--torch_malloc", default="default", choices=("default", "same"),
                  help="the torch workers' allocator: 'default' = glibc's malloc without "
                       "the huge-page tunable (as people run PyTorch), 'same' = this "
-                      "process's setting (the JAX workers': THP tunable, or jemalloc "
-                      "with CRVAE_JAX_MALLOC=jemalloc)")
+                      "process's setting (the JAX workers': jemalloc where found, else "
+                      "the THP tunable)")
   p.add_argument("--write_results", action="store_true",
                  help=f"append the result block to {os.path.relpath(RESULTS, REPO)}")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)

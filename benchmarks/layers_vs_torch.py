@@ -237,6 +237,7 @@ class LayerCall(NamedTuple):
 
 
 _KINDS = ((layers.Conv, "conv"), (layers.ConvTranspose, "deconv"), (nn.BatchNorm, "bn"),
+          (layers.BatchNorm, "bn"),  # (model.fused_backward's)
           (rgb.MinibatchDiscrimination, "minibatch"), (lstm.StackedLSTM, "lstm"))
 
 

@@ -1,6 +1,6 @@
 r"""One job on every core, or one job per core: which does more MNIST work per hour here?
 
-  CRVAE_JAX_MALLOC=jemalloc python -m benchmarks.parallel_jobs --rounds=5 \
+  python -m benchmarks.parallel_jobs --rounds=5 \
       --jax_variant=onednn+fused --scale=cpu --write_results
 
 The Table 1 runner (experiments/mnist_table.py) trains and evaluates dozens of small

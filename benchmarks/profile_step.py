@@ -166,6 +166,8 @@ def main():
                  help="--measure=eval: samples per chunk (0: the config's)")
   p.add_argument("--conv_impl", default="", choices=("",) + layers.CONV_IMPLS,
                  help="override model.conv_impl (empty: the config's)")
+  p.add_argument("--fused_backward", action="store_true",
+                 help="set model.fused_backward (the hand-written LSTM/BatchNorm backward)")
   p.add_argument("--by", default="kind", choices=("kind", "scope"),
                  help="group by XLA operation kind or by model scope (fwd/bwd)")
   p.add_argument("--depth", type=int, default=2, help="--by=scope: path components kept "
@@ -175,6 +177,7 @@ def main():
             mnist_configs.config_at_scale(args.row, args.scale))
   if args.conv_impl:
     config.model.conv_impl = args.conv_impl
+  config.model.fused_backward = args.fused_backward  # (the configs' default is on)
   if args.config:
     trainer = GanTrainer(config)
     what = f"{args.config} (width {trainer.config.model.width}, batch " \

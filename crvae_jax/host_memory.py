@@ -18,14 +18,16 @@ the tunable is already set, when `CRVAE_JAX_HUGEPAGES=0`, off Linux/glibc, with 
 2.35 (no such tunable) or when the kernel's THP mode is not 'madvise' ('always' needs no
 help, 'never' gives none).
 
-Opt-in alternative, `CRVAE_JAX_MALLOC=jemalloc`: the restart instead preloads jemalloc
-(`LD_PRELOAD`, e.g. Debian's `libjemalloc2`) with `JEMALLOC_CONF`: 4 KiB pages (no
-transparent huge pages), no separate arena that returns huge blocks at once, and freed
-pages kept for 30 s (then returned lazily), so XLA's per-execution buffers are served
-from memory the previous step already touched (far fewer page faults;
-benchmarks/RESULTS.md, "jemalloc" and "jemalloc without huge pages"); a MALLOC_CONF you
-set is kept instead. Without the library found it falls back to the tunable, with a
-warning.
+Where a jemalloc library is found (e.g. Debian's `libjemalloc2`), the restart instead
+preloads it (`LD_PRELOAD`) with `JEMALLOC_CONF`: 4 KiB pages (no transparent huge
+pages), no separate arena that returns huge blocks at once, and freed pages kept for
+30 s (then returned lazily), so XLA's per-execution buffers are served from memory the
+previous step already touched (far fewer page faults; benchmarks/RESULTS.md, "jemalloc"
+and "jemalloc without huge pages"); a MALLOC_CONF you set is kept instead.
+`CRVAE_JAX_MALLOC` chooses: unset, jemalloc where found, else glibc with the tunable;
+`jemalloc`, the same, with a warning where it is not found; `glibc`, glibc's malloc
+with the tunable. A GLIBC_TUNABLES that already holds the tunable keeps glibc's malloc
+unless `CRVAE_JAX_MALLOC=jemalloc`.
 
 Your own scripts and notebooks set it where their process starts:
   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py
@@ -39,7 +41,8 @@ from typing import Mapping, Optional, Tuple
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "CRVAE_JAX_HUGEPAGES"  # set to 0 to run without the tunable
-MALLOC = "CRVAE_JAX_MALLOC"  # 'jemalloc': preload jemalloc instead (opt-in)
+MALLOC = "CRVAE_JAX_MALLOC"  # unset or 'jemalloc': jemalloc where found; 'glibc': glibc's
+MALLOC_CHOICES = ("jemalloc", "glibc")
 # 4 KiB pages: with huge pages, JAX's paper-scale evaluation ran at two speeds from
 # round to round (benchmarks/RESULTS.md, "jemalloc without huge pages"). Freed pages
 # go back lazily (MADV_FREE, the muzzy decay): returning them at once
@@ -178,15 +181,22 @@ def reexec_with_hugepages() -> None:
   same in the new process, which replaces this one.
   """
   env = dict(os.environ)
-  if env.get(MALLOC) == "jemalloc" and not jemalloc_active(env) \
-      and env.get(OPT_OUT, "1") != "0":
+  choice = env.get(MALLOC, "")
+  if choice and choice not in MALLOC_CHOICES:
+    print(f"{MALLOC}={choice!r} is not one of {MALLOC_CHOICES}; using the default "
+          "(jemalloc where found)", file=sys.stderr)
+    choice = ""
+  # (a tunable you set yourself keeps glibc unless you ask for jemalloc)
+  if choice != "glibc" and not jemalloc_active(env) and env.get(OPT_OUT, "1") != "0" \
+      and (choice == "jemalloc" or not active(env)):
     library = find_jemalloc()
     if library:
       _restart(with_jemalloc(env, library))
-    print(f"{MALLOC}=jemalloc: no jemalloc library in {', '.join(JEMALLOC_PATHS)} "
-          "(Debian/Ubuntu: apt install libjemalloc2); using glibc's malloc",
-          file=sys.stderr)
-    del env[MALLOC]  # said once: the restart below does not look for it again
+    if choice == "jemalloc":
+      print(f"{MALLOC}=jemalloc: no jemalloc library in {', '.join(JEMALLOC_PATHS)} "
+            "(Debian/Ubuntu: apt install libjemalloc2); using glibc's malloc",
+            file=sys.stderr)
+    env[MALLOC] = "glibc"  # decided: the restart below does not look for it again
   if jemalloc_active(env) or not should_reexec(env, thp_mode(), glibc_version()):
     return
   _restart(with_hugepages(env))

@@ -96,6 +96,9 @@ def main(argv):
                training="train" in FLAGS.mode)
   if FLAGS.mode[0] != "train" and not os.path.isdir(workdir):
     raise FileNotFoundError(f"no such workdir: {workdir}")
+  # The kernels (model.conv_impl, fused_backward): a workdir's own, else 'fastest'
+  # resolved here; before any mode builds a model.
+  checkpoints.settle_kernels(workdir, config)
   if "train" in FLAGS.mode:  # (training checks it again, for library callers)
     checkpoints.refuse_other_config(workdir, config)
   data = {}  # loaded once for every mode that reads it

@@ -120,12 +120,13 @@ flags.DEFINE_float("epoch_seconds", 80.0, "--plan and --stop_after_minutes: seco
 flags.DEFINE_float("eval_samples_per_s", 2500.0, "--plan: IS decoder samples per second "
                    "while no evaluation has been timed (benchmarks/RESULTS.md: 5085 on the "
                    "idle 2-core VM; halved for a shared machine).")
-flags.DEFINE_enum("conv_impl", "auto", list(layers.CONV_IMPLS), "model.conv_impl of jobs whose "
-                  "workdir holds no run yet ('onednn': oneDNN's CPU convolutions, the "
-                  "fastest here; benchmarks/RESULTS.md). A workdir keeps the kernels it "
-                  "started with, so that its resume stays exact. Kernels change float "
-                  "rounding only; the Runs table names each run's.")
-flags.DEFINE_bool("fused_backward", False, "model.fused_backward of jobs whose workdir "
+flags.DEFINE_enum("conv_impl", "fastest", list(layers.CONV_IMPLS), "model.conv_impl of "
+                  "jobs whose workdir holds no run yet ('fastest', the configs' default: "
+                  "oneDNN's CPU convolutions where they build; benchmarks/RESULTS.md). A "
+                  "workdir keeps the kernels it started with, so that its resume stays "
+                  "exact. Kernels change float rounding only; the Runs table names each "
+                  "run's.")
+flags.DEFINE_bool("fused_backward", True, "model.fused_backward of jobs whose workdir "
                   "holds no run yet (as --conv_impl).")
 flags.DEFINE_string("note", "", "A line added to the report (e.g. how the runs shared the "
                     "machine).")
@@ -173,16 +174,11 @@ def job_config(p: tp.Protocol, job: tp.Job, epochs=None):
 
 def with_kernels(config, wd: str):
   """`config` with the kernels of the run in `wd`: those its config.json saved (changed,
-  its resume would not be exact, and the workdir check refuses it), else --conv_impl
-  and --fused_backward."""
-  saved = (checkpoints.read_config_json(wd) or {}).get("model")
-  if isinstance(saved, dict):
-    config.model.conv_impl = saved.get("conv_impl", "auto")
-    config.model.fused_backward = saved.get(
-        "fused_backward", checkpoints.MODEL_KEYS_ADDED["fused_backward"])
-  else:
-    config.model.conv_impl, config.model.fused_backward = (FLAGS.conv_impl,
-                                                           FLAGS.fused_backward)
+  its resume would not be exact), else --conv_impl and --fused_backward
+  (`checkpoints.settle_kernels`)."""
+  config.model.conv_impl, config.model.fused_backward = (FLAGS.conv_impl,
+                                                         FLAGS.fused_backward)
+  checkpoints.settle_kernels(wd, config)
   return config
 
 

@@ -80,7 +80,7 @@ def test_reexec_keeps_the_command_line_and_runs_the_program_once(tmp_path):
         host_memory.reexec_with_hugepages()
         print("main", sys.argv[1:], os.environ.get("GLIBC_TUNABLES", ""))
       """))
-  env = _child_env("GLIBC_TUNABLES", OPT_OUT)
+  env = dict(_child_env("GLIBC_TUNABLES", OPT_OUT), **{MALLOC: "glibc"})
   out = subprocess.run([sys.executable, "-u", str(script), "--a=1", "b c"], env=env,
                        capture_output=True, text=True, check=True).stdout.splitlines()
   restarts = host_memory.should_reexec(env, host_memory.thp_mode(),
@@ -139,6 +139,33 @@ def test_reexec_with_malloc_jemalloc_preloads_it_or_says_it_is_missing(tmp_path)
   else:  # falls back to glibc, saying why
     assert "no jemalloc library" in run.stderr
     assert run.stdout.splitlines()[-1].startswith("main malloc THP"), run.stdout
+
+
+@pytest.mark.parametrize("choice", ["", "jemal"])
+def test_reexec_takes_jemalloc_where_found_by_default(tmp_path, choice):
+  script = tmp_path / "prog.py"
+  script.write_text(textwrap.dedent("""
+      from crvae_jax import host_memory
+      if __name__ == "__main__":
+        host_memory.reexec_with_hugepages()
+        print("main", host_memory.description())
+      """))
+  env = _child_env("GLIBC_TUNABLES", OPT_OUT, "LD_PRELOAD", "MALLOC_CONF", MALLOC)
+  if choice:
+    env[MALLOC] = choice
+  run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                       text=True, check=True)
+  last = run.stdout.splitlines()[-1]
+  if host_memory.find_jemalloc():
+    assert last == "main malloc jemalloc", run.stdout
+  else:  # glibc, without a warning unless jemalloc was asked for
+    assert last.startswith("main malloc THP") and "no jemalloc" not in run.stderr
+  # A value that is not a choice is named, and the default taken.
+  assert (f"{MALLOC}='jemal' is not one of" in run.stderr) == bool(choice), run.stderr
+  # A tunable set by hand keeps glibc's malloc.
+  run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env=dict(env, GLIBC_TUNABLES=TUNABLE), check=True)
+  assert run.stdout.splitlines()[-1] == "main malloc THP on", run.stdout
 
 
 def test_description_of_this_process_does_not_trust_a_preload_that_failed(tmp_path):

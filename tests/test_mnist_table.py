@@ -674,7 +674,7 @@ def test_new_workdirs_take_the_kernel_flags_a_started_one_keeps_its_own(flags, m
   started = os.path.join(flags.root, "vae_lr0.001_b1_s0")
   os.makedirs(started)
   old = mnist_table.base_config("vae", "cpu")
-  old.model.conv_impl = "auto"
+  old.model.conv_impl, old.model.fused_backward = "auto", False
   checkpoints.write_config(started, old)
   with flagsaver.flagsaver(conv_impl="xla", fused_backward=True, **settings):
     mnist_table.main(["mnist_table"])

@@ -1,6 +1,6 @@
 """Hand-written backward passes (custom VJPs) for the LSTM recurrence and training-mode
-BatchNorm, selected by `model.fused_backward` (opt-in: the same values as autodiff to
-float rounding, not bit for bit).
+BatchNorm, selected by `model.fused_backward` (the configs' default; the same values as
+autodiff to float rounding, not bit for bit).
 
 - `lstm_recurrence`: autodiff of the scanned cell accumulates the recurrent kernel's
   gradient as T small matmuls [H, B] x [B, 4H], one per step; here the backward scan

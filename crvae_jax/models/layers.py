@@ -6,6 +6,7 @@ an explicit number of pixels, so that output sizes match the layer tables of doc
 
 from typing import Optional
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from crvae_jax.models import fast_conv
 from crvae_jax.models import fused_backward as fused
 from crvae_jax.models import onednn_conv
 
-CONV_IMPLS = ("auto", "cpu", "xla", "onednn")
+CONV_IMPLS = ("fastest", "auto", "cpu", "xla", "onednn")
 
 
 def crelu(x: jax.Array) -> jax.Array:
@@ -27,28 +28,49 @@ def leaky_relu(x: jax.Array, slope: float = 0.1) -> jax.Array:
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """Which kernels the (transposed) convolutions use: 'auto' picks 'cpu' on the CPU
-  backend and 'xla' on GPU/TPU.
+  """Which kernels the (transposed) convolutions use: 'fastest' (the configs' default)
+  picks 'onednn' where it runs (the CPU backend with its library built: g++ and the
+  oneDNN wheels of requirements.txt), else what 'auto' picks; 'auto' picks 'cpu' on the
+  CPU backend and 'xla' on GPU/TPU.
 
   'cpu': `fast_conv`'s transposed convs (a chunked sub-pixel or matmul + overlap-add
   forward and an adjoint-conv backward; XLA's CPU conv_transpose backward is far slower
   than its forward: benchmarks/RESULTS.md, section "Where the rest is"), its matmul +
   shift-add form for convs with Cout < 8, and `crvae_jax.compiled.compiler_options`
   (XLA's own CPU conv kernels rather than YNNPACK's); 'xla': the plain XLA ops, which
-  cuDNN/TPU run natively; 'onednn' (CPU only, opt-in): oneDNN's convolutions through XLA
-  FFI custom calls (`onednn_conv`; the library PyTorch's CPU convs use), the matmul +
+  cuDNN/TPU run natively; 'onednn' (CPU only): oneDNN's convolutions through XLA FFI
+  custom calls (`onednn_conv`; the library PyTorch's CPU convs use), the matmul +
   shift-add form for Cout = 1, and the 'cpu' compiler options for everything else.
   All give the same numbers to float rounding (tests/test_models.py, test_fast_conv.py,
-  test_onednn_conv.py).
+  test_onednn_conv.py). A training run records the kernels 'fastest' picked in its
+  config.json (`checkpoints.settle_kernels`), so that its resume runs the same ones.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+  if impl == "fastest":
+    if jax.default_backend() != "cpu":
+      return "xla"
+    reason = onednn_conv.unavailable_reason()
+    if reason is None:
+      return "onednn"
+    _warn_once(f"model.conv_impl='fastest' runs conv_impl 'cpu' here, not 'onednn': "
+               f"{reason}")
+    return "cpu"
   if impl == "auto":
     return "cpu" if jax.default_backend() == "cpu" else "xla"
   if impl == "onednn" and jax.default_backend() != "cpu":
     raise ValueError("model.conv_impl='onednn' runs on the CPU backend only, not on "
-                     f"{jax.default_backend()!r}: use 'auto' or 'xla' there")
+                     f"{jax.default_backend()!r}: use 'fastest', 'auto' or 'xla' there")
   return impl
+
+
+_WARNED = set()
+
+
+def _warn_once(message: str) -> None:
+  if message not in _WARNED:
+    _WARNED.add(message)
+    logging.warning(message)
 
 
 def conv_transpose_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int):

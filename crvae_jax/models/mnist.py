@@ -124,7 +124,7 @@ class MnistVAE(nn.Module):
   conv_impl: str = "auto"
   bn_axis_name: Optional[str] = None
   # Hand-written backward passes for the LSTMs and BatchNorms (`fused_backward`): the
-  # same values as autodiff to float rounding (opt-in: not bit for bit).
+  # same values as autodiff to float rounding, not bit for bit (the configs turn it on).
   fused_backward: bool = False
 
   @property

@@ -101,6 +101,19 @@ def load() -> str:
     raise RuntimeError(f"conv_impl='onednn': cannot build or load its library: {e}") from e
 
 
+@functools.cache
+def unavailable_reason() -> str | None:
+  """None when the oneDNN convolutions can run here (the CPU backend, the library built
+  and loaded, as `load()` does), else why not, in words; conv_impl='fastest' asks."""
+  if jax.default_backend() != "cpu":
+    return f"the {jax.default_backend()!r} backend is not the CPU's"
+  try:
+    load()
+  except RuntimeError as e:
+    return str(e)
+  return None
+
+
 def _load() -> str:
   import jaxlib
   found = _find_onednn()

@@ -451,8 +451,47 @@ def write_bytes_atomic(path: str, data: bytes) -> str:
 
 
 def write_config(workdir: str, config) -> str:
+  """Writes `config` as workdir/config.json, with conv_impl 'fastest' replaced by the
+  kernels it picks here (what the run computes with; see `settle_kernels`)."""
+  saved = json.loads(config.to_json_best_effort())
+  if isinstance(saved.get("model"), dict):
+    saved["model"] = resolved_kernels(saved["model"])
   return write_file_atomic(os.path.join(workdir, "config.json"),
-                           config.to_json_best_effort(indent=2, sort_keys=True))
+                           json.dumps(saved, indent=2, sort_keys=True))
+
+
+# Model keys that choose kernels, not the model (the same values to float rounding),
+# with the value of a config.json written before the key existed.
+KERNEL_KEYS = {"conv_impl": "auto", "fused_backward": False}
+
+
+def resolved_kernels(model: dict) -> dict:
+  """A copy of a model section (a dict) with conv_impl 'fastest' resolved here."""
+  from crvae_jax.models import layers  # pylint: disable=g-import-not-at-top
+  if model.get("conv_impl") == "fastest":
+    model = dict(model, conv_impl=layers.resolve_conv_impl("fastest"))
+  return model
+
+
+def settle_kernels(workdir: str, config) -> None:
+  """Sets config.model's kernel choices (KERNEL_KEYS) for a run in `workdir`: those its
+  config.json names when it holds one, so that a resumed run continues with the kernels
+  it started with (bit for bit; a log line says so where the config asked for others),
+  else the config's own with conv_impl 'fastest' resolved to what it picks here.
+  Entry points call it before building a model from `config`."""
+  saved = read_config_json(workdir) if os.path.isdir(workdir) else None
+  saved_model = saved.get("model") if isinstance(saved, dict) else None
+  for key, before_the_key in KERNEL_KEYS.items():
+    if key not in config.model:
+      continue
+    if isinstance(saved_model, dict):
+      value = saved_model.get(key, before_the_key)
+      if value != config.model[key]:
+        logging.info("%s: model.%s=%r, the kernels its run started with (the config "
+                     "asked for %r)", workdir, key, value, config.model[key])
+      config.model[key] = value
+  if "conv_impl" in config.model:
+    config.model.conv_impl = resolved_kernels(config.model.to_dict())["conv_impl"]
 
 
 def read_config_json(workdir: str) -> Optional[dict]:
@@ -479,9 +518,6 @@ def read_config_json(workdir: str) -> Optional[dict]:
 # Sections that define what a checkpoint *is*; train/eval/sample settings may change
 # between runs on one workdir (e.g. more epochs).
 IDENTITY_SECTIONS = ("dataset", "model", "objective")
-# Model keys added after workdirs were written, with the value such a run had: a
-# config.json without the key compares as if it held that value.
-MODEL_KEYS_ADDED = {"fused_backward": False}
 # Data keys that define what a run learns from, with the value a workdir saved before
 # the key existed had.
 DATA_IDENTITY_KEYS = {"emoji_sets": "google", "emoji_split": "all", "emoji_categories": ""}
@@ -502,7 +538,9 @@ def config_differences(saved: dict, config) -> list:
     a, b = saved.get(section), now.get(section)
     if isinstance(a, dict) and isinstance(b, dict):
       if section == "model":
-        a = {**{k: v for k, v in MODEL_KEYS_ADDED.items() if k in b}, **a}
+        # (a config.json written before a kernel key existed compares as its value)
+        a = {**{k: v for k, v in KERNEL_KEYS.items() if k in b}, **a}
+        a, b = resolved_kernels(a), resolved_kernels(b)
       for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
           diffs.append(f"{section}.{key}: {a.get(key)!r} (workdir) != {b.get(key)!r} (now)")

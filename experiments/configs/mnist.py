@@ -67,11 +67,14 @@ def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
   c.model.lstm_hidden = 512  # LSTM hidden size (paper: 512)
   c.model.latent_channels = 64  # latent 4x4x64 = 1024 dims
   c.model.top_dim = 128  # second stochastic layer (crvae_2layer only)
-  c.model.conv_impl = "auto"  # 'auto': CPU-tuned kernels on CPU, plain XLA elsewhere
+  # 'fastest': oneDNN's convolutions on CPU where they build, else CPU-tuned XLA ones;
+  # plain XLA on GPU/TPU (models/layers.py, resolve_conv_impl). A run's config.json
+  # records what it picked.
+  c.model.conv_impl = "fastest"
   # Hand-written backward passes for the LSTMs and BatchNorms (crvae_jax/models/
-  # fused_backward.py): same values to float rounding, faster; off so that runs started
-  # before it resume bit for bit.
-  c.model.fused_backward = False
+  # fused_backward.py): same values to float rounding, faster on CPU. A workdir keeps
+  # the kernels it started with (config.json), so older runs resume bit for bit.
+  c.model.fused_backward = True
 
   c.objective = ml_collections.ConfigDict()
   c.objective.kind = kind  # 'elbo' or 'iwae' (crIWA: k-sample bound, Burda et al.)
