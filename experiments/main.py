@@ -61,6 +61,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top  (JAX loads after the huge-page restart)
   from crvae_jax import completion, distributed, families, sharding
   from crvae_jax.data import rgb as rgb_data
+  from crvae_jax.models import layers
   from crvae_jax.train import checkpoints, workdir_lock
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -91,14 +92,19 @@ def main(argv):
         raise app.UsageError(f"--compare_workdir: {e}") from e
   elif FLAGS.compare_workdir:
     raise app.UsageError("--compare_workdir is read by --mode=complete only")
+  # The kernels (model.conv_impl, fused_backward): a workdir's own, else 'fastest'
+  # resolved here; before the checks and before any mode builds a model.
+  if "model" in config:
+    checkpoints.settle_kernels(workdir, config)
   # Impossible values fail here, before data loading and compilation.
   family.check(config, sharding.make_mesh(config.train.num_devices).size,
                training="train" in FLAGS.mode)
   if FLAGS.mode[0] != "train" and not os.path.isdir(workdir):
     raise FileNotFoundError(f"no such workdir: {workdir}")
-  # The kernels (model.conv_impl, fused_backward): a workdir's own, else 'fastest'
-  # resolved here; before any mode builds a model.
-  checkpoints.settle_kernels(workdir, config)
+  if "conv_impl" in config.model:
+    kernels = layers.kernels_label(config.model.conv_impl,
+                                   config.model.get("fused_backward", False))
+    distributed.info(f"kernels: {kernels}; {host_memory.description()}")
   if "train" in FLAGS.mode:  # (training checks it again, for library callers)
     checkpoints.refuse_other_config(workdir, config)
   data = {}  # loaded once for every mode that reads it

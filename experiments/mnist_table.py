@@ -184,8 +184,7 @@ def with_kernels(config, wd: str):
 
 def kernels_label(config) -> str:
   """'conv cpu', 'conv onednn + fused backward', ... (the Runs table's machine column)."""
-  impl = layers.resolve_conv_impl(config.model.conv_impl)
-  return f"conv {impl}" + (" + fused backward" if config.model.fused_backward else "")
+  return layers.kernels_label(config.model.conv_impl, config.model.fused_backward)
 
 
 def overrides(setting: tp.Setting, num_blocks: int) -> dict:

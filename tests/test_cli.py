@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from crvae_jax.models import layers
 from crvae_jax.train import checkpoints
 
 from experiments.configs import mnist as mnist_configs
@@ -39,6 +40,9 @@ def test_main_runs_train_evaluate_sample(cli_workdir):
   workdir, config = cli_workdir
   assert os.path.exists(workdir / "samples" / "reconstructions.png")
   assert os.path.exists(workdir / f"eval_test_K{config.eval.num_samples}.json")
+  # The configs' kernel default 'fastest' is recorded as what it picked here.
+  saved = checkpoints.read_config_json(str(workdir))["model"]
+  assert saved["conv_impl"] == layers.resolve_conv_impl("fastest") != "fastest"
 
 
 def _main(*args, cwd):

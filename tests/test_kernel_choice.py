@@ -46,7 +46,7 @@ def test_fastest_falls_back_to_the_cpu_kernels_and_says_why(no_onednn, caplog):
   assert "requirements.txt" in caplog.text  # the reason: the wheels are missing
 
 
-def test_a_new_run_records_what_fastest_picked(tmp_path, tiny_config):
+def test_a_new_run_records_what_fastest_picked(tmp_path, tiny_config, caplog):
   tiny_config.model.conv_impl = "fastest"
   checkpoints.settle_kernels(str(tmp_path / "new"), tiny_config)
   picked = layers.resolve_conv_impl("fastest")
@@ -58,6 +58,11 @@ def test_a_new_run_records_what_fastest_picked(tmp_path, tiny_config):
   saved = checkpoints.read_config_json(str(tmp_path))
   assert saved["model"]["conv_impl"] == picked
   assert checkpoints.config_differences(saved, tiny_config) == []
+  # Resumed with the same default: the same kernels, and nothing to say about them.
+  with caplog.at_level(logging.INFO, logger="absl"):
+    checkpoints.settle_kernels(str(tmp_path), tiny_config)
+  assert tiny_config.model.conv_impl == picked
+  assert "started with" not in caplog.text
 
 
 def test_a_workdir_keeps_the_kernels_it_started_with(tmp_path, tiny_config, caplog):

@@ -64,6 +64,13 @@ def resolve_conv_impl(impl: str) -> str:
   return impl
 
 
+def kernels_label(conv_impl: str, fused_backward: bool) -> str:
+  """'conv onednn + fused backward', 'conv cpu', ...: the kernels a model runs here
+  (conv_impl resolved), for log and machine lines."""
+  return f"conv {resolve_conv_impl(conv_impl)}" + (" + fused backward" if fused_backward
+                                                   else "")
+
+
 _WARNED = set()
 
 

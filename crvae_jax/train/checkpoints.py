@@ -310,7 +310,13 @@ class Checkpoints:
     """Move a damaged step aside (process 0; all processes then re-read the steps)."""
     step_dir = os.path.join(str(manager.directory), str(step))
     manager.reload()
-    if step not in manager.all_steps():  # deleted meanwhile (by the run that wrote it)
+    deleted = step not in manager.all_steps()  # (by the run that wrote it, meanwhile)
+    if jax.process_count() > 1:
+      # Every process has listed the steps before process 0 moves one: a listing that
+      # meets a step directory as it moves fails (Orbax stats each step it lists).
+      self._barriers += 1
+      ocp.multihost.sync_global_processes(f"crvae_jax_set_aside_{self._barriers}")
+    if deleted:
       dest = "it was deleted meanwhile"
     elif jax.process_index() == 0:
       dest = integrity.set_aside(step_dir, reason)
@@ -481,17 +487,18 @@ def settle_kernels(workdir: str, config) -> None:
   Entry points call it before building a model from `config`."""
   saved = read_config_json(workdir) if os.path.isdir(workdir) else None
   saved_model = saved.get("model") if isinstance(saved, dict) else None
+  asked = resolved_kernels(config.model.to_dict())
   for key, before_the_key in KERNEL_KEYS.items():
     if key not in config.model:
       continue
     if isinstance(saved_model, dict):
       value = saved_model.get(key, before_the_key)
-      if value != config.model[key]:
+      if value != asked[key]:
         logging.info("%s: model.%s=%r, the kernels its run started with (the config "
                      "asked for %r)", workdir, key, value, config.model[key])
       config.model[key] = value
-  if "conv_impl" in config.model:
-    config.model.conv_impl = resolved_kernels(config.model.to_dict())["conv_impl"]
+  if "conv_impl" in config.model and not isinstance(saved_model, dict):
+    config.model.conv_impl = asked["conv_impl"]
 
 
 def read_config_json(workdir: str) -> Optional[dict]:
