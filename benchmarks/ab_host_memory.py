@@ -30,7 +30,8 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
   left out where its library is not found) and 'jemalloc+omp_passive' (that, plus
   OMP_WAIT_POLICY=PASSIVE: OpenMP threads, e.g. oneDNN's under conv_impl='onednn', sleep
   at once after a parallel region instead of spinning beside XLA's threads) and
-  'jemalloc+thp' (jemalloc with transparent huge pages: JEMALLOC_CONF_THP)."""
+  'jemalloc+thp' (jemalloc with transparent huge pages: JEMALLOC_CONF_THP) and
+  'jemalloc+muzzy0' (freed pages returned at once: JEMALLOC_CONF_MUZZY0)."""
   unknown = set(names) - set(VARIANTS)
   if unknown or not names or names[0] != "off":
     raise ValueError(f"--variants must start with 'off' and take only {VARIANTS}, "
@@ -43,15 +44,22 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
           "jemalloc+omp_passive": lambda: dict(host_memory.with_jemalloc(off, library),
                                                OMP_WAIT_POLICY="PASSIVE"),
           "jemalloc+thp": lambda: host_memory.with_jemalloc(
-              dict(off, MALLOC_CONF=JEMALLOC_CONF_THP), library)}
+              dict(off, MALLOC_CONF=JEMALLOC_CONF_THP), library),
+          "jemalloc+muzzy0": lambda: host_memory.with_jemalloc(
+              dict(off, MALLOC_CONF=JEMALLOC_CONF_MUZZY0), library)}
   return {n: make[n]() for n in names if library or "jemalloc" not in n}
 
 
-VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive", "jemalloc+thp")
+VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive", "jemalloc+thp",
+            "jemalloc+muzzy0")
 # host_memory.JEMALLOC_CONF with transparent huge pages (its setting until 2026-12-05;
 # the run of 10:17 UTC called the 4 KiB one 'jemalloc+nothp' and this one 'jemalloc')
 JEMALLOC_CONF_THP = host_memory.JEMALLOC_CONF.replace("thp:never", "thp:always").replace(
     "metadata_thp:disabled", "metadata_thp:auto")
+# host_memory.JEMALLOC_CONF returning freed pages at once (MADV_DONTNEED) instead of
+# lazily (MADV_FREE): the setting of commits 33d873e to f34ad59 on 2026-12-05
+JEMALLOC_CONF_MUZZY0 = host_memory.JEMALLOC_CONF.replace("muzzy_decay_ms:30000",
+                                                         "muzzy_decay_ms:0")
 
 
 def main():

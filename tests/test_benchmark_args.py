@@ -69,6 +69,9 @@ def test_allocator_variants_are_named_environments_with_off_first(monkeypatch):
   assert "OMP_WAIT_POLICY" not in envs["off"] and "OMP_WAIT_POLICY" not in envs["jemalloc"]
   assert envs["jemalloc+omp_passive"] == dict(envs["jemalloc"], OMP_WAIT_POLICY="PASSIVE")
   assert host_memory.jemalloc_active(envs["jemalloc"])
+  muzzy0 = ab_host_memory.environments(("off", "jemalloc+muzzy0"))["jemalloc+muzzy0"]
+  assert "muzzy_decay_ms:0" in muzzy0["MALLOC_CONF"] and host_memory.jemalloc_active(muzzy0)
+  assert muzzy0["MALLOC_CONF"] != host_memory.JEMALLOC_CONF
   monkeypatch.setattr(host_memory, "find_jemalloc", lambda: None)  # no library: left out
   assert list(ab_host_memory.environments(("off", "on", "jemalloc"))) == ["off", "on"]
   for bad in (("on", "off"), ("off", "jemalloc+tcmalloc"), ()):
