@@ -527,7 +527,8 @@ def main():
   p.add_argument("--eval_samples", type=int, default=0,
                  help="K per image (default: the config's chunk, so chunks are full)")
   p.add_argument("--conv_impl", default="",
-                 help="override model.conv_impl (auto/cpu/xla/onednn) of the JAX worker")
+                 help="override model.conv_impl (fastest/auto/cpu/xla/onednn) of the JAX "
+                      "worker")
   p.add_argument("--jax_variants", default="",
                  help="comma list of model.conv_impl values, one JAX worker each "
                       "(jax-IMPL), e.g. cpu,onednn; IMPL+fused also sets "

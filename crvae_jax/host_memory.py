@@ -1,4 +1,5 @@
-"""Transparent huge pages for host (CPU) memory: glibc's `glibc.malloc.hugetlb=1`.
+"""Host (CPU) memory for XLA's buffers: jemalloc where found, else glibc's transparent
+huge pages (`glibc.malloc.hugetlb=1`), set by the entry points' restart.
 
 XLA:CPU allocates each execution's temporary buffers with malloc (hundreds of MB for
 the paper-scale MNIST train step). glibc serves blocks that large with a fresh mmap and
@@ -13,10 +14,11 @@ same setting. Numerics do not change.
 glibc reads tunables only when a process starts, so this is a launcher's concern: the
 entry points in experiments/ and benchmarks/ that train or evaluate call
 `reexec_with_hugepages()` first thing in their `__main__` block (never the library): it
-restarts the program once with the tunable added to GLIBC_TUNABLES. It does nothing when
-the tunable is already set, when `CRVAE_JAX_HUGEPAGES=0`, off Linux/glibc, with glibc <
-2.35 (no such tunable) or when the kernel's THP mode is not 'madvise' ('always' needs no
-help, 'never' gives none).
+restarts the program once, with jemalloc preloaded (below) or else with the tunable added
+to GLIBC_TUNABLES. The tunable's restart does nothing when the tunable is already set,
+off Linux/glibc, with glibc < 2.35 (no such tunable) or when the kernel's THP mode is
+not 'madvise' ('always' needs no help, 'never' gives none); `CRVAE_JAX_HUGEPAGES=0`
+turns off both restarts.
 
 Where a jemalloc library is found (e.g. Debian's `libjemalloc2`), the restart instead
 preloads it (`LD_PRELOAD`) with `JEMALLOC_CONF`: 4 KiB pages (no transparent huge
@@ -40,14 +42,15 @@ import sys
 from typing import Mapping, Optional, Tuple
 
 TUNABLE = "glibc.malloc.hugetlb=1"
-OPT_OUT = "CRVAE_JAX_HUGEPAGES"  # set to 0 to run without the tunable
+OPT_OUT = "CRVAE_JAX_HUGEPAGES"  # set to 0: no restart (no tunable, no jemalloc)
 MALLOC = "CRVAE_JAX_MALLOC"  # unset or 'jemalloc': jemalloc where found; 'glibc': glibc's
 MALLOC_CHOICES = ("jemalloc", "glibc")
 # 4 KiB pages: with huge pages, JAX's paper-scale evaluation ran at two speeds from
 # round to round (benchmarks/RESULTS.md, "jemalloc without huge pages"). Freed pages
-# go back lazily (MADV_FREE, the muzzy decay): returning them at once
-# (muzzy_decay_ms:0) spared a PyTorch process beside two JAX ones but cost the CPU-scale
-# GAN step about 30% of its speed (RESULTS, "Update of 2026-12-05 14:45 UTC").
+# go back lazily (MADV_FREE, the muzzy decay). Returning them at once
+# (muzzy_decay_ms:0) spared a PyTorch process beside two JAX ones; for JAX alone one A/B
+# had it equal on MNIST and ahead on the CPU-scale GAN step, a compare run (not an A/B)
+# the opposite: a repeat decides (RESULTS, "Freed pages returned at once or lazily").
 JEMALLOC_CONF = ("thp:never,metadata_thp:disabled,oversize_threshold:0,"
                  "dirty_decay_ms:30000,muzzy_decay_ms:30000")
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
@@ -186,6 +189,7 @@ def reexec_with_hugepages() -> None:
     print(f"{MALLOC}={choice!r} is not one of {MALLOC_CHOICES}; using the default "
           "(jemalloc where found)", file=sys.stderr)
     choice = ""
+    del env[MALLOC]  # said once: the restarted process does not read it again
   # (a tunable you set yourself keeps glibc unless you ask for jemalloc)
   if choice != "glibc" and not jemalloc_active(env) and env.get(OPT_OUT, "1") != "0" \
       and (choice == "jemalloc" or not active(env)):

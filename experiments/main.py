@@ -95,7 +95,7 @@ def main(argv):
   # The kernels (model.conv_impl, fused_backward): a workdir's own, else 'fastest'
   # resolved here; before the checks and before any mode builds a model.
   if "model" in config:
-    checkpoints.settle_kernels(workdir, config)
+    checkpoints.settle_kernels(workdir, config, training="train" in FLAGS.mode)
   # Impossible values fail here, before data loading and compilation.
   family.check(config, sharding.make_mesh(config.train.num_devices).size,
                training="train" in FLAGS.mode)

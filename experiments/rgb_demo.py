@@ -20,6 +20,7 @@ from absl import app, flags
 
 from crvae_jax import host_memory
 from crvae_jax.families import stage1
+from crvae_jax.train import checkpoints
 from experiments.configs import rgb as rgb_configs
 from experiments.provenance import cpu_description, emoji_data_line, git_commit
 
@@ -89,6 +90,7 @@ def main(argv):
   for row in FLAGS.rows:
     config = rgb_configs.get_config(row + ",cpu")
     workdir = os.path.join(FLAGS.runs_dir, f"{row}_cpu")
+    checkpoints.settle_kernels(workdir, config)  # a started run keeps its kernels
     summary_file = os.path.join(workdir, "train_summary.json")
     if not os.path.exists(summary_file):
       stage1.train(config, workdir)

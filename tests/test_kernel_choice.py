@@ -9,6 +9,7 @@ import logging
 import jax
 import pytest
 
+from crvae_jax import config_checks, families
 from crvae_jax.models import layers, onednn_conv
 from crvae_jax.train import checkpoints
 from experiments.configs import mnist as mnist_configs
@@ -19,6 +20,7 @@ from experiments.configs import rgb as rgb_configs
 def no_onednn(monkeypatch):
   """This process as on a machine where oneDNN's library cannot be built."""
   monkeypatch.setattr(onednn_conv, "_find_onednn", lambda: None)
+  monkeypatch.setattr(layers, "_WARNED", set())  # each test sees its warning
   onednn_conv.load.cache_clear()
   onednn_conv.unavailable_reason.cache_clear()
   yield
@@ -83,3 +85,47 @@ def test_a_workdir_keeps_the_kernels_it_started_with(tmp_path, tiny_config, capl
   tiny_config.model.fused_backward = True
   checkpoints.settle_kernels(str(tmp_path), tiny_config)
   assert tiny_config.model.fused_backward is False
+
+
+def test_fastest_is_xla_off_the_cpu(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert layers.resolve_conv_impl("fastest") == "xla"
+
+
+def test_a_locked_config_takes_the_workdir_kernels(tmp_path, tiny_config):
+  # experiments.main's --config is locked (no new keys); settling sets existing ones.
+  tiny_config.model.conv_impl, tiny_config.model.fused_backward = "cpu", False
+  checkpoints.write_config(str(tmp_path), tiny_config)
+  tiny_config.model.conv_impl, tiny_config.model.fused_backward = "fastest", True
+  tiny_config.lock()
+  checkpoints.settle_kernels(str(tmp_path), tiny_config)
+  assert (tiny_config.model.conv_impl, tiny_config.model.fused_backward) == ("cpu", False)
+
+
+def test_resume_other_config_takes_the_config_kernels(tmp_path, tiny_config):
+  tiny_config.model.conv_impl = "cpu"
+  checkpoints.write_config(str(tmp_path), tiny_config)
+  tiny_config.model.conv_impl, tiny_config.train.resume_other_config = "xla", True
+  checkpoints.settle_kernels(str(tmp_path), tiny_config)
+  assert tiny_config.model.conv_impl == "xla"
+  # (reading the run is not resuming it: the workdir's kernels)
+  checkpoints.settle_kernels(str(tmp_path), tiny_config, training=False)
+  assert tiny_config.model.conv_impl == "cpu"
+
+
+def test_a_onednn_run_where_onednn_cannot_run(tmp_path, tiny_config, no_onednn, caplog):
+  saved = json.loads(tiny_config.to_json_best_effort())
+  saved["model"]["conv_impl"] = "onednn"  # trained on a machine with oneDNN
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  # Training on would change the kernels mid-run: refused, naming the file and a way on.
+  with pytest.raises(config_checks.ConfigError,
+                     match=r"config.json: its run computes with model.conv_impl='onednn', "
+                           r"which cannot run here.*resume_other_config"):
+    checkpoints.settle_kernels(str(tmp_path), tiny_config)
+  # Evaluating, sampling or restoring it: the kernels of this machine, with a warning.
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    checkpoints.settle_kernels(str(tmp_path), tiny_config, training=False)
+    assert tiny_config.model.conv_impl == "cpu"
+    assert families.saved_config(str(tmp_path)).model.conv_impl == "cpu"
+  assert "cannot run here" in caplog.text and "reading the run with conv_impl 'cpu'" \
+      in caplog.text

@@ -43,7 +43,8 @@ def model_kwargs(section, module_cls) -> dict:
 
 def saved_config(workdir: str):
   """The config a run in `workdir` was trained with, from its config.json (written by
-  the engine when the run started), as an unlocked ConfigDict."""
+  the engine when the run started), as an unlocked ConfigDict, for reading the run
+  (kernels that cannot run here replaced: `checkpoints.portable_kernels`)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from crvae_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(workdir):
@@ -53,4 +54,7 @@ def saved_config(workdir: str):
     raise FileNotFoundError(
         f"{os.path.join(os.path.abspath(workdir), 'config.json')} does not exist: not a "
         "workdir trained by experiments.main (--mode=train writes its config there)")
-  return ml_collections.ConfigDict(saved)
+  config = ml_collections.ConfigDict(saved)
+  if "model" in config:
+    checkpoints.portable_kernels(config, os.path.join(workdir, "config.json"))
+  return config

@@ -91,7 +91,9 @@ def stage1_config(config, workdir: str) -> ml_collections.ConfigDict:
         f"config.stage1.workdir={config.stage1.workdir!r} holds no config.json: train "
         "Stage1 first (python -m experiments.main --config=experiments/configs/rgb.py:"
         f"<row> --workdir={config.stage1.workdir} --mode=train)")
-  return ml_collections.ConfigDict(saved)
+  s1_config = ml_collections.ConfigDict(saved)
+  checkpoints.portable_kernels(s1_config, f"the Stage1 config of {workdir}")
+  return s1_config
 
 
 def _frozen_copy(workdir: str, pinned: dict, s1_config, pin_path: str):

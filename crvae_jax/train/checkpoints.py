@@ -479,26 +479,63 @@ def resolved_kernels(model: dict) -> dict:
   return model
 
 
-def settle_kernels(workdir: str, config) -> None:
-  """Sets config.model's kernel choices (KERNEL_KEYS) for a run in `workdir`: those its
-  config.json names when it holds one, so that a resumed run continues with the kernels
-  it started with (bit for bit; a log line says so where the config asked for others),
-  else the config's own with conv_impl 'fastest' resolved to what it picks here.
-  Entry points call it before building a model from `config`."""
+def settle_kernels(workdir: str, config, training: bool = True) -> None:
+  """Sets config.model's kernel choices (KERNEL_KEYS) for a run in `workdir`.
+
+  A workdir that holds a config.json keeps the kernels its run started with (a log line
+  says so where the config named others), so that a resumed run continues bit for bit;
+  with config.train.resume_other_config the config's own are taken instead. Training
+  on where those kernels cannot run ('onednn' without its library) is a ConfigError
+  naming the file; reading the run (training=False: evaluate, sample) takes what runs
+  here instead (`portable_kernels`). A new run takes the config's own, conv_impl
+  'fastest' resolved here (on process 0, for every process). Entry points call it
+  before the config checks and before building a model from `config`."""
+  from crvae_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
   saved = read_config_json(workdir) if os.path.isdir(workdir) else None
   saved_model = saved.get("model") if isinstance(saved, dict) else None
-  asked = resolved_kernels(config.model.to_dict())
-  for key, before_the_key in KERNEL_KEYS.items():
-    if key not in config.model:
-      continue
-    if isinstance(saved_model, dict):
+  other_config = training and config.get("train", {}).get("resume_other_config", False)
+  if isinstance(saved_model, dict) and not other_config:
+    for key, before_the_key in KERNEL_KEYS.items():
+      if key not in config.model:
+        continue
       value = saved_model.get(key, before_the_key)
-      if value != asked[key]:
+      asked = config.model[key]
+      if value != asked and not (key == "conv_impl" and asked == "fastest"):
         logging.info("%s: model.%s=%r, the kernels its run started with (the config "
-                     "asked for %r)", workdir, key, value, config.model[key])
+                     "named %r; a workdir keeps its kernels)", workdir, key, value, asked)
       config.model[key] = value
-  if "conv_impl" in config.model and not isinstance(saved_model, dict):
-    config.model.conv_impl = asked["conv_impl"]
+    why = _why_not_here(config.model.get("conv_impl"))
+    if why and training:
+      raise ConfigError(
+          f"{os.path.join(workdir, 'config.json')}: its run computes with "
+          f"model.conv_impl={config.model.conv_impl!r}, which cannot run here: {why}. "
+          "Resume it where it can, or pass --config.train.resume_other_config=True to go "
+          "on with the kernels of this machine (the same numbers to float rounding, so "
+          "not bit for bit the run that was started).")
+    portable_kernels(config, os.path.join(workdir, "config.json"))
+  elif config.model.get("conv_impl") == "fastest":
+    config.model.conv_impl = _from_process_0(
+        resolved_kernels({"conv_impl": "fastest"})["conv_impl"])
+
+
+def _why_not_here(conv_impl) -> Optional[str]:
+  """Why `conv_impl` cannot run on this machine, or None (only 'onednn' can fail)."""
+  from crvae_jax.models import onednn_conv  # pylint: disable=g-import-not-at-top
+  return onednn_conv.unavailable_reason() if conv_impl == "onednn" else None
+
+
+def portable_kernels(config, source: str) -> None:
+  """For reading a trained run (evaluation, sampling, a notebook's restore, a frozen
+  Stage1): a recorded conv_impl that cannot run here ('onednn' without its library, or
+  off the CPU backend) becomes what 'fastest' picks here, with a warning naming
+  `source` (the same numbers to float rounding)."""
+  why = _why_not_here(config.model.get("conv_impl"))
+  if why:
+    picked = resolved_kernels({"conv_impl": "fastest"})["conv_impl"]
+    logging.warning("%s: model.conv_impl='onednn' cannot run here (%s); reading the run "
+                    "with conv_impl %r instead (the same numbers to float rounding)",
+                    source, why, picked)
+    config.model.conv_impl = picked
 
 
 def read_config_json(workdir: str) -> Optional[dict]:

@@ -72,8 +72,9 @@ def get_config(arg: str = "crvae") -> ml_collections.ConfigDict:
   # records what it picked.
   c.model.conv_impl = "fastest"
   # Hand-written backward passes for the LSTMs and BatchNorms (crvae_jax/models/
-  # fused_backward.py): same values to float rounding, faster on CPU. A workdir keeps
-  # the kernels it started with (config.json), so older runs resume bit for bit.
+  # fused_backward.py): same values to float rounding, faster on CPU (not measured on
+  # GPU/TPU). A workdir keeps the kernels it started with (config.json), so older runs
+  # resume bit for bit.
   c.model.fused_backward = True
 
   c.objective = ml_collections.ConfigDict()
