@@ -48,9 +48,8 @@ MALLOC_CHOICES = ("jemalloc", "glibc")
 # 4 KiB pages: with huge pages, JAX's paper-scale evaluation ran at two speeds from
 # round to round (benchmarks/RESULTS.md, "jemalloc without huge pages"). Freed pages
 # go back lazily (MADV_FREE, the muzzy decay). Returning them at once
-# (muzzy_decay_ms:0) spared a PyTorch process beside two JAX ones; for JAX alone one A/B
-# had it equal on MNIST and ahead on the CPU-scale GAN step, a compare run (not an A/B)
-# the opposite: a repeat decides (RESULTS, "Freed pages returned at once or lazily").
+# (muzzy_decay_ms:0) spared a PyTorch process beside two JAX ones; for JAX alone two
+# A/Bs found neither ahead (RESULTS, "Freed pages returned at once or lazily").
 JEMALLOC_CONF = ("thp:never,metadata_thp:disabled,oversize_threshold:0,"
                  "dirty_decay_ms:30000,muzzy_decay_ms:30000")
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
