@@ -514,8 +514,8 @@ def settle_kernels(workdir: str, config, training: bool = True) -> None:
           "not bit for bit the run that was started).")
     portable_kernels(config, os.path.join(workdir, "config.json"))
   elif config.model.get("conv_impl") == "fastest":
-    config.model.conv_impl = _from_process_0(
-        resolved_kernels({"conv_impl": "fastest"})["conv_impl"])
+    from crvae_jax.models import layers  # pylint: disable=g-import-not-at-top
+    config.model.conv_impl = _from_process_0(layers.resolve_conv_impl("fastest"))
 
 
 def _why_not_here(conv_impl) -> Optional[str]:
@@ -531,7 +531,8 @@ def portable_kernels(config, source: str) -> None:
   `source` (the same numbers to float rounding)."""
   why = _why_not_here(config.model.get("conv_impl"))
   if why:
-    picked = resolved_kernels({"conv_impl": "fastest"})["conv_impl"]
+    from crvae_jax.models import layers  # pylint: disable=g-import-not-at-top
+    picked = layers.resolve_conv_impl("fastest")
     logging.warning("%s: model.conv_impl='onednn' cannot run here (%s); reading the run "
                     "with conv_impl %r instead (the same numbers to float rounding)",
                     source, why, picked)
