@@ -20,9 +20,11 @@ after each. Finished work is skipped and a killed job resumes (training from its
 checkpoint: every epoch, and on SIGINT/SIGTERM where it stands). Each training segment
 is written to the workdir's job.json (epochs, wall time, commit, date, load, command);
 one killed before its end is kept as interrupted, up to its last checkpoint.
---stop_after_minutes stops before a job that would not finish in time (training is cut
-to the whole epochs that fit; an evaluation scores the images that fit, keeps them in its
-workdir and resumes in the next run, also after a kill); --max_jobs after that many jobs.
+--stop_after_minutes starts only jobs that finish in time by the --plan estimate (the
+first ready one that fits, in the protocol's order) and stops when none fits; with
+--cut_to_fit it runs the next job cut to the limit instead (training: the whole epochs
+that fit; an evaluation scores the images that fit, keeps them in its workdir and resumes
+in the next run, also after a kill). --max_jobs stops after that many jobs.
 Workdirs live outside the checkout (--root), so that a later session can resume them;
 the protocol's numbers are kept in <root>/protocol.json and a run with other numbers on
 the same root is refused. Each report first copies every workdir's small records into
@@ -42,6 +44,7 @@ import os
 import shutil
 import sys
 import time
+from typing import Optional
 import traceback
 
 from absl import app, flags, logging
@@ -112,8 +115,16 @@ flags.DEFINE_bool("release", True, "Also train the release's recipe (config lr, 
                   "lr/T, beta 0.784), seed 0, after everything else.")
 flags.DEFINE_integer("max_jobs", None, "Stop after this many jobs.")
 flags.DEFINE_float("stop_after_minutes", None, "Start no job that would not finish within "
-                   "this many minutes of the start (training: the whole epochs that fit; "
-                   "an evaluation: scores the images that fit and resumes next run).")
+                   "this many minutes of the start, by the --plan estimate: the first "
+                   "ready job that fits runs (a later one where the next does not fit), "
+                   "and the run stops when none fits. With --cut_to_fit the next job "
+                   "always runs, cut to the limit instead.")
+flags.DEFINE_bool("cut_to_fit", False, "With --stop_after_minutes: run the next job in "
+                  "the protocol's order even if it does not fit, cut to the limit "
+                  "(training: the whole epochs that fit; an evaluation: scores the images "
+                  "that fit and resumes next run). Cut work resumes only where --root "
+                  "survives to the next run (the default runs whole jobs only, since a "
+                  "lost root loses cut work).")
 flags.DEFINE_float("epoch_seconds", 80.0, "--plan and --stop_after_minutes: seconds per "
                    "crVAE (T=8) training epoch while no run has been timed (the pilot "
                    "curves took about 80 s per epoch on the 2-core VM, 2026-12-03).")
@@ -292,6 +303,29 @@ def run_eval(p, job, root: str, data, commit: str, deadline=None) -> bool:
 # --------------------------------------------------------------------------- costs
 
 
+def job_label(job) -> str:
+  """'train -> 31 ep' or 'eval K=1000 x 10000 img': what a job does, for log lines."""
+  if job.trains:
+    return f"train -> {job.epochs or PLAN_ASSUMED_EPOCHS:g} ep"
+  return f"eval K={job.num_samples} x {job.num_images or 10_000} img"
+
+
+def job_seconds(job, root: str, epoch_s, sps, have: Optional[float] = None) -> float:
+  """Estimated seconds `job` still needs: the epochs left (from `have`, default what its
+  workdir holds) at epoch_s(row), or the images left (a paused evaluation's saved ones
+  off) at sps(row) decoder samples/s plus start-up. A job whose setting waits for the
+  grid counts its pilot's epochs only through `have`."""
+  if job.trains:
+    if have is None:
+      have = (tp.trained_epochs(tp.read_job(tp.workdir(root, job.setting)))
+              if job.setting else 0.0)
+    return max(0.0, (job.epochs or PLAN_ASSUMED_EPOCHS) - have) * epoch_s(job.row)
+  n = job.num_images or 10_000
+  saved = 0 if job.setting is None else likelihood.saved_images(  # a paused one's
+      mnist_family.resume_path(tp.workdir(root, job.setting), job.num_samples, "best", n))
+  return job.num_samples * (n - saved) / sps(job.row) + EVAL_OVERHEAD_S
+
+
 def rates(root: str, pilot_root: str):
   """(seconds per epoch of `row`, decoder samples per second of `row`) functions: measured
   for the row, else the median of the measured rows (scaled by the rows' relative cost),
@@ -320,8 +354,8 @@ def print_plan(p: tp.Protocol, root: str, pilot_root: str, budget_note: str,
   for i, (job, done) in enumerate(zip(jobs, finished), 1):
     name = job.setting.name if job.setting else f"({job.entry} s{job.seed}: after grid)"
     key = (job.trains, name, job.epochs if job.trains else job.eval_key)
+    work = job_label(job).split(" ", 1)[1]
     if job.trains:
-      work = f"-> {job.epochs or PLAN_ASSUMED_EPOCHS:g} ep"
       target = job.epochs or PLAN_ASSUMED_EPOCHS
       if job.setting:
         have = epochs_now.setdefault(name, tp.trained_epochs(tp.read_job(
@@ -329,15 +363,11 @@ def print_plan(p: tp.Protocol, root: str, pilot_root: str, budget_note: str,
       else:  # seed 0 continues its grid pilot (a row of from_crvae_grid has none)
         have = (p.grid_epochs if job.seed == 0 and job.stage == "train"
                 and job.row not in p.from_crvae_grid else 0.0)
-      est = max(0.0, target - have) * epoch_s(job.row)
+      est = job_seconds(job, root, epoch_s, sps, have)
       if job.setting and (not done or tp.is_done(job, root)):  # (not: a record's run)
         epochs_now[name] = max(have, target)
     else:
-      n = job.num_images or 10_000
-      work = f"K={job.num_samples} x {n} img"
-      saved = 0 if job.setting is None else likelihood.saved_images(  # a paused one's
-          mnist_family.resume_path(tp.workdir(root, job.setting), job.num_samples, "best", n))
-      est = job.num_samples * (n - saved) / sps(job.row) + EVAL_OVERHEAD_S
+      est = job_seconds(job, root, epoch_s, sps)
     if key in seen:
       status, est = f"same as #{seen[key]}", 0.0
     else:
@@ -381,7 +411,23 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
       print("nothing left to run" + (f"; waiting: {waiting}" if waiting else ""), flush=True)
       break
     job, epochs, deadline = ready[0], ready[0].epochs, None
-    if FLAGS.stop_after_minutes is not None:
+    if FLAGS.stop_after_minutes is not None and not FLAGS.cut_to_fit:
+      left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
+      cost = {id(j): job_seconds(j, root, epoch_s, sps) for j in ready}
+      fits = [j for j in ready if cost[id(j)] <= left - EVAL_BATCH_MARGIN_S]
+      if not fits:
+        print(f"stopping: no ready job fits in the {left / 60:.0f} minutes left before "
+              f"--stop_after_minutes (next: {job.setting.name}, "
+              f"{job_label(job)}, about {cost[id(job)] / 60:.0f} min)", flush=True)
+        break
+      if fits[0] is not job:
+        print(f"\n{job.setting.name} ({job_label(job)}, about {cost[id(job)] / 60:.0f} min) "
+              f"does not fit in the {left / 60:.0f} minutes left; running "
+              f"{fits[0].setting.name} ({job_label(fits[0])}) first", flush=True)
+      job, epochs = fits[0], fits[0].epochs
+      if not job.trains:  # an estimate can be wrong: pause rather than overrun
+        deadline = time.monotonic() + left - EVAL_BATCH_MARGIN_S
+    elif FLAGS.stop_after_minutes is not None:
       left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
       if job.trains:
         have = tp.trained_epochs(tp.read_job(tp.workdir(root, job.setting)))

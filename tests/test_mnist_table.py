@@ -309,7 +309,8 @@ def test_runner_continues_the_grid_winner_skips_finished_work_and_stops(flags, m
   settings = dict(rows=["vae"], lrs=["1e-3", "3e-3"], grid_epochs=2.0, num_epochs=5.0,
                   num_seeds=2, release=False, k_curve_rows=["vae"], k_curve_images=4,
                   num_samples=20, k_curve_samples=50, epoch_seconds=60.0)
-  with flagsaver.flagsaver(stop_after_minutes=6.5, **settings):  # 6 epochs of 60 s
+  with flagsaver.flagsaver(stop_after_minutes=6.5, cut_to_fit=True,
+                           **settings):  # 6 epochs of 60 s
     mnist_table.main(["mnist_table"])
   assert calls == [("train", "vae_lr0.001_b1_s0", 2.0), ("train", "vae_lr0.003_b1_s0", 2.0),
                    ("train", "vae_lr0.001_b1_s0", 4.0)]  # cut to the epochs that fit
@@ -346,6 +347,36 @@ def test_runner_continues_the_grid_winner_skips_finished_work_and_stops(flags, m
       mnist_table.main(["mnist_table"])
 
 
+def test_the_time_limit_runs_whole_jobs_only_skipping_ahead_to_one_that_fits(
+    flags, monkeypatch, capsys):
+  """Without --cut_to_fit a job that would pass --stop_after_minutes (by the --plan
+  estimate: 60 s per epoch here) is not started: a later ready job that fits runs, and
+  the runner stops when none fits; nothing is left half done."""
+  calls = []
+  _fake_library(monkeypatch, calls)
+  settings = dict(rows=["vae", "cvae"], lrs=["1e-3"], grid_epochs=2.0, num_epochs=5.0,
+                  num_seeds=1, release=False, k_curve_rows=[], num_samples=20,
+                  epoch_seconds=60.0, eval_samples_per_s=2e4)
+  with flagsaver.flagsaver(stop_after_minutes=4.5, **settings):
+    mnist_table.main(["mnist_table"])
+  # vae's grid (2 min); its training (3 epochs to go, 3 min) does not fit in the 2.5
+  # minutes left, cvae's grid run (2 min) does; then nothing fits
+  assert calls == [("train", "vae_lr0.001_b1_s0", 2.0), ("train", "cvae_lr0.001_b1_s0", 2.0)]
+  out = capsys.readouterr().out
+  assert ("vae_lr0.001_b1_s0 (train -> 5 ep, about 3 min) does not fit in the 2 minutes "
+          "left; running cvae_lr0.001_b1_s0 (train -> 2 ep) first") in out
+  assert "stopping: no ready job fits in the 0 minutes left" in out
+  assert [(s["epochs_from"], s["epochs_to"]) for s in tp.read_job(
+      os.path.join(flags.root, "vae_lr0.001_b1_s0"))["train"]] == [(0, 2)]  # not cut
+  calls.clear()
+  with flagsaver.flagsaver(stop_after_minutes=4.0, **settings):
+    mnist_table.main(["mnist_table"])  # vae's training (3 min) fits; its eval (40 s) not
+  assert calls == [("train", "vae_lr0.001_b1_s0", 5.0)]
+  assert ("stopping: no ready job fits in the 1 minutes left before --stop_after_minutes "
+          "(next: vae_lr0.001_b1_s0, eval K=20 x 10000 img, about 1 min)"
+          ) in capsys.readouterr().out
+
+
 def test_an_evaluation_pauses_at_the_time_limit_and_the_next_run_finishes_it(
     flags, monkeypatch, capsys):
   calls, deadlines, real_rates = [], [], tp.measured_rates
@@ -364,12 +395,14 @@ def test_an_evaluation_pauses_at_the_time_limit_and_the_next_run_finishes_it(
                   num_seeds=1, release=False, k_curve_rows=[], num_samples=20,
                   epoch_seconds=60.0)
   wd = os.path.join(flags.root, "vae_lr0.001_b1_s0")
-  with flagsaver.flagsaver(stop_after_minutes=10.0, **settings):  # 2 epochs: 2 of 10 min
+  with flagsaver.flagsaver(stop_after_minutes=10.0, cut_to_fit=True,
+                           **settings):  # 2 epochs: 2 of 10 min
     mnist_table.main(["mnist_table"])
   assert [c[0] for c in calls] == ["train", "train"] and deadlines[-1] is not None
   assert "paused: IS evaluation paused" in capsys.readouterr().out
   assert not tp.read_job(wd)["evals"]  # not finished, not recorded
-  with flagsaver.flagsaver(stop_after_minutes=2.0, **settings):  # under MIN_EVAL_MINUTES
+  with flagsaver.flagsaver(stop_after_minutes=2.0, cut_to_fit=True,
+                           **settings):  # under MIN_EVAL_MINUTES
     mnist_table.main(["mnist_table"])
   assert "stopping: less than 3 minutes left" in capsys.readouterr().out
   for leftover in (os.path.basename(mnist_family.resume_path(wd, 20, "best", 10)),
