@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.flops import count_flops
-from benchmarks.nll_eval import machine_line, matmul_gflops
+from benchmarks.nll_eval import kernels_line, machine_line, matmul_gflops
 from benchmarks.train_throughput import timed_images_per_s
 from crvae_jax import host_memory, sharding
 from crvae_jax.families import stage1
@@ -115,6 +115,7 @@ def main():
   p.add_argument("--steps", type=int, default=5)
   args = p.parse_args()
   print(f"# {machine_line()}")
+  print(kernels_line(config_at_scale(args.row, args.scales.split(",")[0])))
   peak = matmul_gflops()
   print(f"matmul peak (4096^2 fp32): {peak:.0f} GFLOP/s")
   print("| row | scale | params gen / MI / disc | start-up s | train img/s | GFLOP/image | "

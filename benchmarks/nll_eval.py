@@ -34,6 +34,7 @@ from benchmarks.flops import count_flops
 from crvae_jax import host_memory, likelihood, randomness
 from crvae_jax import sharding
 from crvae_jax.families import mnist as mnist_family
+from crvae_jax.models import layers
 from experiments.configs import mnist as mnist_configs
 from experiments.provenance import cpu_fields
 
@@ -63,6 +64,14 @@ def machine_line(runtime: str | None = None) -> str:
   return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | "
           f"{' | '.join(cpu_fields())} | "
           f"{memory} | {runtime}")
+
+
+def kernels_line(config) -> str:
+  """'# kernels: conv onednn + fused backward (model.conv_impl 'fastest')': the kernels
+  `config`'s model runs here, for a benchmark's header beside machine_line."""
+  m = config.model
+  return (f"# kernels: {layers.kernels_label(m.conv_impl, m.get('fused_backward', False))} "
+          f"(model.conv_impl {m.conv_impl!r})")
 
 
 def random_variables(config):
@@ -166,6 +175,7 @@ def compare_chunks(args) -> None:
   """Decoder samples/s of each chunk x batch setting at K=--samples, alternating rounds."""
   pairs = parse_chunks(args.chunks)
   print(f"# {machine_line()}")
+  print(kernels_line(mnist_configs.config_at_scale(args.row, args.scales.split(",")[0])))
   print(f"# command: python -m benchmarks.nll_eval {shlex.join(sys.argv[1:])}")
   print(f"matmul peak (4096^2 fp32 jnp.dot, best of 5): {matmul_gflops():.0f} GFLOP/s")
   print(f"| row | scale | K | chunk x batch | decoder samples/s (median) | rounds |")
@@ -206,6 +216,7 @@ def main():
     compare_chunks(args)
     return
   print(f"# {machine_line()}")
+  print(kernels_line(mnist_configs.config_at_scale(args.row, args.scales.split(",")[0])))
   peak = matmul_gflops()
   print(f"matmul peak (4096^2 fp32 jnp.dot, best of 5): {peak:.0f} GFLOP/s")
   print("| row | scale | chunk x batch | decoder samples/s | MFLOP/sample | GFLOP/s | "

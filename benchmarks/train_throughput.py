@@ -14,7 +14,8 @@ import jax
 import numpy as np
 
 from crvae_jax import host_memory
-from benchmarks.nll_eval import eval_samples_per_s, machine_line, matmul_gflops
+from benchmarks.nll_eval import (eval_samples_per_s, kernels_line, machine_line,
+                                 matmul_gflops)
 from crvae_jax import sharding
 from crvae_jax.families import mnist as mnist_family
 from crvae_jax.train import mnist_step
@@ -82,6 +83,7 @@ def main():
   p.add_argument("--eval_samples", type=int, default=20)
   args = p.parse_args()
   print(f"# {machine_line()}")
+  print(kernels_line(mnist_configs.config_at_scale(args.row, args.scales.split(",")[0])))
   print(f"matmul peak (4096^2 fp32): {matmul_gflops():.0f} GFLOP/s")
   print("| row | scale | params | start-up s | train img/s | eval samples/s |")
   print("|---|---|---|---|---|---|")

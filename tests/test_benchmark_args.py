@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks import ab_host_memory, ab_train_step, nll_eval
+from crvae_jax.models import layers
 from crvae_jax import host_memory
 
 
@@ -47,7 +48,11 @@ def test_each_chunk_setting_is_timed_at_its_own_batch_size(monkeypatch, capsys):
   nll_eval.compare_chunks(args)
   # compiled on one batch of each, then every timing at that setting's own batch size
   assert calls == [(40, 50), (20, 20), (40, 50), (40, 20), (40, 20), (40, 50)]
-  assert "| crvae | cpu | 100 | 50 x 20 |" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "| crvae | cpu | 100 | 50 x 20 |" in out
+  # the header names the kernels the timed config runs (its 'fastest' resolved here)
+  assert (f"# kernels: conv {layers.resolve_conv_impl('fastest')} + fused backward "
+          "(model.conv_impl 'fastest')") in out
 
 
 def test_eval_profile_traces_the_estimator_and_names_its_scopes():
