@@ -6,7 +6,8 @@ would be under-counted. Here every `dot_general` and `conv_general_dilated` in t
 branch) counts 2 FLOPs per multiply-add. A convolution with lhs dilation d (transposed
 convolutions, and the gradients of strided ones) counts only the products with real
 input pixels, 1/prod(d) of the window (exact in the interior, borders approximate), not
-those with the inserted zeros. Element-wise work is not counted (the usual convention). A `while` loop has no static trip count and is an error.
+those with the inserted zeros. Element-wise work is not counted (the usual convention).
+A `while` loop has no static trip count and is an error.
 """
 
 import math

@@ -116,8 +116,9 @@ class Protocol:
     bad = [r for r in self.from_crvae_grid if r not in RUN_ORDER or r in NO_LSTM_ROWS
            or r == "crvae"]
     if bad:
+      others = [r for r in RUN_ORDER if r not in NO_LSTM_ROWS and r != "crvae"]
       raise ValueError(f"from_crvae_grid: {bad} cannot take crvae's grid choice (LSTM "
-                       f"rows other than crvae: {[r for r in RUN_ORDER if r not in NO_LSTM_ROWS and r != 'crvae']})")
+                       f"rows other than crvae: {others})")
     if set(self.from_crvae_grid) & set(self.rows) and "crvae" not in self.rows:
       raise ValueError(f"{sorted(set(self.from_crvae_grid) & set(self.rows))} take crvae's "
                        "grid choice (from_crvae_grid): add crvae to the rows or leave them "

@@ -301,8 +301,9 @@ def runs_section(p, root: str, root_label: str, from_records=frozenset(),
     rec = tp.read_job(tp.workdir(root, job.setting))
     if not rec["train"]:
       continue
+    cut = " (interrupted; epochs and time to its last checkpoint)"
     train = "<br>".join(f"{s['epochs_from']:g}->{s['epochs_to']:g} ep"
-                        f"{' (interrupted; epochs and time to its last checkpoint)' if s.get('interrupted') else ''}, "
+                        f"{cut if s.get('interrupted') else ''}, "
                         f"{s['seconds'] / 60:.1f} min, {s['commit']}, {s['date']}, load "
                         f"{s['load']:.1f} {cmd(s['command'])}" for s in rec["train"])
     if rec.get("failed"):

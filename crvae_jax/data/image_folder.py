@@ -83,7 +83,8 @@ class ImageFolder(RandomAccessImages):
             raise ImageFolderError(
                 f"{self.directory}: no JPEG/PNG images ({', '.join(IMAGE_EXTENSIONS)}) found.")
         if others:
-            logging.warning(f"{self.directory}: skipping {len(others)} non-image file(s): {_names(others)}")
+            logging.warning(f"{self.directory}: skipping {len(others)} non-image "
+                            f"file(s): {_names(others)}")
         with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
             headers = list(pool.map(self._header, images))
         self._check_headers(images, headers, allow_upscaling)
