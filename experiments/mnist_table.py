@@ -21,7 +21,9 @@ checkpoint: every epoch, and on SIGINT/SIGTERM where it stands). Each training s
 is written to the workdir's job.json (epochs, wall time, commit, date, load, command);
 one killed before its end is kept as interrupted, up to its last checkpoint.
 --stop_after_minutes starts only jobs that finish in time by the --plan estimate (the
-first ready one that fits, in the protocol's order) and stops when none fits; with
+first ready one that fits, in the protocol's order; a model's training only with time for
+its evaluations too; an evaluation whose estimate was low still pauses at the limit) and
+stops when none fits; with
 --cut_to_fit it runs the next job cut to the limit instead (training: the whole epochs
 that fit; an evaluation scores the images that fit, keeps them in its workdir and resumes
 in the next run, also after a kill). --max_jobs stops after that many jobs.
@@ -44,8 +46,8 @@ import os
 import shutil
 import sys
 import time
-from typing import Optional
 import traceback
+from typing import Optional
 
 from absl import app, flags, logging
 import jax
@@ -115,10 +117,11 @@ flags.DEFINE_bool("release", True, "Also train the release's recipe (config lr, 
                   "lr/T, beta 0.784), seed 0, after everything else.")
 flags.DEFINE_integer("max_jobs", None, "Stop after this many jobs.")
 flags.DEFINE_float("stop_after_minutes", None, "Start no job that would not finish within "
-                   "this many minutes of the start, by the --plan estimate: the first "
-                   "ready job that fits runs (a later one where the next does not fit), "
-                   "and the run stops when none fits. With --cut_to_fit the next job "
-                   "always runs, cut to the limit instead.")
+                   "this many minutes of the start, by the --plan estimate (a model's "
+                   "training with its evaluations): the first ready job that fits runs (a "
+                   "later one where the next does not fit), and the run stops when none "
+                   "fits. With --cut_to_fit the next job runs cut to the limit instead "
+                   "(stopping when not one epoch, or not MIN_EVAL_MINUTES, is left).")
 flags.DEFINE_bool("cut_to_fit", False, "With --stop_after_minutes: run the next job in "
                   "the protocol's order even if it does not fit, cut to the limit "
                   "(training: the whole epochs that fit; an evaluation: scores the images "
@@ -413,17 +416,23 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
     job, epochs, deadline = ready[0], ready[0].epochs, None
     if FLAGS.stop_after_minutes is not None and not FLAGS.cut_to_fit:
       left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
-      cost = {id(j): job_seconds(j, root, epoch_s, sps) for j in ready}
+      # A model's training counts with its evaluations: trained but not evaluated, it
+      # is trained again if the root is lost (table_protocol.is_finished).
+      evals_of = lambda j: [e for e in jobs if j.stage == "train" and not e.trains
+                            and e.setting == j.setting]
+      cost = {id(j): sum(job_seconds(x, root, epoch_s, sps) for x in [j, *evals_of(j)])
+              for j in ready}
+      label = lambda j: job_label(j) + (" and its evaluations" if evals_of(j) else "")
       fits = [j for j in ready if cost[id(j)] <= left - EVAL_BATCH_MARGIN_S]
       if not fits:
-        print(f"stopping: no ready job fits in the {left / 60:.0f} minutes left before "
-              f"--stop_after_minutes (next: {job.setting.name}, "
-              f"{job_label(job)}, about {cost[id(job)] / 60:.0f} min)", flush=True)
+        print(f"stopping: no ready job fits in the {max(left, 0) / 60:.0f} minutes left "
+              f"before --stop_after_minutes (next: {job.setting.name}, {label(job)}, "
+              f"about {cost[id(job)] / 60:.0f} min)", flush=True)
         break
       if fits[0] is not job:
-        print(f"\n{job.setting.name} ({job_label(job)}, about {cost[id(job)] / 60:.0f} min) "
+        print(f"\n{job.setting.name} ({label(job)}, about {cost[id(job)] / 60:.0f} min) "
               f"does not fit in the {left / 60:.0f} minutes left; running "
-              f"{fits[0].setting.name} ({job_label(fits[0])}) first", flush=True)
+              f"{fits[0].setting.name} ({label(fits[0])}) first", flush=True)
       job, epochs = fits[0], fits[0].epochs
       if not job.trains:  # an estimate can be wrong: pause rather than overrun
         deadline = time.monotonic() + left - EVAL_BATCH_MARGIN_S

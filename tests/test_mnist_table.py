@@ -350,30 +350,34 @@ def test_runner_continues_the_grid_winner_skips_finished_work_and_stops(flags, m
 def test_the_time_limit_runs_whole_jobs_only_skipping_ahead_to_one_that_fits(
     flags, monkeypatch, capsys):
   """Without --cut_to_fit a job that would pass --stop_after_minutes (by the --plan
-  estimate: 60 s per epoch here) is not started: a later ready job that fits runs, and
-  the runner stops when none fits; nothing is left half done."""
+  estimate: 60 s per epoch, 40 s per evaluation here, and a margin of
+  EVAL_BATCH_MARGIN_S) is not started, and a model's training counts with its
+  evaluation: a later ready job that fits runs, and the runner stops when none fits;
+  nothing is left half done."""
   calls = []
   _fake_library(monkeypatch, calls)
   settings = dict(rows=["vae", "cvae"], lrs=["1e-3"], grid_epochs=2.0, num_epochs=5.0,
                   num_seeds=1, release=False, k_curve_rows=[], num_samples=20,
                   epoch_seconds=60.0, eval_samples_per_s=2e4)
-  with flagsaver.flagsaver(stop_after_minutes=4.5, **settings):
+  assert mnist_table.EVAL_BATCH_MARGIN_S == 30.0  # the numbers below assume it
+  with flagsaver.flagsaver(stop_after_minutes=4.6, **settings):
     mnist_table.main(["mnist_table"])
-  # vae's grid (2 min); its training (3 epochs to go, 3 min) does not fit in the 2.5
-  # minutes left, cvae's grid run (2 min) does; then nothing fits
+  # vae's grid (2 min); its training (3 epochs to go) and evaluation (220 s) do not fit
+  # in the 156 s left less the margin, cvae's grid run (120 s) does; then nothing fits
   assert calls == [("train", "vae_lr0.001_b1_s0", 2.0), ("train", "cvae_lr0.001_b1_s0", 2.0)]
   out = capsys.readouterr().out
-  assert ("vae_lr0.001_b1_s0 (train -> 5 ep, about 3 min) does not fit in the 2 minutes "
-          "left; running cvae_lr0.001_b1_s0 (train -> 2 ep) first") in out
-  assert "stopping: no ready job fits in the 0 minutes left" in out
+  assert ("vae_lr0.001_b1_s0 (train -> 5 ep and its evaluations, about 4 min) does not "
+          "fit in the 3 minutes left; running cvae_lr0.001_b1_s0 (train -> 2 ep) first"
+          ) in out
+  assert "stopping: no ready job fits in the 1 minutes left" in out
   assert [(s["epochs_from"], s["epochs_to"]) for s in tp.read_job(
       os.path.join(flags.root, "vae_lr0.001_b1_s0"))["train"]] == [(0, 2)]  # not cut
   calls.clear()
-  with flagsaver.flagsaver(stop_after_minutes=4.0, **settings):
-    mnist_table.main(["mnist_table"])  # vae's training (3 min) fits; its eval (40 s) not
-  assert calls == [("train", "vae_lr0.001_b1_s0", 5.0)]
+  with flagsaver.flagsaver(stop_after_minutes=4.4, **settings):
+    mnist_table.main(["mnist_table"])  # vae's training and evaluation (220 s) fit in 234
+  assert calls == [("train", "vae_lr0.001_b1_s0", 5.0), ("eval", "vae_lr0.001_b1_s0", 20, 10)]
   assert ("stopping: no ready job fits in the 1 minutes left before --stop_after_minutes "
-          "(next: vae_lr0.001_b1_s0, eval K=20 x 10000 img, about 1 min)"
+          "(next: cvae_lr0.001_b1_s0, train -> 5 ep and its evaluations, about 4 min)"
           ) in capsys.readouterr().out
 
 
