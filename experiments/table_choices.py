@@ -110,12 +110,14 @@ def cost_section(p, root: str, pilot_root: str) -> list:
     return []
   lines = ["## Cost on this machine", "",
            "Wall time of the finished runs (each segment includes start-up and "
-           "compilation). Where a row has segments that started on a quiet machine (load "
+           "compilation): per row, the median over its segments of each segment's own "
+           "rate. Where a row has training segments that started on a quiet machine (load "
            f"average <= {tp.busy_load():g}), only those count; otherwise other work shared "
            "the CPU (see the load in Runs). A wall time also includes any time the runner "
            "was paused (SIGSTOP, e.g. for a benchmark on the same CPU), which the load "
-           "average does not show, so these rates are lower bounds and the times upper "
-           "bounds.", "",
+           "average does not show; the median keeps a minority of such segments from "
+           "counting, but where most were slowed these rates are low and the times high.",
+           "",
            f"| row | s per training epoch | IS decoder samples/s | K={p.num_samples} on "
            "all 10,000 test images, min |", "|---|---|---|---|"]
   for row in tp.TABLE_ORDER:

@@ -460,9 +460,12 @@ def busy_load() -> float:
 def measured_rates(root: str, pilot_root: Optional[str] = None):
   """({row: wall seconds per training epoch}, {row: IS decoder samples per second}) from
   the finished segments in root's job.json files, and for rows with none there, from the
-  pilot curves' train_summary.json (one uninterrupted run each). Where a row has
-  segments that started on a quiet machine (load <= busy_load()), only those count:
-  the others shared the CPU and would overstate the cost of running alone."""
+  pilot curves' train_summary.json (one uninterrupted run each). Each is the median over
+  a row's segments of the segment's own rate: a segment's wall time includes any time the
+  runner was paused (SIGSTOP) or shared the CPU, and the median keeps a minority of such
+  segments from counting, where a sum over segments let them inflate the estimate. Where
+  a row has training segments that started on a quiet machine (load <= busy_load()),
+  only those count."""
   quiet, busy, evals = {}, {}, {}
   for path in sorted(_glob(root, "job.json")):
     with open(path, encoding="utf-8") as f:
@@ -474,13 +477,12 @@ def measured_rates(root: str, pilot_root: Optional[str] = None):
       # (no start-up, no work after it): not comparable with the finished ones.
       if epochs > 0 and not s.get("interrupted"):
         kind = busy if s.get("load", 0.0) > busy_load() else quiet
-        t = kind.setdefault(row, [0.0, 0.0])
-        t[0], t[1] = t[0] + s["seconds"], t[1] + epochs
+        kind.setdefault(row, []).append(s["seconds"] / epochs)
     for e in rec["evals"].values():
-      t = evals.setdefault(row, [0.0, 0.0])
       # each run's seconds and the images it scored (an evaluation can pause and resume)
       for seg in e.get("segments") or [{"seconds": e["seconds"], "images": e["num_images"]}]:
-        t[0], t[1] = t[0] + seg["seconds"], t[1] + e["num_samples"] * seg["images"]
+        if seg["seconds"] > 0 and seg["images"] > 0:
+          evals.setdefault(row, []).append(e["num_samples"] * seg["images"] / seg["seconds"])
   train = {**busy, **quiet}
   for path in sorted(_glob(pilot_root, "train_summary.json")) if pilot_root else []:
     wd = os.path.dirname(path)
@@ -488,9 +490,9 @@ def measured_rates(root: str, pilot_root: Optional[str] = None):
                                                  encoding="utf-8") as g:
       seconds, config = json.load(f)["train_seconds"], json.load(g)
     if config.get("row") in RUN_ORDER and config["row"] not in train:
-      train[config["row"]] = [seconds, config["train"]["num_epochs"]]
-  return ({r: s / n for r, (s, n) in train.items()},
-          {r: n / s for r, (s, n) in evals.items() if s > 0})
+      train[config["row"]] = [seconds / config["train"]["num_epochs"]]
+  return ({r: float(np.median(v)) for r, v in train.items()},
+          {r: float(np.median(v)) for r, v in evals.items()})
 
 
 def _glob(root: str, name: str) -> list:

@@ -421,8 +421,9 @@ def test_an_evaluation_pauses_at_the_time_limit_and_the_next_run_finishes_it(
   # the paused run's share (4 images) and the finishing run's (the other 6)
   assert [s["images"] for s in done["segments"]] == [4, 6]
   assert done["seconds"] == pytest.approx(sum(s["seconds"] for s in done["segments"]))
-  _, sps = real_rates(flags.root)
-  assert sps["vae"] == pytest.approx(20 * 10 / done["seconds"])
+  _, sps = real_rates(flags.root)  # the median of the two segments' own rates
+  assert sps["vae"] == pytest.approx(np.median([20 * s["images"] / s["seconds"]
+                                                for s in done["segments"]]))
   copied = os.listdir(os.path.join(flags.records, "vae_lr0.001_b1_s0"))
   assert "eval_test_K20.json" in copied  # the records hold finished work only
   assert not [f for f in copied if "partial" in f or ".tmp" in f]
@@ -614,6 +615,16 @@ def test_a_killed_training_segment_is_kept_as_interrupted(flags, monkeypatch):
   rec["train"].pop()
   tp.write_job(wd, rec)
   assert real_rates(flags.root)[0] == {"vae": 60.0}
+  # The median of the segments' own rates: a segment slowed by a pause (90 s for an
+  # epoch) does not pull the estimate up, as a sum over segments would (37.3 s).
+  rec["train"][1]["load"] = 0.5
+  rec["train"] += [{**rec["train"][1], "epochs_from": 2 + i, "epochs_to": 3 + i,
+                    "seconds": t} for i, t in enumerate((10.0, 90.0))]
+  tp.write_job(wd, rec)
+  assert real_rates(flags.root)[0] == {"vae": 60.0}  # 60 (half an epoch), 10, 90
+  rec["train"][1]["seconds"] = 6.0  # 12 s per epoch
+  tp.write_job(wd, rec)
+  assert real_rates(flags.root)[0] == {"vae": 12.0}
 
 
 def test_cpu_evaluations_decode_in_their_own_chunks_training_keeps_the_config():
