@@ -23,10 +23,10 @@ one killed before its end is kept as interrupted, up to its last checkpoint.
 --stop_after_minutes starts only jobs that finish in time by the --plan estimate (the
 first ready one that fits, in the protocol's order; a model's training only with time for
 its evaluations too; an evaluation whose estimate was low still pauses at the limit) and
-stops when none fits; with
---cut_to_fit it runs the next job cut to the limit instead (training: the whole epochs
-that fit; an evaluation scores the images that fit, keeps them in its workdir and resumes
-in the next run, also after a kill). --max_jobs stops after that many jobs.
+stops when none fits; with --cut_to_fit it runs the next job cut to the limit instead
+(training: the whole epochs that fit; an evaluation scores the images that fit, keeps
+them in its workdir and resumes in the next run, also after a kill). --max_jobs stops
+after that many jobs.
 Workdirs live outside the checkout (--root), so that a later session can resume them;
 the protocol's numbers are kept in <root>/protocol.json and a run with other numbers on
 the same root is refused. Each report first copies every workdir's small records into
