@@ -414,12 +414,13 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
       print("nothing left to run" + (f"; waiting: {waiting}" if waiting else ""), flush=True)
       break
     job, epochs, deadline = ready[0], ready[0].epochs, None
-    if FLAGS.stop_after_minutes is not None and not FLAGS.cut_to_fit:
+    if FLAGS.stop_after_minutes is not None:
       left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
+    if FLAGS.stop_after_minutes is not None and not FLAGS.cut_to_fit:
       # A model's training counts with its evaluations: trained but not evaluated, it
       # is trained again if the root is lost (table_protocol.is_finished).
-      evals_of = lambda j: [e for e in jobs if j.stage == "train" and not e.trains
-                            and e.setting == j.setting]
+      evals_of = lambda j: ([e for e in jobs if not e.trains and e.setting == j.setting]
+                            if j.stage == "train" else [])
       cost = {id(j): sum(job_seconds(x, root, epoch_s, sps) for x in [j, *evals_of(j)])
               for j in ready}
       label = lambda j: job_label(j) + (" and its evaluations" if evals_of(j) else "")
@@ -437,7 +438,6 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
       if not job.trains:  # an estimate can be wrong: pause rather than overrun
         deadline = time.monotonic() + left - EVAL_BATCH_MARGIN_S
     elif FLAGS.stop_after_minutes is not None:
-      left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
       if job.trains:
         have = tp.trained_epochs(tp.read_job(tp.workdir(root, job.setting)))
         epochs = min(job.epochs, math.floor(have + left / epoch_s(job.row)))
