@@ -66,11 +66,13 @@ def machine_line(runtime: str | None = None) -> str:
           f"{memory} | {runtime}")
 
 
-def kernels_line(config) -> str:
+def kernels_line(config, training: bool = True) -> str:
   """'# kernels: conv onednn + fused backward (model.conv_impl 'fastest')': the kernels
-  `config`'s model runs here, for a benchmark's header beside machine_line."""
+  `config`'s model runs here, for a benchmark's header beside machine_line. training=False
+  (evaluation-only benchmarks): without the fused backward, which only training runs."""
   m = config.model
-  return (f"# kernels: {layers.kernels_label(m.conv_impl, m.get('fused_backward', False))} "
+  fused = training and m.get("fused_backward", False)
+  return (f"# kernels: {layers.kernels_label(m.conv_impl, fused)} "
           f"(model.conv_impl {m.conv_impl!r})")
 
 
@@ -175,7 +177,8 @@ def compare_chunks(args) -> None:
   """Decoder samples/s of each chunk x batch setting at K=--samples, alternating rounds."""
   pairs = parse_chunks(args.chunks)
   print(f"# {machine_line()}")
-  print(kernels_line(mnist_configs.config_at_scale(args.row, args.scales.split(",")[0])))
+  print(kernels_line(mnist_configs.config_at_scale(args.row, args.scales.split(",")[0]),
+                     training=False))
   print(f"# command: python -m benchmarks.nll_eval {shlex.join(sys.argv[1:])}")
   print(f"matmul peak (4096^2 fp32 jnp.dot, best of 5): {matmul_gflops():.0f} GFLOP/s")
   print(f"| row | scale | K | chunk x batch | decoder samples/s (median) | rounds |")
@@ -216,7 +219,8 @@ def main():
     compare_chunks(args)
     return
   print(f"# {machine_line()}")
-  print(kernels_line(mnist_configs.config_at_scale(args.row, args.scales.split(",")[0])))
+  print(kernels_line(mnist_configs.config_at_scale(args.row, args.scales.split(",")[0]),
+                     training=False))
   peak = matmul_gflops()
   print(f"matmul peak (4096^2 fp32 jnp.dot, best of 5): {peak:.0f} GFLOP/s")
   print("| row | scale | chunk x batch | decoder samples/s | MFLOP/sample | GFLOP/s | "
