@@ -515,7 +515,8 @@ class Trainer:
   def run(self, steps: int, warmup: int = 1) -> float:
     """Train images/s over `steps` steps after `warmup` untimed ones."""
     self.model.train()
-    self._steps(warmup)
+    if warmup:
+      self._steps(warmup)
     t = time.perf_counter()
     loss = self._steps(steps, first=1)
     per_s = steps * self.batch / (time.perf_counter() - t)

@@ -84,3 +84,40 @@ def test_allocator_variants_are_named_environments_with_off_first(monkeypatch):
   for bad in (("on", "off"), ("off", "jemalloc+tcmalloc"), ()):
     with pytest.raises(ValueError, match="must start with 'off'"):
       ab_host_memory.environments(bad)
+
+
+def test_onednn_kernels_reads_both_verbose_formats_and_each_librarys_version():
+  from benchmarks import onednn_kernels  # pylint: disable=g-import-not-at-top
+  lines = [  # as a JAX process prints them: the FFI's oneDNN 3.2 and XLA's own (v1)
+      "onednn_verbose,info,oneDNN v3.2.0 (commit 4011219)",
+      "onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)",
+      "onednn_verbose,exec,cpu,convolution,brgconv:avx512_core,forward_training,src_f32::"
+      "blocked:acdb::f0 wei_f32:a:blocked:Acdb64a::f0,,alg:convolution_direct,"
+      "mb128_ic64oc64_ih30oh30kh3sh1dh0ph1_iw30ow30kw3sw1dw0pw1,40.5",
+      "onednn_verbose,exec,cpu,convolution,brgconv:avx512_core,forward_training,src,,alg,"
+      "mb128_ic64oc64_ih30oh30kh3sh1dh0ph1_iw30ow30kw3sw1dw0pw1,39.5",
+      "onednn_verbose,v1,primitive,exec,cpu,gemm_api,,undef,src_f32::blocked:ab:f0,,,"
+      "264x256:256x1536,12.0",
+      "onednn_verbose,v1,primitive,create:cache_hit,cpu,gemm_api,,undef,src,,,1x1:1x1,0.1",
+      "not a verbose line,exec,1.0",
+  ]
+  calls = onednn_kernels.parse_verbose(lines)
+  assert [(c.library, c.kind, c.impl, c.prop, c.ms) for c in calls] == [
+      ("v3.2.0", "convolution", "brgconv:avx512_core", "forward_training", 40.5),
+      ("v3.2.0", "convolution", "brgconv:avx512_core", "forward_training", 39.5),
+      ("v3.7.3", "gemm_api", "", "undef", 12.0)]
+  by_kind, by_call = onednn_kernels.summarise(calls, steps=2)
+  assert by_kind == {("v3.2.0", "convolution"): 40.0, ("v3.7.3", "gemm_api"): 6.0}
+  conv = ("v3.2.0", "convolution", "brgconv:avx512_core", "forward_training",
+          "mb128_ic64oc64_ih30oh30kh3sh1dh0ph1_iw30ow30kw3sw1dw0pw1")
+  assert by_call[conv] == (1.0, 40.0)
+  table = onednn_kernels.report({"jax": lines}, steps=2, top=5)
+  assert "| jax | all | all | **46.0** |" in table
+  # both frameworks: the calls they share (kind, propagation, shape) side by side
+  torch_lines = ["onednn_verbose,v1,info,oneDNN v3.12.0 (commit 80afa71)",
+                 lines[2].replace("onednn_verbose,exec", "onednn_verbose,v1,primitive,exec")
+                 .replace("brgconv:", "brg_conv_fwd:").replace(",40.5", ",30.0")]
+  table = onednn_kernels.report({"jax": lines, "torch": torch_lines}, steps=2, top=5)
+  assert ("| convolution | forward_training | mb128_ic64oc64_ih30oh30kh3sh1dh0ph1_iw30ow30kw3s"
+          "w1dw0pw1 | brgconv:avx512_core | 40.0 | brg_conv_fwd:avx512_core | 15.0 |") in table
+  assert "| all shared | | | | 40.0 | | 15.0 |" in table
