@@ -3,9 +3,10 @@
 The convolution kernels a model runs are chosen by its `conv_impl` ('fastest' picks
 'onednn' on the CPU backend where it builds, else 'cpu', and 'xla' on GPU/TPU;
 `models.layers.resolve_conv_impl`). Programs that run the 'cpu' or 'onednn' kernels are
-compiled with XLA CPU options that keep YNNPACK for dots and reductions only: its convolutions are slow for the decoders' narrow layers, and with
-XLA's own conv kernels the autodiff conv gradients are fast too (step-level A/B:
-`benchmarks/ab_train_step.py`, figures in benchmarks/RESULTS.md). Elsewhere XLA's
+compiled with XLA CPU options that keep YNNPACK for dots and reductions only: its
+convolutions are slow for the decoders' narrow layers, and with XLA's own conv kernels
+the autodiff conv gradients are fast too (step-level A/B: `benchmarks/ab_train_step.py`,
+figures in benchmarks/RESULTS.md). Elsewhere XLA's
 defaults apply. `jit` below is what the train steps, evaluators, the likelihood
 estimator, completion and the picture grids use, so none of them can miss it.
 """

@@ -8,8 +8,8 @@ serialization) and the Stage1 step, with the copy's sha256, pinned in
 <workdir>/stage1.json. A resumed Stage2 run and `sample` read the copy, so they use the
 same Stage1 even if Stage1 trains on and its checkpoint of that step is rotated away or
 deleted (runs pinned before the copy existed read the Stage1 workdir). Stage2 keeps its
-own Orbax checkpoints, metrics and grids in its workdir and resumes, saves on SIGTERM and skips non-finite
-steps like every family on the engine.
+own Orbax checkpoints, metrics and grids in its workdir and resumes, saves on SIGTERM and
+skips non-finite steps like every family on the engine.
 
 Grids (samples/): stage2_prior_<tag>.png, prior samples as pairs (Stage1 64x64 upscaled
 bicubically | Stage2); stage2_reconstructions_<tag>.png, fixed images as triples
