@@ -31,6 +31,8 @@ import subprocess
 import sys
 from typing import NamedTuple
 
+from crvae_jax import host_memory
+
 MARK = "=== onednn_kernels: timed steps ==="
 FRAMEWORKS = ("jax", "torch")
 
@@ -109,7 +111,10 @@ def _worker(framework: str, scale: str, warmup: int, steps: int):
 
 
 def run_worker(framework: str, args) -> list:
-  env = dict(os.environ, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
+  # Each framework's allocator as benchmarks/compare_torch.py gives it: JAX this process's
+  # (the entry points' jemalloc, crvae_jax/host_memory.py), PyTorch the system's malloc.
+  env = os.environ if framework == "jax" else host_memory.without_hugepages(os.environ)
+  env = dict(env, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
   cmd = [sys.executable, "-m", "benchmarks.onednn_kernels", f"--worker={framework}",
          f"--scale={args.scale}", f"--warmup={args.warmup}", f"--steps={args.steps}"]
   out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -178,7 +183,8 @@ def main():
     p.error("--warmup and --steps must be >= 1 (the first step compiles)")
   from benchmarks.nll_eval import machine_line  # pylint: disable=g-import-not-at-top
   results = {f: run_worker(f, args) for f in frameworks}
-  print(f"# {machine_line()}")
+  torch_malloc = host_memory.description(host_memory.without_hugepages(os.environ))
+  print(f"# {machine_line()} (the JAX worker's; PyTorch's: {torch_malloc})")
   print(f"# command: python -m benchmarks.onednn_kernels {' '.join(sys.argv[1:])}")
   print(f"# crvae, {args.scale} scale; jax: conv_impl 'onednn' + fused backward; torch "
         f"eager; {args.steps} steps after {args.warmup}, ONEDNN_VERBOSE=1")
@@ -186,4 +192,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_hugepages()
   main()
