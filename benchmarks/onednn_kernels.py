@@ -9,18 +9,21 @@ Both frameworks compute their convolutions with oneDNN: crvae_jax through its FF
 PyTorch (benchmarks/torch_reference.py, eager) through its bundled oneDNN, which also runs
 its nn.LSTM. A newer oneDNN could only help the JAX step if the two picked different
 kernels, or the same kernels at different speeds, for the same convolutions: this script
-shows which. Each framework runs in its own process with ONEDNN_VERBOSE=1; after --warmup
-steps the worker flushes C's stdout and writes a marker, and the `exec` lines of the next
---steps steps are summed per primitive kind, and per (kind, implementation, propagation,
-shape). The JAX process holds two oneDNN libraries, told apart by their verbose format:
-the FFI's (the onednn-cpu-gomp wheel) and XLA's own, inside jaxlib, which runs XLA's dots
-that YNNPACK does not take ('gemm_api' rows).
+shows which (`benchmarks/layers_vs_torch.py` times the same layers in isolation). Each
+framework runs in its own process with ONEDNN_VERBOSE=1; after the trainer's first
+(compiling) step and --warmup more, the worker flushes C's stdout and writes a marker,
+and the `exec` lines of the next --steps steps are summed per primitive kind, and per
+(kind, implementation, propagation, shape). The JAX process holds two
+oneDNN libraries, told apart by their verbose format: the FFI's (the onednn-cpu-gomp
+wheel) and XLA's own, inside jaxlib, which runs XLA's dots that YNNPACK does not take
+('gemm_api' rows).
 
 oneDNN times every primitive on its own and prints a line per call, so these are the
 kernels' times under verbose, not a step's time (benchmarks/compare_torch.py measures
 that); run it on an otherwise idle machine. Transposed convolutions are 'deconvolution'
-primitives in PyTorch and convolution backward_data in crvae_jax (the same arithmetic), so
-a shape can appear under different kinds.
+primitives in PyTorch and convolutions with swapped channels in crvae_jax (the same
+arithmetic), so the side-by-side table does not match them; the per-kind totals hold
+them.
 """
 
 import argparse
@@ -32,6 +35,7 @@ import sys
 from typing import NamedTuple
 
 from crvae_jax import host_memory
+from crvae_jax.models import layers
 
 MARK = "=== onednn_kernels: timed steps ==="
 FRAMEWORKS = ("jax", "torch")
@@ -91,8 +95,9 @@ def _worker(framework: str, scale: str, warmup: int, steps: int):
     from benchmarks.train_throughput import JaxTrainer  # pylint: disable=g-import-not-at-top
     config.model.conv_impl = "onednn"
     config.model.fused_backward = True
-    trainer = JaxTrainer(config)
-    trainer.run(warmup, warmup=0)
+    trainer = JaxTrainer(config)  # runs (and compiles) the first step
+    if warmup:
+      trainer.run(warmup, warmup=0)
     run = lambda: trainer.run(steps, warmup=0)
   else:
     import torch  # pylint: disable=g-import-not-at-top
@@ -100,7 +105,8 @@ def _worker(framework: str, scale: str, warmup: int, steps: int):
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     trainer = ref.Trainer(ref.model_from_config(config), config, "eager")
-    trainer.run(warmup, warmup=0)
+    if warmup:
+      trainer.run(warmup, warmup=0)
     run = lambda: trainer.run(steps, warmup=0)
   libc = ctypes.CDLL(None)
   libc.fflush(None)  # oneDNN prints with C's buffered stdout: flush it before the marker
@@ -114,7 +120,8 @@ def run_worker(framework: str, args) -> list:
   # Each framework's allocator as benchmarks/compare_torch.py gives it: JAX this process's
   # (the entry points' jemalloc, crvae_jax/host_memory.py), PyTorch the system's malloc.
   env = os.environ if framework == "jax" else host_memory.without_hugepages(os.environ)
-  env = dict(env, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
+  env = {k: v for k, v in env.items() if not k.endswith("_VERBOSE_TIMESTAMP")}  # a time
+  env.update(ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")  # column would shift the parsed fields
   cmd = [sys.executable, "-m", "benchmarks.onednn_kernels", f"--worker={framework}",
          f"--scale={args.scale}", f"--warmup={args.warmup}", f"--steps={args.steps}"]
   out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -124,7 +131,8 @@ def run_worker(framework: str, args) -> list:
                      f"{out.stderr[-3000:]}")
   lines = out.stdout.splitlines()
   if MARK not in lines:
-    raise SystemExit(f"the {framework} worker wrote no marker line")
+    raise SystemExit(f"the {framework} worker wrote no marker line; its stderr ends:\n"
+                     f"{out.stderr[-3000:]}")
   # info lines come at a library's first use (the warm-up): keep them, drop warm-up calls
   cut = lines.index(MARK)
   return [l for l in lines[:cut] if ",info," in l] + lines[cut + 1:]
@@ -140,12 +148,19 @@ def report(results: dict, steps: int, top: int) -> str:
       out.append(f"| {framework} | {library} | {kind} | {ms:.1f} |")
     out.append(f"| {framework} | all | all | **{sum(by_kind.values()):.1f}** |")
   if set(tables) == set(FRAMEWORKS):
-    out += ["", "The same primitive, propagation and shape in both (a newer oneDNN matters "
-            "where torch's implementation differs or is faster):", "",
+    out += ["", "The same primitive, propagation and shape in both (transposed "
+            "convolutions are not matched: PyTorch's are 'deconvolution' calls, crvae_jax's "
+            "convolutions with swapped channels):", "",
             "| kind | propagation | shape | jax implementation | jax ms | torch "
             "implementation | torch ms |", "|---|---|---|---|---|---|---|"]
-    keyed = {f: {(k[1], k[3], k[4]): (k[2], v[1]) for k, v in tables[f].items()}
-             for f in FRAMEWORKS}
+    keyed = {}
+    for f in FRAMEWORKS:
+      keyed[f] = {}
+      for (_, kind, impl, prop, shape), (_, ms) in tables[f].items():
+        impls, total = keyed[f].get((kind, prop, shape), ((), 0.0))
+        keyed[f][(kind, prop, shape)] = (impls + (impl,) * (impl not in impls), total + ms)
+    keyed = {f: {k: ("; ".join(impls), ms) for k, (impls, ms) in by_key.items()}
+             for f, by_key in keyed.items()}
     shared = sorted(set(keyed["jax"]) & set(keyed["torch"]),
                     key=lambda k: -keyed["jax"][k][1])
     for key in shared:
@@ -167,7 +182,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--scale", default="paper", choices=("paper", "cpu"))
   p.add_argument("--frameworks", default="jax,torch")
-  p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps after the one each "
+                 "trainer runs when built (which compiles)")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--top", type=int, default=15, help="rows per framework")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -179,15 +195,20 @@ def main():
   unknown = set(frameworks) - set(FRAMEWORKS)
   if unknown or not frameworks:
     p.error(f"--frameworks: choose from {FRAMEWORKS}, got {args.frameworks!r}")
-  if args.warmup < 1 or args.steps < 1:
-    p.error("--warmup and --steps must be >= 1 (the first step compiles)")
+  if args.warmup < 0 or args.steps < 1:
+    p.error(f"--warmup must be >= 0 and --steps >= 1, got {args.warmup} and {args.steps}")
+  if "torch" in frameworks:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      p.error(f"the torch worker needs PyTorch (pip install -r requirements-torch.txt): {e}")
   from benchmarks.nll_eval import machine_line  # pylint: disable=g-import-not-at-top
   results = {f: run_worker(f, args) for f in frameworks}
   torch_malloc = host_memory.description(host_memory.without_hugepages(os.environ))
   print(f"# {machine_line()} (the JAX worker's; PyTorch's: {torch_malloc})")
   print(f"# command: python -m benchmarks.onednn_kernels {' '.join(sys.argv[1:])}")
-  print(f"# crvae, {args.scale} scale; jax: conv_impl 'onednn' + fused backward; torch "
-        f"eager; {args.steps} steps after {args.warmup}, ONEDNN_VERBOSE=1")
+  print(f"# crvae, {args.scale} scale; jax: {layers.kernels_label('onednn', True)}; torch "
+        f"eager; {args.steps} steps after {args.warmup + 1} untimed, ONEDNN_VERBOSE=1")
   print(report(results, args.steps, args.top))
 
 

@@ -43,13 +43,13 @@ def run_main(*args: str) -> None:
   subprocess.run([sys.executable, "-m", "experiments.main", *args], check=True, cwd=ROOT)
 
 
-def header(title: str, command: str) -> list:
+def header(title: str, command: str, commit: str) -> list:
   return [f"# {title}", "",
           f"Command: `python -m experiments.stage2_completion_demo` (runs `{command}`)  ",
           f"Date: {datetime.date.today().isoformat()}  ",
           f"Machine: {cpu_description()}, "
           "CPU only, 1 device  ",
-          f"Commit: {git_commit()}  ", "",
+          f"Commit: {commit}  ", "",
           f"Data: {emoji_data_line(rgb_configs.get_config('emoji_crvaegan,cpu'))}. "
           "Drawings, not photographs, at CPU scale: this shows that the pipeline works; it "
           "is not the paper's experiment.", ""]
@@ -64,12 +64,13 @@ STAGE2_VARIANTS = (
                   "--config.perceptual.weights=runs/weights/vgg11_random.npz",
                   "--config.perceptual.layer=relu2_1", "--config.train.num_steps=300"],
      "gamma 1 with a RANDOMLY initialised VGG11 cut at relu2_1 (no ImageNet weights "
-     "offline), 300 steps (the VGG11 pass at 128x128 makes a CPU step about twice as slow): "
+     "offline), 300 steps (the VGG11 pass at 128x128 makes a CPU step about four times as slow): "
      "exercises the perceptual path; pretrained features would differ"),
 )
 
 
 def stage2_demo() -> None:
+  commit = git_commit()  # the code that trains, before anything is written
   stage1 = os.path.join(FLAGS.runs_dir, "emoji_crvaegan_cpu")
   if not glob.glob(os.path.join(stage1, "checkpoints", "*")):
     raise app.UsageError(f"no Stage1 checkpoint in {stage1}: run "
@@ -127,7 +128,7 @@ def stage2_demo() -> None:
         for m in ("psnr", "ssim")] + [""]
   with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(header("Stage2 on the emoji crVAE-GAN, CPU scale",
-                             "experiments/main.py, twice, below") + [
+                             "experiments/main.py, twice, below", commit) + [
         "What this shows: the code path (frozen Stage1 -> Stage2 -> grids, with and "
         "without the perceptual term) runs end to end at CPU scale, with no pretrained "
         "features. Whether Stage2 adds anything is measured against the bicubic "

@@ -121,3 +121,14 @@ def test_onednn_kernels_reads_both_verbose_formats_and_each_librarys_version():
   assert ("| convolution | forward_training | mb128_ic64oc64_ih30oh30kh3sh1dh0ph1_iw30ow30kw3s"
           "w1dw0pw1 | brgconv:avx512_core | 40.0 | brg_conv_fwd:avx512_core | 15.0 |") in table
   assert "| all shared | | | | 40.0 | | 15.0 |" in table
+
+
+def test_onednn_kernels_shared_table_adds_calls_that_share_a_key():
+  from benchmarks import onednn_kernels  # pylint: disable=g-import-not-at-top
+  reorder = "onednn_verbose,exec,cpu,reorder,{impl},undef,src,,,64x64x3x3,{ms}"
+  jax_lines = ["onednn_verbose,info,oneDNN v3.2.0 (commit 4011219)",
+               reorder.format(impl="jit:uni", ms=4.0), reorder.format(impl="simple:any", ms=2.0)]
+  torch_lines = ["onednn_verbose,v1,info,oneDNN v3.12.0 (commit 80afa71)",
+                 "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src,,,64x64x3x3,1.0"]
+  table = onednn_kernels.report({"jax": jax_lines, "torch": torch_lines}, steps=1, top=5)
+  assert "| reorder | undef | 64x64x3x3 | jit:uni; simple:any | 6.0 | jit:uni | 1.0 |" in table
