@@ -29,7 +29,9 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
   re-exec), 'on' (the tunable), 'jemalloc' (jemalloc preloaded, crvae_jax/host_memory.py;
   left out where its library is not found) and 'jemalloc+omp_passive' (that, plus
   OMP_WAIT_POLICY=PASSIVE: OpenMP threads, e.g. oneDNN's under conv_impl='onednn', sleep
-  at once after a parallel region instead of spinning beside XLA's threads) and
+  at once after a parallel region instead of spinning beside XLA's threads),
+  'jemalloc+omp_active' (OMP_WAIT_POLICY=ACTIVE: they spin between regions, so that a
+  oneDNN call never waits for a sleeping thread to wake) and
   'jemalloc+thp' (jemalloc with transparent huge pages: JEMALLOC_CONF_THP) and
   'jemalloc+muzzy0' (freed pages returned at once: JEMALLOC_CONF_MUZZY0)."""
   unknown = set(names) - set(VARIANTS)
@@ -43,6 +45,8 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
           "jemalloc": lambda: host_memory.with_jemalloc(off, library),
           "jemalloc+omp_passive": lambda: dict(host_memory.with_jemalloc(off, library),
                                                OMP_WAIT_POLICY="PASSIVE"),
+          "jemalloc+omp_active": lambda: dict(host_memory.with_jemalloc(off, library),
+                                              OMP_WAIT_POLICY="ACTIVE"),
           "jemalloc+thp": lambda: host_memory.with_jemalloc(
               dict(off, MALLOC_CONF=JEMALLOC_CONF_THP), library),
           "jemalloc+muzzy0": lambda: host_memory.with_jemalloc(
@@ -50,8 +54,8 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
   return {n: make[n]() for n in names if library or "jemalloc" not in n}
 
 
-VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive", "jemalloc+thp",
-            "jemalloc+muzzy0")
+VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive", "jemalloc+omp_active",
+            "jemalloc+thp", "jemalloc+muzzy0")
 # host_memory.JEMALLOC_CONF with transparent huge pages (its setting until 2026-12-05;
 # the run of 10:17 UTC called the 4 KiB one 'jemalloc+nothp' and this one 'jemalloc')
 JEMALLOC_CONF_THP = host_memory.JEMALLOC_CONF.replace("thp:never", "thp:always").replace(

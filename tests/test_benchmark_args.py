@@ -75,6 +75,8 @@ def test_allocator_variants_are_named_environments_with_off_first(monkeypatch):
   assert list(envs) == ["off", "jemalloc", "jemalloc+omp_passive"]
   assert "OMP_WAIT_POLICY" not in envs["off"] and "OMP_WAIT_POLICY" not in envs["jemalloc"]
   assert envs["jemalloc+omp_passive"] == dict(envs["jemalloc"], OMP_WAIT_POLICY="PASSIVE")
+  active = ab_host_memory.environments(("off", "jemalloc+omp_active"))["jemalloc+omp_active"]
+  assert active == dict(envs["jemalloc"], OMP_WAIT_POLICY="ACTIVE")
   assert host_memory.jemalloc_active(envs["jemalloc"])
   muzzy0 = ab_host_memory.environments(("off", "jemalloc+muzzy0"))["jemalloc+muzzy0"]
   assert "muzzy_decay_ms:0" in muzzy0["MALLOC_CONF"] and host_memory.jemalloc_active(muzzy0)
