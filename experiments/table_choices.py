@@ -111,7 +111,9 @@ def cost_section(p, root: str, pilot_root: str) -> list:
   lines = ["## Cost on this machine", "",
            "Wall time of the finished runs (each segment includes start-up and "
            "compilation): per row, the median over its segments of each segment's own "
-           "rate. Where a row has training segments that started on a quiet machine (load "
+           "rate. Where a row has segments on this machine's CPU model (its machine line, "
+           "under Runs), only those count: the other model may be much faster or slower. "
+           "Of those, where some training segments started on a quiet machine (load "
            f"average <= {tp.busy_load():g}), only those count; otherwise other work shared "
            "the CPU (see the load in Runs). A wall time also includes any time the runner "
            "was paused (SIGSTOP, e.g. for a benchmark on the same CPU), which the load "

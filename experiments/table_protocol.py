@@ -457,16 +457,23 @@ def busy_load() -> float:
   return 1.5 * (os.cpu_count() or 1)
 
 
-def measured_rates(root: str, pilot_root: Optional[str] = None):
+def measured_rates(root: str, pilot_root: Optional[str] = None,
+                   machine: Optional[str] = None):
   """({row: wall seconds per training epoch}, {row: IS decoder samples per second}) from
   the finished segments in root's job.json files, and for rows with none there, from the
   pilot curves' train_summary.json (one uninterrupted run each). Each is the median over
   a row's segments of the segment's own rate: a segment's wall time includes any time the
   runner was paused (SIGSTOP) or shared the CPU, and the median keeps a minority of such
   segments from counting, where a sum over segments let them inflate the estimate. Where
-  a row has training segments that started on a quiet machine (load <= busy_load()),
-  only those count."""
-  quiet, busy, evals = {}, {}, {}
+  a row has segments on `machine` (the CPU model its machine line starts with; default
+  this one's, `provenance.cpu_description()`), only those count: runs on another CPU model
+  may be twice as fast or slow. Of those, where some training segments started on a quiet
+  machine (load <= busy_load()), only those count."""
+  if machine is None:
+    from experiments.provenance import cpu_description  # pylint: disable=g-import-not-at-top
+    machine = cpu_description()
+  here = lambda seg: str(seg.get("machine", "")).startswith(machine)
+  train, evals = {}, {}  # row: [(on this machine, quiet, rate)]
   for path in sorted(_glob(root, "job.json")):
     with open(path, encoding="utf-8") as f:
       rec = json.load(f)
@@ -476,23 +483,32 @@ def measured_rates(root: str, pilot_root: Optional[str] = None):
       # An interrupted segment's time is the engine's count to its last checkpoint
       # (no start-up, no work after it): not comparable with the finished ones.
       if epochs > 0 and not s.get("interrupted"):
-        kind = busy if s.get("load", 0.0) > busy_load() else quiet
-        kind.setdefault(row, []).append(s["seconds"] / epochs)
+        train.setdefault(row, []).append(
+            (here(s), s.get("load", 0.0) <= busy_load(), s["seconds"] / epochs))
     for e in rec["evals"].values():
       # each run's seconds and the images it scored (an evaluation can pause and resume)
-      for seg in e.get("segments") or [{"seconds": e["seconds"], "images": e["num_images"]}]:
+      for seg in e.get("segments") or [{"seconds": e["seconds"], "images": e["num_images"],
+                                        "machine": e.get("machine", "")}]:
         if seg["seconds"] > 0 and seg["images"] > 0:
-          evals.setdefault(row, []).append(e["num_samples"] * seg["images"] / seg["seconds"])
-  train = {**busy, **quiet}
+          evals.setdefault(row, []).append(
+              (here(seg), True, e["num_samples"] * seg["images"] / seg["seconds"]))
+
+  def median(rates):
+    for pick in (lambda r: r[0] and r[1], lambda r: r[0], lambda r: r[1], lambda r: True):
+      chosen = [r[2] for r in rates if pick(r)]
+      if chosen:
+        return float(np.median(chosen))
+    raise ValueError("no rates")
+
+  epoch_s = {r: median(v) for r, v in train.items()}
   for path in sorted(_glob(pilot_root, "train_summary.json")) if pilot_root else []:
     wd = os.path.dirname(path)
     with open(path, encoding="utf-8") as f, open(os.path.join(wd, "config.json"),
                                                  encoding="utf-8") as g:
       seconds, config = json.load(f)["train_seconds"], json.load(g)
-    if config.get("row") in RUN_ORDER and config["row"] not in train:
-      train[config["row"]] = [seconds / config["train"]["num_epochs"]]
-  return ({r: float(np.median(v)) for r, v in train.items()},
-          {r: float(np.median(v)) for r, v in evals.items()})
+    if config.get("row") in RUN_ORDER and config["row"] not in epoch_s:
+      epoch_s[config["row"]] = seconds / config["train"]["num_epochs"]
+  return epoch_s, {r: median(v) for r, v in evals.items()}
 
 
 def _glob(root: str, name: str) -> list:

@@ -736,3 +736,29 @@ def test_new_workdirs_take_the_kernel_flags_a_started_one_keeps_its_own(flags, m
                        for r in evals), rec["evals"]
   other = tp.read_job(os.path.join(flags.root, "vae_lr0.003_b1_s0"))
   assert all("conv xla + fused backward" in s["machine"] for s in other["train"])
+
+
+def test_rates_prefer_the_segments_run_on_this_cpu_model(tmp_path):
+  def job(name, row, segments, evals):
+    wd = tmp_path / name
+    wd.mkdir()
+    tp.write_job(str(wd), {"setting": {"row": row}, "train": segments, "evals": evals})
+
+  seg = lambda a, b, s, machine, load=0.5: {"epochs_from": a, "epochs_to": b, "seconds": s,
+                                            "machine": machine, "load": load}
+  fast, slow = "CPU B (x86_64), 2 cores", "CPU A (x86_64), 2 cores"
+  # crvae: trained on both CPU models; the one on CPU B also shared the CPU
+  job("crvae_s0", "crvae", [seg(0, 1, 100.0, slow), seg(1, 2, 110.0, slow),
+                            seg(2, 3, 40.0, f"{fast}, jax 0.10.2 cpu x1", load=9.0)],
+      {"test_all_K20": {"num_samples": 20, "num_images": 10, "seconds": 0.0, "segments": [
+          {"seconds": 2.0, "images": 10, "machine": slow},
+          {"seconds": 1.0, "images": 10, "machine": fast}]}})
+  job("vae_s0", "vae", [seg(0, 1, 30.0, slow)], {})  # only on the other model
+  epoch_s, sps = tp.measured_rates(str(tmp_path), machine=fast)
+  assert epoch_s == {"crvae": 40.0, "vae": 30.0}  # this model's (busy) segment first
+  assert sps == {"crvae": 200.0}
+  epoch_s, sps = tp.measured_rates(str(tmp_path), machine=slow)
+  assert epoch_s == {"crvae": 105.0, "vae": 30.0} and sps == {"crvae": 100.0}
+  # records from before machine lines named the CPU model count where nothing else does
+  epoch_s, _ = tp.measured_rates(str(tmp_path), machine="CPU C (x86_64), 2 cores")
+  assert epoch_s == {"crvae": 105.0, "vae": 30.0}  # the quiet segments of any model
