@@ -125,8 +125,8 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
     c.model.num_res_blocks = 2
     c.train.batch_size = 16
     # After 300 steps the emoji Stage2's outputs were red frames (discriminator accuracy
-    # 0.99); after 3,000 they are emoji-coloured faces (results/emoji_crvaegan_stage2_cpu/
-    # summary.md and issue 19's note of 2026-12-05).
+    # 0.99); after 3,000 they are orange, blocky faces, mostly the same one whatever the
+    # input (results/emoji_crvaegan_stage2_cpu/summary.md, README "Stage2").
     c.train.num_steps = 3_000
     c.train.log_every_steps = 50
     c.train.checkpoint_every_steps = 500
