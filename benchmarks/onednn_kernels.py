@@ -96,23 +96,19 @@ def _worker(framework: str, scale: str, warmup: int, steps: int):
     config.model.conv_impl = "onednn"
     config.model.fused_backward = True
     trainer = JaxTrainer(config)  # runs (and compiles) the first step
-    if warmup:
-      trainer.run(warmup, warmup=0)
-    run = lambda: trainer.run(steps, warmup=0)
   else:
     import torch  # pylint: disable=g-import-not-at-top
     from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
-    trainer = ref.Trainer(ref.model_from_config(config), config, "eager")
-    if warmup:
-      trainer.run(warmup, warmup=0)
-    run = lambda: trainer.run(steps, warmup=0)
+    trainer = ref.Trainer(ref.model_from_config(config), config, "eager")  # (so does this)
+  if warmup:
+    trainer.run(warmup, warmup=0)
   libc = ctypes.CDLL(None)
   libc.fflush(None)  # oneDNN prints with C's buffered stdout: flush it before the marker
   sys.stdout.flush()
   os.write(1, (MARK + "\n").encode())
-  run()
+  trainer.run(steps, warmup=0)
   libc.fflush(None)
 
 
