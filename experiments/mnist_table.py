@@ -397,6 +397,49 @@ def now() -> float:
   return time.monotonic()
 
 
+def fit_to_time_left(ready, jobs, root, epoch_s, sps, left: float):
+  """--stop_after_minutes: (job, epochs, deadline) to run in the `left` seconds, or None
+  (stop; printed why). Whole jobs: the first ready job whose estimate, with its
+  evaluations, fits; an evaluation gets a deadline (an estimate can be wrong: it pauses
+  rather than overruns). --cut_to_fit: the next job, its training cut to whole epochs
+  that fit, its evaluation paused at the limit (resumed in the next run)."""
+  job = ready[0]
+  if not FLAGS.cut_to_fit:
+    # A model's training counts with its evaluations: trained but not evaluated, it is
+    # trained again if the root is lost (table_protocol.is_finished).
+    evals_of = lambda j: ([e for e in jobs if not e.trains and e.setting == j.setting]
+                          if j.stage == "train" else [])
+    cost = {id(j): sum(job_seconds(x, root, epoch_s, sps) for x in [j, *evals_of(j)])
+            for j in ready}
+    label = lambda j: job_label(j) + (" and its evaluations" if evals_of(j) else "")
+    fits = [j for j in ready if cost[id(j)] <= left - EVAL_BATCH_MARGIN_S]
+    if not fits:
+      print(f"stopping: no ready job fits in the {max(left, 0) / 60:.0f} minutes left "
+            f"before --stop_after_minutes (next: {job.setting.name}, {label(job)}, "
+            f"about {cost[id(job)] / 60:.0f} min)", flush=True)
+      return None
+    if fits[0] is not job:
+      print(f"\n{job.setting.name} ({label(job)}, about {cost[id(job)] / 60:.0f} min) "
+            f"does not fit in the {left / 60:.0f} minutes left; running "
+            f"{fits[0].setting.name} ({label(fits[0])}) first", flush=True)
+    job = fits[0]
+    return job, job.epochs, (None if job.trains
+                             else time.monotonic() + left - EVAL_BATCH_MARGIN_S)
+  if job.trains:
+    have = tp.trained_epochs(tp.read_job(tp.workdir(root, job.setting)))
+    epochs = min(job.epochs, math.floor(have + left / epoch_s(job.row)))
+    if epochs <= have:
+      print(f"stopping: the next epoch of {job.setting.name} would pass "
+            f"--stop_after_minutes", flush=True)
+      return None
+    return job, epochs, None
+  if left < MIN_EVAL_MINUTES * 60:
+    print(f"stopping: less than {MIN_EVAL_MINUTES:g} minutes left for evaluating "
+          f"{job.setting.name} before --stop_after_minutes", flush=True)
+    return None
+  return job, job.epochs, time.monotonic() + left - EVAL_BATCH_MARGIN_S
+
+
 def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
         records: str) -> None:
   t_start, n, data, last = now(), 0, None, None
@@ -415,42 +458,11 @@ def run(p: tp.Protocol, root: str, pilot_root: str, output: str, commit: str,
       break
     job, epochs, deadline = ready[0], ready[0].epochs, None
     if FLAGS.stop_after_minutes is not None:
-      left = FLAGS.stop_after_minutes * 60 - (now() - t_start)
-    if FLAGS.stop_after_minutes is not None and not FLAGS.cut_to_fit:
-      # A model's training counts with its evaluations: trained but not evaluated, it
-      # is trained again if the root is lost (table_protocol.is_finished).
-      evals_of = lambda j: ([e for e in jobs if not e.trains and e.setting == j.setting]
-                            if j.stage == "train" else [])
-      cost = {id(j): sum(job_seconds(x, root, epoch_s, sps) for x in [j, *evals_of(j)])
-              for j in ready}
-      label = lambda j: job_label(j) + (" and its evaluations" if evals_of(j) else "")
-      fits = [j for j in ready if cost[id(j)] <= left - EVAL_BATCH_MARGIN_S]
-      if not fits:
-        print(f"stopping: no ready job fits in the {max(left, 0) / 60:.0f} minutes left "
-              f"before --stop_after_minutes (next: {job.setting.name}, {label(job)}, "
-              f"about {cost[id(job)] / 60:.0f} min)", flush=True)
+      chosen = fit_to_time_left(ready, jobs, root, epoch_s, sps,
+                                left=FLAGS.stop_after_minutes * 60 - (now() - t_start))
+      if chosen is None:
         break
-      if fits[0] is not job:
-        print(f"\n{job.setting.name} ({label(job)}, about {cost[id(job)] / 60:.0f} min) "
-              f"does not fit in the {left / 60:.0f} minutes left; running "
-              f"{fits[0].setting.name} ({label(fits[0])}) first", flush=True)
-      job, epochs = fits[0], fits[0].epochs
-      if not job.trains:  # an estimate can be wrong: pause rather than overrun
-        deadline = time.monotonic() + left - EVAL_BATCH_MARGIN_S
-    elif FLAGS.stop_after_minutes is not None:
-      if job.trains:
-        have = tp.trained_epochs(tp.read_job(tp.workdir(root, job.setting)))
-        epochs = min(job.epochs, math.floor(have + left / epoch_s(job.row)))
-        if epochs <= have:
-          print(f"stopping: the next epoch of {job.setting.name} would pass "
-                f"--stop_after_minutes", flush=True)
-          break
-      elif left < MIN_EVAL_MINUTES * 60:
-        print(f"stopping: less than {MIN_EVAL_MINUTES:g} minutes left for evaluating "
-              f"{job.setting.name} before --stop_after_minutes", flush=True)
-        break
-      else:  # an evaluation pauses at the limit and resumes in the next run
-        deadline = time.monotonic() + left - EVAL_BATCH_MARGIN_S
+      job, epochs, deadline = chosen
     if (job, epochs) == last:
       raise RuntimeError(f"{job} did not finish when run; see its workdir's job.json")
     last = (job, epochs)
