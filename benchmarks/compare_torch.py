@@ -188,14 +188,11 @@ def _torch_gan_worker(config, args, variant: str):
 
 
 def kernels_label(config) -> str:
-  """'onednn', or 'onednn + fused backward' with model.fused_backward; conv_impl
-  'fastest' as 'fastest (onednn)', what it picks here."""
+  """'fastest (conv onednn + fused backward)': the config's model.conv_impl and the
+  kernels it runs here (layers.kernels_label)."""
   from crvae_jax.models import layers  # pylint: disable=g-import-not-at-top
-  impl = config.model.conv_impl
-  if impl == "fastest":
-    impl = f"fastest ({layers.resolve_conv_impl(impl)})"
-  fused = config.model.get("fused_backward", False)
-  return impl + (" + fused backward" if fused else "")
+  m = config.model
+  return f"{m.conv_impl} ({layers.kernels_label(m.conv_impl, m.get('fused_backward', False))})"
 
 
 def worker_main(args):
