@@ -17,7 +17,10 @@ Traces --steps train steps (after compilation and 2 warm-up steps) with jax.prof
 prints the share of each kind of XLA CPU operation: 'ynn_fusion' are the matmuls and
 convolutions XLA hands to YNNPACK, the '*_fusion' / copy / concatenate / pad rows are
 memory movement and elementwise work. Durations of nested operations (a scan's body
-inside its 'while') are counted in both, so shares are approximate.
+inside its 'while') are counted in both, so shares are approximate. A last line says
+how the operations share XLA's threads: the busy time of each, and how much of the FFI
+calls' time (the oneDNN convolutions under conv_impl 'onednn', which run on their own
+OpenMP threads) another XLA operation ran beside them (`concurrency`).
 """
 
 import argparse
@@ -39,20 +42,62 @@ from benchmarks.train_throughput import JaxTrainer
 from experiments.configs import mnist as mnist_configs
 
 
-def op_times(trace_dir: str) -> collections.Counter:
-  """Microseconds per XLA operation (its HLO instruction name, e.g. 'convolution.5')."""
+_CONTAINERS = ("while", "call", "conditional", "cond")  # their bodies are traced too
+
+
+def trace_events(trace_dir: str) -> list:
   path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"),
                           recursive=True))[-1]
   with gzip.open(path) as f:
-    events = json.load(f)["traceEvents"]
+    return json.load(f)["traceEvents"]
+
+
+def is_operation(event: dict) -> bool:
+  """Whether a trace event is one XLA operation's run (not a Python frame or the
+  executor's own work)."""
+  name = event.get("name", "")
+  return not (event.get("ph") != "X" or name.startswith("$") or "ThunkExecutor" in name
+              or "Await" in name or "PjRt" in name or "PjitFunction" in name
+              or name.startswith(("ThreadpoolListener", "Wait for", "end: ")))
+
+
+def op_times(trace_dir: str) -> collections.Counter:
+  """Microseconds per XLA operation (its HLO instruction name, e.g. 'convolution.5')."""
   times = collections.Counter()
-  for e in events:
-    name = e.get("name", "")
-    if e.get("ph") != "X" or name.startswith("$") or "ThunkExecutor" in name \
-        or "Await" in name or "PjRt" in name or "PjitFunction" in name:
-      continue  # Python frames and the executor's own work, not XLA operations
-    times[name] += e["dur"]
+  for e in trace_events(trace_dir):
+    if is_operation(e):
+      times[e["name"]] += e["dur"]
   return times
+
+
+def concurrency(events: list, kind: str = "ffi_call") -> dict:
+  """How XLA's operations share the threads that run them (the 'tf_XLAEigen' pool):
+  span = first start to last end (us); busy = us each thread runs an operation;
+  `kind` = us in operations of that kind (default: the FFI calls, i.e. the oneDNN
+  convolutions under conv_impl 'onednn', which run their own OpenMP threads), and
+  `kind`_beside = us of it during which another pool thread runs an operation too.
+  Only leaf operations count (a scan's 'while' is not one: is_operation)."""
+  names = {e["tid"]: e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  runs = collections.defaultdict(list)  # tid -> [(start, end, kind)]
+  for e in events:
+    if is_operation(e) and "XLAEigen" in names.get(e.get("tid"), "") and \
+        re.sub(r"\.\d+$", "", e["name"]) not in _CONTAINERS:
+      runs[e["tid"]].append((e["ts"], e["ts"] + e["dur"], re.sub(r"\.\d+$", "", e["name"])))
+  if not runs:
+    return {}
+  spans = [x for v in runs.values() for x in v]
+  out = {"span": max(b for _, b, _ in spans) - min(a for a, _, _ in spans),
+         "busy": sorted((sum(b - a for a, b, _ in v) for v in runs.values()), reverse=True),
+         kind: 0.0, kind + "_beside": 0.0}
+  for tid, mine in runs.items():
+    others = [x for t, v in runs.items() if t != tid for x in v]
+    for a0, a1, k in mine:
+      if k == kind:
+        out[kind] += a1 - a0
+        out[kind + "_beside"] += sum(max(0.0, min(a1, b1) - max(a0, b0))
+                                     for b0, b1, _ in others)
+  return out
 
 
 def op_kinds(trace_dir: str) -> collections.Counter:
@@ -63,7 +108,6 @@ def op_kinds(trace_dir: str) -> collections.Counter:
   return kinds
 
 
-_CONTAINERS = ("while", "call", "conditional", "cond")  # their bodies are traced too
 
 
 def op_scopes(hlo_text: str) -> dict:
@@ -208,6 +252,14 @@ def main():
   print("|---|---|---|")
   for name, us in kinds.most_common(args.top):
     print(f"| {us / total:.1%} | {us / 1e3 / args.steps:.1f} | {name} |")
+  c = concurrency(trace_events(trace_dir))
+  if c:
+    per_step = lambda us: f"{us / 1e3 / args.steps:.0f}"
+    print(f"\nThreads: XLA's pool ran operations for {per_step(c['span'])} ms/step, "
+          f"its threads busy {' + '.join(per_step(b) for b in c['busy'])} ms/step"
+          + (f"; FFI calls (oneDNN convs) {per_step(c['ffi_call'])} ms/step, "
+             f"{c['ffi_call_beside'] / c['ffi_call']:.0%} of it with another XLA "
+             f"operation running beside" if c["ffi_call"] else ""))
 
 
 if __name__ == "__main__":

@@ -134,3 +134,22 @@ def test_onednn_kernels_shared_table_adds_calls_that_share_a_key():
                  "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src,,,64x64x3x3,1.0"]
   table = onednn_kernels.report({"jax": jax_lines, "torch": torch_lines}, steps=1, top=5)
   assert "| reorder | undef | 64x64x3x3 | jit:uni; simple:any | 6.0 | jit:uni | 1.0 |" in table
+
+
+def test_profile_concurrency_counts_ffi_time_beside_other_operations():
+  from benchmarks import profile_step  # pylint: disable=g-import-not-at-top
+  meta = lambda tid, name: {"ph": "M", "tid": tid, "name": "thread_name",
+                            "args": {"name": name}}
+  op = lambda tid, ts, dur, name: {"ph": "X", "tid": tid, "ts": ts, "dur": dur, "name": name}
+  events = [meta(1, "tf_XLAEigen/1"), meta(2, "tf_XLAEigen/2"), meta(3, "python"),
+            op(1, 0, 100, "ffi_call.3"),          # 30 us of it beside copy.2 on thread 2
+            op(2, 70, 50, "copy.2"),
+            op(2, 200, 40, "ffi_call.4"),         # alone
+            op(1, 0, 300, "ThunkExecutor::Execute"),  # the executor's own, not counted
+            op(2, 90, 10, "ThreadpoolListener::Record"),
+            op(1, 150, 20, "while.1"),            # a container: its body counts instead
+            op(3, 0, 500, "$<string>:1 <lambda>")]  # Python, another thread
+  c = profile_step.concurrency(events)
+  assert c["span"] == 240 and c["busy"] == [100, 90]  # (busiest first)
+  assert c["ffi_call"] == 140 and c["ffi_call_beside"] == 30
+  assert profile_step.concurrency([meta(3, "python")]) == {}
