@@ -8,9 +8,11 @@ GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ('on'), one without it ('off') and, where 
 library is found, one with jemalloc preloaded ('jemalloc', crvae_jax/host_memory.py;
 --variants picks others, e.g. jemalloc with huge pages; --step=gan times the GAN step);
 the script then times them in turn (the order rotates every round) and prints the
-median train img/s and eval samples/s of each and the gain over 'off', plus each
-worker's start-up (process start to the end of its first train step, one sample each).
-Figures compare only within one run.
+median train img/s and eval samples/s of each and the gain over 'off' (the ratio of
+medians, and the median of the per-round ratios with the number of rounds ahead), plus
+each worker's start-up (process start to the end of its first train step, one sample
+each), and the CPU each worker burned while another was timed (a worker that spins while
+idle biases the comparison in its own favour). Figures compare only within one run.
 """
 
 import argparse
@@ -19,7 +21,7 @@ import statistics
 import sys
 
 # pylint: disable=g-import-not-at-top
-from benchmarks.compare_torch import DEFAULT_ROWS, EVAL_IMAGES, STEPS, Worker
+from benchmarks.compare_torch import DEFAULT_ROWS, EVAL_IMAGES, STEPS, Worker, idle_cpu_line
 from crvae_jax import host_memory
 from experiments.configs import mnist as mnist_configs
 
@@ -32,7 +34,9 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
   at once after a parallel region instead of spinning beside XLA's threads),
   'jemalloc+omp_active' (OMP_WAIT_POLICY=ACTIVE: they spin between regions, so that a
   oneDNN call never waits for a sleeping thread to wake) and
-  'jemalloc+thp' (jemalloc with transparent huge pages: JEMALLOC_CONF_THP) and
+  'jemalloc+conv_thread' (CRVAE_ONEDNN_CONV_THREAD=1: every oneDNN convolution runs on
+  one thread of its own, crvae_jax/models/onednn_conv.cc, so that oneDNN keeps a single
+  OpenMP team), 'jemalloc+thp' (jemalloc with transparent huge pages: JEMALLOC_CONF_THP) and
   'jemalloc+muzzy0' (freed pages returned at once: JEMALLOC_CONF_MUZZY0)."""
   unknown = set(names) - set(VARIANTS)
   if unknown or not names or names[0] != "off":
@@ -40,6 +44,7 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
                      f"got {','.join(names)}")
   off = host_memory.without_hugepages(os.environ)
   off.pop("OMP_WAIT_POLICY", None)
+  off.pop("CRVAE_ONEDNN_CONV_THREAD", None)
   library = host_memory.find_jemalloc()
   make = {"off": lambda: off, "on": lambda: host_memory.with_hugepages(off),
           "jemalloc": lambda: host_memory.with_jemalloc(off, library),
@@ -47,6 +52,8 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
                                                OMP_WAIT_POLICY="PASSIVE"),
           "jemalloc+omp_active": lambda: dict(host_memory.with_jemalloc(off, library),
                                               OMP_WAIT_POLICY="ACTIVE"),
+          "jemalloc+conv_thread": lambda: dict(host_memory.with_jemalloc(off, library),
+                                               CRVAE_ONEDNN_CONV_THREAD="1"),
           "jemalloc+thp": lambda: host_memory.with_jemalloc(
               dict(off, MALLOC_CONF=JEMALLOC_CONF_THP), library),
           "jemalloc+muzzy0": lambda: host_memory.with_jemalloc(
@@ -55,7 +62,7 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
 
 
 VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive", "jemalloc+omp_active",
-            "jemalloc+thp", "jemalloc+muzzy0")
+            "jemalloc+conv_thread", "jemalloc+thp", "jemalloc+muzzy0")
 # host_memory.JEMALLOC_CONF with transparent huge pages (its setting until 2026-12-05;
 # the run of 10:17 UTC called the 4 KiB one 'jemalloc+nothp' and this one 'jemalloc')
 JEMALLOC_CONF_THP = host_memory.JEMALLOC_CONF.replace("thp:never", "thp:always").replace(
@@ -90,7 +97,7 @@ def main():
     p.error(str(e))
   if args.step == "gan" and args.measures != "train":
     p.error("--step=gan times the train step only: pass --measures=train")
-  rows, header, names = [], None, list(envs)
+  rows, header, names, idle_lines = [], None, list(envs), []
   for scale in args.scales.split(","):
     chunk = mnist_configs.config_at_scale("crvae", scale).eval.chunk_size
     wargs = argparse.Namespace(step=args.step, row=DEFAULT_ROWS[args.step],
@@ -104,20 +111,26 @@ def main():
         header = workers["off"].ask("info")["runtime"].replace(
             "malloc THP off", "malloc " + " / ".join(names))
       start = " / ".join(f"{w.startup_s:.1f}" for w in workers.values())
+      idle = {name: [] for name in workers}  # CPU s burned while another was timed
       for measure in args.measures.split(","):
         runs = {name: [] for name in workers}
         for r in range(args.rounds):
           order = names[r % len(names):] + names[:r % len(names)]  # rotates each round
           for name in order:
+            cpu = {n: w.cpu_seconds() for n, w in workers.items() if n != name}
             runs[name].append(workers[name].ask(measure))
+            for n in cpu:
+              idle[n].append(workers[n].cpu_seconds() - cpu[n])
             print(f"  [{scale} {framework} {measure} round {r + 1}] {name:8s} "
                   f"{runs[name][-1]:.1f}", file=sys.stderr, flush=True)
         med = {name: statistics.median(v) for name, v in runs.items()}
         rows.append(f"| {scale} | {framework} | {start} | {measure} | "
                     + " | ".join(f"{med[n]:.1f}" for n in names) + " | "
                     + " | ".join(f"**{med[n] / med['off']:.2f}x**" for n in names[1:])
+                    + " | " + " | ".join(paired(runs[n], runs["off"]) for n in names[1:])
                     + " | " + " | ".join(" / ".join(f"{v:.0f}" for v in runs[n])
                                          for n in names) + " |")
+      idle_lines.append(f"# {scale} {framework}: {idle_cpu_line(idle)}")
       for w in workers.values():
         w.close()
   print(f"# {header or 'torch workers only'}")
@@ -129,10 +142,20 @@ def main():
         + (" --fused_backward" if args.fused_backward else ""))
   cols = ([f"start-up s {' / '.join(names)}", "measure (train img/s, eval samples/s)"]
           + [f"{n}" for n in names] + [f"{n} / off" for n in names[1:]]
+          + [f"{n} / off per round (median; rounds ahead)" for n in names[1:]]
           + [f"rounds {n}" for n in names])
   print("| scale | framework | " + " | ".join(cols) + " |")
   print("|---" * (2 + len(cols)) + "|")
   print("\n".join(rows))
+  print("\n".join(idle_lines))
+
+
+def paired(runs: list, reference: list) -> str:
+  """'1.12x (4 of 5)': the median over rounds of run / reference of the same round (the
+  two timed close together, so a drift of the machine's speed between rounds cancels)
+  and in how many rounds the run was ahead."""
+  ratios = [a / b for a, b in zip(runs, reference)]
+  return f"{statistics.median(ratios):.2f}x ({sum(r > 1 for r in ratios)} of {len(ratios)})"
 
 
 if __name__ == "__main__":

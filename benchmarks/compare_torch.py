@@ -51,7 +51,9 @@ eval = decoder per sample + encoder / K). Below the table, one line per
 ratio repeats it next to the machine line and the matmul peaks of that scale's run, and
 one line gives the kernel's counters during each worker's timings (/proc/vmstat,
 system-wide, medians: page faults, direct compaction stalls, huge-page faults,
-allocation stalls), which show what a worker's memory use costs the kernel.
+allocation stalls), which show what a worker's memory use costs the kernel, and one the
+CPU time each worker burned while another was timed (should be ~0: a worker whose
+threads spin while idle slows the one being timed and biases every ratio).
 --write_results appends the whole block, with command, date and commit, to
 benchmarks/RESULTS.md (every run, never replacing an earlier one).
 """
@@ -286,6 +288,37 @@ class Worker:
     self.proc.stdin.close()
     self.proc.wait()
 
+  def cpu_seconds(self) -> float:
+    """CPU time (user + system) of all this worker's threads so far (Linux /proc)."""
+    return process_cpu_seconds(self.proc.pid)
+
+
+def process_cpu_seconds(pid: int, proc: str = "/proc") -> float:
+  """User + system CPU seconds of every thread of process `pid` (0.0 once it ended)."""
+  total = 0
+  try:
+    tasks = os.listdir(f"{proc}/{pid}/task")
+  except OSError:
+    return 0.0
+  for tid in tasks:
+    try:
+      with open(f"{proc}/{pid}/task/{tid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue  # the thread ended
+    total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+  return total / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu_line(idle: dict) -> str:
+  """'Idle workers' CPU ...': what each worker burned while others were timed (seconds
+  per timing, median and max); a worker whose threads spin when idle (e.g. OpenMP with
+  OMP_WAIT_POLICY=ACTIVE and no throttling) takes a core from the one being timed, and
+  every ratio of that run is then biased in its favour."""
+  return ("Idle workers' CPU while another was timed (s per timing, median / max; "
+          "near 0 = no bias): " + ", ".join(
+              f"{n} {statistics.median(v):.2f} / {max(v):.2f}" for n, v in idle.items() if v))
+
 
 # System-wide kernel counters read around each timing: page faults, direct compaction,
 # transparent-huge-page faults and allocation stalls (what a worker's memory costs the
@@ -316,15 +349,19 @@ def compare(scale: str, args) -> dict:
   measures = MEASURES[args.step]
   runs = {(w, m): [] for w in names for m in measures}
   kernel = {(w, m): [] for w in names for m in measures if m != "peak"}
+  idle = {w: [] for w in names}  # CPU seconds each one burned while another was timed
   for r in range(args.rounds):
     order = workers if r % 2 == 0 else workers[::-1]
     for what, ws in (("train", order), ("eval", order[::-1]), ("peak", order)):
       if what not in measures:
         continue
       for w in ws:
-        before = vmstat()
+        before, cpu = vmstat(), {o.name: o.cpu_seconds() for o in workers if o is not w}
         runs[(w.name, what)].append(w.ask(what))
         after = vmstat()
+        for o in workers:
+          if o is not w:
+            idle[o.name].append(o.cpu_seconds() - cpu[o.name])
         if (w.name, what) in kernel:
           kernel[(w.name, what)].append({k: after[k] - before[k] for k in after
                                          if k in before})
@@ -336,7 +373,7 @@ def compare(scale: str, args) -> dict:
   res = {"scale": scale, "names": names, "measures": measures,
          "startup": {w.name: (w.startup_s, w.setup_s) for w in workers},
          "median": {k: statistics.median(v) for k, v in runs.items()},
-         "runs": runs, "info": info,
+         "runs": runs, "info": info, "idle_cpu": idle,
          "kernel": {k: {c: statistics.median(d[c] for d in v) for c in v[0]
                         if all(c in d for d in v)}  # (a counter every timing read)
                     for k, v in kernel.items() if v and v[0]}}
@@ -486,6 +523,8 @@ def report(results) -> str:
                      f"{r['scale']} {n} {w} " + ", ".join(
                          f"{c} {v:,.0f}" for c, v in r["kernel"][(n, w)].items())
                      for r in results for (n, w) in r.get("kernel", {})))
+  lines += [f"{r['scale']}: {idle_cpu_line(r['idle_cpu'])}" for r in results
+            if r.get("idle_cpu")]
   lines.append("Every timing (the rounds in order): " + "; ".join(
       f"{r['scale']} " + ", ".join(
           f"{n} {w} " + "/".join(f"{v:.0f}" for v in r["runs"][(n, w)])

@@ -78,6 +78,11 @@ def test_allocator_variants_are_named_environments_with_off_first(monkeypatch):
   active = ab_host_memory.environments(("off", "jemalloc+omp_active"))["jemalloc+omp_active"]
   assert active == dict(envs["jemalloc"], OMP_WAIT_POLICY="ACTIVE")
   assert host_memory.jemalloc_active(envs["jemalloc"])
+  monkeypatch.setenv("CRVAE_ONEDNN_CONV_THREAD", "1")  # not inherited either
+  thread = ab_host_memory.environments(("off", "jemalloc", "jemalloc+conv_thread"))
+  assert "CRVAE_ONEDNN_CONV_THREAD" not in thread["jemalloc"]
+  assert thread["jemalloc+conv_thread"] == dict(thread["jemalloc"],
+                                                CRVAE_ONEDNN_CONV_THREAD="1")
   muzzy0 = ab_host_memory.environments(("off", "jemalloc+muzzy0"))["jemalloc+muzzy0"]
   assert "muzzy_decay_ms:0" in muzzy0["MALLOC_CONF"] and host_memory.jemalloc_active(muzzy0)
   assert muzzy0["MALLOC_CONF"] != host_memory.JEMALLOC_CONF
@@ -86,6 +91,23 @@ def test_allocator_variants_are_named_environments_with_off_first(monkeypatch):
   for bad in (("on", "off"), ("off", "jemalloc+tcmalloc"), ()):
     with pytest.raises(ValueError, match="must start with 'off'"):
       ab_host_memory.environments(bad)
+
+
+def test_paired_ratio_is_per_round_and_counts_rounds_ahead():
+  assert ab_host_memory.paired([110, 50, 210], [100, 60, 200]) == "1.05x (2 of 3)"
+
+
+def test_process_cpu_seconds_sums_the_threads_of_a_process(tmp_path):
+  from benchmarks import compare_torch  # pylint: disable=g-import-not-at-top
+  tick = compare_torch.os.sysconf("SC_CLK_TCK")
+  for tid, (utime, stime) in {"7": (3, 1), "8": (10, 6)}.items():
+    (tmp_path / "7" / "task" / tid).mkdir(parents=True)
+    fields = ["S"] + ["0"] * 10 + [str(utime), str(stime)] + ["0"] * 30
+    (tmp_path / "7" / "task" / tid / "stat").write_text(f"{tid} (a (b) c) " + " ".join(fields))
+  assert compare_torch.process_cpu_seconds(7, str(tmp_path)) == 20 / tick
+  assert compare_torch.process_cpu_seconds(9, str(tmp_path)) == 0.0  # no such process
+  line = compare_torch.idle_cpu_line({"jax": [0.0, 0.0, 0.1], "torch": [2.0, 5.0, 4.0]})
+  assert "jax 0.00 / 0.10" in line and "torch 4.00 / 5.00" in line
 
 
 def test_onednn_kernels_reads_both_verbose_formats_and_each_librarys_version():

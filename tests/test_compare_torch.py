@@ -221,6 +221,7 @@ def test_kernel_counters_are_read_around_each_timing_and_reported(tmp_path, monk
                                              "thp_fault_alloc": 3, "allocstall_movable": 0}
   assert compare_torch.vmstat(str(tmp_path / "missing")) == {}
   counter = {"pgfault": 0, "compact_stall": 0}
+  cpu = {"jax": 0.0, "torch": 0.0}
 
   class FakeWorker:
     """Faults 100 pages per jax timing and 300 per torch timing, stalls once per eval."""
@@ -234,7 +235,12 @@ def test_kernel_counters_are_read_around_each_timing_and_reported(tmp_path, monk
         return {"runtime": MACHINE, "params": 1, "train_flops": 1.0, "eval_flops": 1.0}
       counter["pgfault"] += 100 if self.name == "jax" else 300
       counter["compact_stall"] += what == "eval"
+      if self.name == "jax":
+        cpu["torch"] += 2.0  # the torch worker spins while jax is timed
       return 10.0
+
+    def cpu_seconds(self):
+      return cpu[self.name]
 
     def close(self):
       pass
@@ -250,4 +256,6 @@ def test_kernel_counters_are_read_around_each_timing_and_reported(tmp_path, monk
   assert ("jax", "peak") not in res["kernel"]
   text = compare_torch.report([res])
   assert "cpu torch eval pgfault 300, compact_stall 1" in text
+  assert res["idle_cpu"] == {"jax": [0.0] * 9, "torch": [2.0] * 9}  # 3 rounds x 3 measures
+  assert "cpu: Idle workers' CPU while another was timed" in text and "torch 2.00 / 2.00" in text
   assert "Kernel counters" not in compare_torch.report([fake_result()])  # older results
