@@ -34,9 +34,7 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
   at once after a parallel region instead of spinning beside XLA's threads),
   'jemalloc+omp_active' (OMP_WAIT_POLICY=ACTIVE: they spin between regions, so that a
   oneDNN call never waits for a sleeping thread to wake) and
-  'jemalloc+conv_thread' (CRVAE_ONEDNN_CONV_THREAD=1: every oneDNN convolution runs on
-  one thread of its own, crvae_jax/models/onednn_conv.cc, so that oneDNN keeps a single
-  OpenMP team), 'jemalloc+thp' (jemalloc with transparent huge pages: JEMALLOC_CONF_THP) and
+  'jemalloc+thp' (jemalloc with transparent huge pages: JEMALLOC_CONF_THP) and
   'jemalloc+muzzy0' (freed pages returned at once: JEMALLOC_CONF_MUZZY0)."""
   unknown = set(names) - set(VARIANTS)
   if unknown or not names or names[0] != "off":
@@ -44,7 +42,6 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
                      f"got {','.join(names)}")
   off = host_memory.without_hugepages(os.environ)
   off.pop("OMP_WAIT_POLICY", None)
-  off.pop("CRVAE_ONEDNN_CONV_THREAD", None)
   library = host_memory.find_jemalloc()
   make = {"off": lambda: off, "on": lambda: host_memory.with_hugepages(off),
           "jemalloc": lambda: host_memory.with_jemalloc(off, library),
@@ -52,8 +49,6 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
                                                OMP_WAIT_POLICY="PASSIVE"),
           "jemalloc+omp_active": lambda: dict(host_memory.with_jemalloc(off, library),
                                               OMP_WAIT_POLICY="ACTIVE"),
-          "jemalloc+conv_thread": lambda: dict(host_memory.with_jemalloc(off, library),
-                                               CRVAE_ONEDNN_CONV_THREAD="1"),
           "jemalloc+thp": lambda: host_memory.with_jemalloc(
               dict(off, MALLOC_CONF=JEMALLOC_CONF_THP), library),
           "jemalloc+muzzy0": lambda: host_memory.with_jemalloc(
@@ -62,7 +57,7 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
 
 
 VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive", "jemalloc+omp_active",
-            "jemalloc+conv_thread", "jemalloc+thp", "jemalloc+muzzy0")
+            "jemalloc+thp", "jemalloc+muzzy0")
 # host_memory.JEMALLOC_CONF with transparent huge pages (its setting until 2026-12-05;
 # the run of 10:17 UTC called the 4 KiB one 'jemalloc+nothp' and this one 'jemalloc')
 JEMALLOC_CONF_THP = host_memory.JEMALLOC_CONF.replace("thp:never", "thp:always").replace(

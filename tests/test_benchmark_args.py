@@ -78,11 +78,6 @@ def test_allocator_variants_are_named_environments_with_off_first(monkeypatch):
   active = ab_host_memory.environments(("off", "jemalloc+omp_active"))["jemalloc+omp_active"]
   assert active == dict(envs["jemalloc"], OMP_WAIT_POLICY="ACTIVE")
   assert host_memory.jemalloc_active(envs["jemalloc"])
-  monkeypatch.setenv("CRVAE_ONEDNN_CONV_THREAD", "1")  # not inherited either
-  thread = ab_host_memory.environments(("off", "jemalloc", "jemalloc+conv_thread"))
-  assert "CRVAE_ONEDNN_CONV_THREAD" not in thread["jemalloc"]
-  assert thread["jemalloc+conv_thread"] == dict(thread["jemalloc"],
-                                                CRVAE_ONEDNN_CONV_THREAD="1")
   muzzy0 = ab_host_memory.environments(("off", "jemalloc+muzzy0"))["jemalloc+muzzy0"]
   assert "muzzy_decay_ms:0" in muzzy0["MALLOC_CONF"] and host_memory.jemalloc_active(muzzy0)
   assert muzzy0["MALLOC_CONF"] != host_memory.JEMALLOC_CONF

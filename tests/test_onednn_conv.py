@@ -203,32 +203,3 @@ def test_missing_onednn_is_a_config_error_before_compilation(monkeypatch):
       config_checks.check_mnist_config(config, num_devices=1)
   finally:
     onednn_conv.load.cache_clear()  # the next load() finds and registers it again
-
-
-_ON_ONE_THREAD = r"""
-import sys
-import jax, jax.numpy as jnp, numpy as np
-from crvae_jax.models import onednn_conv
-rng = np.random.default_rng(0)
-x = jnp.asarray(rng.normal(size=(4, 9, 9, 6)), jnp.float32)
-k = jnp.asarray(rng.normal(size=(3, 3, 6, 8)), jnp.float32)
-loss = lambda x, k: (onednn_conv.conv2d(x, k, 2, 1) ** 2).sum() + (
-    onednn_conv.conv_transpose2d(x, k[:, :, :, :6], 2, 1) ** 3).sum()
-out = jax.jit(jax.value_and_grad(loss, (0, 1)))(x, k)
-np.save(sys.argv[1], np.concatenate([np.ravel(a) for a in jax.tree.leaves(out)]))
-"""
-
-
-def test_calls_on_a_thread_of_their_own_give_the_same_numbers(tmp_path):
-  # CRVAE_ONEDNN_CONV_THREAD=1 (a process-wide setting, read once): the same values and
-  # gradients, bit for bit, as the calls made on XLA's threads.
-  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-  out = {}
-  for flag in ("0", "1"):
-    path = str(tmp_path / f"out{flag}.npy")
-    subprocess.run([sys.executable, "-c", _ON_ONE_THREAD, path], check=True,
-                   env=dict(os.environ, CRVAE_ONEDNN_CONV_THREAD=flag, JAX_PLATFORMS="cpu"),
-                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out[flag] = np.load(path)
-  assert out["0"].size == 1 + 4 * 9 * 9 * 6 + 3 * 3 * 6 * 8 and np.isfinite(out["0"]).all()
-  np.testing.assert_array_equal(out["0"], out["1"])

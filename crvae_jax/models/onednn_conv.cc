@@ -19,16 +19,12 @@
 // backward-weights kernel's reduction).
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
-#include <deque>
-#include <functional>
 #include <new>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -164,62 +160,10 @@ memory KernelIn(const Shapes& s, float* data, const memory::desc& want,
   return m;
 }
 
-// With CRVAE_ONEDNN_CONV_THREAD=1 in the environment: one thread runs every oneDNN call
-// of the process, one call at a time, while the XLA thread that made it waits. oneDNN's
-// OpenMP runtime (libgomp) gives each thread that starts a parallel region a team of its
-// own: called from both of XLA's pool threads, the convolutions keep two teams, more
-// OpenMP threads than cores, and libgomp then lets an idle team thread spin only briefly
-// before it sleeps; from one thread they keep one team, as in PyTorch.
-class ConvThread {
- public:
-  static ConvThread& Get() {
-    static ConvThread* t = new ConvThread();  // never destroyed: its thread never ends
-    return *t;
-  }
-  void Run(const std::function<void()>& body) {
-    Task task{&body};
-    std::unique_lock<std::mutex> lock(mu_);
-    queue_.push_back(&task);
-    work_.notify_one();
-    done_.wait(lock, [&] { return task.done; });
-  }
-
- private:
-  struct Task {
-    const std::function<void()>* body;
-    bool done = false;
-  };
-  ConvThread() { std::thread([this] { Loop(); }).detach(); }
-  void Loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    for (;;) {
-      work_.wait(lock, [&] { return !queue_.empty(); });
-      Task* task = queue_.front();
-      queue_.pop_front();
-      lock.unlock();
-      (*task->body)();  // (does not throw: Guarded catches)
-      lock.lock();
-      task->done = true;
-      done_.notify_all();
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable work_, done_;
-  std::deque<Task*> queue_;
-};
-
-bool UseConvThread() {
-  static const bool use = [] {
-    const char* v = std::getenv("CRVAE_ONEDNN_CONV_THREAD");
-    return v != nullptr && std::string(v) == "1";
-  }();
-  return use;
-}
-
 // Runs `body`, turning any C++ exception into an XLA error (one escaping an FFI
 // handler would abort the process).
 template <typename F>
-ffi::Error GuardedHere(const char* what, F& body) {
+ffi::Error Guarded(const char* what, F body) {
   try {
     body();
   } catch (const dnnl::error& e) {
@@ -231,14 +175,6 @@ ffi::Error GuardedHere(const char* what, F& body) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string(what) + ": unknown error");
   }
   return ffi::Error::Success();
-}
-
-template <typename F>
-ffi::Error Guarded(const char* what, F body) {
-  if (!UseConvThread()) return GuardedHere(what, body);
-  ffi::Error err = ffi::Error::Success();
-  ConvThread::Get().Run([&] { err = GuardedHere(what, body); });
-  return err;
 }
 
 // The conv's Shapes from the dimensions of its activations x [N, H, W, C], kernel

@@ -25,9 +25,7 @@ what is missing.
 Under `jax.vmap` the calls run one batch element after another
 (``vmap_method='sequential'``; the Stage1 completion vmaps the discriminator). Inside
 `jax.shard_map` a replicated kernel's gradient is summed over the devices, as XLA's
-own convolution's is. ``CRVAE_ONEDNN_CONV_THREAD=1`` in the environment runs every call
-on one thread of its own (one OpenMP team for oneDNN, as in PyTorch; onednn_conv.cc;
-benchmarks/ab_host_memory.py variant 'jemalloc+conv_thread' times it).
+own convolution's is.
 """
 
 import ctypes
