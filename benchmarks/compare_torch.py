@@ -17,8 +17,6 @@ worker's), each building the model of that scale:
                  (benchmarks/train_throughput.py, nll_eval.py; GAN: the Stage1 step,
                  benchmarks/gan_throughput.py), conv_impl from the config ('fastest':
                  oneDNN's where they build), fused_backward off unless asked for;
-                 --jax_variants starts several, e.g. 'fastest,fastest+omp_active'
-                 (OMP_WAIT_POLICY=ACTIVE for the second only);
   torch          benchmarks/torch_reference.py (GAN: torch_gan_reference.py), eager:
                  nn.LSTM, fused Adam, channels_last, inference_mode for evaluation;
   torch-compile, torch-compile-autotune
@@ -121,7 +119,6 @@ def _jax_worker(config, args):
       "peak": matmul_gflops,
       "info": lambda: {
           "runtime": machine_line(), "conv_impl": kernels_label(config),
-          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
           "params": sum(x.size for x in jax.tree.leaves(trainer.variables()["params"])),
           "train_flops": train_flops_per_image(config),
           "eval_flops": flops_per_sample(config, args.eval_samples)},
@@ -229,15 +226,12 @@ class Worker:
 
   def __init__(self, name: str, scale: str, args, env=None, cpus=None):
     """name: 'jax' (model.conv_impl from --conv_impl or the config), 'jax-IMPL' (JAX with
-    model.conv_impl IMPL), 'jax-IMPL+fused' (and model.fused_backward),
-    'jax-IMPL+omp_active' (with OMP_WAIT_POLICY=ACTIVE in `env`), both, or a torch
+    model.conv_impl IMPL), 'jax-IMPL+fused' (and model.fused_backward) or a torch
     worker's. cpus: the cores it may run on (default: all of this process's); its
     thread pools size themselves to them."""
     framework, conv_impl, fused = name, args.conv_impl, getattr(args, "fused_backward", False)
     if name.startswith("jax-"):
-      framework, (conv_impl, fused, omp_active) = "jax", parse_jax_variant(name[len("jax-"):])
-      if omp_active:
-        env = dict(os.environ if env is None else env, OMP_WAIT_POLICY="ACTIVE")
+      framework, (conv_impl, fused) = "jax", parse_jax_variant(name[len("jax-"):])
     cmd = [sys.executable, "-m", "benchmarks.compare_torch", f"--worker={framework}",
            f"--step={getattr(args, 'step', 'mnist')}",
            f"--scale={scale}", f"--row={args.row}",
@@ -384,20 +378,13 @@ def compare(scale: str, args) -> dict:
   return res
 
 
-JAX_SUFFIXES = ("fused", "omp_active")
-
-
 def parse_jax_variant(variant: str):
-  """'IMPL[+fused][+omp_active]' -> (IMPL, fused, omp_active): 'onednn' -> ('onednn',
-  False, False); 'onednn+fused+omp_active' -> ('onednn', True, True). '+fused' sets
-  model.fused_backward; '+omp_active' runs the worker with OMP_WAIT_POLICY=ACTIVE (the
-  OpenMP threads of the oneDNN convolutions spin between calls instead of sleeping)."""
-  impl, *suffixes = variant.split("+")
-  unknown = [s for s in suffixes if s not in JAX_SUFFIXES]
-  if unknown or len(set(suffixes)) != len(suffixes):
-    raise ValueError(f"JAX variant {variant!r}: the suffixes are "
-                     f"{', '.join('+' + s for s in JAX_SUFFIXES)}, each at most once")
-  return impl, "fused" in suffixes, "omp_active" in suffixes
+  """'onednn' -> ('onednn', False); 'onednn+fused' -> ('onednn', True)."""
+  impl, plus, suffix = variant.partition("+")
+  if plus and suffix != "fused":
+    raise ValueError(f"JAX variant {variant!r}: the only suffix is '+fused' "
+                     "(model.fused_backward)")
+  return impl, bool(plus)
 
 
 def check_conv_impl(impl: str) -> str:
@@ -458,9 +445,7 @@ def report(results) -> str:
                "best torch eval", f"eval ratio {jcols}",
                f"eval of peak {jcols} / best torch"]
   impls = "" if jaxes == ["jax"] else " | " + ", ".join(
-      f"{n}: conv_impl {info[n]['conv_impl']}"
-      + (f", OMP_WAIT_POLICY={info[n]['omp_wait_policy']}"
-         if info[n].get("omp_wait_policy") else "") for n in jaxes)
+      f"{n}: conv_impl {info[n]['conv_impl']}" for n in jaxes)
   lines = [f"# {info[jax0]['runtime']}{impls} | " + " | ".join(
                f"{n}: {info[n]['runtime']}" for n in torch_names),
            f"# command: {command_line()}",
@@ -583,9 +568,7 @@ def main():
   p.add_argument("--jax_variants", default="",
                  help="comma list of model.conv_impl values, one JAX worker each "
                       "(jax-IMPL), e.g. cpu,onednn; IMPL+fused also sets "
-                      "model.fused_backward, IMPL+omp_active runs the worker with "
-                      "OMP_WAIT_POLICY=ACTIVE (e.g. fastest,fastest+omp_active); "
-                      "default: one worker 'jax'")
+                      "model.fused_backward; default: one worker 'jax'")
   p.add_argument("--fused_backward", action="store_true",
                  help="model.fused_backward=True for the JAX worker")
   p.add_argument("--torch_malloc", default="default", choices=("default", "same"),
@@ -613,7 +596,7 @@ def main():
   except ValueError as e:
     p.error(str(e))
   if len(set(args.jax_variants)) != len(args.jax_variants):
-    p.error(f"--jax_variants lists a variant twice: {args.jax_variants}")
+    p.error(f"--jax_variants lists a conv_impl twice: {args.jax_variants}")
   if args.rounds < 5:
     print(f"compare_torch: --rounds={args.rounds}: the headline needs medians over >= 5 "
           "rounds", file=sys.stderr)

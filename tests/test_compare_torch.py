@@ -91,53 +91,6 @@ def test_jax_variants_start_jax_workers_with_their_conv_impl(monkeypatch):
   assert "--worker=jax" in started[1] and "--conv_impl=auto" in started[1]
 
 
-def test_omp_active_variant_sets_the_wait_policy_of_that_worker_only(monkeypatch):
-  assert compare_torch.parse_jax_variant("onednn") == ("onednn", False, False)
-  assert compare_torch.parse_jax_variant("onednn+fused+omp_active") == ("onednn", True, True)
-  assert compare_torch.parse_jax_variant("fastest+omp_active") == ("fastest", False, True)
-  for bad in ("onednn+fast", "onednn+fused+fused"):
-    with pytest.raises(ValueError, match="suffixes are"):
-      compare_torch.parse_jax_variant(bad)
-  monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-  envs = []
-
-  class FakePopen:
-    def __init__(self, cmd, env=None, **kwargs):
-      envs.append((cmd, env))
-      self.stdout = iter([])
-
-    def wait(self):
-      return 1
-
-  monkeypatch.setattr(compare_torch.subprocess, "Popen", FakePopen)
-  wargs = compare_torch.argparse.Namespace(
-      step="mnist", row="crvae", steps=1, eval_images=1, eval_samples=1, chunk=1,
-      conv_impl="")
-  for name in ("jax-fastest", "jax-fastest+omp_active"):
-    with pytest.raises(RuntimeError):
-      compare_torch.Worker(name, "cpu", wargs)
-  (plain_cmd, plain_env), (active_cmd, active_env) = envs
-  assert plain_env is None  # this process's environment, which has no wait policy
-  assert active_env["OMP_WAIT_POLICY"] == "ACTIVE"
-  assert active_env["PATH"] == compare_torch.os.environ["PATH"]
-  assert "--conv_impl=fastest" in plain_cmd and "--conv_impl=fastest" in active_cmd
-  # The report names each JAX worker's wait policy.
-  res = fake_result()
-  res["names"] = ["jax-fastest", "jax-fastest+omp_active", "torch", "torch-compile"]
-  res["median"] = {(n if n != "jax" else "jax-fastest", w): v
-                   for (n, w), v in res["median"].items()}
-  res["median"].update({("jax-fastest+omp_active", w): v for w, v in
-                        (("train", 110.0), ("eval", 610.0), ("peak", 300.0))})
-  res["info"]["jax-fastest"] = dict(res["info"].pop("jax"), conv_impl="onednn")
-  res["info"]["jax-fastest+omp_active"] = dict(res["info"]["jax-fastest"],
-                                               omp_wait_policy="ACTIVE")
-  res["runs"] = {k: [v] * 5 for k, v in res["median"].items()}
-  res["startup"]["jax-fastest"] = res["startup"]["jax-fastest+omp_active"] = (20.0, 3.0)
-  first = compare_torch.report([res]).splitlines()[0]
-  assert ("jax-fastest: conv_impl onednn, jax-fastest+omp_active: conv_impl onednn, "
-          "OMP_WAIT_POLICY=ACTIVE") in first
-
-
 def test_write_results_appends_every_run_and_keeps_the_rest(tmp_path):
   path = tmp_path / "RESULTS.md"
   path.write_text("# Measured results\n\nearlier text\n")
