@@ -67,9 +67,11 @@ def configure_logging() -> None:
 
 def known_errors() -> tuple:
   """The project's errors that explain themselves (printed as one line by `run`)."""
-  from crvae_jax import config_checks, distributed  # pylint: disable=g-import-not-at-top
-  from crvae_jax.data import DataError  # pylint: disable=g-import-not-at-top
-  from crvae_jax.train import checkpoints, guards, workdir_lock  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from crvae_jax import config_checks, distributed
+  from crvae_jax.data import DataError
+  from crvae_jax.train import checkpoints, guards, workdir_lock
+  # pylint: enable=g-import-not-at-top
   errors = [config_checks.ConfigError, checkpoints.CheckpointMismatchError,
             guards.NonFiniteError, distributed.DistributedError, DataError,
             FileNotFoundError]

@@ -27,7 +27,8 @@ TIMEOUT_S = 300  # per launch; the processes also give up joining after 60 s
 CHILD = f"""
 import json, os, signal, sys, time
 t0 = time.time()
-process_id, num_processes, port, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+process_id, num_processes = int(sys.argv[1]), int(sys.argv[2])
+port, workdir = sys.argv[3], sys.argv[4]
 from crvae_jax import distributed
 if num_processes > 1:
   distributed.initialize(f"127.0.0.1:{{port}}", num_processes, process_id, timeout_s=60)

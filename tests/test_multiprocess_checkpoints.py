@@ -9,7 +9,8 @@ from test_multiprocess import _run
 # Two processes save numpy state through `Checkpoints`; process 1 is given faults.
 CHILD = """
 import json, os, sys
-process_id, num_processes, port, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+process_id, num_processes = int(sys.argv[1]), int(sys.argv[2])
+port, workdir = sys.argv[3], sys.argv[4]
 from crvae_jax import distributed
 distributed.initialize(f"127.0.0.1:{port}", num_processes, process_id, timeout_s=60)
 import numpy as np

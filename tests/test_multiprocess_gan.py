@@ -22,7 +22,8 @@ MAX_D_ACCURACY = 0.55
 CHILD = f"""
 import json, os, sys, time
 t0 = time.time()
-process_id, num_processes, port, workdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+process_id, num_processes = int(sys.argv[1]), int(sys.argv[2])
+port, workdir = sys.argv[3], sys.argv[4]
 from crvae_jax import distributed
 if num_processes > 1:
   distributed.initialize(f"127.0.0.1:{{port}}", num_processes, process_id, timeout_s=60)

@@ -165,7 +165,8 @@ def test_rgb_configs_have_the_papers_weights_and_a_cpu_variant():
 
 
 def test_impossible_rgb_configs_name_the_key():
-  from crvae_jax.config_checks import ConfigError, check_rgb_config  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from crvae_jax.config_checks import ConfigError, check_rgb_config
   c = tiny_rgb_config()
   c.train.batch_size = 6
   with pytest.raises(ConfigError, match=r"train.batch_size=6 .*multiple of 2 x 2 device"):
