@@ -9,7 +9,8 @@ library is found, one with jemalloc preloaded ('jemalloc', crvae_jax/host_memory
 --variants picks others, e.g. jemalloc with huge pages; --step=gan times the GAN step);
 the script then times them in turn (the order rotates every round) and prints the
 median train img/s and eval samples/s of each and the gain over 'off' (the ratio of
-medians, and the median of the per-round ratios with the number of rounds ahead), plus
+medians, and the median of the per-round ratios against --reference, default 'off',
+with the number of rounds ahead), plus
 each worker's start-up (process start to the end of its first train step, one sample
 each), and the CPU each worker burned while another was timed (a worker that spins while
 idle biases the comparison in its own favour). Figures compare only within one run.
@@ -82,6 +83,9 @@ def main():
                       "train step; --measures=train)")
   p.add_argument("--fused_backward", action="store_true",
                  help="model.fused_backward=True for the JAX workers")
+  p.add_argument("--reference", default="off",
+                 help="the variant the per-round paired ratios are taken against (e.g. "
+                      "jemalloc, the shipped setting)")
   p.add_argument("--variants", default="off,on,jemalloc",
                  help=f"environments to time, from {','.join(VARIANTS)} ('off' first: "
                       "the reference of the gains)")
@@ -90,6 +94,8 @@ def main():
     envs = environments(tuple(args.variants.split(",")))
   except ValueError as e:
     p.error(str(e))
+  if args.reference not in envs:
+    p.error(f"--reference={args.reference} is not one of the variants timed: {list(envs)}")
   if args.step == "gan" and args.measures != "train":
     p.error("--step=gan times the train step only: pass --measures=train")
   rows, header, names, idle_lines = [], None, list(envs), []
@@ -103,8 +109,9 @@ def main():
       workers = {name: Worker(framework, scale, wargs, env=env)
                  for name, env in envs.items()}
       if framework == "jax":
-        header = workers["off"].ask("info")["runtime"].replace(
-            "malloc THP off", "malloc " + " / ".join(names))
+        info = workers["off"].ask("info")
+        header = (info["runtime"].replace("malloc THP off", "malloc " + " / ".join(names))
+                  + f" | conv_impl {info['conv_impl']}")
       start = " / ".join(f"{w.startup_s:.1f}" for w in workers.values())
       idle = {name: [] for name in workers}  # CPU s burned while another was timed
       for measure in args.measures.split(","):
@@ -122,7 +129,8 @@ def main():
         rows.append(f"| {scale} | {framework} | {start} | {measure} | "
                     + " | ".join(f"{med[n]:.1f}" for n in names) + " | "
                     + " | ".join(f"**{med[n] / med['off']:.2f}x**" for n in names[1:])
-                    + " | " + " | ".join(paired(runs[n], runs["off"]) for n in names[1:])
+                    + " | " + " | ".join(paired(runs[n], runs[args.reference])
+                                         for n in names if n != args.reference)
                     + " | " + " | ".join(" / ".join(f"{v:.0f}" for v in runs[n])
                                          for n in names) + " |")
       idle_lines.append(f"# {scale} {framework}: {idle_cpu_line(idle)}")
@@ -133,11 +141,13 @@ def main():
         f"--scales={args.scales} "
         f"--frameworks={args.frameworks} --measures={args.measures} "
         f"--rounds={args.rounds} --steps={args.steps} --variants={','.join(names)}"
+        + (f" --reference={args.reference}" if args.reference != "off" else "")
         + (f" --conv_impl={args.conv_impl}" if args.conv_impl else "")
         + (" --fused_backward" if args.fused_backward else ""))
   cols = ([f"start-up s {' / '.join(names)}", "measure (train img/s, eval samples/s)"]
           + [f"{n}" for n in names] + [f"{n} / off" for n in names[1:]]
-          + [f"{n} / off per round (median; rounds ahead)" for n in names[1:]]
+          + [f"{n} / {args.reference} per round (median; rounds ahead)" for n in names
+             if n != args.reference]
           + [f"rounds {n}" for n in names])
   print("| scale | framework | " + " | ".join(cols) + " |")
   print("|---" * (2 + len(cols)) + "|")

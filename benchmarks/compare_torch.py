@@ -187,11 +187,13 @@ def _torch_gan_worker(config, args, variant: str):
 
 
 def kernels_label(config) -> str:
-  """'fastest (conv onednn + fused backward)': the config's model.conv_impl and the
-  kernels it runs here (layers.kernels_label)."""
+  """'onednn + fused backward', or for conv_impl 'fastest' / 'auto' what it picks here:
+  'fastest (onednn + fused backward)' (layers.kernels_label)."""
   from crvae_jax.models import layers  # pylint: disable=g-import-not-at-top
   m = config.model
-  return f"{m.conv_impl} ({layers.kernels_label(m.conv_impl, m.get('fused_backward', False))})"
+  label = layers.kernels_label(m.conv_impl, m.get("fused_backward", False))
+  label = label[len("conv "):]
+  return f"{m.conv_impl} ({label})" if m.conv_impl in ("fastest", "auto") else label
 
 
 def worker_main(args):
@@ -288,27 +290,23 @@ class Worker:
 
 
 def process_cpu_seconds(pid: int, proc: str = "/proc") -> float:
-  """User + system CPU seconds of every thread of process `pid` (0.0 once it ended)."""
-  total = 0
+  """User + system CPU seconds of process `pid` so far, its ended threads included
+  (/proc/PID/stat; 0.0 once the process is gone)."""
   try:
-    tasks = os.listdir(f"{proc}/{pid}/task")
+    with open(f"{proc}/{pid}/stat", "rb") as f:
+      fields = f.read().rsplit(b")", 1)[1].split()  # (the name may hold ')' or spaces)
   except OSError:
     return 0.0
-  for tid in tasks:
-    try:
-      with open(f"{proc}/{pid}/task/{tid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-      continue  # the thread ended
-    total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-  return total / os.sysconf("SC_CLK_TCK")
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def idle_cpu_line(idle: dict) -> str:
   """'Idle workers' CPU ...': what each worker burned while others were timed (seconds
-  per timing, median and max); a worker whose threads spin when idle (e.g. OpenMP with
-  OMP_WAIT_POLICY=ACTIVE and no throttling) takes a core from the one being timed, and
-  every ratio of that run is then biased in its favour."""
+  per timing, median and max; a worker's own wind-down after it answered, e.g. OpenMP
+  threads spinning before they sleep, lands in the next timing, which it also slows); a
+  worker whose threads spin when idle (e.g. OpenMP with OMP_WAIT_POLICY=ACTIVE and no
+  throttling) takes a core from the one being timed, and every ratio of that run is
+  then biased in its favour."""
   return ("Idle workers' CPU while another was timed (s per timing, median / max; "
           "near 0 = no bias): " + ", ".join(
               f"{n} {statistics.median(v):.2f} / {max(v):.2f}" for n, v in idle.items() if v))

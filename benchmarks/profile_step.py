@@ -70,33 +70,51 @@ def op_times(trace_dir: str) -> collections.Counter:
   return times
 
 
+def _union(intervals: list) -> list:
+  """Sorted, disjoint (start, end) covering the same time as `intervals`."""
+  out = []
+  for a, b in sorted(intervals):
+    if out and a <= out[-1][1]:
+      out[-1] = (out[-1][0], max(out[-1][1], b))
+    else:
+      out.append((a, b))
+  return out
+
+
 def concurrency(events: list, kind: str = "ffi_call") -> dict:
   """How XLA's operations share the threads that run them (the 'tf_XLAEigen' pool):
-  span = first start to last end (us); busy = us each thread runs an operation;
-  `kind` = us in operations of that kind (default: the FFI calls, i.e. the oneDNN
-  convolutions under conv_impl 'onednn', which run their own OpenMP threads), and
-  `kind`_beside = us of it during which another pool thread runs an operation too.
-  Only leaf operations count (a scan's 'while' is not one: is_operation)."""
-  names = {e["tid"]: e["args"]["name"] for e in events
+  span = first start to last end of an operation (us, gaps included); busy = us each
+  thread runs an operation; `kind` = us in operations of that kind (default: the FFI
+  calls, i.e. the oneDNN convolutions under conv_impl 'onednn', which run their own
+  OpenMP threads), and `kind`_beside = us of it during which at least one other pool
+  thread runs an operation; covered = the share of all operation time (any thread) the
+  pool's threads ran. Only leaf operations count (is_operation, and not a container
+  such as a scan's 'while', whose body is traced too)."""
+  names = {(e.get("pid"), e["tid"]): e["args"]["name"] for e in events
            if e.get("ph") == "M" and e.get("name") == "thread_name"}
-  runs = collections.defaultdict(list)  # tid -> [(start, end, kind)]
+  runs = collections.defaultdict(list)  # (pid, tid) -> [(start, end, kind)]
+  total = 0.0
   for e in events:
-    if is_operation(e) and "XLAEigen" in names.get(e.get("tid"), "") and \
-        re.sub(r"\.\d+$", "", e["name"]) not in _CONTAINERS:
-      runs[e["tid"]].append((e["ts"], e["ts"] + e["dur"], re.sub(r"\.\d+$", "", e["name"])))
+    op = re.sub(r"\.\d+$", "", e.get("name", ""))
+    if not is_operation(e) or op in _CONTAINERS:
+      continue
+    total += e["dur"]
+    thread = (e.get("pid"), e.get("tid"))
+    if "XLAEigen" in names.get(thread, ""):
+      runs[thread].append((e["ts"], e["ts"] + e["dur"], op))
   if not runs:
     return {}
   spans = [x for v in runs.values() for x in v]
+  busy = sorted((sum(b - a for a, b, _ in v) for v in runs.values()), reverse=True)
   out = {"span": max(b for _, b, _ in spans) - min(a for a, _, _ in spans),
-         "busy": sorted((sum(b - a for a, b, _ in v) for v in runs.values()), reverse=True),
-         kind: 0.0, kind + "_beside": 0.0}
-  for tid, mine in runs.items():
-    others = [x for t, v in runs.items() if t != tid for x in v]
+         "busy": busy, "covered": sum(busy) / total, kind: 0.0, kind + "_beside": 0.0}
+  for thread, mine in runs.items():
+    others = _union([(a, b) for t, v in runs.items() if t != thread for a, b, _ in v])
     for a0, a1, k in mine:
       if k == kind:
         out[kind] += a1 - a0
         out[kind + "_beside"] += sum(max(0.0, min(a1, b1) - max(a0, b0))
-                                     for b0, b1, _ in others)
+                                     for b0, b1 in others)
   return out
 
 
@@ -106,8 +124,6 @@ def op_kinds(trace_dir: str) -> collections.Counter:
   for name, us in op_times(trace_dir).items():
     kinds[re.sub(r"\.\d+$", "", name)] += us
   return kinds
-
-
 
 
 def op_scopes(hlo_text: str) -> dict:
@@ -255,8 +271,10 @@ def main():
   c = concurrency(trace_events(trace_dir))
   if c:
     per_step = lambda us: f"{us / 1e3 / args.steps:.0f}"
-    print(f"\nThreads: XLA's pool ran operations for {per_step(c['span'])} ms/step, "
-          f"its threads busy {' + '.join(per_step(b) for b in c['busy'])} ms/step"
+    print(f"\nThreads: from the first to the last operation of XLA's pool "
+          f"{per_step(c['span'])} ms/step, its threads busy "
+          f"{' + '.join(per_step(b) for b in c['busy'])} ms/step ({c['covered']:.0%} "
+          f"of all operation time)"
           + (f"; FFI calls (oneDNN convs) {per_step(c['ffi_call'])} ms/step, "
              f"{c['ffi_call_beside'] / c['ffi_call']:.0%} of it with another XLA "
              f"operation running beside" if c["ffi_call"] else ""))

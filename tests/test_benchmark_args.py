@@ -1,5 +1,6 @@
 """Argument parsing of the benchmark scripts' comparison options."""
 
+import sys
 import types
 
 import numpy as np
@@ -92,15 +93,15 @@ def test_paired_ratio_is_per_round_and_counts_rounds_ahead():
   assert ab_host_memory.paired([110, 50, 210], [100, 60, 200]) == "1.05x (2 of 3)"
 
 
-def test_process_cpu_seconds_sums_the_threads_of_a_process(tmp_path):
+def test_process_cpu_seconds_reads_the_whole_process(tmp_path):
   from benchmarks import compare_torch  # pylint: disable=g-import-not-at-top
   tick = compare_torch.os.sysconf("SC_CLK_TCK")
-  for tid, (utime, stime) in {"7": (3, 1), "8": (10, 6)}.items():
-    (tmp_path / "7" / "task" / tid).mkdir(parents=True)
-    fields = ["S"] + ["0"] * 10 + [str(utime), str(stime)] + ["0"] * 30
-    (tmp_path / "7" / "task" / tid / "stat").write_text(f"{tid} (a (b) c) " + " ".join(fields))
+  (tmp_path / "7").mkdir()
+  fields = ["S"] + ["0"] * 10 + ["13", "7"] + ["0"] * 30  # utime 13, stime 7 ticks
+  (tmp_path / "7" / "stat").write_bytes(b"7 (a) b\xff c) " + " ".join(fields).encode())
   assert compare_torch.process_cpu_seconds(7, str(tmp_path)) == 20 / tick
   assert compare_torch.process_cpu_seconds(9, str(tmp_path)) == 0.0  # no such process
+  assert compare_torch.process_cpu_seconds(compare_torch.os.getpid()) > 0  # this one
   line = compare_torch.idle_cpu_line({"jax": [0.0, 0.0, 0.1], "torch": [2.0, 5.0, 4.0]})
   assert "jax 0.00 / 0.10" in line and "torch 4.00 / 5.00" in line
 
@@ -168,5 +169,53 @@ def test_profile_concurrency_counts_ffi_time_beside_other_operations():
             op(3, 0, 500, "$<string>:1 <lambda>")]  # Python, another thread
   c = profile_step.concurrency(events)
   assert c["span"] == 240 and c["busy"] == [100, 90]  # (busiest first)
-  assert c["ffi_call"] == 140 and c["ffi_call_beside"] == 30
+  assert c["ffi_call"] == 140 and c["ffi_call_beside"] == 30 and c["covered"] == 1.0
+  # A third pool thread running beside ffi_call.3 within copy.2's time: those 25 us are
+  # counted once, not twice; an operation on a thread outside the pool is not covered.
+  three = events + [meta(4, "tf_XLAEigen/3"), op(4, 75, 40, "copy.5"), op(3, 0, 50, "dot.1")]
+  c = profile_step.concurrency(three)
+  assert c["ffi_call_beside"] == 30 and c["busy"] == [100, 90, 40]
+  assert c["covered"] == 230 / 280
   assert profile_step.concurrency([meta(3, "python")]) == {}
+
+
+def test_ab_host_memory_pairs_rounds_against_the_reference_and_reports_idle_cpu(
+    monkeypatch, capsys):
+  speed = {"off": 100.0, "jemalloc": 110.0, "jemalloc+omp_active": 121.0}
+  cpu = {name: 0.0 for name in speed}
+
+  class FakeWorker:
+    def __init__(self, framework, scale, args, env=None):
+      self.name, self.startup_s = env["NAME"], 1.0
+
+    def ask(self, what):
+      if what == "info":
+        return {"runtime": "MACHINE | malloc THP off", "conv_impl": "onednn"}
+      if self.name == "jemalloc+omp_active":
+        cpu["off"] += 0.5  # pretend 'off' spins while this one is timed
+      return speed[self.name]
+
+    def cpu_seconds(self):
+      return cpu[self.name]
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(ab_host_memory, "Worker", FakeWorker)
+  monkeypatch.setattr(ab_host_memory, "environments",
+                      lambda names: {n: {"NAME": n} for n in names})
+  monkeypatch.setattr(sys, "argv", [
+      "ab_host_memory", "--scales=cpu", "--frameworks=jax", "--measures=train",
+      "--rounds=2", "--variants=off,jemalloc,jemalloc+omp_active", "--reference=jemalloc"])
+  ab_host_memory.main()
+  out = capsys.readouterr().out
+  assert "conv_impl onednn" in out.splitlines()[0]
+  assert "--reference=jemalloc" in out
+  row = [l for l in out.splitlines() if l.startswith("| cpu | jax |")][0]
+  assert "0.91x (0 of 2)" in row and "1.10x (2 of 2)" in row  # off, omp_active vs jemalloc
+  assert "jemalloc+omp_active / jemalloc per round" in out
+  assert "off 0.25 / 0.50" in out and "jemalloc 0.00 / 0.00" in out
+  monkeypatch.setattr(sys, "argv", ["ab_host_memory", "--variants=off,jemalloc",
+                                    "--reference=on"])
+  with pytest.raises(SystemExit):
+    ab_host_memory.main()
