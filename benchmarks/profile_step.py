@@ -70,6 +70,11 @@ def op_times(trace_dir: str) -> collections.Counter:
   return times
 
 
+def op_kind(name: str) -> str:
+  """An XLA operation's kind: its name without the '.N' suffix ('ffi_call.40' -> 'ffi_call')."""
+  return re.sub(r"\.\d+$", "", name)
+
+
 def _union(intervals: list) -> list:
   """Sorted, disjoint (start, end) covering the same time as `intervals`."""
   out = []
@@ -95,7 +100,7 @@ def concurrency(events: list, kind: str = "ffi_call") -> dict:
   runs = collections.defaultdict(list)  # (pid, tid) -> [(start, end, kind)]
   total = 0.0
   for e in events:
-    op = re.sub(r"\.\d+$", "", e.get("name", ""))
+    op = op_kind(e.get("name", ""))
     if not is_operation(e) or op in _CONTAINERS:
       continue
     total += e["dur"]
@@ -122,7 +127,7 @@ def op_kinds(trace_dir: str) -> collections.Counter:
   """Microseconds per operation kind (the XLA op name without its '.N' suffix)."""
   kinds = collections.Counter()
   for name, us in op_times(trace_dir).items():
-    kinds[re.sub(r"\.\d+$", "", name)] += us
+    kinds[op_kind(name)] += us
   return kinds
 
 
@@ -173,7 +178,7 @@ def scope_times(times: collections.Counter, scopes: dict, depth: int) -> collect
   (while, call) are left out because their bodies' operations are counted."""
   out = collections.Counter()
   for name, us in times.items():
-    kind = re.sub(r"\.\d+$", "", name)
+    kind = op_kind(name)
     if kind in _CONTAINERS:
       continue
     scope = scopes.get(name, "(not in the entry module)")
