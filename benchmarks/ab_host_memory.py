@@ -22,7 +22,8 @@ import statistics
 import sys
 
 # pylint: disable=g-import-not-at-top
-from benchmarks.compare_torch import DEFAULT_ROWS, EVAL_IMAGES, STEPS, Worker, idle_cpu_line
+from benchmarks.compare_torch import (DEFAULT_ROWS, EVAL_IMAGES, STEPS, Worker, ask_timed,
+                                      idle_cpu_line)
 from crvae_jax import host_memory
 from experiments.configs import mnist as mnist_configs
 
@@ -119,10 +120,9 @@ def main():
         for r in range(args.rounds):
           order = names[r % len(names):] + names[:r % len(names)]  # rotates each round
           for name in order:
-            cpu = {n: w.cpu_seconds() for n, w in workers.items() if n != name}
-            runs[name].append(workers[name].ask(measure))
-            for n in cpu:
-              idle[n].append(workers[n].cpu_seconds() - cpu[n])
+            runs[name].append(ask_timed(
+                workers[name], measure,
+                {n: w for n, w in workers.items() if n != name}, idle))
             print(f"  [{scale} {framework} {measure} round {r + 1}] {name:8s} "
                   f"{runs[name][-1]:.1f}", file=sys.stderr, flush=True)
         med = {name: statistics.median(v) for name, v in runs.items()}

@@ -300,6 +300,16 @@ def process_cpu_seconds(pid: int, proc: str = "/proc") -> float:
   return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def ask_timed(worker, command: str, others: dict, idle: dict):
+  """worker.ask(command), while the idle workers `others` ({name: Worker}) are watched:
+  appends to idle[name] the CPU seconds each burned meanwhile (see idle_cpu_line)."""
+  cpu = {n: o.cpu_seconds() for n, o in others.items()}
+  answer = worker.ask(command)
+  for n, o in others.items():
+    idle[n].append(o.cpu_seconds() - cpu[n])
+  return answer
+
+
 def idle_cpu_line(idle: dict) -> str:
   """'Idle workers' CPU ...': what each worker burned while others were timed (seconds
   per timing, median and max; a worker's own wind-down after it answered, e.g. OpenMP
@@ -348,12 +358,10 @@ def compare(scale: str, args) -> dict:
       if what not in measures:
         continue
       for w in ws:
-        before, cpu = vmstat(), {o.name: o.cpu_seconds() for o in workers if o is not w}
-        runs[(w.name, what)].append(w.ask(what))
+        before = vmstat()
+        runs[(w.name, what)].append(
+            ask_timed(w, what, {o.name: o for o in workers if o is not w}, idle))
         after = vmstat()
-        for o in workers:
-          if o is not w:
-            idle[o.name].append(o.cpu_seconds() - cpu[o.name])
         if (w.name, what) in kernel:
           kernel[(w.name, what)].append({k: after[k] - before[k] for k in after
                                          if k in before})

@@ -61,10 +61,11 @@ def is_operation(event: dict) -> bool:
               or name.startswith(("ThreadpoolListener", "Wait for", "end: ")))
 
 
-def op_times(trace_dir: str) -> collections.Counter:
-  """Microseconds per XLA operation (its HLO instruction name, e.g. 'convolution.5')."""
+def op_times(events: list) -> collections.Counter:
+  """Microseconds per XLA operation (its HLO instruction name, e.g. 'convolution.5') in
+  the trace `events` (trace_events)."""
   times = collections.Counter()
-  for e in trace_events(trace_dir):
+  for e in events:
     if is_operation(e):
       times[e["name"]] += e["dur"]
   return times
@@ -123,10 +124,10 @@ def concurrency(events: list, kind: str = "ffi_call") -> dict:
   return out
 
 
-def op_kinds(trace_dir: str) -> collections.Counter:
+def op_kinds(events: list) -> collections.Counter:
   """Microseconds per operation kind (the XLA op name without its '.N' suffix)."""
   kinds = collections.Counter()
-  for name, us in op_times(trace_dir).items():
+  for name, us in op_times(events).items():
     kinds[op_kind(name)] += us
   return kinds
 
@@ -260,11 +261,12 @@ def main():
   jax.profiler.start_trace(trace_dir)
   trainer.run(args.steps, warmup=0)
   jax.profiler.stop_trace()
+  events = trace_events(trace_dir)
   if args.by == "kind":
-    kinds = op_kinds(trace_dir)
+    kinds = op_kinds(events)
   else:
     scopes = op_scopes(compiled_text(trainer))
-    kinds = scope_times(op_times(trace_dir), scopes, args.depth)
+    kinds = scope_times(op_times(events), scopes, args.depth)
   total = sum(kinds.values())
   print(f"# {machine_line()}")
   print(f"# {what}, {args.steps} steps; conv_impl {trainer.config.model.conv_impl!r}; "
@@ -273,7 +275,7 @@ def main():
   print("|---|---|---|")
   for name, us in kinds.most_common(args.top):
     print(f"| {us / total:.1%} | {us / 1e3 / args.steps:.1f} | {name} |")
-  c = concurrency(trace_events(trace_dir))
+  c = concurrency(events)
   if c:
     per_step = lambda us: f"{us / 1e3 / args.steps:.0f}"
     print(f"\nThreads: from the first to the last operation of XLA's pool "

@@ -106,6 +106,28 @@ def test_process_cpu_seconds_reads_the_whole_process(tmp_path):
   assert "jax 0.00 / 0.10" in line and "torch 4.00 / 5.00" in line
 
 
+def test_ask_timed_charges_each_idle_worker_only_its_own_cpu():
+  from benchmarks import compare_torch  # pylint: disable=g-import-not-at-top
+
+  class Fake:  # a worker whose CPU clock advances by `burn` while another is asked
+    def __init__(self, burn):
+      self.burn, self.clock = burn, 0.0
+
+    def cpu_seconds(self):
+      return self.clock
+
+    def ask(self, command):
+      for o in others.values():
+        o.clock += o.burn
+      return f"answer to {command}"
+
+  others = {"spinner": Fake(2.5), "sleeper": Fake(0.0)}
+  idle = {"spinner": [], "sleeper": [], "timed": []}
+  assert compare_torch.ask_timed(Fake(9.0), "train", others, idle) == "answer to train"
+  compare_torch.ask_timed(Fake(9.0), "eval", others, idle)
+  assert idle == {"spinner": [2.5, 2.5], "sleeper": [0.0, 0.0], "timed": []}
+
+
 def test_onednn_kernels_reads_both_verbose_formats_and_each_librarys_version():
   from benchmarks import onednn_kernels  # pylint: disable=g-import-not-at-top
   lines = [  # as a JAX process prints them: the FFI's oneDNN 3.2 and XLA's own (v1)
