@@ -66,15 +66,44 @@ def _blur(x: np.ndarray) -> np.ndarray:
   return sum(g[j] * x[:, :, j:j + w] for j in range(len(g)))  # [N, H, W, C]
 
 
-def ssim_map(reference, estimate) -> np.ndarray:
-  """SSIM at every pixel and channel [N, H, W, C] of two [N, H, W, C] batches in [0, 1]."""
-  c1, c2 = K1 ** 2, K2 ** 2  # data range 1
-  mu_x, mu_y = _blur(reference), _blur(estimate)
-  var_x = _blur(reference * reference) - mu_x ** 2
-  var_y = _blur(estimate * estimate) - mu_y ** 2
-  cov = _blur(reference * estimate) - mu_x * mu_y
+def local_moments(x: np.ndarray) -> tuple:
+  """(mean, variance) in the Gaussian window at every pixel of x [N, H, W, C] in [0, 1]."""
+  mu = _blur(x)
+  return mu, _blur(x * x) - mu ** 2
+
+
+def ssim_from_moments(mu_x, var_x, mu_y, var_y, cov) -> np.ndarray:
+  """SSIM from the local means, variances and covariance of two images (data range 1)."""
+  c1, c2 = K1 ** 2, K2 ** 2
   return (((2 * mu_x * mu_y + c1) * (2 * cov + c2))
           / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
+
+
+def ssim_map(reference, estimate) -> np.ndarray:
+  """SSIM at every pixel and channel [N, H, W, C] of two [N, H, W, C] batches in [0, 1]."""
+  (mu_x, var_x), (mu_y, var_y) = local_moments(reference), local_moments(estimate)
+  cov = _blur(reference * estimate) - mu_x * mu_y
+  return ssim_from_moments(mu_x, var_x, mu_y, var_y, cov)
+
+
+def most_similar(images, references) -> tuple:
+  """(ssim [N], index [N]): for each image [N, H, W, C] in [-1, 1], the mean SSIM (over
+  pixels and channels, as masked_ssim over the whole image) with its most similar
+  reference image [M, H, W, C], and that image's index. The references' window moments
+  are computed once; each image costs one blur of [M, H, W, C]."""
+  images, references = to_unit(images), to_unit(references)
+  if images.ndim != 4 or images.shape[1:] != references.shape[1:]:
+    raise ValueError(f"expected [N, H, W, C] images and references of one image shape, "
+                     f"got {images.shape} and {references.shape}")
+  mu_r, var_r = local_moments(references)  # [M, H, W, C] each
+  best, index = np.empty(len(images)), np.empty(len(images), np.int64)
+  for i, x in enumerate(images):
+    (mu_x, var_x), x = local_moments(x[None]), x[None]  # [1, H, W, C]
+    cov = _blur(x * references) - mu_x * mu_r  # [M, H, W, C]
+    score = ssim_from_moments(mu_x, var_x, mu_r, var_r, cov).mean((1, 2, 3))  # [M]
+    index[i] = score.argmax()
+    best[i] = score[index[i]]
+  return best, index
 
 
 def masked_ssim(reference, estimate, region) -> np.ndarray:

@@ -1,4 +1,4 @@
-r"""Held-out completion and reconstruction of two or more Stage1 runs, paired per image.
+r"""Held-out completion, reconstruction and prior samples of Stage1 runs, paired per image.
 
   python -m experiments.completion_table \
       --workdirs=runs/emoji_vaegan_cpu,runs/emoji_crvaegan_cpu \
@@ -11,15 +11,19 @@ completion settings (`config.completion`: Adam steps, lr, gamma, tau; --steps
 overrides the steps), as `--mode=complete` does (`crvae_jax.completion`). PSNR and SSIM
 over the hidden pixels are scored per image; the held-out reconstruction error (MSE,
 PSNR; `crvae_jax.reconstruction`) on --reconstruction_images of the split (chosen
-by --seed; 0: all of it). The first workdir is the baseline: every other run is compared with it
-by the mean of the per-image differences (run minus baseline) and its standard error,
-std(ddof=1) / sqrt(N) of those differences (a paired comparison: how hard an image is
-cancels out).
+by --seed; 0: all of it); and how close --prior_samples prior samples of each run come
+look like the training images (`crvae_jax.prior_samples`: SSIM with the most similar
+of --reference_images training images, beside the same score of the held-out images;
+the same z for every run; ~0.15 s per sample and 300 references). The first workdir is the baseline: every other run is
+compared with it by the mean of the per-image (per-sample) differences (run minus
+baseline) and its standard error, std(ddof=1) / sqrt(N) of those differences (a paired
+comparison: how hard an image is cancels out). One workdir scores one run alone.
 
 Writes OUT (the markdown tables, with command, date, commit, machine and wall time),
 OUT's stem + .json (every per-image value: the tables can be recomputed from it) and
 + .png (the first --grid_images images: per image the rows original, masked, each run's
-completion; a column per mask).
+completion; a column per mask) and + _prior.png (a row per run: its first 8 prior
+samples, each beside its most similar training image).
 
 Cost (--num_images, default 32): completion is `completion.steps` Adam steps per image,
 mask and run, each a decoder and discriminator forward and backward pass. At the CPU
@@ -30,7 +34,7 @@ images take ~50 min, and give a paired standard error of 1/sqrt(32) ~ 0.18 of th
 of the per-image differences (16 images: 0.25; all 337 held-out emoji of one set: ~8 h). The table
 records its own wall time.
 
-Refused before anything compiles (one line each): fewer than two workdirs, a workdir
+Refused before anything compiles (one line each): no workdir or one given twice, a workdir
 that is not a trained Stage1 run, runs of different image sizes or data, a run whose
 training data holds the images to complete (e.g. emoji_split 'all'; with
 --allow_training_images the table says so instead), unknown mask kinds, --num_images
@@ -43,6 +47,7 @@ import os
 import sys
 import time
 
+import numpy as np
 from absl import app, flags, logging
 
 from crvae_jax import host_memory, stats
@@ -51,8 +56,8 @@ from experiments import launch
 from experiments.provenance import cpu_description, git_commit
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workdirs", None, "Two or more trained Stage1 workdirs; the first is "
-                  "the baseline of the paired differences.")
+flags.DEFINE_list("workdirs", None, "Trained Stage1 workdirs; the first is the baseline "
+                  "of the paired differences.")
 flags.DEFINE_integer("num_images", 32, "Held-out images to complete (see the module "
                      "doc for the cost).")
 flags.DEFINE_string("masks", "center,left,right,top,bottom,random_blocks",
@@ -62,6 +67,11 @@ flags.DEFINE_integer("steps", None, "Adam steps on z (default: the first run's "
                      "completion.steps).")
 flags.DEFINE_integer("reconstruction_images", 0, "Held-out images (chosen by --seed) "
                      "whose reconstruction error is scored (0: the whole split).")
+flags.DEFINE_integer("prior_samples", 256, "Prior samples per run scored by their SSIM "
+                     "with the most similar training image (0: none).")
+flags.DEFINE_integer("reference_images", 500, "Training images (chosen by --seed; all "
+                     "when there are fewer) the prior samples are compared with; the "
+                     "cost grows with it.")
 flags.DEFINE_integer("grid_images", 3, "Images shown in the PNG grid.")
 flags.DEFINE_integer("num_devices", None, "Devices to split the images over (default all).")
 flags.DEFINE_bool("allow_training_images", False, "Score runs whose training data holds "
@@ -77,6 +87,8 @@ class BadInput(ConfigError):
 
 METRICS = {"psnr": ("PSNR (dB)", 2), "ssim": ("SSIM", 3)}
 RECONSTRUCTION = {"mse": ("MSE", 5), "psnr": ("PSNR (dB)", 2)}
+PRIOR = {"ssim": ("SSIM with the most similar training image", 3)}
+PRIOR_GRID_SAMPLES = 8  # per run in the _prior.png grid
 
 
 def data_identity(config) -> dict:
@@ -110,8 +122,8 @@ def training_overlap(config, reference=None) -> str:
 def check_runs(workdirs, kinds_text: str) -> tuple:
   """(configs, mask kinds) of the --workdirs, or BadInput naming what is wrong."""
   from crvae_jax import completion  # pylint: disable=g-import-not-at-top
-  if len(workdirs) < 2 or len(set(map(os.path.abspath, workdirs))) < len(workdirs):
-    raise BadInput(f"--workdirs: give two or more distinct Stage1 workdirs, got "
+  if not workdirs or len(set(map(os.path.abspath, workdirs))) < len(workdirs):
+    raise BadInput(f"--workdirs: give one or more distinct Stage1 workdirs, got "
                    f"{workdirs}")
   try:
     kinds = completion.parse_mask_kinds(kinds_text)
@@ -164,14 +176,48 @@ def paired_rows(per_image: dict, labels: list, specs: dict) -> list:
   return rows
 
 
+def prior_section(prior: dict, labels: list, head: str, rule: str) -> list:
+  """The markdown lines of the prior samples' scores (`prior_samples.score`'s record)."""
+  held, models = prior["held_out"], prior["models"]
+  mean, se = stats.mean_and_stderr(held["ssim_per_image"])
+  held_median = float(np.median(held["ssim_per_image"]))  # the share row's threshold
+  per_sample = {"ssim": {label: models[label]["ssim_per_sample"] for label in labels}}
+  blank = [""] * (len(labels) - 1)  # (no paired difference for these rows)
+  lines = [
+      "", f"Prior samples: {prior['num_samples']} per run (z ~ N(0, I) from seed "
+      f"{prior['seed']}, the same z for every run; BatchNorm averages), each scored by its "
+      f"SSIM with the most similar of {prior['num_references']} training images "
+      f"({prior['training_data']}; `crvae_jax/prior_samples.py`). The scale: the "
+      f"{held['num_images']} held-out images score {mean:.3f} ± {se:.3f} (median "
+      f"{held_median:.3f}) on the same measure. Higher is more like a real drawing, and a "
+      "copy of a training image scores highest of all: look at the pairs below. Mean ± "
+      "standard error over samples; paired differences (the same z) as above.", "",
+      "| metric " + head, "|---" + rule + "|"]
+  lines += ["| " + " | ".join(cells) + " |"
+            for cells in paired_rows(per_sample, labels, PRIOR)]
+  lines += [
+      "| median | " + " | ".join(
+          [f"{np.median(models[x]['ssim_per_sample']):.3f}" for x in labels] + blank) + " |",
+      "| share at or above the held-out median | " + " | ".join(
+          [f"{np.mean(np.asarray(models[x]['ssim_per_sample']) >= held_median):.0%}"
+           for x in labels] + blank) + " |",
+      "", f"![prior samples and their most similar training images]"
+      f"({os.path.basename(prior['grid'])})", "",
+      f"A row per run ({', '.join(labels)}): its first prior samples, each followed by its "
+      "most similar training image."]
+  return lines
+
+
 def format_report(record: dict) -> str:
   """The markdown of a record (`run`'s JSON), computed from its per-image values only."""
   labels, p, s = list(record["models"]), record["provenance"], record["settings"]
   diffs = [f"{label} − {labels[0]}" for label in labels[1:]]
   head = "| " + " | ".join(labels + diffs) + " |"
   rule = "|---" * (len(labels) + len(diffs))
+  prior = record.get("prior")
   lines = [
-      "# Held-out image completion and reconstruction", "",
+      "# Held-out image completion and reconstruction"
+      + (", prior samples" if prior else ""), "",
       f"Command: `{p['command']}`  ", f"Date: {p['date']}  ", f"Commit: {p['commit']}  ",
       f"Machine: {p['machine']}  ", f"Wall time: {p['wall_s'] / 60:.1f} min (with "
       "compilation; other jobs may have shared the machine)", "",
@@ -205,6 +251,8 @@ def format_report(record: dict) -> str:
       "| metric " + head, "|---" + rule + "|"]
   lines += ["| " + " | ".join(cells) + " |"
             for cells in paired_rows(per_image, labels, RECONSTRUCTION)]
+  if prior:
+    lines += prior_section(prior, labels, head, rule)
   lines += ["", f"![completions]({os.path.basename(record['grid'])})", "",
             f"The first {record['grid_images']} images: per image the rows original, "
             f"masked, {', '.join(labels)}; a column per mask ({', '.join(record['completion'])})."
@@ -214,11 +262,17 @@ def format_report(record: dict) -> str:
 
 def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str,
         reconstruction_images: int = 0, grid_images: int = 3, num_devices=None,
-        allow_training_images: bool = False, command: str = "", source=None) -> dict:
-  """Check, complete, score and write OUT, its .json and .png; returns the record.
-  `source`: the held-out images (default: the first run's, `completion_source`)."""
+        allow_training_images: bool = False, command: str = "", source=None,
+        num_prior_samples: int = 0, reference_images: int = 500,
+        train_source=None) -> dict:
+  """Check, complete, score and write OUT, its .json and .png (and _prior.png); returns
+  the record. `source`: the held-out images (default: the first run's,
+  `completion_source`); `train_source`: the training images the prior samples are
+  compared with (default: the first run's config.data)."""
   # pylint: disable=g-import-not-at-top  (JAX loads after the flags are checked)
-  from crvae_jax import completion, distributed, images, reconstruction, sharding
+  from crvae_jax import (completion, distributed, images, prior_samples, reconstruction,
+                         sharding)
+  from crvae_jax.data import rgb as rgb_data
   from crvae_jax.families import stage1
   t0 = time.time()
   overlap = [training_overlap(c, configs[0]) for c in configs]
@@ -227,9 +281,10 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
     raise BadInput(f"--workdirs: {workdirs[bad]}: the images to complete are in its "
                    f"training data ({overlap[bad]}); pass --allow_training_images to "
                    "score them anyway")
-  if num_images < 1 or grid_images < 0 or reconstruction_images < 0:
-    raise BadInput("--num_images must be >= 1, --grid_images and "
-                   "--reconstruction_images >= 0")
+  if (num_images < 1 or grid_images < 0 or reconstruction_images < 0
+      or num_prior_samples < 0 or reference_images < 1):
+    raise BadInput("--num_images and --reference_images must be >= 1, --grid_images, "
+                   "--reconstruction_images and --prior_samples >= 0")
   cc = completion_settings(configs[0], kinds, steps=steps, seed=seed,
                            num_images=num_images)
   source = source or completion.completion_source(configs[0])
@@ -250,9 +305,16 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
                len(kinds), ", ".join(labels), cc.steps)
   done = completion.complete_with_each(trained, x, kinds, cc, mesh)
   n_rec = min(reconstruction_images or len(source), len(source))
-  recon = reconstruction.compare_models(
-      {t.label: (t.model, t.gen_vars) for t in trained},
-      stage1.fixed_images(source, n_rec, seed))
+  held_out = stage1.fixed_images(source, n_rec, seed)  # [n_rec, 64, 64, 3]
+  generators = {t.label: (t.model, t.gen_vars) for t in trained}
+  recon = reconstruction.compare_models(generators, held_out)
+  prior, drawn = None, None
+  if num_prior_samples:
+    train_source = train_source or rgb_data.open_source(configs[0].data)
+    references = stage1.fixed_images(train_source, reference_images, seed)  # [R, 64, 64, 3]
+    prior, drawn = prior_samples.score(generators, references, held_out,
+                                       num_samples=num_prior_samples, seed=seed)
+    prior["training_data"] = _training_data(configs[0])
   stem = os.path.splitext(out)[0]
   record = {
       "provenance": {
@@ -274,12 +336,18 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
       "completion": {k: {label: {m: done[k][m][label].tolist() for m in METRICS}
                          for label in labels} for k in kinds},
       "reconstruction": recon,
+      "prior": prior,
       "grid_images": min(grid_images, len(x)),
       "json": stem + ".json", "grid": stem + ".png"}
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if record["grid_images"]:
     images.save_grid(record["grid"], completion.completion_grid(
         x, done, labels, range(record["grid_images"])), num_cols=len(kinds), scale=1)
+  if prior:
+    record["prior"]["grid"] = stem + "_prior.png"
+    shown = min(PRIOR_GRID_SAMPLES, num_prior_samples)
+    images.save_grid(record["prior"]["grid"], prior_samples.pairs(
+        drawn, references, shown), num_cols=2 * shown, scale=1)
   with open(record["json"], "w", encoding="utf-8") as f:
     json.dump(record, f, indent=1)
   with open(out, "w", encoding="utf-8") as f:
@@ -327,6 +395,8 @@ def main(argv):
                reconstruction_images=FLAGS.reconstruction_images,
                grid_images=FLAGS.grid_images, num_devices=FLAGS.num_devices,
                allow_training_images=FLAGS.allow_training_images,
+               num_prior_samples=FLAGS.prior_samples,
+               reference_images=FLAGS.reference_images,
                command=" ".join(["python -m experiments.completion_table"] + sys.argv[1:]))
   print(f"wrote {FLAGS.out}, {record['json']} and {record['grid']} "
         f"({record['provenance']['wall_s'] / 60:.1f} min)")

@@ -1,5 +1,5 @@
-"""experiments/completion_table.py: two tiny Stage1 runs complete the same held-out images;
-the table's means, standard errors and paired differences are those of the per-image
+"""experiments/completion_table.py: two tiny Stage1 runs complete the same held-out images
+and decode the same prior z; the table's means, standard errors and paired differences are those of the per-image
 JSON beside it; bad input is refused, naming what is wrong, before anything compiles."""
 
 import json
@@ -51,7 +51,9 @@ def test_table_is_the_paired_statistics_of_the_per_image_json(runs, tmp_path):
   configs, kinds = table.check_runs(runs, "center,random_blocks")
   out = tmp_path / "results" / "completion.md"
   record = table.run(runs, configs, kinds, num_images=4, seed=1, steps=2, out=str(out),
-                     grid_images=2, num_devices=1, command="test", source=tiny_source(n=9))
+                     grid_images=2, num_devices=1, command="test", source=tiny_source(n=9),
+                     num_prior_samples=5, reference_images=6,
+                     train_source=tiny_source(n=8, seed=1))
   with open(out, encoding="utf-8") as f:
     markdown = f.read()
   with open(tmp_path / "results" / "completion.json", encoding="utf-8") as f:
@@ -76,7 +78,23 @@ def test_table_is_the_paired_statistics_of_the_per_image_json(runs, tmp_path):
     assert a.shape == (9,)
     assert _cells(markdown, name) == [_mean_se(a, digits), _mean_se(b, digits),
                                       _mean_se(b - a, digits, "+")]
-  for line in ("Command: `test`", "Commit: ", "Machine: ", "Images: 4 of the 9 images"):
+  # Prior samples: the same statistics of the per-sample scores in the JSON, against 6 of
+  # the 8 training images; the held-out images' scores are the scale.
+  prior = saved["prior"]
+  held = np.asarray(prior["held_out"]["ssim_per_image"])
+  assert held.shape == (9,) and prior["num_references"] == 6
+  a, b = (np.asarray(prior["models"][m]["ssim_per_sample"]) for m in ("vaegan", "crvaegan"))
+  assert a.shape == (5,) and np.all((a > -1) & (a < 1)) and np.any(a != b)
+  assert _cells(markdown, "SSIM with the most similar training image") == [
+      _mean_se(a, 3), _mean_se(b, 3), _mean_se(b - a, 3, "+")]
+  assert _cells(markdown, "median") == [f"{np.median(a):.3f}", f"{np.median(b):.3f}", ""]
+  assert _cells(markdown, "share at or above the held-out median") == [
+      f"{np.mean(v >= np.median(held)):.0%}" for v in (a, b)] + [""]
+  assert f"the 9 held-out images score {_mean_se(held, 3)} (median" in markdown
+  pairs = Image.open(tmp_path / "results" / "completion_prior.png")
+  assert pairs.size == (2 * 5 * 66 + 2, 2 * 66 + 2)  # a row per run: 5 (sample, best)
+  for line in ("Command: `test`", "Commit: ", "Machine: ", "Images: 4 of the 9 images",
+               "](completion_prior.png)"):
     assert line in markdown
   assert "| vaegan | " in markdown and "| yes |" in markdown  # held out for both
   # The grid: 2 images x (original, masked, 2 runs) rows, a column per mask, unscaled.
@@ -109,10 +127,11 @@ def test_bad_input_is_refused_before_compilation(runs, tmp_path, monkeypatch):
   monkeypatch.setattr(completion, "make_completion_fn",
                       lambda *a, **k: compiled.append(1))
   check = lambda workdirs, masks="center": table.check_runs(workdirs, masks)
-  with pytest.raises(table.BadInput, match="two or more distinct"):
-    check(runs[:1])
-  with pytest.raises(table.BadInput, match="two or more distinct"):
+  with pytest.raises(table.BadInput, match="one or more distinct"):
+    check([])
+  with pytest.raises(table.BadInput, match="one or more distinct"):
     check([runs[0], runs[0] + "/"])
+  assert check(runs[:1])[1] == ("center",)  # one run alone: scored, nothing paired
   with pytest.raises(table.BadInput, match="--masks: 'center,middle': give distinct kinds"):
     check(runs, "center,middle")
   with pytest.raises(table.BadInput, match="no such workdir: .*nowhere"):
@@ -163,11 +182,11 @@ def test_bad_input_is_refused_before_compilation(runs, tmp_path, monkeypatch):
 
 def test_command_line_errors_are_one_line(runs):
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.completion_table", f"--workdirs={runs[0]}",
-       "--masks=center"], cwd=REPO, capture_output=True, text=True, timeout=120,
+      [sys.executable, "-m", "experiments.completion_table",
+       f"--workdirs={runs[0]},{runs[0]}", "--masks=center"], cwd=REPO, capture_output=True, text=True, timeout=120,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 1
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert re.fullmatch(r"error: --workdirs: give two or more distinct Stage1 workdirs, "
-                      r"got \['.*vaegan'\]", lines[-1]), proc.stderr[-2000:]
+  assert re.fullmatch(r"error: --workdirs: give one or more distinct Stage1 workdirs, "
+                      r"got \['.*vaegan', '.*vaegan'\]", lines[-1]), proc.stderr[-2000:]
   assert "Held-out completion" not in proc.stderr  # no usage text
