@@ -7,8 +7,9 @@ Gaussian windows). The same score of held-out real images, which no model has se
 the scale: a sample at or above the held-out images' median is as similar to some
 training image as a typical real, unseen image is. SSIM compares local structure
 (edges, eyes, mouths), so a blob of colour scores low against every training image;
-pixel MSE does not separate them as well (a pale blob lies about as near a pale heart,
-in MSE, as a real drawing lies to its nearest neighbour). A copy of a training image
+pixel MSE separated them less well in a first look at the emoji VAE-GAN pilot (2026-12-06:
+its samples' mean distance to the nearest training image was about that of the held-out
+images, while their SSIM was clearly lower; results/pilots/). A copy of a training image
 scores highest of all, so a high score alone does not mean a good model: `pairs` shows
 each sample beside its most similar training image, to look at.
 
