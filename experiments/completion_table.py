@@ -11,11 +11,11 @@ completion settings (`config.completion`: Adam steps, lr, gamma, tau; --steps
 overrides the steps), as `--mode=complete` does (`crvae_jax.completion`). PSNR and SSIM
 over the hidden pixels are scored per image; the held-out reconstruction error (MSE,
 PSNR; `crvae_jax.reconstruction`) on --reconstruction_images of the split (chosen
-by --seed; 0: all of it); and how close --prior_samples prior samples of each run come
-look like the training images (`crvae_jax.prior_samples`: SSIM with the most similar
-of --reference_images training images, beside the same score of the held-out images;
-the same z for every run; ~0.15 s per sample and 300 references). The first workdir is the baseline: every other run is
-compared with it by the mean of the per-image (per-sample) differences (run minus
+by --seed; 0: all of it); and how much --prior_samples prior samples of each run look
+like the training images (`crvae_jax.prior_samples`: SSIM with the most similar of
+--reference_images training images, beside the same score of as many held-out images,
+the scale; the same z for every run). The first workdir is the baseline: every other
+run is compared with it by the mean of the per-image (per-sample) differences (run minus
 baseline) and its standard error, std(ddof=1) / sqrt(N) of those differences (a paired
 comparison: how hard an image is cancels out). One workdir scores one run alone.
 
@@ -31,13 +31,18 @@ configs' 200 steps that is 6.4-8.6 s per image, mask and run (random-init emoji 
 configs, 20-step completions of 8 and 16 images extrapolated to 200, one device of a
 shared 2-core x86_64 VM, commit 6c2514e), ~90 s per image for 6 masks x 2 runs: 32
 images take ~50 min, and give a paired standard error of 1/sqrt(32) ~ 0.18 of the spread
-of the per-image differences (16 images: 0.25; all 337 held-out emoji of one set: ~8 h). The table
-records its own wall time.
+of the per-image differences (16 images: 0.25; all 337 held-out emoji of one set: ~8 h).
+The prior samples cost one blur of the reference set per scored image (runs x
+--prior_samples, plus the scale's held-out images): 256 samples of one run and 38
+held-out images against 300 references added 1.3 min to a table (1.8 -> 3.1 min, the
+two runs of 2026-12-06 04:13 and 04:20 UTC, another job beside); the time grows with
+--reference_images. The table records its own wall time.
 
 Refused before anything compiles (one line each): no workdir or one given twice, a workdir
 that is not a trained Stage1 run, runs of different image sizes or data, a run whose
 training data holds the images to complete (e.g. emoji_split 'all'; with
---allow_training_images the table says so instead), unknown mask kinds, --num_images
+--allow_training_images the table says so instead, and scores no prior samples, whose
+scale would then not be unseen images), unknown mask kinds, negative counts, --num_images
 larger than the held-out split.
 """
 
@@ -185,13 +190,14 @@ def prior_section(prior: dict, labels: list, head: str, rule: str) -> list:
   blank = [""] * (len(labels) - 1)  # (no paired difference for these rows)
   lines = [
       "", f"Prior samples: {prior['num_samples']} per run (z ~ N(0, I) from seed "
-      f"{prior['seed']}, the same z for every run; BatchNorm averages), each scored by its "
+      f"{prior['seed']}; BatchNorm averages), each scored by its "
       f"SSIM with the most similar of {prior['num_references']} training images "
       f"({prior['training_data']}; `crvae_jax/prior_samples.py`). The scale: the "
       f"{held['num_images']} held-out images score {mean:.3f} ± {se:.3f} (median "
       f"{held_median:.3f}) on the same measure. Higher is more like a real drawing, and a "
       "copy of a training image scores highest of all: look at the pairs below. Mean ± "
-      "standard error over samples; paired differences (the same z) as above.", "",
+      "standard error over samples" + ("; paired differences as above (the same z where "
+                                      "the latent shapes agree)." if blank else "."), "",
       "| metric " + head, "|---" + rule + "|"]
   lines += ["| " + " | ".join(cells) + " |"
             for cells in paired_rows(per_sample, labels, PRIOR)]
@@ -232,8 +238,9 @@ def format_report(record: dict) -> str:
       f"(`stage1.fixed_images`, seed {s['seed']}), the same images and masks for every "
       f"run. Completion: {s['steps']} Adam steps of lr {s['learning_rate']} on z, gamma "
       f"{s['gamma']}, tau {s['tau']} (`crvae_jax/completion.py`). PSNR and SSIM over the "
-      "hidden pixels; mean ± standard error over images; the last column(s): mean ± "
-      f"standard error of the per-image difference (run minus {labels[0]}).", "",
+      "hidden pixels; mean ± standard error over images"
+      + (f"; the last column(s): mean ± standard error of the per-image difference (run "
+         f"minus {labels[0]})." if len(labels) > 1 else "."), "",
       "| mask | hidden | metric " + head, "|---|---|---" + rule + "|"]
   for kind, per_label in record["completion"].items():
     per_image = {metric: {label: per_label[label][metric] for label in labels}
@@ -247,7 +254,8 @@ def format_report(record: dict) -> str:
   lines += [
       "", f"Held-out reconstruction (x^ = decode(posterior mean), BatchNorm averages): "
       f"{recon['num_images']} images of {s['split']}, MSE in [0, 1] units per pixel and "
-      "channel; mean ± standard error; paired differences as above.", "",
+      "channel; mean ± standard error" + ("; paired differences as above." if len(labels) > 1
+                                          else "."), "",
       "| metric " + head, "|---" + rule + "|"]
   lines += ["| " + " | ".join(cells) + " |"
             for cells in paired_rows(per_image, labels, RECONSTRUCTION)]
@@ -281,10 +289,12 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
     raise BadInput(f"--workdirs: {workdirs[bad]}: the images to complete are in its "
                    f"training data ({overlap[bad]}); pass --allow_training_images to "
                    "score them anyway")
-  if (num_images < 1 or grid_images < 0 or reconstruction_images < 0
-      or num_prior_samples < 0 or reference_images < 1):
-    raise BadInput("--num_images and --reference_images must be >= 1, --grid_images, "
-                   "--reconstruction_images and --prior_samples >= 0")
+  for name, value, least in (("num_images", num_images, 1), ("grid_images", grid_images, 0),
+                             ("reconstruction_images", reconstruction_images, 0),
+                             ("prior_samples", num_prior_samples, 0),
+                             ("reference_images", reference_images, 1)):
+    if value < least:
+      raise BadInput(f"--{name}={value}: must be >= {least}")
   cc = completion_settings(configs[0], kinds, steps=steps, seed=seed,
                            num_images=num_images)
   source = source or completion.completion_source(configs[0])
@@ -309,10 +319,14 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
   generators = {t.label: (t.model, t.gen_vars) for t in trained}
   recon = reconstruction.compare_models(generators, held_out)
   prior, drawn = None, None
-  if num_prior_samples:
+  if num_prior_samples and any(overlap):
+    logging.warning("no prior samples scored: the held-out images are in a run's training "
+                    "data, so they are no unseen scale")
+  elif num_prior_samples:
     train_source = train_source or rgb_data.open_source(configs[0].data)
     references = stage1.fixed_images(train_source, reference_images, seed)  # [R, 64, 64, 3]
-    prior, drawn = prior_samples.score(generators, references, held_out,
+    scale = stage1.fixed_images(source, num_prior_samples, seed)  # held-out, [<= S, ...]
+    prior, drawn = prior_samples.score(generators, references, scale,
                                        num_samples=num_prior_samples, seed=seed)
     prior["training_data"] = _training_data(configs[0])
   stem = os.path.splitext(out)[0]
@@ -398,7 +412,9 @@ def main(argv):
                num_prior_samples=FLAGS.prior_samples,
                reference_images=FLAGS.reference_images,
                command=" ".join(["python -m experiments.completion_table"] + sys.argv[1:]))
-  print(f"wrote {FLAGS.out}, {record['json']} and {record['grid']} "
+  files = [record["json"], record["grid"]] + ([record["prior"]["grid"]] if record["prior"]
+                                                else [])
+  print(f"wrote {FLAGS.out}, {', '.join(files)} "
         f"({record['provenance']['wall_s'] / 60:.1f} min)")
 
 

@@ -1,6 +1,7 @@
 """experiments/completion_table.py: two tiny Stage1 runs complete the same held-out images
-and decode the same prior z; the table's means, standard errors and paired differences are those of the per-image
-JSON beside it; bad input is refused, naming what is wrong, before anything compiles."""
+and decode the same prior z; the table's means, standard errors and paired differences
+are those of the per-image JSON beside it; one run alone gets a table without paired
+columns; bad input is refused, naming what is wrong, before anything compiles."""
 
 import json
 import os
@@ -82,7 +83,7 @@ def test_table_is_the_paired_statistics_of_the_per_image_json(runs, tmp_path):
   # the 8 training images; the held-out images' scores are the scale.
   prior = saved["prior"]
   held = np.asarray(prior["held_out"]["ssim_per_image"])
-  assert held.shape == (9,) and prior["num_references"] == 6
+  assert held.shape == (5,) and prior["num_references"] == 6  # as many as the samples
   a, b = (np.asarray(prior["models"][m]["ssim_per_sample"]) for m in ("vaegan", "crvaegan"))
   assert a.shape == (5,) and np.all((a > -1) & (a < 1)) and np.any(a != b)
   assert _cells(markdown, "SSIM with the most similar training image") == [
@@ -90,12 +91,26 @@ def test_table_is_the_paired_statistics_of_the_per_image_json(runs, tmp_path):
   assert _cells(markdown, "median") == [f"{np.median(a):.3f}", f"{np.median(b):.3f}", ""]
   assert _cells(markdown, "share at or above the held-out median") == [
       f"{np.mean(v >= np.median(held)):.0%}" for v in (a, b)] + [""]
-  assert f"the 9 held-out images score {_mean_se(held, 3)} (median" in markdown
+  assert f"the 5 held-out images score {_mean_se(held, 3)} (median" in markdown
   pairs = Image.open(tmp_path / "results" / "completion_prior.png")
   assert pairs.size == (2 * 5 * 66 + 2, 2 * 66 + 2)  # a row per run: 5 (sample, best)
   for line in ("Command: `test`", "Commit: ", "Machine: ", "Images: 4 of the 9 images",
                "](completion_prior.png)"):
     assert line in markdown
+  # One run alone: the same report without paired columns, each table's rows as wide as
+  # its header.
+  one = json.loads(json.dumps(saved))
+  for part in (one["models"], one["prior"]["models"], one["reconstruction"]["models"],
+               *one["completion"].values()):
+    del part["crvaegan"]
+  alone = table.format_report(one)
+  assert "minus" not in alone and "paired" not in alone
+  assert _cells(alone, "SSIM with the most similar training image") == [_mean_se(a, 3)]
+  assert _cells(alone, "share at or above the held-out median") == [
+      f"{np.mean(a >= np.median(held)):.0%}"]
+  for block in alone.split("\n\n"):
+    widths = {row.count("|") for row in block.splitlines() if row.startswith("|")}
+    assert len(widths) <= 1, block
   assert "| vaegan | " in markdown and "| yes |" in markdown  # held out for both
   # The grid: 2 images x (original, masked, 2 runs) rows, a column per mask, unscaled.
   grid = Image.open(tmp_path / "results" / "completion.png")
@@ -177,13 +192,20 @@ def test_bad_input_is_refused_before_compilation(runs, tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="config.completion.steps=0 is invalid"):
     table.run(runs, configs, kinds, num_images=2, source=tiny_source(n=5),
               **dict(kwargs, steps=0))
+  for flag, value, message in (("num_prior_samples", -1, "--prior_samples=-1: must be >= 0"),
+                               ("reference_images", 0, "--reference_images=0: must be >= 1"),
+                               ("grid_images", -2, "--grid_images=-2: must be >= 0")):
+    with pytest.raises(table.BadInput, match=message):
+      table.run(runs, configs, kinds, num_images=2, source=tiny_source(n=5),
+                **dict(kwargs, **{flag: value}))
   assert not compiled and not os.path.exists(tmp_path / "t.md")
 
 
 def test_command_line_errors_are_one_line(runs):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.completion_table",
-       f"--workdirs={runs[0]},{runs[0]}", "--masks=center"], cwd=REPO, capture_output=True, text=True, timeout=120,
+       f"--workdirs={runs[0]},{runs[0]}", "--masks=center"], cwd=REPO, capture_output=True,
+      text=True, timeout=120,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 1
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
