@@ -33,10 +33,11 @@ shared 2-core x86_64 VM, commit 6c2514e), ~90 s per image for 6 masks x 2 runs: 
 images take ~50 min, and give a paired standard error of 1/sqrt(32) ~ 0.18 of the spread
 of the per-image differences (16 images: 0.25; all 337 held-out emoji of one set: ~8 h).
 The prior samples cost one blur of the reference set per scored image (runs x
---prior_samples, plus the scale's held-out images): 256 samples of one run and 38
-held-out images against 300 references added 1.3 min to a table (1.8 -> 3.1 min, the
-two runs of 2026-12-06 04:13 and 04:20 UTC, another job beside); the time grows with
---reference_images. The table records its own wall time.
+--prior_samples, plus the scale's held-out images): the one-run table of
+results/pilots/emoji_vaegan_kl1e-3 (38 images x 3 masks; 256 samples and 38 held-out
+images against 300 references) took 3.0 min with another job beside, about 1.3 min of
+it these scores (a scratch run with a cheap pixel-distance score instead took 1.8 min);
+the time grows with --reference_images. The table records its own wall time.
 
 Refused before anything compiles (one line each): no workdir or one given twice, a workdir
 that is not a trained Stage1 run, runs of different image sizes or data, a run whose
