@@ -326,7 +326,10 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
   elif num_prior_samples:
     train_source = train_source or rgb_data.open_source(configs[0].data)
     references = stage1.fixed_images(train_source, reference_images, seed)  # [R, 64, 64, 3]
-    scale = stage1.fixed_images(source, num_prior_samples, seed)  # held-out, [<= S, ...]
+    # held-out, [min(S, split), 64, 64, 3]: the same images as `held_out` when the counts
+    # agree (same count, same seed), as for the whole emoji split
+    scale = (held_out if min(num_prior_samples, len(source)) == len(held_out)
+             else stage1.fixed_images(source, num_prior_samples, seed))
     prior, drawn = prior_samples.score(generators, references, scale,
                                        num_samples=num_prior_samples, seed=seed)
     prior["training_data"] = _training_data(configs[0])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from crvae_jax import image_metrics
 from crvae_jax.families import stage1
 from crvae_jax.train import checkpoints
 from experiments import completion_table as table
@@ -53,7 +54,7 @@ def test_table_is_the_paired_statistics_of_the_per_image_json(runs, tmp_path):
   out = tmp_path / "results" / "completion.md"
   record = table.run(runs, configs, kinds, num_images=4, seed=1, steps=2, out=str(out),
                      grid_images=2, num_devices=1, command="test", source=tiny_source(n=9),
-                     num_prior_samples=5, reference_images=6,
+                     num_prior_samples=10, reference_images=6,
                      train_source=tiny_source(n=8, seed=1))
   with open(out, encoding="utf-8") as f:
     markdown = f.read()
@@ -80,20 +81,24 @@ def test_table_is_the_paired_statistics_of_the_per_image_json(runs, tmp_path):
     assert _cells(markdown, name) == [_mean_se(a, digits), _mean_se(b, digits),
                                       _mean_se(b - a, digits, "+")]
   # Prior samples: the same statistics of the per-sample scores in the JSON, against 6 of
-  # the 8 training images; the held-out images' scores are the scale.
+  # the 8 training images; the held-out images' scores are the scale: 10 samples, more
+  # than the split, so the whole split (the reconstruction's images, loaded once).
   prior = saved["prior"]
   held = np.asarray(prior["held_out"]["ssim_per_image"])
-  assert held.shape == (5,) and prior["num_references"] == 6  # as many as the samples
+  references = stage1.fixed_images(tiny_source(n=8, seed=1), 6, 1)
+  np.testing.assert_allclose(held, image_metrics.most_similar(
+      stage1.fixed_images(tiny_source(n=9), 9, 1), references)[0], rtol=1e-6)
+  assert held.shape == (9,) and prior["num_references"] == 6
   a, b = (np.asarray(prior["models"][m]["ssim_per_sample"]) for m in ("vaegan", "crvaegan"))
-  assert a.shape == (5,) and np.all((a > -1) & (a < 1)) and np.any(a != b)
+  assert a.shape == (10,) and np.all((a > -1) & (a < 1)) and np.any(a != b)
   assert _cells(markdown, "SSIM with the most similar training image") == [
       _mean_se(a, 3), _mean_se(b, 3), _mean_se(b - a, 3, "+")]
   assert _cells(markdown, "median") == [f"{np.median(a):.3f}", f"{np.median(b):.3f}", ""]
   assert _cells(markdown, "share at or above the held-out median") == [
       f"{np.mean(v >= np.median(held)):.0%}" for v in (a, b)] + [""]
-  assert f"the 5 held-out images score {_mean_se(held, 3)} (median" in markdown
+  assert f"the 9 held-out images score {_mean_se(held, 3)} (median" in markdown
   pairs = Image.open(tmp_path / "results" / "completion_prior.png")
-  assert pairs.size == (2 * 5 * 66 + 2, 2 * 66 + 2)  # a row per run: 5 (sample, best)
+  assert pairs.size == (2 * 8 * 66 + 2, 2 * 66 + 2)  # a row per run: 8 (sample, best)
   for line in ("Command: `test`", "Commit: ", "Machine: ", "Images: 4 of the 9 images",
                "](completion_prior.png)"):
     assert line in markdown
