@@ -326,10 +326,7 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
   elif num_prior_samples:
     train_source = train_source or rgb_data.open_source(configs[0].data)
     references = stage1.fixed_images(train_source, reference_images, seed)  # [R, 64, 64, 3]
-    # held-out, [min(S, split), 64, 64, 3]: the same images as `held_out` when the counts
-    # agree (same count, same seed), as for the whole emoji split
-    scale = (held_out if min(num_prior_samples, len(source)) == len(held_out)
-             else stage1.fixed_images(source, num_prior_samples, seed))
+    scale = prior_scale(source, held_out, num_prior_samples, seed)
     prior, drawn = prior_samples.score(generators, references, scale,
                                        num_samples=num_prior_samples, seed=seed)
     prior["training_data"] = _training_data(configs[0])
@@ -371,6 +368,17 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
   with open(out, "w", encoding="utf-8") as f:
     f.write(format_report(record))
   return record
+
+
+def prior_scale(source, held_out, num_samples: int, seed: int):
+  """The held-out images [min(S, split), 64, 64, 3] whose scores are the prior samples'
+  scale, chosen by `seed`: `held_out` itself (the reconstruction's images, not loaded
+  again) when it is that same set (same count, same seed), as for the whole emoji split."""
+  # pylint: disable=g-import-not-at-top  (JAX loads after the flags are checked)
+  from crvae_jax.families import stage1
+  if min(num_samples, len(source)) == len(held_out):
+    return held_out
+  return stage1.fixed_images(source, num_samples, seed)
 
 
 def _jax_version() -> str:

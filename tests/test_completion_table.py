@@ -140,6 +140,15 @@ def _write_run(path, config, checkpoint_state=None):
   return str(path)
 
 
+def test_prior_scale_is_capped_at_the_samples_and_reuses_the_held_out_set():
+  source = tiny_source(n=9)
+  held_out = stage1.fixed_images(source, 9, 1)  # the whole split
+  assert table.prior_scale(source, held_out, 10, 1) is held_out
+  fewer = table.prior_scale(source, held_out, 5, 1)  # as many as the samples
+  np.testing.assert_array_equal(fewer, stage1.fixed_images(source, 5, 1))
+  assert fewer.shape[0] == 5
+
+
 def test_bad_input_is_refused_before_compilation(runs, tmp_path, monkeypatch):
   from conftest import make_tiny_config  # pylint: disable=g-import-not-at-top
   from crvae_jax import completion  # pylint: disable=g-import-not-at-top
