@@ -133,6 +133,11 @@ def _check_gan_steps_and_source(t, d) -> None:
   for key in ("num_steps", "log_every_steps", "checkpoint_every_steps",
               "sample_every_steps", "max_nonfinite_steps"):
     _require(t[key] >= 1, f"train.{key}", t[key], "must be >= 1")
+  keep_every = t.get("keep_checkpoint_every_steps", 0)
+  _require(keep_every >= 0 and keep_every % t.checkpoint_every_steps == 0,
+           "train.keep_checkpoint_every_steps", keep_every,
+           f"must be 0 (keep the last two only) or a multiple of "
+           f"train.checkpoint_every_steps ({t.checkpoint_every_steps})")
   _require(d.source in RGB_SOURCES, "data.source", d.source, f"one of {RGB_SOURCES}")
   _require(d.source != "folder" or bool(d.image_dir), "data.image_dir", d.image_dir,
            "data.source='folder' needs the folder of JPEG/PNG images")

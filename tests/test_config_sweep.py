@@ -26,6 +26,7 @@ ZERO_IS_LEGAL = {
     "optim.b2": "Adam's decay rates lie in [0, 1)",
     "optim.halve_every_epochs": "0: constant learning rates",
     "optim.halve_every_steps": "0: constant learning rates",
+    "train.keep_checkpoint_every_steps": "0: keep the last two checkpoints only",
     "model.num_res_blocks": "Stage2 without residual blocks is a valid, smaller model",
     "objective.max_d_accuracy": "below 0 the discriminator never updates (an ablation)",
     "paper_nll": "not a setting: the paper's figure, printed next to ours",

@@ -157,12 +157,22 @@ class Checkpoints:
       ckpts.check()
   """
 
-  def __init__(self, workdir: str, keep: int = 2, best: bool = True):
+  def __init__(self, workdir: str, keep: int = 2, best: bool = True,
+               keep_every: int = 0):
+    """keep: the latest steps kept; keep_every > 0 also keeps every step that is a
+    multiple of it (train.keep_checkpoint_every_steps: to score a run along its
+    training), through Orbax's preservation policies."""
     workdir = os.path.abspath(workdir)
     integrity.quiet_failure_noise()
-    self.latest = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    if keep_every > 0:
+      policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+          ocp.checkpoint_managers.LatestN(keep),
+          ocp.checkpoint_managers.EveryNSteps(keep_every)])
+      latest_options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+    else:
+      latest_options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    self.latest = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                        options=latest_options)
     self.best = None if not best else ocp.CheckpointManager(
         os.path.join(workdir, "best"),
         options=ocp.CheckpointManagerOptions(

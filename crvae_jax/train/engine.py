@@ -236,7 +236,9 @@ def train(family: Family, workdir: str) -> dict:
   with workdir_lock.hold(workdir):  # one writer per workdir (creates it)
     checkpoints.refuse_other_config(workdir, config)
     family.setup(workdir)
-    with checkpoints.Checkpoints(workdir, best=family.keeps_best) as ckpts:
+    keep_every = config.train.get("keep_checkpoint_every_steps", 0)
+    with checkpoints.Checkpoints(workdir, best=family.keeps_best,
+                                 keep_every=keep_every) as ckpts:
       state, restored_step = restore_or_init(family, ckpts, workdir)
       start, sched = int(jax.device_get(state.step)), family.schedule()
       finished = saved_summary(workdir) if start >= sched.total_steps else None

@@ -109,6 +109,9 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
   c.train.seed = 0
   c.train.log_every_steps = 100
   c.train.checkpoint_every_steps = 2_000
+  # Also keep every checkpoint at a multiple of this step (0: only the last two), e.g.
+  # to score the run at several points of its training (experiments/completion_table).
+  c.train.keep_checkpoint_every_steps = 0
   c.train.sample_every_steps = 2_000
   c.train.num_devices = config_dict.placeholder(int)  # None: all devices
   c.train.resume_other_config = False
