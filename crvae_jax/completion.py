@@ -194,10 +194,10 @@ def compare_config(workdir: str):
   return config
 
 
-def restore_stage1(config, workdir: str):
+def restore_stage1(config, workdir: str, step: Optional[int] = None):
   """(model, disc, generator variables, discriminator variables, step) of the latest
-  checkpoint in `workdir`; model and disc built outside a mesh (eval mode)."""
-  parts, state, step = stage1.restore(config, workdir)
+  (or `step`) checkpoint in `workdir`; model and disc built outside a mesh (eval mode)."""
+  parts, state, step = stage1.restore(config, workdir, step)
   return parts.model, parts.disc, stage1.generator_variables(state), state.disc, step
 
 
@@ -251,9 +251,11 @@ def run_labels(configs) -> list:
 
 
 def restore_runs(runs) -> list:
-  """[Trained] of the latest checkpoint of every (config, workdir) in `runs`."""
-  labels = run_labels([c for c, _ in runs])
-  return [Trained(label, c, w, *restore_stage1(c, w)) for label, (c, w) in zip(labels, runs)]
+  """[Trained] of every (config, workdir) in `runs` (its latest checkpoint), or
+  (config, workdir, step) (that step's)."""
+  labels = run_labels([run[0] for run in runs])
+  return [Trained(label, c, w, *restore_stage1(c, w, *step))
+          for label, (c, w, *step) in zip(labels, runs)]
 
 
 def complete_with_each(trained, x: np.ndarray, kinds, cc, mesh: Mesh) -> dict:

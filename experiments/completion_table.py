@@ -18,6 +18,9 @@ the scale; the same z for every run). The first workdir is the baseline: every o
 run is compared with it by the mean of the per-image (per-sample) differences (run minus
 baseline) and its standard error, std(ddof=1) / sqrt(N) of those differences (a paired
 comparison: how hard an image is cancels out). One workdir scores one run alone.
+WORKDIR@STEP scores that checkpoint instead of the latest (a run trained with
+train.keep_checkpoint_every_steps keeps them): one run along its training, e.g.
+--workdirs=runs/a@8000,runs/a@16000,runs/a.
 
 Writes OUT (the markdown tables, with command, date, commit, machine and wall time),
 OUT's stem + .json (every per-image value: the tables can be recomputed from it) and
@@ -62,7 +65,8 @@ from experiments import launch
 from experiments.provenance import cpu_description, git_commit
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workdirs", None, "Trained Stage1 workdirs; the first is the baseline "
+flags.DEFINE_list("workdirs", None, "Trained Stage1 workdirs (WORKDIR: its latest "
+                  "checkpoint; WORKDIR@STEP: a kept one); the first is the baseline "
                   "of the paired differences.")
 flags.DEFINE_integer("num_images", 32, "Held-out images to complete (see the module "
                      "doc for the cost).")
@@ -125,10 +129,23 @@ def training_overlap(config, reference=None) -> str:
   return ""
 
 
+def split_step(entry: str) -> tuple:
+  """'runs/x@8000' -> ('runs/x', 8000): that kept checkpoint
+  (train.keep_checkpoint_every_steps); 'runs/x' -> ('runs/x', None): the latest."""
+  workdir, at, step = entry.rpartition("@")
+  if not at:
+    return entry, None
+  if not step.isdigit():
+    raise BadInput(f"--workdirs: {entry}: the part after '@' must be a step number")
+  return workdir, int(step)
+
+
 def check_runs(workdirs, kinds_text: str) -> tuple:
-  """(configs, mask kinds) of the --workdirs, or BadInput naming what is wrong."""
+  """(configs, mask kinds) of the --workdirs (each WORKDIR or WORKDIR@STEP), or BadInput
+  naming what is wrong."""
   from crvae_jax import completion  # pylint: disable=g-import-not-at-top
-  if not workdirs or len(set(map(os.path.abspath, workdirs))) < len(workdirs):
+  runs = [split_step(entry) for entry in workdirs or []]
+  if not runs or len({(os.path.abspath(w), s) for w, s in runs}) < len(runs):
     raise BadInput(f"--workdirs: give one or more distinct Stage1 workdirs, got "
                    f"{workdirs}")
   try:
@@ -136,11 +153,15 @@ def check_runs(workdirs, kinds_text: str) -> tuple:
   except ValueError as e:
     raise BadInput(f"--masks: {e}".replace("completion.masks=", "")) from e
   configs = []
-  for workdir in workdirs:
+  for (workdir, step), entry in zip(runs, workdirs):
     try:
       configs.append(completion.compare_config(workdir))
     except (FileNotFoundError, ValueError) as e:
       raise BadInput(f"--workdirs: {' '.join(str(e).split())}") from e
+    folder = os.path.join(workdir, "checkpoints")
+    if step is not None and not os.path.isdir(os.path.join(folder, str(step))):
+      kept = sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+      raise BadInput(f"--workdirs: {entry}: no checkpoint of step {step} (kept: {kept})")
   first = data_identity(configs[0])
   for workdir, config in zip(workdirs[1:], configs[1:]):
     other = data_identity(config)
@@ -304,10 +325,10 @@ def run(workdirs, configs, kinds, *, num_images: int, seed: int, steps, out: str
     raise BadInput(f"--num_images={num_images} is more than the {len(source)} "
                    f"images of the held-out split ({split})")
   runs = []
-  for workdir, config in zip(workdirs, configs):
+  for entry, config in zip(workdirs, configs):
     config = config.copy_and_resolve_references()
     config.train.num_devices = None  # restored on the default device, whatever it was
-    runs.append((config, workdir))
+    runs.append((config, *split_step(entry)))
   trained = completion.restore_runs(runs)  # FileNotFoundError: no checkpoint
   labels = [t.label for t in trained]
   mesh = sharding.make_mesh(num_devices)

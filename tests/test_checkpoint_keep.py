@@ -1,9 +1,12 @@
-"""train.keep_checkpoint_every_steps: the kept steps beside the last two (Checkpoints and
-a Stage1 training run), and the check that refuses a period no checkpoint falls on."""
+"""train.keep_checkpoint_every_steps: the kept steps beside the last two (Checkpoints, and
+a Stage1 training run restored at a kept step), and the check that refuses a period no
+checkpoint falls on."""
 
 import os
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from crvae_jax import config_checks
@@ -54,3 +57,11 @@ def test_a_training_run_keeps_the_multiples(tmp_path):
   stage1.train(config, str(tmp_path), source=tiny_source())
   kept = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
   assert kept == [2, 4, 5]
+  # completion_table's WORKDIR@STEP: that step's weights, not the latest's.
+  from crvae_jax import completion  # pylint: disable=g-import-not-at-top
+  config.train.num_devices = None
+  at_2, latest = completion.restore_runs([(config, str(tmp_path), 2),
+                                          (config, str(tmp_path))])
+  assert (at_2.step, latest.step) == (2, 5)
+  leaves = lambda t: jax.tree_util.tree_leaves(t.gen_vars["params"])
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves(at_2), leaves(latest)))

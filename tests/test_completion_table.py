@@ -161,6 +161,13 @@ def test_bad_input_is_refused_before_compilation(runs, tmp_path, monkeypatch):
   with pytest.raises(table.BadInput, match="one or more distinct"):
     check([runs[0], runs[0] + "/"])
   assert check(runs[:1])[1] == ("center",)  # one run alone: scored, nothing paired
+  assert len(check([runs[0], runs[0] + "@0"])[0]) == 2  # one run at two of its steps
+  with pytest.raises(table.BadInput, match="one or more distinct"):
+    check([runs[0] + "@0", runs[0] + "/@0"])
+  with pytest.raises(table.BadInput, match="vaegan@x: the part after '@' must be a step"):
+    check([runs[0] + "@x"])
+  with pytest.raises(table.BadInput, match=r"vaegan@7: no checkpoint of step 7 \(kept: \[0\]\)"):
+    check([runs[1], runs[0] + "@7"])
   with pytest.raises(table.BadInput, match="--masks: 'center,middle': give distinct kinds"):
     check(runs, "center,middle")
   with pytest.raises(table.BadInput, match="no such workdir: .*nowhere"):
