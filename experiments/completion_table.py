@@ -160,7 +160,8 @@ def check_runs(workdirs, kinds_text: str) -> tuple:
       raise BadInput(f"--workdirs: {' '.join(str(e).split())}") from e
     folder = os.path.join(workdir, "checkpoints")
     if step is not None and not os.path.isdir(os.path.join(folder, str(step))):
-      kept = sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+      kept = sorted(int(n) for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                    if n.isdigit())
       raise BadInput(f"--workdirs: {entry}: no checkpoint of step {step} (kept: {kept})")
   first = data_identity(configs[0])
   for workdir, config in zip(workdirs[1:], configs[1:]):

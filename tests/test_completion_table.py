@@ -168,6 +168,9 @@ def test_bad_input_is_refused_before_compilation(runs, tmp_path, monkeypatch):
     check([runs[0] + "@x"])
   with pytest.raises(table.BadInput, match=r"vaegan@7: no checkpoint of step 7 \(kept: \[0\]\)"):
     check([runs[1], runs[0] + "@7"])
+  fresh = _write_run(tmp_path / "fresh", tiny_rgb_config("vaegan"))  # no checkpoints yet
+  with pytest.raises(table.BadInput, match=r"fresh@2: no checkpoint of step 2 \(kept: \[\]\)"):
+    check([fresh + "@2"])
   with pytest.raises(table.BadInput, match="--masks: 'center,middle': give distinct kinds"):
     check(runs, "center,middle")
   with pytest.raises(table.BadInput, match="no such workdir: .*nowhere"):
