@@ -28,6 +28,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["emoji_vaegan", "emoji_crvaegan"], "RGB config rows to train.")
 flags.DEFINE_string("runs_dir", "runs", "Where the workdirs go.")
 flags.DEFINE_string("results_dir", "results", "Where the grids and summaries go.")
+flags.DEFINE_string("note", "", "A paragraph added to each summary (e.g. that a run was "
+                    "trained elsewhere, by which command and commit, beside what).")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +46,7 @@ def throughput(workdir: str) -> dict:
 
 
 def write_summary(row: str, workdir: str, out_dir: str, seconds: float,
-                  invocations: int = 1) -> str:
+                  invocations: int = 1, note: str = "") -> str:
   config = rgb_configs.get_config(row + ",cpu")
   t = dict(throughput(workdir), invocations=invocations)
   last = t["last"]
@@ -74,6 +76,7 @@ def write_summary(row: str, workdir: str, out_dir: str, seconds: float,
       "resumed across sessions if more than one) and includes compilation and the grids; "
       "the machine may have been running other jobs (see the note of the stop that "
       "committed this).", "",
+      *([f"Note: {note}", ""] if note else []),
       "![prior samples](prior.png)", "",
       "Prior samples (z ~ N(0, I)), BatchNorm with running averages.", "",
       "![reconstructions](reconstructions.png)", "",
@@ -102,7 +105,8 @@ def main(argv):
     os.makedirs(out_dir, exist_ok=True)
     shutil.copyfile(prior, os.path.join(out_dir, "prior.png"))
     shutil.copyfile(recon, os.path.join(out_dir, "reconstructions.png"))
-    print(f"{row}: {write_summary(row, workdir, out_dir, seconds, invocations)}")
+    summary_md = write_summary(row, workdir, out_dir, seconds, invocations, FLAGS.note)
+    print(f"{row}: {summary_md}")
 
 
 if __name__ == "__main__":
