@@ -187,7 +187,7 @@ def get_config(arg: str = "celeba_crvaegan") -> ml_collections.ConfigDict:
       c.train.num_steps = 28_000
       c.train.log_every_steps = 100
       c.train.checkpoint_every_steps = 500
-      # Kept checkpoints at 8k, 16k, 24k to score the run along its training.
+      # Keeps the checkpoint of every 4,000th step, to score the run along its training.
       c.train.keep_checkpoint_every_steps = 4_000
       c.train.sample_every_steps = 1_000
     c.completion.num_images = 8
