@@ -1,8 +1,8 @@
-"""experiments/rgb_demo.write_summary: what it reads from metrics.jsonl and the note."""
+"""experiments/rgb_summary.write_summary: what it reads from metrics.jsonl and the note."""
 
 import json
 
-from experiments import rgb_demo
+from experiments import rgb_summary
 
 
 def _metrics(workdir, rates):
@@ -17,7 +17,7 @@ def _metrics(workdir, rates):
 def test_summary_reads_the_run_and_carries_the_note(tmp_path):
   # The first interval (compilation) and the valid rows are left out of the median.
   _metrics(tmp_path, [5.0, 100.0, 120.0, 130.0])
-  path = rgb_demo.write_summary("emoji_crvaegan", str(tmp_path), str(tmp_path), 600.0,
+  path = rgb_summary.write_summary("emoji_crvaegan", str(tmp_path), str(tmp_path), 600.0,
                                 invocations=2, note="trained by experiments.main at abc")
   text = open(path, encoding="utf-8").read()
   assert "| 400 steps x batch 32 | 10.0 min | 120.0 | 25.0% |" in text
@@ -27,5 +27,5 @@ def test_summary_reads_the_run_and_carries_the_note(tmp_path):
 
 def test_summary_without_a_note_has_no_note_line(tmp_path):
   _metrics(tmp_path, [5.0, 100.0])
-  path = rgb_demo.write_summary("emoji_vaegan", str(tmp_path), str(tmp_path), 60.0)
+  path = rgb_summary.write_summary("emoji_vaegan", str(tmp_path), str(tmp_path), 60.0)
   assert "Note:" not in open(path, encoding="utf-8").read()
