@@ -57,22 +57,25 @@ def per_image(wd: str, num_samples: int, name: str = "nll", num_images=None):
 
 
 def collect(p: tp.Protocol, root: str) -> dict:
-  """{entry key: Entry} of every trained entry of the plan, with its finished evals."""
-  entries = {}
+  """{entry key: Entry} of every trained entry of the plan, with its finished evals (the
+  scoring eval of each entry's seed: the plan's eval job that follows its training)."""
+  entries, scoring = {}, {}
   for job in tp.plan(p, root):
-    if job.stage != "train":
-      continue
-    entries.setdefault(job.entry, Entry(job.entry, job.row, [])).settings.append(job.setting)
+    if job.stage == "train":
+      entries.setdefault(job.entry, Entry(job.entry, job.row, [])).settings.append(
+          job.setting)
+    elif job.entry in entries and job.setting is not None:
+      scoring.setdefault((job.entry, job.setting.name), job)
   for e in entries.values():
     for s in e.settings:
       if s is None:
         continue
       wd = tp.workdir(root, s)
       e.record[s.seed] = tp.read_job(wd)
-      job = tp.Job("eval", e.key, e.row, s, num_samples=p.num_samples, report_k=100)
+      job = scoring[(e.key, s.name)]
       if tp.is_done(job, root):
-        e.nll[s.seed] = per_image(wd, p.num_samples)
-        e.summary[s.seed] = eval_json(wd, p.num_samples)
+        e.nll[s.seed] = per_image(wd, job.num_samples, num_images=job.num_images)
+        e.summary[s.seed] = eval_json(wd, job.num_samples, job.num_images)
   return entries
 
 
@@ -254,11 +257,15 @@ def release_section(p, entries: dict) -> list:
   rel = {k.split(":", 1)[1]: e for k, e in entries.items() if k.startswith("release:")}
   if not rel:
     return []
+  images = ("all test images" if p.release_images is None
+            else f"the first {p.release_images} test images")
   lines = ["## The release's recipe (a labelled variant, not the headline)", "",
            "Seed 0 of each row with the release's per-row learning rate (VAE/cVAE 3e-4, "
            "crVAE family 3e-3 as in `experiments/configs/mnist.py`), LSTMs at lr/T and "
            "the release's KL weight (beta 0.784; crIWA 1), for the same budget and "
-           "constant lr. Paired differences over test images (+- SE over images).", "",
+           f"constant lr. Test NLL at K={p.num_samples} on {images}; the paired "
+           "differences (+- SE over images) are over the same images, the headline "
+           "setting's included.", "",
            "| model | lr | LSTMs at | beta | test NLL | -ELBO | vs release VAE | vs the "
            "headline setting (seed 0) |", "|---|---|---|---|---|---|---|---|"]
   base = rel.get("vae")
@@ -271,7 +278,7 @@ def release_section(p, entries: dict) -> list:
       lines.append(f"| {e.label} | {s.lr:g} | {tp.LSTM_LABELS[s.lstm]} | {s.beta:g} | "
                    "pending | | | |")
       continue
-    diff = lambda x: "%+.2f +- %.2f" % stats.mean_and_stderr(e.nll[0] - x)
+    diff = lambda x: "%+.2f +- %.2f" % stats.mean_and_stderr(e.nll[0] - x[:len(e.nll[0])])
     head = entries.get(row)
     lines.append(
         f"| {e.label} | {s.lr:g} | {tp.LSTM_LABELS[s.lstm]} | {s.beta:g} | "

@@ -202,12 +202,16 @@ def test_verdicts_hold_fail_or_sit_within_noise():
 
 
 def _fake_finished(root, p, nll_of):
-  """Grids, trained seeds and K=num_samples evaluations for every headline entry."""
+  """Grids, trained seeds and each trained entry's scoring evaluation (K=num_samples on
+  the images its eval job names: all, or the first release_images of a release row)."""
   for row in tp.grid_rows(p):
     _finish_grid(root, p, row, lambda s, e: -100.0 - 10 * s.lr * 1000 + e)
-  for job in tp.plan(p, root):
-    if job.stage != "train" or job.entry.startswith("release"):
+  jobs = tp.plan(p, root)
+  for job in jobs:
+    if job.stage != "train":
       continue
+    ev = next(j for j in jobs if j.stage == "eval" and j.entry == job.entry
+              and j.setting == job.setting)
     wd = tp.workdir(root, job.setting)
     rec = tp.read_job(wd)
     if tp.trained_epochs(rec) < p.num_epochs:
@@ -216,13 +220,15 @@ def _fake_finished(root, p, nll_of):
                    start=done)
       rec.update(setting=vars(job.setting),
                  train=rec["train"] + [_segment(done, p.num_epochs)])
-    nll = nll_of(job.entry, job.seed)
-    np.save(mnist_family.per_image_path(wd, p.num_samples), nll)
-    with open(os.path.join(wd, f"eval_test_K{p.num_samples}.json"), "w",
+    nll = nll_of(job.entry, job.seed)[:ev.num_images]
+    out = tp.eval_dir(wd, ev.num_images)
+    os.makedirs(out, exist_ok=True)
+    np.save(mnist_family.per_image_path(out, p.num_samples), nll)
+    with open(os.path.join(out, f"eval_test_K{p.num_samples}.json"), "w",
               encoding="utf-8") as f:
       json.dump({"nll": float(nll.mean()), "neg_elbo": float(nll.mean()) + 5,
                  "test_set": "synthetic"}, f)
-    rec["evals"][f"test_all_K{p.num_samples}"] = {
+    rec["evals"][ev.eval_key] = {
         "num_samples": p.num_samples, "report_k": 100, "num_images": len(nll),
         "trained_epochs": p.num_epochs, "seconds": 120.0, "commit": "abc1234",
         "date": "2026-12-03 20:00 UTC", "machine": "test machine",
@@ -270,6 +276,39 @@ def test_report_from_fake_finished_runs(tmp_path):
   assert "This table's runs use 4 epochs (`--num_epochs`)" in text
   assert "Note: synthetic runs" in text
   assert "grid runs 12 of 12, training runs 10 of 10, evaluations 10 of 10" in text
+
+
+def test_release_rows_score_a_subset_paired_with_the_headline_on_the_same_images(
+    tmp_path, flags):
+  del flags  # check_protocol_file raises absl's UsageError
+  root = str(tmp_path / "runs")
+  p = tp.Protocol(rows=("vae", "crvae"), grid_epochs=2, num_epochs=4, num_seeds=1,
+                  k_curve_rows=(), release_images=50)
+  evals = [j for j in tp.plan(p, root) if j.stage == "eval"]
+  assert [j.num_images for j in evals if j.entry.startswith("release:")] == [50, 50]
+  assert all(j.num_images is None for j in evals if not j.entry.startswith("release:"))
+  rng = np.random.default_rng(3)
+  nll = {(e, k): 90 + 5 * rng.normal(size=200)
+         for e in ("vae", "crvae", tp.OTHER_LSTM, "release:vae", "release:crvae")
+         for k in range(1)}
+  _fake_finished(root, p, lambda e, k: nll[(e, k)])
+  entries = table_report.collect(p, root)
+  assert len(entries["release:crvae"].nll[0]) == 50 and len(entries["crvae"].nll[0]) == 200
+  text = "\n".join(table_report.release_section(p, entries))
+  assert "on the first 50 test images" in text
+  rel = nll[("release:crvae", 0)][:50]
+  pair = lambda x: "%+.2f +- %.2f" % stats.mean_and_stderr(rel - x[:50])
+  line = next(l for l in text.splitlines() if l.startswith("| crVAE"))
+  assert f"| {rel.mean():.2f} |" in line
+  assert f"| {pair(nll[('release:vae', 0)])} | {pair(nll[('crvae', 0)])} |" in line
+  with pytest.raises(ValueError, match="release_images=0"):
+    tp.Protocol(release_images=0)
+  # The subset is one of the table's numbers: a run with another one is refused.
+  mnist_table.check_protocol_file(root, p, write=True)
+  with pytest.raises(Exception, match="release_images"):
+    mnist_table.check_protocol_file(
+        root, tp.Protocol(rows=("vae", "crvae"), grid_epochs=2, num_epochs=4,
+                          release_images=None), write=False)
 
 
 def _fake_library(monkeypatch, calls):
