@@ -1,6 +1,6 @@
-"""train.keep_checkpoint_every_steps: the kept steps beside the last two (Checkpoints, and
-a Stage1 training run restored at a kept step), and the check that refuses a period no
-checkpoint falls on."""
+"""What Checkpoints keeps: the last two steps, train.keep_checkpoint_every_steps' multiples
+beside them (and a Stage1 training run restored at a kept step), the one best step; and
+the check that refuses a period no checkpoint falls on."""
 
 import os
 
@@ -26,6 +26,21 @@ def _steps_on_disk(workdir, keep_every):
 def test_keep_every_keeps_its_multiples_beside_the_last_two(tmp_path):
   assert _steps_on_disk(str(tmp_path / "plain"), 0) == [6, 7]
   assert _steps_on_disk(str(tmp_path / "kept"), 3) == [3, 6, 7]
+
+
+def test_the_best_manager_keeps_one_step_the_highest_elbo(tmp_path):
+  workdir = str(tmp_path)
+  saved = []
+  with checkpoints.Checkpoints(workdir) as ckpts:
+    for step, elbo in [(1, -100.0), (2, -90.0), (3, -95.0), (4, -80.0), (5, -85.0)]:
+      saved.append(ckpts.save_best_if_better(step, {"w": jnp.full((4,), float(step))}, elbo))
+      ckpts.wait()
+    assert ckpts.best_value() == -80.0
+  assert saved == [True, True, False, True, False]
+  assert sorted(n for n in os.listdir(os.path.join(workdir, "best")) if n.isdigit()) == ["4"]
+  with checkpoints.Checkpoints(workdir) as ckpts:  # a new manager finds it again
+    state, step = ckpts.restore({"w": jnp.zeros((4,))}, "best")
+  assert step == 4 and float(state["w"][0]) == 4.0
 
 
 def test_kept_step_restores(tmp_path):

@@ -164,20 +164,22 @@ class Checkpoints:
     training), through Orbax's preservation policies."""
     workdir = os.path.abspath(workdir)
     integrity.quiet_failure_noise()
-    if keep_every > 0:
-      policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-          ocp.checkpoint_managers.LatestN(keep),
-          ocp.checkpoint_managers.EveryNSteps(keep_every)])
-      latest_options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
-    else:
-      latest_options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self.latest = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                        options=latest_options)
+    policies = ocp.checkpoint_managers  # Orbax's preservation policies (not max_to_keep,
+    # which Orbax deprecates): one way to say what each manager keeps
+    keep_latest = [policies.LatestN(keep)] + (
+        [policies.EveryNSteps(keep_every)] if keep_every > 0 else [])
+    self.latest = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(
+            create=True, preservation_policy=policies.AnyPreservationPolicy(keep_latest)))
+    best_metric = lambda m: m[BEST_METRIC]
     self.best = None if not best else ocp.CheckpointManager(
         os.path.join(workdir, "best"),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m[BEST_METRIC],
-            best_mode="max", keep_checkpoints_without_metrics=False))
+            create=True, best_fn=best_metric, best_mode="max",  # best_step() reads these
+            preservation_policy=policies.BestN(
+                get_metric_fn=best_metric, reverse=False, n=1,
+                keep_checkpoints_without_metrics=False)))
     self._pending = {}  # manager name -> step of its save in flight
     self._closed = False
     self._barriers = 0  # multi-process: barriers passed (their names must differ)
