@@ -125,7 +125,7 @@ flags.DEFINE_float("stop_after_minutes", None, "Start no job that would not fini
                    "this many minutes of the start, by the --plan estimate (a model's "
                    "training with its evaluations): the first ready job that fits runs (a "
                    "later one where the next does not fit), and the run stops when none "
-                   "fits. With --cut_to_fit the next job runs cut to the limit instead "
+                   "fits (saying so when the next job fits in no run this long). With --cut_to_fit the next job runs cut to the limit instead "
                    "(stopping when not one epoch, or not MIN_EVAL_MINUTES, is left).")
 flags.DEFINE_bool("cut_to_fit", False, "With --stop_after_minutes: run the next job in "
                   "the protocol's order even if it does not fit, cut to the limit "
@@ -419,9 +419,14 @@ def fit_to_time_left(ready, jobs, root, epoch_s, sps, left: float):
     label = lambda j: job_label(j) + (" and its evaluations" if evals_of(j) else "")
     fits = [j for j in ready if cost[id(j)] <= left - EVAL_BATCH_MARGIN_S]
     if not fits:
+      window = FLAGS.stop_after_minutes * 60 - EVAL_BATCH_MARGIN_S
+      never = (f"; it fits in no run of --stop_after_minutes={FLAGS.stop_after_minutes:g}: "
+               f"give it --cut_to_fit (its training then runs in whole epochs across runs, "
+               f"on a --root that survives) or a longer limit"
+               if cost[id(job)] > window else "")
       print(f"stopping: no ready job fits in the {max(left, 0) / 60:.0f} minutes left "
             f"before --stop_after_minutes (next: {job.setting.name}, {label(job)}, "
-            f"about {cost[id(job)] / 60:.0f} min)", flush=True)
+            f"about {cost[id(job)] / 60:.0f} min){never}", flush=True)
       return None
     if fits[0] is not job:
       print(f"\n{job.setting.name} ({label(job)}, about {cost[id(job)] / 60:.0f} min) "

@@ -415,9 +415,16 @@ def test_the_time_limit_runs_whole_jobs_only_skipping_ahead_to_one_that_fits(
   with flagsaver.flagsaver(stop_after_minutes=4.4, **settings):
     mnist_table.main(["mnist_table"])  # vae's training and evaluation (220 s) fit in 234
   assert calls == [("train", "vae_lr0.001_b1_s0", 5.0), ("eval", "vae_lr0.001_b1_s0", 20, 10)]
+  out = capsys.readouterr().out
   assert ("stopping: no ready job fits in the 1 minutes left before --stop_after_minutes "
-          "(next: cvae_lr0.001_b1_s0, train -> 5 ep and its evaluations, about 4 min)"
-          ) in capsys.readouterr().out
+          "(next: cvae_lr0.001_b1_s0, train -> 5 ep and its evaluations, about 4 min)\n"
+          ) in out  # it fits in a whole run of this length: no advice
+  calls.clear()
+  with flagsaver.flagsaver(stop_after_minutes=3.0, **settings):
+    mnist_table.main(["mnist_table"])  # cvae's 220 s fit in no 3-minute run
+  assert calls == []
+  assert ("about 4 min); it fits in no run of --stop_after_minutes=3: give it "
+          "--cut_to_fit") in capsys.readouterr().out
 
 
 def test_an_evaluation_pauses_at_the_time_limit_and_the_next_run_finishes_it(
