@@ -125,8 +125,9 @@ flags.DEFINE_float("stop_after_minutes", None, "Start no job that would not fini
                    "this many minutes of the start, by the --plan estimate (a model's "
                    "training with its evaluations): the first ready job that fits runs (a "
                    "later one where the next does not fit), and the run stops when none "
-                   "fits (saying so when the next job fits in no run this long). With --cut_to_fit the next job runs cut to the limit instead "
-                   "(stopping when not one epoch, or not MIN_EVAL_MINUTES, is left).")
+                   "fits (saying so when the next job fits in no run this long). With "
+                   "--cut_to_fit the next job runs cut to the limit instead (stopping "
+                   "when not one epoch, or not MIN_EVAL_MINUTES, is left).")
 flags.DEFINE_bool("cut_to_fit", False, "With --stop_after_minutes: run the next job in "
                   "the protocol's order even if it does not fit, cut to the limit "
                   "(training: the whole epochs that fit; an evaluation: scores the images "
