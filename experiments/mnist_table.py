@@ -422,8 +422,8 @@ def fit_to_time_left(ready, jobs, root, epoch_s, sps, left: float):
     if not fits:
       window = FLAGS.stop_after_minutes * 60 - EVAL_BATCH_MARGIN_S
       never = (f"; it fits in no run of --stop_after_minutes={FLAGS.stop_after_minutes:g}: "
-               f"give it --cut_to_fit (its training then runs in whole epochs across runs, "
-               f"on a --root that survives) or a longer limit"
+               f"give it --cut_to_fit (cut work, whole training epochs or scored images, "
+               f"resumes in the next run from a --root that survives) or a longer limit"
                if cost[id(job)] > window else "")
       print(f"stopping: no ready job fits in the {max(left, 0) / 60:.0f} minutes left "
             f"before --stop_after_minutes (next: {job.setting.name}, {label(job)}, "
