@@ -9,8 +9,8 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                              " --xla_force_host_platform_device_count=2").strip()
 # The tests compile many programs and run each for milliseconds: skip LLVM's optimization
 # passes, and emit fused loops with XLA's older elemental emitters instead of its MLIR
-# fusion emitters (both compile much faster, the second about 2x on the GAN step; every
-# test compares numbers computed under the same flags, or with a tolerance).
+# fusion emitters (both compile much faster: docs/cpu_tuning.md; every test compares
+# numbers computed under the same flags, or with a tolerance).
 # Subprocesses (the multi-process and preemption tests) inherit them through the
 # environment.
 for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
