@@ -3,19 +3,19 @@
 import contextlib
 import os
 
-# Must happen before jax is imported anywhere: every test sees 2 CPU devices.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=2").strip()
-# The tests compile many programs and run each for milliseconds: skip LLVM's optimization
-# passes, and emit fused loops with XLA's older elemental emitters instead of its MLIR
-# fusion emitters (both compile much faster: docs/cpu_tuning.md; every test compares
-# numbers computed under the same flags, or with a tolerance).
+# Must happen before jax is imported anywhere; a flag the caller set wins. Every test sees
+# 2 CPU devices. The tests compile many programs and run each for milliseconds: skip
+# LLVM's optimization passes, and emit fused loops with XLA's older elemental emitters
+# instead of its MLIR fusion emitters (both compile much faster: docs/cpu_tuning.md; every
+# test compares numbers computed under the same flags, or with a tolerance).
 # Subprocesses (the multi-process and preemption tests) inherit them through the
 # environment.
-for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
-  if _flag.split("=")[0] not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " " + _flag
+_xla_flags = os.environ.get("XLA_FLAGS", "")
+for _flag in ("--xla_force_host_platform_device_count=2",
+              "--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+  if _flag.split("=")[0] not in _xla_flags:
+    _xla_flags += " " + _flag
+os.environ["XLA_FLAGS"] = _xla_flags.strip()
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
