@@ -27,9 +27,13 @@ def budget_section(p: tp.Protocol, pilot_root: str, png: str) -> list:
   curves = {pilot_label(c): (e, v, c, name)
             for name, (e, v, c) in tp.pilot_curves(pilot_root).items()}
   if not curves:
-    return [f"### Budget: {p.num_epochs or 'undecided':g} epochs" if p.num_epochs else
-            "### Budget: undecided",
-            "", f"No pilot learning curves under `{pilot_root}` yet.", ""]
+    lines = [f"### Budget: {p.num_epochs:g} epochs" if p.num_epochs else
+             "### Budget: undecided", "", f"No pilot learning curves under `{pilot_root}`."]
+    if os.path.exists(png):  # drawn by an earlier report from curves since lost
+      lines += ["", f"The picture below was drawn by an earlier report from pilot curves "
+                "that are no longer there (see the Note, if any).", "",
+                f"![pilot curves]({os.path.basename(png)})"]
+    return lines + [""]
   vae = [k for k, v in curves.items() if v[2]["model"]["variant"] == "vae"]
   rule = tp.pilot_budget(pilot_root)
   head = [e for e in CURVE_EPOCHS if any(c[0].max() >= e for c in curves.values())]

@@ -289,7 +289,7 @@ def release_section(p, entries: dict) -> list:
 
 
 def runs_section(p, root: str, root_label: str, from_records=frozenset(),
-                 records: str = "") -> list:
+                 records: str = "", note: str = "") -> list:
   lines = ["## Runs", "", "Every workdir under `" + root_label + "`: training segments "
            "(epochs from -> to, wall time, commit, date, load average at start, command) "
            "and evaluations. A workdir marked (record) is gone or lacks work its copied "
@@ -335,7 +335,9 @@ def runs_section(p, root: str, root_label: str, from_records=frozenset(),
     mark = " (record)" if job.setting.name in from_records else ""
     lines.append(f"| `{job.setting.name}`{mark} | {train} | {evals} | "
                  f"{'; '.join(machines)} |")
-  lines += [""] + [f"- [c{i + 1}] `{c}`" for i, c in enumerate(commands)]
+  # The runner's --note is usually the report's Note: say so instead of repeating it.
+  short = lambda c: c.replace("--note=" + note, "--note=<the Note above>") if note else c
+  lines += [""] + [f"- [c{i + 1}] `{short(c)}`" for i, c in enumerate(commands)]
   return lines + [""]
 
 
@@ -405,7 +407,7 @@ def write_report(p: tp.Protocol, root: str, pilot_root: str, output: str, *,
   lines += curves_section(p, root, entries, order, png["valid_elbo"])
   lines += release_section(p, entries)
   lines += table_choices.cost_section(p, root, pilot_root)
-  lines += runs_section(p, root, root_label, from_records, records)
+  lines += runs_section(p, root, root_label, from_records, records, note)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))

@@ -279,6 +279,36 @@ def test_report_from_fake_finished_runs(tmp_path):
   assert "grid runs 12 of 12, training runs 10 of 10, evaluations 10 of 10" in text
 
 
+def test_report_names_lost_pilot_curves_and_writes_its_note_once(tmp_path):
+  root, pilots = str(tmp_path / "runs"), str(tmp_path / "pilots")
+  p = tp.Protocol(rows=("vae",), grid_epochs=2, num_epochs=4, release=False,
+                  k_curve_rows=(), num_seeds=1)
+  note = "runs lost on 2026-12-04; budget chosen earlier"
+  _fake_finished(root, p, lambda e, k: np.full(20, 90.0))
+  wd = tp.workdir(root, next(j.setting for j in tp.plan(p, root) if j.stage == "train"))
+  rec = tp.read_job(wd)
+  assert len(rec["train"]) == 2  # the grid pilot's segment and its continuation
+  rec["train"][0]["command"] = f"python -m experiments.mnist_table --note={note}"
+  rec["train"][-1]["command"] = "python -m experiments.mnist_table --note=another note"
+  tp.write_job(wd, rec)
+  out = str(tmp_path / "results" / "table.md")
+  budget_png = str(tmp_path / "results" / "table_budget.png")
+  write = lambda: open(out, encoding="utf-8").read() if table_report.write_report(
+      p, root, pilots, out, command="python -m x", commit="abc1234", note=note) else ""
+  text = write()
+  assert f"No pilot learning curves under `{pilots}`." in text
+  assert "![pilot curves]" not in text  # no picture: none was ever drawn
+  assert text.count(note) == 1  # the Note; its commands point to it
+  assert "`python -m experiments.mnist_table --note=<the Note above>`" in text
+  assert "`python -m experiments.mnist_table --note=another note`" in text
+  shutil.copy(os.path.join(os.path.dirname(__file__), "..", "results",
+                           "mnist_table_budget.png"), budget_png)
+  text = write()
+  assert "drawn by an earlier report from pilot curves that are no longer there" in text
+  assert "![pilot curves](table_budget.png)" in text
+  assert os.path.exists(budget_png)  # kept, not redrawn from nothing
+
+
 def test_release_rows_score_a_subset_paired_with_the_headline_on_the_same_images(
     tmp_path, flags):
   del flags  # check_protocol_file raises absl's UsageError
