@@ -1,6 +1,6 @@
 r"""Range of every log-variance a trained MNIST model emits on the test images.
 
-  python -m experiments.logvar_range --root=runs/mnist_table_cpu
+  python -m experiments.logvar_range    # the Table 1 runner's CPU workdirs
 
 For each row workdir under --root (those with a config.json and a checkpoint) it prints
 the min and max over all test images and latent dimensions of the log-variance of
@@ -22,7 +22,8 @@ from crvae_jax.families import mnist as mnist_family
 from experiments import table_protocol
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", "runs/mnist_table_cpu", "Folder of row workdirs.")
+flags.DEFINE_string("root", None, "Folder of row workdirs; default the Table 1 runner's "
+                    "../runs/mnist_table_cpu beside the checkout.")
 flags.DEFINE_string("checkpoint", "best", "'best' or 'latest'.")
 flags.DEFINE_integer("batch_size", 500, "Test images per encoder call.")
 flags.DEFINE_bool("finished_only", True, "Only workdirs whose job.json records a test "
@@ -61,9 +62,12 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   lo, hi = channel_recurrent.LOGVAR_LINEAR
   print(f"bounded_logvar is the identity on [{lo:g}, {hi:g}]")
+  root = FLAGS.root or table_protocol.beside_checkout("mnist_table_cpu")
+  if not os.path.isdir(root):
+    raise app.UsageError(f"--root={root}: no such folder of row workdirs")
   data = None
-  for row in sorted(os.listdir(FLAGS.root)):
-    workdir = os.path.join(FLAGS.root, row)
+  for row in sorted(os.listdir(root)):
+    workdir = os.path.join(root, row)
     if not os.path.exists(os.path.join(workdir, "config.json")):
       continue
     if FLAGS.finished_only and not table_protocol.read_job(workdir)["evals"]:

@@ -557,9 +557,8 @@ def root_lock(root: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  beside = lambda name: os.path.normpath(os.path.join(REPO, "..", "runs", name))
-  root = FLAGS.root or beside(f"mnist_table_{FLAGS.scale}")
-  pilot_root = FLAGS.pilot_root or beside("mnist_pilots")
+  root = FLAGS.root or tp.beside_checkout(f"mnist_table_{FLAGS.scale}")
+  pilot_root = FLAGS.pilot_root or tp.beside_checkout("mnist_pilots")
   output = FLAGS.output or os.path.join(
       REPO, "results", "mnist_table.md" if FLAGS.scale == "cpu" else "mnist_table_paper.md")
   records = FLAGS.records if FLAGS.records is not None else os.path.join(
