@@ -9,7 +9,6 @@ mean, z2 = its posterior mean). A range inside `channel_recurrent.LOGVAR_LINEAR`
 `bounded_logvar` was the identity for that model on the test set.
 """
 
-import json
 import os
 
 from absl import app, flags, logging
@@ -19,12 +18,14 @@ import numpy as np
 from crvae_jax import families, host_memory
 from crvae_jax.models import channel_recurrent
 from crvae_jax.families import mnist as mnist_family
-from experiments import table_protocol
+from experiments import launch, table_protocol
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", None, "Folder of row workdirs; default the Table 1 runner's "
                     "../runs/mnist_table_cpu beside the checkout.")
-flags.DEFINE_string("checkpoint", "best", "'best' or 'latest'.")
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                  "Which checkpoint of each workdir: the best by validation ELBO or the "
+                  "latest.")
 flags.DEFINE_integer("batch_size", 500, "Test images per encoder call.")
 flags.DEFINE_bool("finished_only", True, "Only workdirs whose job.json records a test "
                   "evaluation (finished Table 1 jobs of experiments.mnist_table); False: "
@@ -33,7 +34,6 @@ flags.DEFINE_bool("finished_only", True, "Only workdirs whose job.json records a
 
 def logvar_ranges(config, workdir: str, data) -> dict:
   """{name: (min, max)} of the model's log-variances over the test images."""
-  del data  # restoring needs no data
   model, variables, _ = mnist_family.restore_variables(config, workdir, FLAGS.checkpoint)
 
   @jax.jit
@@ -61,17 +61,22 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   lo, hi = channel_recurrent.LOGVAR_LINEAR
-  print(f"bounded_logvar is the identity on [{lo:g}, {hi:g}]")
   root = FLAGS.root or table_protocol.beside_checkout("mnist_table_cpu")
   if not os.path.isdir(root):
     raise app.UsageError(f"--root={root}: no such folder of row workdirs")
+  rows = [r for r in sorted(os.listdir(root))
+          if os.path.exists(os.path.join(root, r, "config.json")) and not (
+              FLAGS.finished_only and not table_protocol.read_job(
+                  os.path.join(root, r))["evals"])]
+  if not rows:
+    raise app.UsageError(
+        f"--root={root} holds no workdir with a config.json"
+        + (" and a test evaluation in its job.json (--nofinished_only takes every "
+           "trained one)" if FLAGS.finished_only else ""))
+  print(f"bounded_logvar is the identity on [{lo:g}, {hi:g}]")
   data = None
-  for row in sorted(os.listdir(root)):
+  for row in rows:
     workdir = os.path.join(root, row)
-    if not os.path.exists(os.path.join(workdir, "config.json")):
-      continue
-    if FLAGS.finished_only and not table_protocol.read_job(workdir)["evals"]:
-      continue
     config = families.saved_config(workdir)  # the run's own config.json
     data = data or mnist_family.load_data(config)
     for name, (a, b) in logvar_ranges(config, workdir, data).items():
@@ -81,4 +86,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_hugepages()
-  app.run(main)
+  launch.run(main)

@@ -8,6 +8,8 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 from absl import app
 from absl.testing import flagsaver
@@ -535,6 +537,29 @@ def test_one_tiny_real_job_through_the_library(flags, monkeypatch):
   assert nll.shape == (6,) and np.isfinite(nll).all()
   text = open(flags.output, encoding="utf-8").read()
   assert f"| VAE | 0.001 | - | 1 of 1 | {stats.mean_and_stderr(nll)[0]:.2f} |" in text
+  # experiments/logvar_range.py on the finished workdir (its own process: its --root flag
+  # would clash with mnist_table's here), the test data in place of MNIST.
+  tests = os.path.dirname(os.path.abspath(__file__))
+  code = ("import sys; sys.path.insert(0, %r); from conftest import make_tiny_data; "
+          "from crvae_jax.families import mnist; "
+          "mnist.load_data = lambda config: make_tiny_data(num_eval=6); "
+          "from experiments import logvar_range as m; from absl import app; "
+          "app.run(m.main, argv=['logvar_range', '--root=%s'] + sys.argv[1:])"
+          % (tests, flags.root))
+  run = lambda *a: subprocess.run([sys.executable, "-c", code, *a], capture_output=True,
+                                  text=True, timeout=300, cwd=os.path.dirname(tests))
+  out = run()
+  assert out.returncode == 0, out.stderr[-2000:]
+  line = next(l for l in out.stdout.splitlines() if l.startswith("vae_lr0.001_b1_s0"))
+  lo, hi = float(line.split()[3]), float(line.split()[5])  # "<row> q(z1|x) min A max B"
+  assert "q(z1|x)" in line and np.isfinite([lo, hi]).all() and lo <= hi
+  assert "min" in run("--checkpoint=latest").stdout
+  bad = run("--checkpoint=bogus")
+  assert bad.returncode != 0 and "--checkpoint" in bad.stderr
+  empty = os.path.join(os.path.dirname(flags.root), "empty")
+  os.makedirs(empty)
+  bad = run(f"--root={empty}")  # nothing to scan: said, not an empty success
+  assert bad.returncode != 0 and f"--root={empty} holds no workdir" in bad.stderr
 
 
 def test_records_keep_the_table_when_the_runs_directory_is_lost(flags, monkeypatch):
