@@ -76,6 +76,8 @@ def main(argv):
   launch.configure_logging()
   launch.enable_compilation_cache(FLAGS.compilation_cache_dir)
   config, workdir = FLAGS.config, FLAGS.workdir
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir={workdir} is a file, not a directory")
   name = config.get("family")  # ConfigError below if missing
   family = families.get(name)
   for mode in FLAGS.mode:

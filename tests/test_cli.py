@@ -73,3 +73,41 @@ def test_known_errors_are_one_line_and_read_only_modes_create_no_workdir(tmp_pat
   assert last.startswith("error: ") and "holds a run of another config" in last, last
   assert "model.width: 2 (workdir) != 8 (now)" in last and "Traceback" not in out.stderr
   assert not (other / "checkpoints").exists()
+
+
+def test_bad_config_flag_is_one_line_naming_it(tmp_path):
+  # ml_collections raised a KeyError / AttributeError (from its flag parsing) for an
+  # override of a field the config lacks, and an OSError where main first read a config
+  # file that is not there: tracebacks that did not name the flag.
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = f"--config={os.path.join(repo, 'experiments/configs/mnist.py')}:crvae,cpu"
+  workdir = tmp_path / "run"
+  for args, want in [
+      ((config, "--config.train.num_epochs=1", "--config.foo.bar=1"),
+       "error: --config.foo.bar: config has no field 'foo'"),
+      ((config, "--config.train.num_epochz=1"),
+       "error: --config.train.num_epochz: config.train has no field 'num_epochz'; "
+       'Did you mean "num_epochs" instead of "num_epochz"?'),
+      (("--config=configs/nonexistent.py:crvae,cpu",),
+       "error: --config: no config file configs/nonexistent.py"),
+      (("--config", "configs/nonexistent.py", "--config.foo=1"),
+       "error: --config: no config file configs/nonexistent.py")]:
+    out = _main(*args, f"--workdir={workdir}", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().splitlines() == [want], out.stderr
+  assert not workdir.exists()
+
+
+def test_workdir_that_is_a_file_is_one_line_before_data_loads(tmp_path):
+  # (was workdir_lock's FileExistsError traceback, after MNIST had loaded)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = f"--config={os.path.join(repo, 'experiments/configs/mnist.py')}:crvae,cpu"
+  path = tmp_path / "a_file"
+  path.write_text("not a workdir")
+  out = _main(config, "--config.train.num_epochs=1", f"--workdir={path}", "--mode=train",
+              cwd=tmp_path)
+  assert out.returncode == 1, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last == f"error: --workdir={path} is a file, not a directory", out.stderr
+  assert "Traceback" not in out.stderr and "kernels:" not in out.stderr
+  assert path.read_text() == "not a workdir"
