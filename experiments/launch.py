@@ -160,12 +160,13 @@ def parse_flags(argv: list) -> list:
     fail(_override_error(argv, e))
 
 
-def run(main) -> None:
-  """`app.run(main)` with `parse_flags`; a known error (`known_errors`) ends the program
-  with its message on one line and exit status 1."""
+def run(main, more_errors: tuple = ()) -> None:
+  """`app.run(main)` with `parse_flags`; a known error (`known_errors`, or one of the
+  program's own `more_errors`) ends the program with its message on one line and exit
+  status 1."""
   def guarded(argv):
     try:
       return main(argv)
-    except known_errors() as e:  # pylint: disable=catching-non-exception
+    except known_errors() + tuple(more_errors) as e:  # pylint: disable=catching-non-exception
       fail(str(e))
   app.run(guarded, flags_parser=parse_flags)

@@ -86,4 +86,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_hugepages()
-  launch.run(main)
+  launch.run(main, more_errors=(table_protocol.RecordError,))

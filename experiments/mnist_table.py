@@ -140,6 +140,8 @@ flags.DEFINE_float("epoch_seconds", 80.0, "--plan and --stop_after_minutes: seco
 flags.DEFINE_float("eval_samples_per_s", 2500.0, "--plan: IS decoder samples per second "
                    "while no evaluation has been timed (benchmarks/RESULTS.md: 5085 on the "
                    "idle 2-core VM; halved for a shared machine).")
+for _name in ("epoch_seconds", "eval_samples_per_s"):
+  flags.register_validator(_name, lambda x: x > 0, f"--{_name} must be > 0")
 flags.DEFINE_enum("conv_impl", "fastest", list(layers.CONV_IMPLS), "model.conv_impl of "
                   "jobs whose workdir holds no run yet ('fastest', the configs' default: "
                   "oneDNN's CPU convolutions where they build; benchmarks/RESULTS.md). A "
@@ -511,7 +513,7 @@ def report(p, root, pilot_root, output, commit, records) -> None:
 def budget(pilot_root: str, saved) -> tuple:
   """(epochs or None, how it was decided): --num_epochs, else protocol.json, else the
   rule on the VAE pilot curve."""
-  if FLAGS.num_epochs:
+  if FLAGS.num_epochs is not None:
     return FLAGS.num_epochs, "--num_epochs"
   if saved:
     return saved, "protocol.json"
@@ -527,10 +529,7 @@ def check_protocol_file(root: str, p: tp.Protocol, write: bool) -> None:
                    "release_images")}
   mine["lrs"], mine["from_crvae_grid"] = list(mine["lrs"]), sorted(mine["from_crvae_grid"])
   mine["release_images"] = mine["release_images"] or 0  # 0: all test images
-  saved = {}
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+  saved = tp.read_json(path) if os.path.exists(path) else {}
   clash = {k: (saved[k], v) for k, v in mine.items()
            if saved.get(k) is not None and v is not None and saved[k] != v}
   if clash:
@@ -564,14 +563,20 @@ def main(argv):
   records = FLAGS.records if FLAGS.records is not None else os.path.join(
       REPO, "results", "mnist_table_records" if FLAGS.scale == "cpu"
       else "mnist_table_paper_records")
-  saved = {}
-  if os.path.exists(os.path.join(root, "protocol.json")):
-    with open(os.path.join(root, "protocol.json"), encoding="utf-8") as f:
-      saved = json.load(f)
+  path = os.path.join(root, "protocol.json")
+  saved = tp.read_json(path) if os.path.exists(path) else {}
   epochs, how = budget(pilot_root, saved.get("num_epochs"))
   try:
+    lrs = tuple(float(x) for x in FLAGS.lrs)
+  except ValueError as e:
+    raise app.UsageError(f"--lrs={','.join(FLAGS.lrs)}: {e}") from e
+  if FLAGS.stage == "report" and not os.path.isdir(root) and not (
+      records and os.path.isdir(records)):
+    raise app.UsageError(f"nothing to report: no --root {root} and no --records "
+                         f"{records or '(off)'}")
+  try:
     p = tp.Protocol(
-        rows=tuple(FLAGS.rows), scale=FLAGS.scale, lrs=tuple(float(x) for x in FLAGS.lrs),
+        rows=tuple(FLAGS.rows), scale=FLAGS.scale, lrs=lrs,
         grid_epochs=FLAGS.grid_epochs, num_epochs=epochs, num_seeds=FLAGS.num_seeds,
         seeded_rows=tuple(FLAGS.seeded_rows), other_lstm_seeds=FLAGS.other_lstm_seeds,
         num_samples=FLAGS.num_samples, k_curve_rows=tuple(FLAGS.k_curve_rows),
@@ -599,4 +604,4 @@ def main(argv):
 
 if __name__ == "__main__":
   host_memory.reexec_with_hugepages()
-  launch.run(main)
+  launch.run(main, more_errors=(tp.RecordError,))

@@ -119,10 +119,26 @@ class Protocol:
   release_images: Optional[int] = 1000
 
   def __post_init__(self):
+    if not self.rows:
+      raise ValueError(f"rows: none given; choose from {RUN_ORDER}")
     unknown = [r for r in self.rows + self.seeded_rows + self.k_curve_rows
                if r not in RUN_ORDER]
     if unknown:
       raise ValueError(f"unknown row(s) {unknown}; choose from {RUN_ORDER}")
+    positive = lambda x: isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+    if not self.lrs or not all(map(positive, self.lrs)):
+      raise ValueError(f"lrs={list(self.lrs)}: the grid needs one or more finite "
+                       "learning rates > 0")
+    for name in ("grid_epochs", "num_epochs"):
+      if getattr(self, name) is not None and not positive(getattr(self, name)):
+        raise ValueError(f"{name}={getattr(self, name)}: a finite number of epochs > 0")
+    for name, low in (("num_seeds", 1), ("other_lstm_seeds", 0), ("num_samples", 1),
+                      ("k_curve_samples", 1)):
+      if getattr(self, name) < low:
+        raise ValueError(f"{name}={getattr(self, name)}: must be >= {low}")
+    if not 0 < self.k_curve_images <= 10_000:
+      raise ValueError(f"k_curve_images={self.k_curve_images}: choose 1..10000 test "
+                       "images")
     if self.num_epochs is not None and self.num_epochs < self.grid_epochs:
       raise ValueError(f"the budget ({self.num_epochs:g} epochs) is shorter than the grid's "
                        f"pilots ({self.grid_epochs:g}), which its seed-0 runs continue")
@@ -177,12 +193,50 @@ def eval_dir(wd: str, num_images: Optional[int]) -> str:
 # ---------------------------------------------------------------------------- records
 
 
+class RecordError(ValueError):
+  """A record of the table's runs (job.json, grid_scores.json, protocol.json,
+  metrics.jsonl, an evaluation's summary) cannot be read; the message names the file."""
+
+
+def read_json(path: str, required=()) -> dict:
+  """The JSON object in `path`, which must hold the keys `required`; RecordError names the
+  file where it is damaged or lacks one."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except ValueError as e:  # (the real path: the report reads through a view of links)
+    raise RecordError(f"{os.path.realpath(path)} is damaged ({e}): restore it (records "
+                      "under results/ are committed) or move it aside") from e
+  missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+  if missing:
+    raise RecordError(f"{os.path.realpath(path)} lacks {missing}: not a record of this "
+                      "runner")
+  return obj
+
+
 def read_job(wd: str) -> dict:
   path = os.path.join(wd, "job.json")
   if not os.path.exists(path):
     return {"train": [], "evals": {}}
+  return read_json(path, ("train", "evals"))
+
+
+def metrics_lines(path: str) -> list:
+  """[(line, parsed dict)] of a metrics.jsonl. A last line that does not parse and has no
+  newline is one a running job is writing: left out. Any other bad line: RecordError."""
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    lines = [l for l in f if l.strip()]
+  out = []
+  for i, line in enumerate(lines):
+    try:
+      out.append((line, json.loads(line)))
+    except ValueError as e:
+      if i == len(lines) - 1 and not line.endswith("\n"):
+        break
+      raise RecordError(f"{os.path.realpath(path)}: line {i + 1} is damaged ({e}): "
+                        "restore the file (records under results/ are committed) or move "
+                        "it aside") from e
+  return out
 
 
 def _write_json(path: str, obj, **dump_kwargs) -> None:
@@ -248,8 +302,7 @@ def read_metrics(wd: str, split: str) -> list:
   path = os.path.join(wd, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [r for r in map(json.loads, filter(str.strip, f)) if r.get("split") == split]
+  return [r for _, r in metrics_lines(path) if r.get("split") == split]
 
 
 def steps_per_epoch(train_metrics: list) -> float:
@@ -313,8 +366,7 @@ def read_grid_scores(root: str) -> dict:
   path = os.path.join(root, GRID_SCORES)
   if not os.path.exists(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return read_json(path)
 
 
 def grid_scores(p: Protocol, root: str, row: str) -> dict:
@@ -493,8 +545,7 @@ def measured_rates(root: str, pilot_root: Optional[str] = None,
   here = lambda seg: str(seg.get("machine", "")).startswith(machine)
   train, evals = {}, {}  # row: [(on this machine, quiet, rate)]
   for path in sorted(_glob(root, "job.json")):
-    with open(path, encoding="utf-8") as f:
-      rec = json.load(f)
+    rec = read_json(path, ("setting", "train", "evals"))
     row = rec["setting"]["row"]
     for s in rec["train"]:
       epochs = s["epochs_to"] - s["epochs_from"]
@@ -521,9 +572,8 @@ def measured_rates(root: str, pilot_root: Optional[str] = None,
   epoch_s = {r: median(v) for r, v in train.items()}
   for path in sorted(_glob(pilot_root, "train_summary.json")) if pilot_root else []:
     wd = os.path.dirname(path)
-    with open(path, encoding="utf-8") as f, open(os.path.join(wd, "config.json"),
-                                                 encoding="utf-8") as g:
-      seconds, config = json.load(f)["train_seconds"], json.load(g)
+    seconds = read_json(path, ("train_seconds",))["train_seconds"]
+    config = read_json(os.path.join(wd, "config.json"))
     if config.get("row") in RUN_ORDER and config["row"] not in epoch_s:
       epoch_s[config["row"]] = seconds / config["train"]["num_epochs"]
   return epoch_s, {r: median(v) for r, v in evals.items()}
@@ -544,8 +594,7 @@ def pilot_curves(pilot_root: str) -> dict:
     wd = os.path.dirname(path)
     if not os.path.exists(os.path.join(wd, "config.json")):
       continue
-    with open(os.path.join(wd, "config.json"), encoding="utf-8") as f:
-      config = json.load(f)
+    config = read_json(os.path.join(wd, "config.json"))
     epochs, elbo = valid_curve(wd)
     if len(epochs):
       out[os.path.basename(wd)] = (epochs, elbo, config)

@@ -54,18 +54,14 @@ def _copy_atomic(src: str, dst: str) -> None:
 
 
 def _metrics_lines(path: str) -> bytes:
-  """metrics.jsonl cut to its validation lines and its first training line (a line that
-  does not parse, such as one half-written by a running job, is left out)."""
+  """metrics.jsonl cut to its validation lines and its first training line (a last line
+  half-written by a running job is left out; `table_protocol.metrics_lines`)."""
   keep, seen_train = [], False
-  with open(path, encoding="utf-8") as f:
-    for line in filter(str.strip, f):
-      try:
-        split = json.loads(line).get("split")
-      except ValueError:
-        continue
-      if split == "valid" or (split == "train" and not seen_train):
-        keep.append(line if line.endswith("\n") else line + "\n")
-        seen_train |= split == "train"
+  for line, record in tp.metrics_lines(path):
+    split = record.get("split")
+    if split == "valid" or (split == "train" and not seen_train):
+      keep.append(line if line.endswith("\n") else line + "\n")
+      seen_train |= split == "train"
   return "".join(keep).encode("utf-8")
 
 
@@ -188,7 +184,7 @@ def matching(root: str, records: Optional[str]) -> Optional[str]:
   paths = [os.path.join(d, PROTOCOL) for d in (root, records)]
   if not all(os.path.exists(p) for p in paths):
     return records
-  mine, theirs = (json.load(open(p, encoding="utf-8")) for p in paths)
+  mine, theirs = (tp.read_json(p) for p in paths)
   if any(mine[k] != theirs[k] for k in set(mine) & set(theirs)):
     logging.warning("%s belongs to another protocol (%s, root: %s): not used", records,
                     theirs, mine)

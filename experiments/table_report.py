@@ -8,7 +8,6 @@ calls `write_report`.
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -47,13 +46,17 @@ class Entry:
 
 
 def eval_json(wd: str, num_samples: int, num_images=None) -> dict:
-  with open(os.path.join(tp.eval_dir(wd, num_images), f"eval_test_K{num_samples}.json"),
-            encoding="utf-8") as f:
-    return json.load(f)
+  return tp.read_json(os.path.join(tp.eval_dir(wd, num_images),
+                                   f"eval_test_K{num_samples}.json"), ("nll",))
 
 
 def per_image(wd: str, num_samples: int, name: str = "nll", num_images=None):
-  return np.load(mnist_family.per_image_path(tp.eval_dir(wd, num_images), num_samples, name))
+  path = mnist_family.per_image_path(tp.eval_dir(wd, num_images), num_samples, name)
+  try:
+    return np.load(path)
+  except (OSError, ValueError) as e:
+    raise tp.RecordError(f"{os.path.realpath(path)}, which its evaluation's summary says "
+                         f"was written, cannot be read ({e})") from e
 
 
 def collect(p: tp.Protocol, root: str) -> dict:

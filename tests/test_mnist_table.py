@@ -522,6 +522,43 @@ def test_records_match_a_protocol_that_gained_a_key(tmp_path):
   assert table_records.matching(str(root), str(records)) is None
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("rows", (), "rows: none given"), ("lrs", (), r"lrs=\[\]"),
+    ("lrs", (1e-3, 0.0), "learning rates > 0"), ("lrs", (float("nan"),), "finite"),
+    ("grid_epochs", 0.0, "grid_epochs=0.0"), ("grid_epochs", -2.0, "grid_epochs=-2.0"),
+    ("num_epochs", float("nan"), "num_epochs=nan"), ("num_seeds", 0, "num_seeds=0"),
+    ("num_samples", 0, "num_samples=0"), ("k_curve_images", 20_000, "k_curve_images")])
+def test_a_protocol_with_impossible_numbers_is_refused(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    tp.Protocol(**{field: value})
+
+
+def test_a_damaged_record_is_named_by_its_real_path(tmp_path):
+  root, records = tmp_path / "runs", tmp_path / "records"
+  p = tp.Protocol(rows=("vae",), grid_epochs=2, num_epochs=4, release=False,
+                  k_curve_rows=(), num_seeds=1)
+  _fake_finished(str(records), p, lambda e, k: np.full(20, 90.0))
+  root.mkdir()
+  name = next(j.setting.name for j in tp.plan(p, str(records)) if j.stage == "train")
+  job = records / name / "job.json"
+  good = job.read_text()
+  for damaged, message in ((good[:-20], "is damaged"), ('{"train": []}', r"lacks \['evals'\]")):
+    job.write_text(damaged)
+    with table_records.merged_root(str(root), str(records)) as (view, _):
+      with pytest.raises(tp.RecordError, match=message) as e:
+        table_report.collect(p, view)  # read through the view's links
+    assert str(job) in str(e.value) and "mnist_table_view_" not in str(e.value)
+  job.write_text(good)
+  metrics = records / name / "metrics.jsonl"
+  lines = metrics.read_text().splitlines(keepends=True)
+  metrics.write_text("".join(lines) + '{"step": 99, "spl')  # a line being written
+  assert tp.read_metrics(str(records / name), "valid") == [
+      json.loads(l) for l in lines if '"valid"' in l]
+  metrics.write_text(lines[0] + "garbage\n" + "".join(lines[1:]))  # damage, not a write
+  with pytest.raises(tp.RecordError, match=f"{metrics}: line 2 is damaged"):
+    tp.read_metrics(str(records / name), "valid")
+
+
 def test_one_tiny_real_job_through_the_library(flags, monkeypatch):
   monkeypatch.setattr(mnist_table, "load_data", lambda config: make_tiny_data(num_eval=6))
   monkeypatch.setattr(mnist_table, "base_config", lambda row, scale: make_tiny_config(row))
