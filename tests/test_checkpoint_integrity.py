@@ -2,6 +2,7 @@
 aside, a failed background save is one clear error with no temporary folders left, and
 errors are not buried under Orbax's shutdown noise."""
 
+import asyncio
 import json
 import os
 import resource
@@ -244,3 +245,24 @@ def test_late_callbacks_of_a_failed_write_are_not_reported(monkeypatch):
   other = RuntimeError("something else")
   sys.unraisablehook(unraisable(other))
   assert [u.exc_value for u in reported] == [other]
+
+
+def test_a_failed_save_is_removed_after_orbax_stops_writing(tmp_path):
+  # Orbax reports a failed part of a save at once, while its other commit threads may
+  # still write into the step's temporary folder: under load the folder came back after
+  # the cleanup, although the error said its files were removed. A commit thread that
+  # writes 0.5 s after the failure stands in for them.
+  from orbax.checkpoint._src.futures import future as orbax_future  # pylint: disable=g-import-not-at-top
+  late = tmp_path / "checkpoints" / "1.orbax-checkpoint-tmp" / "default"
+
+  async def late_write():
+    await asyncio.sleep(0.5)
+    late.mkdir(parents=True)
+    (late / "array_chunk").write_bytes(b"0" * 100)
+
+  with checkpoints.Checkpoints(str(tmp_path), best=False) as ckpts:
+    writer = orbax_future.CommitFuture(late_write())
+    error = ckpts._save_error("latest", 1, OSError(28, "No space left on device"))  # pylint: disable=protected-access
+    writer.result()
+  assert "No space left on device" in str(error) and "were removed" in str(error), error
+  assert os.listdir(tmp_path / "checkpoints") == []
