@@ -76,8 +76,13 @@ def main(argv):
   launch.configure_logging()
   launch.enable_compilation_cache(FLAGS.compilation_cache_dir)
   config, workdir = FLAGS.config, FLAGS.workdir
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file, not a directory")
+  existing = os.path.abspath(workdir)  # the workdir, else the nearest folder above it
+  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise NotADirectoryError(
+        f"--workdir={workdir} is a file, not a directory" if existing ==
+        os.path.abspath(workdir) else f"--workdir={workdir}: {existing} is a file")
   name = config.get("family")  # ConfigError below if missing
   family = families.get(name)
   for mode in FLAGS.mode:
