@@ -129,8 +129,13 @@ def test_workdir_that_is_or_is_under_a_file_is_one_line_before_data_loads(tmp_pa
   config = f"--config={os.path.join(repo, 'experiments/configs/mnist.py')}:crvae,cpu"
   path = tmp_path / "a_file"
   path.write_text("not a workdir")
+  dangling = tmp_path / "dangling"
+  dangling.symlink_to(tmp_path / "nowhere")
   for workdir, want in ((path, f"--workdir={path} is a file, not a directory"),
-                        (path / "run", f"--workdir={path / 'run'}: {path} is a file")):
+                        (path / "run", f"--workdir={path / 'run'}: {path} is a file"),
+                        (dangling / "run",
+                         f"--workdir={dangling / 'run'}: {dangling} is a broken symlink"),
+                        ("", "--workdir is empty (an unset variable?)")):
     out = _main(config, "--config.train.num_epochs=1", f"--workdir={workdir}",
                 "--mode=train", cwd=tmp_path)
     assert out.returncode == 1, out.stderr

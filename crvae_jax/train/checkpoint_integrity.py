@@ -126,13 +126,25 @@ def _orbax_writer_threads() -> list:
           if t.is_alive() and type(t).__module__.startswith("orbax.")]
 
 
-def remove_unfinished_saves(directory: str, step: int, timeout_s: float = 60.0,
+def remove_unfinished_saves(directory: str, step: int, timeout_s: float = 20.0,
                             settle_s: float = 0.3) -> list:
-  """Delete them once Orbax's commit threads have ended (at most timeout_s), and again
-  if a late write brings a folder back within settle_s; returns those still there."""
+  """Delete them once Orbax's commit threads have ended (waiting at most timeout_s in
+  all: threads of a save whose folder could not be created wait for a signal that never
+  comes, up to Orbax's 300 s), and again if a late write brings a folder back within
+  settle_s; returns those still there."""
   deadline = time.monotonic() + timeout_s
+  me = threading.current_thread()
   for thread in _orbax_writer_threads():
-    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread is not me:
+      # threading.Thread's own join: Orbax's overrides re-raise the thread's error (and
+      # mark it raised, hiding it from the manager that should report it) or raise
+      # TimeoutError; here they are only waited for.
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+  still = [t.name for t in _orbax_writer_threads() if t is not me]
+  if still:
+    std_logging.getLogger("absl").warning(
+        "%d Orbax write thread(s) still running after %.0f s; removing the unfinished "
+        "save of step %d anyway", len(still), timeout_s, step)
   for _ in range(3):
     for path in unfinished_saves(directory, step):
       shutil.rmtree(path, ignore_errors=True)
