@@ -66,13 +66,13 @@ import time
 
 from crvae_jax import host_memory
 from experiments.configs import mnist as mnist_configs
+from experiments.provenance import REPO
 
 STEPS = ("mnist", "gan")
 DEFAULT_ROWS = {"mnist": "crvae", "gan": "crvaegan"}
 # What each step's workers time, per round (the matmul peak last).
 MEASURES = {"mnist": ("train", "eval", "peak"), "gan": ("train", "peak")}
 EVAL_IMAGES = {"cpu": 200, "paper": 32}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "RESULTS.md")
 RESULTS_SECTION = ("## JAX vs the best PyTorch, every run "
                    "(python -m benchmarks.compare_torch --write_results; issue 22)")

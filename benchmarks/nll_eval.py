@@ -19,7 +19,6 @@ setting compiled first, then timed in alternating rounds (median and every round
 """
 
 import argparse
-import os
 import resource
 import shlex
 import subprocess
@@ -36,9 +35,7 @@ from crvae_jax import sharding
 from crvae_jax.families import mnist as mnist_family
 from crvae_jax.models import layers
 from experiments.configs import mnist as mnist_configs
-from experiments.provenance import cpu_fields
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # cwd of workers
+from experiments.provenance import REPO, cpu_fields  # REPO: cwd of workers
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
@@ -181,7 +178,7 @@ def compare_chunks(args) -> None:
                      training=False))
   print(f"# command: python -m benchmarks.nll_eval {shlex.join(sys.argv[1:])}")
   print(f"matmul peak (4096^2 fp32 jnp.dot, best of 5): {matmul_gflops():.0f} GFLOP/s")
-  print(f"| row | scale | K | chunk x batch | decoder samples/s (median) | rounds |")
+  print("| row | scale | K | chunk x batch | decoder samples/s (median) | rounds |")
   print("|---|---|---|---|---|---|")
   for scale in args.scales.split(","):
     config = mnist_configs.config_at_scale(args.row, scale)

@@ -21,9 +21,8 @@ import tempfile
 import time
 
 from benchmarks.nll_eval import machine_line
-from experiments.provenance import git_commit
+from experiments.provenance import REPO, git_commit
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/configs/mnist.py:crvae,cpu"
 FIRST_STEP = re.compile(r"first step done ([0-9.]+)s after start")
 TIMEOUT_S = 600
@@ -68,7 +67,7 @@ def main():
     rows.append((r + 1, cold, warm))
     print(f"round {r + 1}: first start {cold[0]:.1f} s (train {cold[1]:.1f} s), repeat "
           f"start {warm[0]:.1f} s (train {warm[1]:.1f} s)", flush=True)
-  lines = ["", f"## Start-up: first and repeat start (benchmarks/startup.py)", "",
+  lines = ["", "## Start-up: first and repeat start (benchmarks/startup.py)", "",
            f"- Command: `python -m benchmarks.startup --rounds={args.rounds}`",
            f"- Commit: {git_commit()}. Machine: {machine_line()}"]
   if args.note:

@@ -143,14 +143,21 @@ def _override_error(argv: list, error: Exception) -> str:
 def parse_flags(argv: list) -> list:
   """`app.parse_flags_with_usage` (absl's flag parsing; `run` passes it to app.run),
   with a bad ml_collections config flag (--config) ended by `fail` instead of a
-  traceback: a config file that is not there (before it is run), an override
-  --config.<path> the config cannot take (ml_collections raises a KeyError,
+  traceback: a config file that is not there or cannot be read (before it is run), an
+  override --config.<path> the config cannot take (ml_collections raises a KeyError,
   AttributeError, ... from inside its flag parsing)."""
   for name in _config_flags():
     argument = _config_argv(argv, name)[0]
     path = argument.split(":", 1)[0] if argument is not None else None
-    if path is not None and not os.path.isfile(path):
+    if path is None:
+      continue
+    if not os.path.isfile(path):
       fail(f"--{name}: no config file {path}")
+    try:
+      with open(path, "rb"):
+        pass
+    except OSError as e:
+      fail(f"--{name}: cannot read config file {path}: {e.strerror or e}")
   try:
     return app.parse_flags_with_usage(argv)
   except (KeyError, AttributeError, IndexError, TypeError, ValueError, OSError) as e:

@@ -76,8 +76,16 @@ def main(argv):
   launch.configure_logging()
   launch.enable_compilation_cache(FLAGS.compilation_cache_dir)
   config, workdir = FLAGS.config, FLAGS.workdir
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file, not a directory")
+  if not workdir.strip():
+    raise FileNotFoundError("--workdir is empty (an unset variable?)")
+  existing = os.path.abspath(workdir)  # the workdir, else the nearest entry above it
+  while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    what = "a broken symlink" if os.path.islink(existing) else "a file"
+    raise NotADirectoryError(
+        f"--workdir={workdir} is {what}, not a directory" if existing ==
+        os.path.abspath(workdir) else f"--workdir={workdir}: {existing} is {what}")
   name = config.get("family")  # ConfigError below if missing
   family = families.get(name)
   for mode in FLAGS.mode:

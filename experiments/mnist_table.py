@@ -63,9 +63,8 @@ from experiments import launch
 from experiments import table_protocol as tp
 from experiments import table_records, table_report
 from experiments.configs import mnist as mnist_configs
-from experiments.provenance import cpu_description, git_commit
+from experiments.provenance import REPO, cpu_description, git_commit
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_EVERY_EPOCHS = 10.0  # prior-sample PNGs during training
 # CPU-scale evaluations decode 50 samples x 20 images per call: at K=1000 ~1.2x the
 # rate of the config's 20 x 50, which is sized for its K=20 (benchmarks/RESULTS.md,

@@ -4,17 +4,20 @@ import os
 import platform
 import subprocess
 
+# The checkout's root (the parent of experiments/): where results/ lives and where the
+# runner's subprocesses start.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def git_commit() -> str:
   """Short hash of this checkout's HEAD, '+uncommitted' when tracked files (outside
   results/) differ."""
   try:
-    here = os.path.dirname(os.path.abspath(__file__))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, check=True,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
                             capture_output=True, text=True).stdout.strip()
     # Changes to results/ (this script's own output) do not make the code uncommitted.
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                            ".", ":(exclude)results"], cwd=os.path.dirname(here),
+                            ".", ":(exclude)results"], cwd=REPO,
                            check=True, capture_output=True, text=True).stdout
     return commit + ("+uncommitted" if dirty.strip() else "")
   except (OSError, subprocess.CalledProcessError):

@@ -28,19 +28,17 @@ import sys
 from absl import app, flags
 
 from experiments.configs import rgb as rgb_configs
-from experiments.provenance import cpu_description, emoji_data_line, git_commit
+from experiments.provenance import REPO, cpu_description, emoji_data_line, git_commit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("parts", ["stage2", "complete"], "Which demos to run.")
 flags.DEFINE_string("runs_dir", "runs", "Where the Stage1 runs are and Stage2 goes.")
 flags.DEFINE_string("results_dir", "results", "Where the grids and summaries go.")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def run_main(*args: str) -> None:
   """Runs experiments.main with args."""
-  subprocess.run([sys.executable, "-m", "experiments.main", *args], check=True, cwd=ROOT)
+  subprocess.run([sys.executable, "-m", "experiments.main", *args], check=True, cwd=REPO)
 
 
 def header(title: str, command: str, commit: str) -> list:
@@ -77,7 +75,7 @@ def stage2_demo() -> None:
                          "`python -m experiments.rgb_demo --rows=emoji_crvaegan` first")
   subprocess.run([sys.executable, "-m", "experiments.convert_torchvision_weights",
                   "--arch=vgg11", "--random_init=0",
-                  "--output=runs/weights/vgg11_random.npz"], check=True, cwd=ROOT)
+                  "--output=runs/weights/vgg11_random.npz"], check=True, cwd=REPO)
   out = os.path.join(FLAGS.results_dir, "emoji_crvaegan_stage2_cpu")
   os.makedirs(out, exist_ok=True)
   lines = []
@@ -144,7 +142,7 @@ def completion_demo() -> None:
   workdirs = [os.path.join(FLAGS.runs_dir, f"emoji_{m}_cpu") for m in ("vaegan", "crvaegan")]
   out = os.path.join(FLAGS.results_dir, "emoji_completion.md")
   subprocess.run([sys.executable, "-m", "experiments.completion_table",
-                  f"--workdirs={','.join(workdirs)}", f"--out={out}"], check=True, cwd=ROOT)
+                  f"--workdirs={','.join(workdirs)}", f"--out={out}"], check=True, cwd=REPO)
   print(f"complete: {out}")
 
 

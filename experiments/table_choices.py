@@ -30,7 +30,7 @@ def budget_section(p: tp.Protocol, pilot_root: str, png: str) -> list:
     lines = [f"### Budget: {p.num_epochs:g} epochs" if p.num_epochs else
              "### Budget: undecided", "", f"No pilot learning curves under `{pilot_root}`."]
     if os.path.exists(png):  # drawn by an earlier report from curves since lost
-      lines += ["", f"The picture below was drawn by an earlier report from pilot curves "
+      lines += ["", "The picture below was drawn by an earlier report from pilot curves "
                 "that are no longer there (see the Note, if any).", "",
                 f"![pilot curves]({os.path.basename(png)})"]
     return lines + [""]

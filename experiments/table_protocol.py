@@ -35,14 +35,13 @@ import numpy as np
 
 from crvae_jax.train.checkpoints import write_file_atomic
 from experiments.configs import mnist as mnist_configs
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments.provenance import REPO
 
 
 def beside_checkout(name: str) -> str:
   """../runs/<name> next to this checkout: where the table's workdirs live by default
   (outside the checkout, so a fresh clone or CI never sees them)."""
-  return os.path.normpath(os.path.join(_REPO, "..", "runs", name))
+  return os.path.normpath(os.path.join(REPO, "..", "runs", name))
 
 # Run order: the comparison that matters first, the slowest row (k=5 samples) last.
 RUN_ORDER = ("vae", "crvae", "cvae", "crvae_inference", "crvae_generation", "crvae_t4",

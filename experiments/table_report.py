@@ -18,8 +18,7 @@ from crvae_jax.families import mnist as mnist_family
 from experiments import table_choices, table_plots, table_stats
 from experiments import table_protocol as tp
 from experiments.configs import mnist as mnist_configs
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments.provenance import REPO
 
 
 @dataclasses.dataclass
@@ -136,7 +135,6 @@ def headline_section(p, root: str, entries: dict, order: list, pooled) -> list:
                  f"{done} of {len(e.settings)} | {nll} | {neg_elbo:.2f} | {per_seed} | {vs} "
                  f"| {valid:.2f} | {mnist_configs.PAPER_NLL[e.row]:.2f} | {provenance(e)} |")
   return lines + [""]
-
 
 
 BEST_OTHER = "best other row"

@@ -98,16 +98,48 @@ def test_bad_config_flag_is_one_line_naming_it(tmp_path):
   assert not workdir.exists()
 
 
-def test_workdir_that_is_a_file_is_one_line_before_data_loads(tmp_path):
+def test_unreadable_config_file_is_one_line_naming_it(tmp_path):
+  # (was ml_collections' PermissionError traceback.) These tests may run as root, who
+  # reads any file: the refusal is injected into `open` for that one path.
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = os.path.join(repo, "experiments/configs/mnist.py")
+  script = f"""
+import builtins, runpy, sys
+real_open = builtins.open
+def refusing_open(file, *args, **kwargs):
+  if file == {config!r}:
+    raise PermissionError(13, "Permission denied", file)
+  return real_open(file, *args, **kwargs)
+builtins.open = refusing_open
+sys.argv = ["main", "--config={config}:crvae,cpu", "--workdir={tmp_path / 'run'}",
+            "--mode=evaluate"]  # without the check: "no such workdir", not a training run
+runpy.run_module("experiments.main", run_name="__main__")
+"""
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=repo, timeout=300, check=False)
+  assert out.returncode == 1, out.stderr
+  assert out.stderr.strip().splitlines() == [
+      f"error: --config: cannot read config file {config}: Permission denied"], out.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_workdir_that_is_or_is_under_a_file_is_one_line_before_data_loads(tmp_path):
   # (was workdir_lock's FileExistsError traceback, after MNIST had loaded)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = f"--config={os.path.join(repo, 'experiments/configs/mnist.py')}:crvae,cpu"
   path = tmp_path / "a_file"
   path.write_text("not a workdir")
-  out = _main(config, "--config.train.num_epochs=1", f"--workdir={path}", "--mode=train",
-              cwd=tmp_path)
-  assert out.returncode == 1, out.stderr
-  last = out.stderr.strip().splitlines()[-1]
-  assert last == f"error: --workdir={path} is a file, not a directory", out.stderr
-  assert "Traceback" not in out.stderr and "kernels:" not in out.stderr
-  assert path.read_text() == "not a workdir"
+  dangling = tmp_path / "dangling"
+  dangling.symlink_to(tmp_path / "nowhere")
+  for workdir, want in ((path, f"--workdir={path} is a file, not a directory"),
+                        (path / "run", f"--workdir={path / 'run'}: {path} is a file"),
+                        (dangling / "run",
+                         f"--workdir={dangling / 'run'}: {dangling} is a broken symlink"),
+                        ("", "--workdir is empty (an unset variable?)")):
+    out = _main(config, "--config.train.num_epochs=1", f"--workdir={workdir}",
+                "--mode=train", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"error: {want}", out.stderr
+    assert "Traceback" not in out.stderr and "kernels:" not in out.stderr
+    assert path.read_text() == "not a workdir"

@@ -31,7 +31,7 @@ from flax import serialization
 from jax.experimental import multihost_utils
 
 from crvae_jax import compiled, config_checks, distributed, image_metrics, images
-from crvae_jax import reconstruction, sharding, stats
+from crvae_jax import sharding, stats
 from crvae_jax.data import rgb as rgb_data
 from crvae_jax.data.image_source import RandomAccessImages
 from crvae_jax.families import model_kwargs, stage1

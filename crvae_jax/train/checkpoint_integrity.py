@@ -22,6 +22,7 @@ import logging as std_logging
 import os
 import shutil
 import sys
+import threading
 import time
 import traceback
 from typing import Optional
@@ -117,10 +118,39 @@ def unfinished_saves(directory: str, step: int) -> list:
   return sorted(glob.glob(os.path.join(directory, f"{int(step)}{_TMP_SUFFIX}*")))
 
 
-def remove_unfinished_saves(directory: str, step: int) -> list:
-  """Delete them; returns those that could not be deleted."""
-  for path in unfinished_saves(directory, step):
-    shutil.rmtree(path, ignore_errors=True)
+def _orbax_writer_threads() -> list:
+  """Orbax's commit threads still running (one per part of a save: the directories, the
+  arrays, the metadata). When one part fails, Orbax reports the failure at once while
+  the others may still be writing into the step's temporary folder."""
+  return [t for t in threading.enumerate()
+          if t.is_alive() and type(t).__module__.startswith("orbax.")]
+
+
+def remove_unfinished_saves(directory: str, step: int, timeout_s: float = 20.0,
+                            settle_s: float = 0.3) -> list:
+  """Delete them once Orbax's commit threads have ended (waiting at most timeout_s in
+  all: threads of a save whose folder could not be created wait for a signal that never
+  comes, up to Orbax's 300 s), and again if a late write brings a folder back within
+  settle_s; returns those still there."""
+  deadline = time.monotonic() + timeout_s
+  me = threading.current_thread()
+  for thread in _orbax_writer_threads():
+    if thread is not me:
+      # threading.Thread's own join: Orbax's overrides re-raise the thread's error (and
+      # mark it raised, hiding it from the manager that should report it) or raise
+      # TimeoutError; here they are only waited for.
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+  still = [t.name for t in _orbax_writer_threads() if t is not me]
+  if still:
+    std_logging.getLogger("absl").warning(
+        "%d Orbax write thread(s) still running after %.0f s; removing the unfinished "
+        "save of step %d anyway", len(still), timeout_s, step)
+  for _ in range(3):
+    for path in unfinished_saves(directory, step):
+      shutil.rmtree(path, ignore_errors=True)
+    time.sleep(settle_s)  # TensorStore may finish a chunk write after its thread ended
+    if not unfinished_saves(directory, step):
+      break
   return unfinished_saves(directory, step)
 
 
