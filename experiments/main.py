@@ -78,14 +78,14 @@ def main(argv):
   config, workdir = FLAGS.config, FLAGS.workdir
   if not workdir.strip():
     raise FileNotFoundError("--workdir is empty (an unset variable?)")
-  existing = os.path.abspath(workdir)  # the workdir, else the nearest entry above it
+  full = existing = os.path.abspath(workdir)  # existing: the nearest entry at or above it
   while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
     what = "a broken symlink" if os.path.islink(existing) else "a file"
     raise NotADirectoryError(
-        f"--workdir={workdir} is {what}, not a directory" if existing ==
-        os.path.abspath(workdir) else f"--workdir={workdir}: {existing} is {what}")
+        f"--workdir={workdir} is {what}, not a directory" if existing == full else
+        f"--workdir={workdir}: {existing} is {what}")
   name = config.get("family")  # ConfigError below if missing
   family = families.get(name)
   for mode in FLAGS.mode:

@@ -12,6 +12,8 @@ from crvae_jax.train import checkpoints
 
 from experiments.configs import mnist as mnist_configs
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_unknown_config_row_names_the_choices():
   with pytest.raises(ValueError, match="unknown MNIST config row 'crvea'.*crvae"):
@@ -54,8 +56,7 @@ def _main(*args, cwd):
 
 def test_known_errors_are_one_line_and_read_only_modes_create_no_workdir(tmp_path,
                                                                          cli_workdir):
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = f"--config={os.path.join(repo, 'experiments/configs/mnist.py')}:crvae,cpu"
+  config = f"--config={os.path.join(REPO, 'experiments/configs/mnist.py')}:crvae,cpu"
   missing = tmp_path / "missing"
   out = _main(config, f"--workdir={missing}", "--mode=evaluate", cwd=tmp_path)
   assert out.returncode == 1, out.stderr
@@ -79,8 +80,7 @@ def test_bad_config_flag_is_one_line_naming_it(tmp_path):
   # ml_collections raised a KeyError / AttributeError (from its flag parsing) for an
   # override of a field the config lacks, and an OSError where main first read a config
   # file that is not there: tracebacks that did not name the flag.
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = f"--config={os.path.join(repo, 'experiments/configs/mnist.py')}:crvae,cpu"
+  config = f"--config={os.path.join(REPO, 'experiments/configs/mnist.py')}:crvae,cpu"
   workdir = tmp_path / "run"
   for args, want in [
       ((config, "--config.train.num_epochs=1", "--config.foo.bar=1"),
@@ -101,8 +101,7 @@ def test_bad_config_flag_is_one_line_naming_it(tmp_path):
 def test_unreadable_config_file_is_one_line_naming_it(tmp_path):
   # (was ml_collections' PermissionError traceback.) These tests may run as root, who
   # reads any file: the refusal is injected into `open` for that one path.
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = os.path.join(repo, "experiments/configs/mnist.py")
+  config = os.path.join(REPO, "experiments/configs/mnist.py")
   script = f"""
 import builtins, runpy, sys
 real_open = builtins.open
@@ -116,7 +115,7 @@ sys.argv = ["main", "--config={config}:crvae,cpu", "--workdir={tmp_path / 'run'}
 runpy.run_module("experiments.main", run_name="__main__")
 """
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       cwd=repo, timeout=300, check=False)
+                       cwd=REPO, timeout=300, check=False)
   assert out.returncode == 1, out.stderr
   assert out.stderr.strip().splitlines() == [
       f"error: --config: cannot read config file {config}: Permission denied"], out.stderr
@@ -125,8 +124,7 @@ runpy.run_module("experiments.main", run_name="__main__")
 
 def test_workdir_that_is_or_is_under_a_file_is_one_line_before_data_loads(tmp_path):
   # (was workdir_lock's FileExistsError traceback, after MNIST had loaded)
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = f"--config={os.path.join(repo, 'experiments/configs/mnist.py')}:crvae,cpu"
+  config = f"--config={os.path.join(REPO, 'experiments/configs/mnist.py')}:crvae,cpu"
   path = tmp_path / "a_file"
   path.write_text("not a workdir")
   dangling = tmp_path / "dangling"

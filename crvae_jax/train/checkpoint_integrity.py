@@ -140,11 +140,11 @@ def remove_unfinished_saves(directory: str, step: int, timeout_s: float = 20.0,
       # mark it raised, hiding it from the manager that should report it) or raise
       # TimeoutError; here they are only waited for.
       threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
-  still = [t.name for t in _orbax_writer_threads() if t is not me]
+  still = sum(t is not me for t in _orbax_writer_threads())
   if still:
     std_logging.getLogger("absl").warning(
         "%d Orbax write thread(s) still running after %.0f s; removing the unfinished "
-        "save of step %d anyway", len(still), timeout_s, step)
+        "save of step %d anyway", still, timeout_s, step)
   for _ in range(3):
     for path in unfinished_saves(directory, step):
       shutil.rmtree(path, ignore_errors=True)
