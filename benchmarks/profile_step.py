@@ -93,7 +93,9 @@ def concurrency(events: list, kind: str = "ffi_call") -> dict:
   thread runs an operation; `kind` = us in operations of that kind (default: the FFI
   calls, i.e. the oneDNN convolutions under conv_impl 'onednn', which run their own
   OpenMP threads), and `kind`_beside = us of it during which at least one other pool
-  thread runs an operation; covered = the share of all operation time (any thread) the
+  thread runs an operation, `kind`_beside_same = us of it during which another thread
+  runs an operation of the same kind (two oneDNN calls at once, each with its OpenMP
+  team, oversubscribe the cores); covered = the share of all operation time (any thread) the
   pool's threads ran. Only leaf operations count (is_operation, and not a container
   such as a scan's 'while', whose body is traced too)."""
   names = {(e.get("pid"), e["tid"]): e["args"]["name"] for e in events
@@ -113,14 +115,19 @@ def concurrency(events: list, kind: str = "ffi_call") -> dict:
   spans = [x for v in runs.values() for x in v]
   busy = sorted((sum(b - a for a, b, _ in v) for v in runs.values()), reverse=True)
   out = {"span": max(b for _, b, _ in spans) - min(a for a, _, _ in spans),
-         "busy": busy, "covered": sum(busy) / total, kind: 0.0, kind + "_beside": 0.0}
+         "busy": busy, "covered": sum(busy) / total, kind: 0.0, kind + "_beside": 0.0,
+         kind + "_beside_same": 0.0}
+  overlap = lambda a0, a1, intervals: sum(max(0.0, min(a1, b1) - max(a0, b0))
+                                          for b0, b1 in intervals)
   for thread, mine in runs.items():
     others = _union([(a, b) for t, v in runs.items() if t != thread for a, b, _ in v])
+    same = _union([(a, b) for t, v in runs.items() if t != thread for a, b, k in v
+                   if k == kind])
     for a0, a1, k in mine:
       if k == kind:
         out[kind] += a1 - a0
-        out[kind + "_beside"] += sum(max(0.0, min(a1, b1) - max(a0, b0))
-                                     for b0, b1 in others)
+        out[kind + "_beside"] += overlap(a0, a1, others)
+        out[kind + "_beside_same"] += overlap(a0, a1, same)
   return out
 
 
@@ -284,7 +291,8 @@ def main():
           f"of all operation time)"
           + (f"; FFI calls (oneDNN convs) {per_step(c['ffi_call'])} ms/step, "
              f"{c['ffi_call_beside'] / c['ffi_call']:.0%} of it with another XLA "
-             f"operation running beside" if c["ffi_call"] else ""))
+             f"operation running beside ({c['ffi_call_beside_same'] / c['ffi_call']:.0%} "
+             f"beside another FFI call)" if c["ffi_call"] else ""))
 
 
 if __name__ == "__main__":

@@ -198,6 +198,12 @@ def test_profile_concurrency_counts_ffi_time_beside_other_operations():
   c = profile_step.concurrency(three)
   assert c["ffi_call_beside"] == 30 and c["busy"] == [100, 90, 40]
   assert c["covered"] == 230 / 280
+  assert c["ffi_call_beside_same"] == 0  # no two FFI calls at once so far
+  # FFI calls on thread 4 during 20 us of ffi_call.3 and 10 us of ffi_call.4: each call
+  # of a pair counts that time as beside the same kind, 2 x (20 + 10) us in all.
+  four = three + [op(4, 80, 20, "ffi_call.9"), op(4, 230, 10, "ffi_call.10")]
+  c = profile_step.concurrency(four)
+  assert c["ffi_call"] == 170 and c["ffi_call_beside_same"] == 2 * (20 + 10)
   assert profile_step.concurrency([meta(3, "python")]) == {}
 
 

@@ -24,7 +24,6 @@
 #include <new>
 #include <memory>
 #include <mutex>
-#include <cstdlib>
 #include <string>
 #include <unordered_map>
 
@@ -165,10 +164,6 @@ memory KernelIn(const Shapes& s, float* data, const memory::desc& want,
 // handler would abort the process).
 template <typename F>
 ffi::Error Guarded(const char* what, F body) {
-  static const bool serial = std::getenv("CRVAE_ONEDNN_SERIAL") != nullptr;
-  static std::mutex run_mu;
-  std::unique_lock<std::mutex> run_lock(run_mu, std::defer_lock);
-  if (serial) run_lock.lock();
   try {
     body();
   } catch (const dnnl::error& e) {
