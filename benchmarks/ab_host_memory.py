@@ -54,14 +54,12 @@ def environments(names=("off", "on", "jemalloc")) -> dict:
           "jemalloc+thp": lambda: host_memory.with_jemalloc(
               dict(off, MALLOC_CONF=JEMALLOC_CONF_THP), library),
           "jemalloc+muzzy0": lambda: host_memory.with_jemalloc(
-              dict(off, MALLOC_CONF=JEMALLOC_CONF_MUZZY0), library),
-          "jemalloc+onednn_serial": lambda: dict(host_memory.with_jemalloc(off, library),
-                                                 CRVAE_ONEDNN_SERIAL="1")}
+              dict(off, MALLOC_CONF=JEMALLOC_CONF_MUZZY0), library)}
   return {n: make[n]() for n in names if library or "jemalloc" not in n}
 
 
 VARIANTS = ("off", "on", "jemalloc", "jemalloc+omp_passive", "jemalloc+omp_active",
-            "jemalloc+thp", "jemalloc+muzzy0", "jemalloc+onednn_serial")
+            "jemalloc+thp", "jemalloc+muzzy0")
 # host_memory.JEMALLOC_CONF with transparent huge pages (its setting until 2026-12-05;
 # the run of 10:17 UTC called the 4 KiB one 'jemalloc+nothp' and this one 'jemalloc')
 JEMALLOC_CONF_THP = host_memory.JEMALLOC_CONF.replace("thp:never", "thp:always").replace(

@@ -14,7 +14,8 @@ Per layer (batch 128, NHWC): the largest difference of the outputs (a check that
 transforms are right), the forward of each, forward + backward (jax.grad of a squared
 sum w.r.t. input and kernel; autodiff of the Winograd form keeps the backward in the
 Winograd domain), and the 16 matrix products alone (the part that does 2.25x fewer
-FLOPs than the direct convolution). Best of --repeats, ms. Not used by any model: a
+FLOPs than the direct convolution at even sizes; at odd ones the 2x2 output tiles
+overhang by a row and a column, e.g. 1.98x fewer at 15x15). Best of --repeats, ms. Not used by any model: a
 measurement of an option (benchmarks/RESULTS.md, issue 22).
 """
 
@@ -33,7 +34,8 @@ B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.f
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 # (H = W, C_in, C_out) of the crVAE's 3x3 stride-1 convolutions at paper scale
-LAYERS = ((30, 64, 64), (16, 128, 128), (8, 256, 256), (15, 64, 64), (4, 256, 256))
+LAYERS = ((30, 64, 64), (16, 128, 128), (8, 256, 256), (15, 64, 64), (8, 128, 128),
+          (4, 256, 256), (4, 64, 256))
 
 
 def _combine(terms):

@@ -199,11 +199,18 @@ def test_profile_concurrency_counts_ffi_time_beside_other_operations():
   assert c["ffi_call_beside"] == 30 and c["busy"] == [100, 90, 40]
   assert c["covered"] == 230 / 280
   assert c["ffi_call_beside_same"] == 0  # no two FFI calls at once so far
-  # FFI calls on thread 4 during 20 us of ffi_call.3 and 10 us of ffi_call.4: each call
-  # of a pair counts that time as beside the same kind, 2 x (20 + 10) us in all.
-  four = three + [op(4, 80, 20, "ffi_call.9"), op(4, 230, 10, "ffi_call.10")]
+  # An FFI call on a fifth thread during 20 us of ffi_call.3, and one on thread 4 (after
+  # its copy.5) during 10 us of ffi_call.4: both calls of a pair count that time.
+  four = three + [meta(5, "tf_XLAEigen/4"), op(5, 80, 20, "ffi_call.9"),
+                  op(4, 230, 10, "ffi_call.10")]
   c = profile_step.concurrency(four)
-  assert c["ffi_call"] == 170 and c["ffi_call_beside_same"] == 2 * (20 + 10)
+  assert c["ffi_call"] == 100 + 40 + 20 + 10
+  assert c["ffi_call_beside_same"] == 2 * (20 + 10)
+  # A sixth thread's FFI call (85-100) beside both ffi_call.3 and ffi_call.9: time with two
+  # other FFI calls at once counts once (ffi_call.3: 20, ffi_call.9: 20, ffi_call.11: 15).
+  five = four + [meta(6, "tf_XLAEigen/5"), op(6, 85, 15, "ffi_call.11")]
+  c = profile_step.concurrency(five)
+  assert c["ffi_call_beside_same"] == 20 + 20 + 15 + 2 * 10
   assert profile_step.concurrency([meta(3, "python")]) == {}
 
 

@@ -24,7 +24,6 @@
 #include <new>
 #include <memory>
 #include <mutex>
-#include <cstdlib>
 #include <string>
 #include <unordered_map>
 
@@ -163,17 +162,8 @@ memory KernelIn(const Shapes& s, float* data, const memory::desc& want,
 
 // Runs `body`, turning any C++ exception into an XLA error (one escaping an FFI
 // handler would abort the process).
-// One lock for every handler (a non-template function: a static inside the template
-// below would be one per instantiation, i.e. per kind of call).
-std::unique_lock<std::mutex> SerialLock() {
-  static const bool serial = std::getenv("CRVAE_ONEDNN_SERIAL") != nullptr;
-  static std::mutex run_mu;
-  return serial ? std::unique_lock<std::mutex>(run_mu) : std::unique_lock<std::mutex>();
-}
-
 template <typename F>
 ffi::Error Guarded(const char* what, F body) {
-  auto run_lock = SerialLock();
   try {
     body();
   } catch (const dnnl::error& e) {
