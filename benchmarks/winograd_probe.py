@@ -13,10 +13,11 @@ and times it against the oneDNN FFI convolution the model uses:
 Per layer (batch 128, NHWC): the largest difference of the outputs (a check that the
 transforms are right), the forward of each, forward + backward (jax.grad of a squared
 sum w.r.t. input and kernel; autodiff of the Winograd form keeps the backward in the
-Winograd domain), and the 16 matrix products alone (the part that does 2.25x fewer
-FLOPs than the direct convolution at even sizes; at odd ones the 2x2 output tiles
-overhang by a row and a column, e.g. 1.98x fewer at 15x15). Best of --repeats, ms. Not used by any model: a
-measurement of an option (benchmarks/RESULTS.md, issue 22).
+Winograd domain), and the 16 matrix products alone, timed on random inputs of their
+shapes (the part that does 2.25x fewer FLOPs than the direct convolution at even sizes;
+at odd ones the 2x2 output tiles overhang by a row and a column, e.g. 1.98x fewer at
+15x15). Best of --repeats, ms. Not used by any model: a measurement of an option
+(benchmarks/RESULTS.md, issue 22).
 """
 
 import argparse
