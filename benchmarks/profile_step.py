@@ -96,8 +96,8 @@ def concurrency(events: list, kind: str = "ffi_call") -> dict:
   thread runs an operation, `kind`_beside_same = us of it during which another thread
   runs an operation of the same kind (two oneDNN calls at once, each with its OpenMP
   team, oversubscribe the cores); covered = the share of all operation time (any
-  thread) the pool's threads ran. Only leaf operations count (is_operation, and not a container
-  such as a scan's 'while', whose body is traced too)."""
+  thread) the pool's threads ran. Only leaf operations count (is_operation, and not a
+  container such as a scan's 'while', whose body is traced too)."""
   names = {(e.get("pid"), e["tid"]): e["args"]["name"] for e in events
            if e.get("ph") == "M" and e.get("name") == "thread_name"}
   runs = collections.defaultdict(list)  # (pid, tid) -> [(start, end, kind)]

@@ -21,12 +21,12 @@ at odd ones the 2x2 output tiles overhang by a row and a column, e.g. 1.98x fewe
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.layers_vs_torch import best_ms
 from benchmarks.nll_eval import machine_line
 from crvae_jax import host_memory
 from crvae_jax.models import onednn_conv
@@ -74,16 +74,6 @@ def products(v, u):
   return jnp.einsum("tmc,tco->tmo", v, u)
 
 
-def best_ms(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return 1e3 * min(times)
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--batch", type=int, default=128)
@@ -102,20 +92,21 @@ def main():
         "fwd+bwd onednn | 16 products alone | fwd onednn / winograd |")
   print("|---|---|---|---|---|---|---|---|")
   rng = np.random.default_rng(0)
-  direct = lambda x, k: onednn_conv.conv2d(x, k, 1, 1)
+  impls = {"w": winograd_conv3x3, "d": lambda x, k: onednn_conv.conv2d(x, k, 1, 1)}
   for size, c, o in LAYERS:
     x = jnp.asarray(rng.standard_normal((args.batch, size, size, c)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 3, c, o)) / np.sqrt(9 * c), jnp.float32)
-    fwd = {name: jax.jit(f) for name, f in (("w", winograd_conv3x3), ("d", direct))}
+    fwd = {name: jax.jit(f) for name, f in impls.items()}
     both = {name: jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) ** 2), argnums=(0, 1)))
-            for name, f in (("w", winograd_conv3x3), ("d", direct))}
+            for name, f in impls.items()}
     diff = float(jnp.max(jnp.abs(fwd["w"](x, k) - fwd["d"](x, k))))
     tiles = args.batch * ((size + 1) // 2) ** 2
     v = jnp.asarray(rng.standard_normal((16, tiles, c)), jnp.float32)
     u = jnp.asarray(rng.standard_normal((16, c, o)), jnp.float32)
-    t = {name: best_ms(f, x, k, repeats=args.repeats) for name, f in fwd.items()}
-    tb = {name: best_ms(f, x, k, repeats=args.repeats) for name, f in both.items()}
-    tp = best_ms(jax.jit(products), v, u, repeats=args.repeats)
+    timed = lambda f, *a: best_ms(lambda: jax.block_until_ready(f(*a)), args.repeats)
+    t = {name: timed(f, x, k) for name, f in fwd.items()}
+    tb = {name: timed(f, x, k) for name, f in both.items()}
+    tp = timed(jax.jit(products), v, u)
     print(f"| conv3x3 {c}->{o} @{size} | {diff:.1e} | {t['w']:.1f} | {t['d']:.1f} | "
           f"{tb['w']:.1f} | {tb['d']:.1f} | {tp:.1f} | {t['d'] / t['w']:.2f} |", flush=True)
 
